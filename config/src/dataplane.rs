@@ -1,0 +1,718 @@
+//! The validated data-plane config: what the proxy actually runs on.
+//!
+//! Built only from [`RawDataplaneConfig`] by [`DataplaneConfig::from_wire`]
+//! (or `TryFrom`), which checks every field, resolves references between
+//! sections (models to providers, fallbacks and allowlists to models) and
+//! returns every problem at once with its field path. Nothing here panics.
+
+use crate::error::ConfigErrors;
+use crate::secret::Secret;
+use crate::wire::{self, RawDataplaneConfig, CONFIG_VERSION};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default cap on a request body (16 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct DataplaneConfig {
+    pub server: ServerConfig,
+    pub admin_listen: SocketAddr,
+    pub log: LogConfig,
+    pub usage_file: Option<PathBuf>,
+    pub jwt: Option<JwtConfig>,
+    pub keys: Vec<ApiKey>,
+    pub providers: Vec<Provider>,
+    /// Models in config order; `Model::provider` indexes `providers`.
+    pub models: Vec<Model>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub threads: NonZeroUsize,
+    pub grace_period: Duration,
+    pub max_body_bytes: usize,
+    pub client_body_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_read_timeout: Duration,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    pub listen: SocketAddr,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Make a self-signed certificate for loopback if the files are missing.
+    pub self_signed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    Hs256,
+    Rs256,
+    EdDsa,
+}
+
+#[derive(Debug, Clone)]
+pub enum JwtKey {
+    Hmac(Secret),
+    PublicKeyPem(Vec<u8>),
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub issuer: String,
+    pub algorithm: JwtAlgorithm,
+    pub key: JwtKey,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+}
+
+/// A client API key, known only by its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: String,
+    pub user: String,
+    pub sha256: [u8; 32],
+    /// Canonical model names this key may use; `None` means all.
+    pub models: Option<Vec<String>>,
+}
+
+/// Which request/response format a provider speaks. Requests are never
+/// translated between formats: a route only reaches providers of its format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApiFormat {
+    OpenAi,
+    Anthropic,
+}
+
+/// How a provider wants its master key presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthStyle {
+    /// `Authorization: Bearer <key>` (OpenAI and compatibles).
+    Bearer,
+    /// `api-key: <key>` (Azure OpenAI).
+    ApiKeyHeader,
+    /// `x-api-key: <key>` plus `anthropic-version` (Anthropic).
+    XApiKey,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    OpenAi,
+    AzureOpenAi,
+    Venice,
+    Vllm,
+    OpenRouter,
+    Anthropic,
+}
+
+impl ProviderKind {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "openai" => Self::OpenAi,
+            "azure_openai" => Self::AzureOpenAi,
+            "venice" => Self::Venice,
+            "vllm" => Self::Vllm,
+            "openrouter" => Self::OpenRouter,
+            "anthropic" => Self::Anthropic,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::AzureOpenAi => "azure_openai",
+            Self::Venice => "venice",
+            Self::Vllm => "vllm",
+            Self::OpenRouter => "openrouter",
+            Self::Anthropic => "anthropic",
+        }
+    }
+
+    pub fn format(self) -> ApiFormat {
+        match self {
+            Self::Anthropic => ApiFormat::Anthropic,
+            _ => ApiFormat::OpenAi,
+        }
+    }
+
+    pub fn auth_style(self) -> AuthStyle {
+        match self {
+            Self::AzureOpenAi => AuthStyle::ApiKeyHeader,
+            Self::Anthropic => AuthStyle::XApiKey,
+            _ => AuthStyle::Bearer,
+        }
+    }
+}
+
+/// An upstream base URL, split the way the proxy needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash, e.g. `/v1` or `/openai/v1`.
+    pub path_prefix: String,
+}
+
+impl UpstreamUrl {
+    /// `host:port`, as the `Host` header and the connect address want it.
+    pub fn authority(&self) -> String {
+        let default_port = if self.tls { 443 } else { 80 };
+        if self.port == default_port {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: UpstreamUrl,
+    /// Master keys; requests are spread across them.
+    pub keys: Vec<Secret>,
+    pub anthropic_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    pub name: String,
+    pub provider: usize,
+    pub upstream_name: String,
+    pub aliases: Vec<String>,
+    /// Canonical names of the models tried next, in order.
+    pub fallbacks: Vec<String>,
+}
+
+/// Where validation reads environment variables from, so tests and the
+/// control plane can validate without touching the process environment.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl<S: std::hash::BuildHasher> Env for HashMap<&str, &str, S> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).map(|v| (*v).to_owned())
+    }
+}
+
+impl TryFrom<RawDataplaneConfig> for DataplaneConfig {
+    type Error = ConfigErrors;
+
+    fn try_from(raw: RawDataplaneConfig) -> Result<Self, Self::Error> {
+        Self::from_wire(raw, &ProcessEnv)
+    }
+}
+
+impl DataplaneConfig {
+    /// Parse TOML text and validate it.
+    pub fn from_toml(text: &str, env: &dyn Env) -> Result<Self, ConfigErrors> {
+        let raw: RawDataplaneConfig = toml::from_str(text).map_err(|e| {
+            let mut errs = ConfigErrors::default();
+            errs.push(toml_error_path(&e), e.message().to_owned());
+            errs
+        })?;
+        Self::from_wire(raw, env)
+    }
+
+    /// Read, parse and validate a TOML file. Relative paths inside it stay
+    /// relative to the process's working directory.
+    pub fn load(path: &Path, env: &dyn Env) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let mut errs = ConfigErrors::default();
+            errs.push("<file>", format!("cannot read {}: {e}", path.display()));
+            errs
+        })?;
+        Self::from_toml(&text, env)
+    }
+
+    /// Validate a parsed config, collecting every error.
+    pub fn from_wire(raw: RawDataplaneConfig, env: &dyn Env) -> Result<Self, ConfigErrors> {
+        let mut errs = ConfigErrors::default();
+        if raw.version != CONFIG_VERSION {
+            errs.push(
+                "version",
+                format!(
+                    "unsupported version {}, expected {CONFIG_VERSION}",
+                    raw.version
+                ),
+            );
+        }
+        let server = validate_server(&raw.server, &mut errs);
+        let admin_listen = parse_addr(
+            raw.admin.listen.as_deref().unwrap_or("127.0.0.1:9901"),
+            "admin.listen",
+            &mut errs,
+        );
+        let log = LogConfig {
+            format: match raw.log.format.as_deref() {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    errs.push(
+                        "log.format",
+                        format!("expected \"text\" or \"json\", got {other:?}"),
+                    );
+                    LogFormat::Text
+                }
+            },
+            access_log: raw.log.access_log.unwrap_or(true),
+        };
+        let jwt = raw
+            .auth
+            .jwt
+            .as_ref()
+            .and_then(|j| validate_jwt(j, env, &mut errs));
+        let providers = validate_providers(&raw.providers, env, &mut errs);
+        let models = validate_models(&raw.models, &providers, &mut errs);
+        let keys = validate_keys(&raw.keys, &models, &mut errs);
+
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        match (server, admin_listen) {
+            (Some(server), Some(admin_listen)) => Ok(Self {
+                server,
+                admin_listen,
+                log,
+                usage_file: raw.usage.file.map(PathBuf::from),
+                jwt,
+                keys,
+                providers,
+                models,
+            }),
+            // Unreachable in practice: a `None` above always pushed an error.
+            _ => {
+                errs.push("<config>", "invalid listener configuration");
+                Err(errs)
+            }
+        }
+    }
+
+    /// The model a client name refers to (canonical name or alias).
+    pub fn resolve_model(&self, name: &str) -> Option<&Model> {
+        self.models
+            .iter()
+            .find(|m| m.name == name || m.aliases.iter().any(|a| a == name))
+    }
+}
+
+fn toml_error_path(e: &toml::de::Error) -> String {
+    // The toml crate reports a span, not a key path; give the line so the
+    // operator can find it.
+    match e.span() {
+        Some(span) => format!("<toml at byte {}>", span.start),
+        None => "<toml>".to_owned(),
+    }
+}
+
+fn parse_addr(s: &str, path: &str, errs: &mut ConfigErrors) -> Option<SocketAddr> {
+    match s.parse() {
+        Ok(a) => Some(a),
+        Err(e) => {
+            errs.push(path, format!("not a socket address ({e}): {s:?}"));
+            None
+        }
+    }
+}
+
+fn validate_server(raw: &wire::RawServer, errs: &mut ConfigErrors) -> Option<ServerConfig> {
+    let listen = parse_addr(&raw.listen, "server.listen", errs);
+    let threads = match raw.threads {
+        None => std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
+        Some(n) => match NonZeroUsize::new(n) {
+            Some(n) => n,
+            None => {
+                errs.push("server.threads", "must be at least 1");
+                NonZeroUsize::MIN
+            }
+        },
+    };
+    let max_body_bytes = match raw.max_body_bytes {
+        None => DEFAULT_MAX_BODY_BYTES,
+        Some(0) => {
+            errs.push("server.max_body_bytes", "must be greater than 0");
+            DEFAULT_MAX_BODY_BYTES
+        }
+        Some(n) => match usize::try_from(n) {
+            Ok(n) if n <= 1 << 30 => n,
+            _ => {
+                errs.push("server.max_body_bytes", "must be at most 1 GiB");
+                DEFAULT_MAX_BODY_BYTES
+            }
+        },
+    };
+    let nonzero = |d: Option<Duration>, default: Duration, path: &str, errs: &mut ConfigErrors| {
+        let d = d.unwrap_or(default);
+        if d.is_zero() {
+            errs.push(path, "must be greater than 0");
+        }
+        d
+    };
+    let tls = raw.tls.as_ref().and_then(|t| {
+        let listen = parse_addr(&t.listen, "server.tls.listen", errs)?;
+        for (path, file) in [
+            ("server.tls.cert_file", &t.cert_file),
+            ("server.tls.key_file", &t.key_file),
+        ] {
+            if file.is_empty() {
+                errs.push(path, "must not be empty");
+            } else if !t.self_signed && !Path::new(file).is_file() {
+                errs.push(path, format!("no such file: {file}"));
+            }
+        }
+        Some(TlsConfig {
+            listen,
+            cert_file: PathBuf::from(&t.cert_file),
+            key_file: PathBuf::from(&t.key_file),
+            self_signed: t.self_signed,
+        })
+    });
+    let cfg = ServerConfig {
+        listen: listen?,
+        threads,
+        grace_period: raw.grace_period.unwrap_or(Duration::from_secs(30)),
+        max_body_bytes,
+        client_body_timeout: nonzero(
+            raw.client_body_timeout,
+            Duration::from_secs(30),
+            "server.client_body_timeout",
+            errs,
+        ),
+        upstream_connect_timeout: nonzero(
+            raw.upstream_connect_timeout,
+            Duration::from_secs(5),
+            "server.upstream_connect_timeout",
+            errs,
+        ),
+        upstream_read_timeout: nonzero(
+            raw.upstream_read_timeout,
+            Duration::from_secs(300),
+            "server.upstream_read_timeout",
+            errs,
+        ),
+        tls,
+    };
+    Some(cfg)
+}
+
+fn validate_jwt(raw: &wire::RawJwt, env: &dyn Env, errs: &mut ConfigErrors) -> Option<JwtConfig> {
+    if raw.issuer.is_empty() {
+        errs.push("auth.jwt.issuer", "must not be empty");
+    }
+    let algorithm = match raw.algorithm.as_str() {
+        "HS256" => JwtAlgorithm::Hs256,
+        "RS256" => JwtAlgorithm::Rs256,
+        "EdDSA" => JwtAlgorithm::EdDsa,
+        other => {
+            errs.push(
+                "auth.jwt.algorithm",
+                format!("expected HS256, RS256 or EdDSA, got {other:?}"),
+            );
+            return None;
+        }
+    };
+    let key = match algorithm {
+        JwtAlgorithm::Hs256 => {
+            let secret = match (&raw.secret, &raw.secret_env) {
+                (Some(s), None) => Some(s.clone()),
+                (None, Some(var)) => match env.var(var) {
+                    Some(v) => Some(v),
+                    None => {
+                        errs.push(
+                            "auth.jwt.secret_env",
+                            format!("environment variable {var} is not set"),
+                        );
+                        None
+                    }
+                },
+                _ => {
+                    errs.push(
+                        "auth.jwt",
+                        "HS256 needs exactly one of `secret` or `secret_env`",
+                    );
+                    None
+                }
+            }?;
+            if secret.len() < 32 {
+                errs.push("auth.jwt.secret", "must be at least 32 bytes for HS256");
+            }
+            JwtKey::Hmac(Secret::new(secret))
+        }
+        JwtAlgorithm::Rs256 | JwtAlgorithm::EdDsa => {
+            let Some(file) = &raw.public_key_file else {
+                errs.push("auth.jwt.public_key_file", "required for RS256 and EdDSA");
+                return None;
+            };
+            match std::fs::read(file) {
+                Ok(pem) => JwtKey::PublicKeyPem(pem),
+                Err(e) => {
+                    errs.push(
+                        "auth.jwt.public_key_file",
+                        format!("cannot read {file}: {e}"),
+                    );
+                    return None;
+                }
+            }
+        }
+    };
+    Some(JwtConfig {
+        issuer: raw.issuer.clone(),
+        algorithm,
+        key,
+        audience: raw.audience.clone(),
+        leeway: raw.leeway.unwrap_or(Duration::from_secs(5)),
+    })
+}
+
+fn parse_upstream_url(s: &str, path: &str, errs: &mut ConfigErrors) -> Option<UpstreamUrl> {
+    let url = match url::Url::parse(s) {
+        Ok(u) => u,
+        Err(e) => {
+            errs.push(path, format!("not a URL ({e}): {s:?}"));
+            return None;
+        }
+    };
+    let tls = match url.scheme() {
+        "https" => true,
+        "http" => false,
+        other => {
+            errs.push(path, format!("scheme must be http or https, got {other:?}"));
+            return None;
+        }
+    };
+    if url.query().is_some() || url.fragment().is_some() {
+        errs.push(path, "must not have a query or fragment");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        errs.push(path, "must not carry credentials; use `keys`");
+    }
+    let Some(host) = url.host_str() else {
+        errs.push(path, "has no host");
+        return None;
+    };
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
+    Some(UpstreamUrl {
+        tls,
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        port,
+        path_prefix: url.path().trim_end_matches('/').to_owned(),
+    })
+}
+
+fn validate_providers(
+    raw: &[wire::RawProvider],
+    env: &dyn Env,
+    errs: &mut ConfigErrors,
+) -> Vec<Provider> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, p) in raw.iter().enumerate() {
+        let at = |field: &str| format!("providers[{i}].{field}");
+        if p.name.is_empty() {
+            errs.push(at("name"), "must not be empty");
+        } else if !seen.insert(p.name.as_str()) {
+            errs.push(at("name"), format!("duplicate provider {:?}", p.name));
+        }
+        let Some(kind) = ProviderKind::parse(&p.kind) else {
+            errs.push(
+                at("kind"),
+                format!(
+                    "unknown kind {:?}; expected one of openai, azure_openai, venice, vllm, openrouter, anthropic",
+                    p.kind
+                ),
+            );
+            continue;
+        };
+        let Some(base_url) = parse_upstream_url(&p.base_url, &at("base_url"), errs) else {
+            continue;
+        };
+        let mut keys: Vec<Secret> = p.keys.iter().map(Secret::new).collect();
+        for (j, var) in p.keys_env.iter().enumerate() {
+            match env.var(var) {
+                Some(v) => keys.push(Secret::new(v)),
+                None => errs.push(
+                    format!("providers[{i}].keys_env[{j}]"),
+                    format!("environment variable {var} is not set"),
+                ),
+            }
+        }
+        if keys.iter().any(|k| k.expose().is_empty()) {
+            errs.push(at("keys"), "a master key is empty");
+        }
+        if keys.is_empty() && p.keys_env.is_empty() {
+            errs.push(
+                at("keys"),
+                "needs at least one master key (`keys` or `keys_env`)",
+            );
+        }
+        if p.anthropic_version.is_some() && kind != ProviderKind::Anthropic {
+            errs.push(
+                at("anthropic_version"),
+                "only applies to kind = \"anthropic\"",
+            );
+        }
+        out.push(Provider {
+            name: p.name.clone(),
+            kind,
+            base_url,
+            keys,
+            anthropic_version: p
+                .anthropic_version
+                .clone()
+                .unwrap_or_else(|| "2023-06-01".to_owned()),
+        });
+    }
+    out
+}
+
+fn validate_models(
+    raw: &[wire::RawModel],
+    providers: &[Provider],
+    errs: &mut ConfigErrors,
+) -> Vec<Model> {
+    // Every name a client may write, canonical or alias, must be unique.
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, m) in raw.iter().enumerate() {
+        for (j, name) in std::iter::once(&m.name).chain(&m.aliases).enumerate() {
+            let path = if j == 0 {
+                format!("models[{i}].name")
+            } else {
+                format!("models[{i}].aliases[{}]", j - 1)
+            };
+            if name.is_empty() {
+                errs.push(path, "must not be empty");
+            } else if let Some(prev) = names.insert(name.as_str(), i) {
+                errs.push(path, format!("{name:?} is already used by models[{prev}]"));
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, m) in raw.iter().enumerate() {
+        let Some(provider) = providers.iter().position(|p| p.name == m.provider) else {
+            errs.push(
+                format!("models[{i}].provider"),
+                format!("unknown provider {:?}", m.provider),
+            );
+            continue;
+        };
+        let mut fallbacks = Vec::with_capacity(m.fallbacks.len());
+        for (j, f) in m.fallbacks.iter().enumerate() {
+            let path = format!("models[{i}].fallbacks[{j}]");
+            match names.get(f.as_str()).map(|&k| &raw[k]) {
+                None => errs.push(path, format!("unknown model {f:?}")),
+                Some(target) if target.name == m.name => {
+                    errs.push(path, "a model cannot fall back to itself")
+                }
+                Some(target) => {
+                    let target_format = providers
+                        .iter()
+                        .find(|p| p.name == target.provider)
+                        .map(|p| p.kind.format());
+                    if target_format.is_some_and(|f| f != providers[provider].kind.format()) {
+                        errs.push(
+                            path,
+                            "fallback speaks a different API format; requests are never translated",
+                        );
+                    }
+                    fallbacks.push(target.name.clone());
+                }
+            }
+        }
+        out.push(Model {
+            name: m.name.clone(),
+            provider,
+            upstream_name: m.upstream_name.clone().unwrap_or_else(|| m.name.clone()),
+            aliases: m.aliases.clone(),
+            fallbacks,
+        });
+    }
+    out
+}
+
+fn validate_keys(raw: &[wire::RawKey], models: &[Model], errs: &mut ConfigErrors) -> Vec<ApiKey> {
+    let mut ids = HashSet::new();
+    let mut hashes = HashSet::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, k) in raw.iter().enumerate() {
+        let at = |field: &str| format!("keys[{i}].{field}");
+        if k.id.is_empty() {
+            errs.push(at("id"), "must not be empty");
+        } else if !ids.insert(k.id.as_str()) {
+            errs.push(at("id"), format!("duplicate key id {:?}", k.id));
+        }
+        if k.user.is_empty() {
+            errs.push(at("user"), "must not be empty");
+        }
+        let mut sha256 = [0u8; 32];
+        if hex::decode_to_slice(&k.sha256, &mut sha256).is_err() {
+            errs.push(
+                at("sha256"),
+                "must be 64 hex characters (SHA-256 of the key)",
+            );
+        } else if !hashes.insert(sha256) {
+            errs.push(at("sha256"), "the same key hash appears twice");
+        }
+        let allowed = k.models.as_ref().map(|list| {
+            list.iter()
+                .enumerate()
+                .filter_map(|(j, name)| {
+                    let found = models
+                        .iter()
+                        .find(|m| &m.name == name || m.aliases.iter().any(|a| a == name));
+                    if found.is_none() {
+                        errs.push(
+                            format!("keys[{i}].models[{j}]"),
+                            format!("unknown model {name:?}"),
+                        );
+                    }
+                    found.map(|m| m.name.clone())
+                })
+                .collect()
+        });
+        out.push(ApiKey {
+            id: k.id.clone(),
+            user: k.user.clone(),
+            sha256,
+            models: allowed,
+        });
+    }
+    out
+}

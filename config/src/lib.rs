@@ -1,0 +1,36 @@
+//! The contract between Molt's planes.
+//!
+//! This crate owns the data plane's configuration in two forms and the usage
+//! events the data plane emits:
+//!
+//! - [`wire`]: the serde types exactly as written in TOML (and, later, as the
+//!   control plane ships them). Versioned, `deny_unknown_fields`, no logic.
+//! - [`dataplane`]: the validated internal types, built only through
+//!   [`DataplaneConfig::from_wire`] / `TryFrom`, which checks every field and
+//!   reports *all* problems with their field paths ([`ConfigErrors`]).
+//! - [`usage`]: one [`UsageEvent`] per completed request.
+//! - [`secret`]: [`Secret`], a string whose `Debug`/`Display` never show it.
+//!
+//! Architecture invariant: this crate does no network I/O and depends on no
+//! runtime (no tokio, pingora, sqlx); reading a file and the environment is
+//! the most it does, so both planes and the benches can depend on it freely.
+
+pub mod dataplane;
+pub mod error;
+pub mod secret;
+pub mod usage;
+pub mod wire;
+
+pub use dataplane::{
+    ApiFormat, ApiKey, AuthStyle, DataplaneConfig, JwtAlgorithm, JwtConfig, LogFormat, Model,
+    Provider, ProviderKind, ServerConfig, TlsConfig, UpstreamUrl,
+};
+pub use error::{ConfigError, ConfigErrors};
+pub use secret::Secret;
+pub use usage::UsageEvent;
+
+/// Hex SHA-256 of a client API key: the only form in which keys are stored.
+pub fn hash_api_key(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(key.as_bytes()))
+}

@@ -1,0 +1,31 @@
+//! Molt's data plane: the Pingora proxy every model request passes through.
+//!
+//! It owns the client-facing listeners, authentication, routing by the
+//! body's `model`, credential injection, streaming with usage accounting,
+//! fallbacks, metrics, and hot reload of its config.
+//!
+//! Entry point: [`server::run`]. The request path is [`proxy`]; the pieces
+//! it uses are plain, separately tested and benchmarked modules:
+//! [`json_scan`] (body validation and field lookup), [`splice`] (zero-copy
+//! edits), [`usage_reader`] (usage from SSE and JSON), [`auth`], [`runtime`]
+//! (the prepared, swappable config snapshot).
+//!
+//! Architecture invariant: the data plane never talks to the database,
+//! Stripe or Fly. Its only inputs are its config (file or, later, a pushed
+//! snapshot) and client traffic; its only outputs are upstream traffic,
+//! usage events through [`sink::UsageSink`], logs and metrics.
+
+pub mod admin;
+pub mod auth;
+pub mod error;
+pub mod json_scan;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod runtime;
+pub mod server;
+pub mod sink;
+pub mod splice;
+pub mod tls;
+pub mod tokens;
+pub mod usage_reader;

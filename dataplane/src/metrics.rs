@@ -1,0 +1,145 @@
+//! The data plane's Prometheus metrics, in a registry of its own.
+//!
+//! Labels are bounded by config: route, canonical model, provider, status,
+//! error kind. No label ever carries a user, key or request id; a model
+//! name the config doesn't know is reported as `unknown`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Buckets in seconds for whole requests and upstream first bytes.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+/// Buckets in seconds for the proxy's own time, which should be tiny.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
+];
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_ttfb: HistogramVec,
+    pub proxy_overhead: HistogramVec,
+    pub tokens: IntCounterVec,
+    pub active_streams: IntGauge,
+    pub upstream_errors: IntCounterVec,
+    pub fallbacks: IntCounterVec,
+    pub config_version: IntGauge,
+    pub config_reloads: IntCounter,
+    pub config_reload_failures: IntCounter,
+    pub usage_events_dropped: IntCounter,
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "molt_requests_total",
+                "Requests by route, model, provider and status.",
+            ),
+            &["route", "model", "provider", "status"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "molt_request_duration_seconds",
+                "Time from request start to the last byte sent.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let upstream_ttfb = HistogramVec::new(
+            HistogramOpts::new(
+                "molt_upstream_ttfb_seconds",
+                "Time from sending the request upstream to the upstream's response header.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["provider"],
+        )?;
+        let proxy_overhead = HistogramVec::new(
+            HistogramOpts::new(
+                "molt_proxy_overhead_seconds",
+                "The proxy's own time on a request: from the body fully read to the request sent upstream, plus from the upstream header to the client header.",
+            )
+            .buckets(OVERHEAD_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "molt_tokens_total",
+                "Tokens used, by direction (input/output), model and provider.",
+            ),
+            &["direction", "model", "provider"],
+        )?;
+        let active_streams =
+            IntGauge::new("molt_active_streams", "Responses being streamed right now.")?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "molt_upstream_errors_total",
+                "Upstream failures by provider and kind.",
+            ),
+            &["provider", "kind"],
+        )?;
+        let fallbacks = IntCounterVec::new(
+            Opts::new(
+                "molt_fallbacks_total",
+                "Requests retried on a fallback model, by the model that failed.",
+            ),
+            &["model"],
+        )?;
+        let config_version =
+            IntGauge::new("molt_config_version", "Version of the config being served.")?;
+        let config_reloads =
+            IntCounter::new("molt_config_reloads_total", "Config reloads applied.")?;
+        let config_reload_failures = IntCounter::new(
+            "molt_config_reload_failures_total",
+            "Config reloads rejected as invalid.",
+        )?;
+        let usage_events_dropped = IntCounter::new(
+            "molt_usage_events_dropped_total",
+            "Usage events dropped because the sink could not keep up or failed.",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(upstream_ttfb.clone()))?;
+        registry.register(Box::new(proxy_overhead.clone()))?;
+        registry.register(Box::new(tokens.clone()))?;
+        registry.register(Box::new(active_streams.clone()))?;
+        registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(fallbacks.clone()))?;
+        registry.register(Box::new(config_version.clone()))?;
+        registry.register(Box::new(config_reloads.clone()))?;
+        registry.register(Box::new(config_reload_failures.clone()))?;
+        registry.register(Box::new(usage_events_dropped.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_ttfb,
+            proxy_overhead,
+            tokens,
+            active_streams,
+            upstream_errors,
+            fallbacks,
+            config_version,
+            config_reloads,
+            config_reload_failures,
+            usage_events_dropped,
+        })
+    }
+
+    /// The text exposition format, for `/metrics`.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        // Encoding into a Vec can only fail on a broken metric family, which
+        // registration already ruled out; an empty page is the fallback.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}

@@ -1,0 +1,1155 @@
+//! The proxy: Pingora's `ProxyHttp` for every client request.
+//!
+//! Model routes (`/v1/chat/completions`, `/v1/completions`,
+//! `/v1/embeddings`, `/v1/responses`, `/v1/messages`) are answered entirely
+//! in `request_filter`:
+//!
+//! 1. route by path, load the runtime snapshot (held to the end), authenticate;
+//! 2. read the body, validating it with the incremental JSON scanner as it
+//!    arrives (413 past the limit, 400 if malformed, 408 if it stalls);
+//! 3. resolve `model` (alias, allowlist, fallbacks);
+//! 4. for each candidate model: take a pooled upstream session from Pingora's
+//!    client [`Connector`], send the header (client credentials stripped,
+//!    master key injected) and the held body chunks (spliced where needed),
+//!    read the response header; on connect failure, 429 or 5xx try the next
+//!    candidate; otherwise stream the response to the client chunk by chunk,
+//!    reading usage as it passes.
+//!
+//! Why the proxy drives the upstream exchange itself rather than returning a
+//! peer from `upstream_peer`: Pingora's proxy loop can only replay a body
+//! already read in `request_filter` from its 64 KiB retry buffer (Pingora
+//! issues #575, #780), and the body must be read first: it names the model,
+//! malformed JSON must never reach an upstream, and a fallback must re-send
+//! it. Holding the chunks and writing them through Pingora's own client
+//! sessions keeps pooling, h1/h2 upstreams and timeouts, and copies no byte.
+//!
+//! Byte copies on this path: Pingora's HTTP/1 reader copies each request
+//! chunk out of the socket buffer once; after that the body is only
+//! re-referenced (`Bytes` clones and slices). Response chunks are forwarded
+//! as the same `Bytes` they were read into; the one exception is an SSE
+//! event split across reads while the proxy is cutting out the usage chunk
+//! it asked for, whose tail is held in a small buffer until it completes.
+
+use crate::auth::Principal;
+use crate::error::ClientError;
+use crate::json_scan::JsonScanner;
+use crate::metrics::Metrics;
+use crate::runtime::{ProviderRuntime, Runtime, RuntimeHandle};
+use crate::sink::UsageSink;
+use crate::splice::{self, Edit};
+use crate::tokens;
+use crate::usage_reader::{JsonUsageReader, SseUsageReader, StreamKind, TokenUsage};
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{header, HeaderName, HeaderValue, Method};
+use molt_config::{ApiFormat, AuthStyle, Model, UsageEvent};
+use pingora_core::connectors::http::Connector;
+use pingora_core::protocols::http::client::HttpSession as UpstreamSession;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Top-level request fields the scanner tracks, in this order.
+const REQUEST_FIELDS: &[&str] = &["model", "stream", "stream_options"];
+const F_MODEL: usize = 0;
+const F_STREAM: usize = 1;
+const F_STREAM_OPTIONS: usize = 2;
+
+/// Response bytes kept for counting tokens locally when the provider
+/// reports no usage. Past this the estimate covers what was kept.
+const RETAIN_FOR_ESTIMATE: usize = 1 << 20;
+
+/// Client headers never forwarded upstream: credentials (ours, not the
+/// provider's), hop-by-hop headers, framing we recompute, and headers that
+/// would let a client steer the master key's account or learn about it.
+const STRIPPED_REQUEST_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "cookie",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "accept-encoding",
+    "x-request-id",
+    "openai-organization",
+    "openai-project",
+    "anthropic-beta-admin",
+];
+
+/// Upstream response headers never forwarded to the client.
+const STRIPPED_RESPONSE_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "set-cookie",
+    "openai-organization",
+    "openai-project",
+];
+
+/// The API routes the data plane serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+    Responses,
+    Messages,
+    Models,
+}
+
+impl Route {
+    pub fn from_path(path: &str) -> Option<Self> {
+        Some(match path {
+            "/v1/chat/completions" => Self::ChatCompletions,
+            "/v1/completions" => Self::Completions,
+            "/v1/embeddings" => Self::Embeddings,
+            "/v1/responses" => Self::Responses,
+            "/v1/messages" => Self::Messages,
+            "/v1/models" => Self::Models,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "chat.completions",
+            Self::Completions => "completions",
+            Self::Embeddings => "embeddings",
+            Self::Responses => "responses",
+            Self::Messages => "messages",
+            Self::Models => "models",
+        }
+    }
+
+    pub fn format(self) -> ApiFormat {
+        match self {
+            Self::Messages => ApiFormat::Anthropic,
+            _ => ApiFormat::OpenAi,
+        }
+    }
+
+    /// Path after the provider's base path (`/v1` is part of the base).
+    fn upstream_suffix(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "/chat/completions",
+            Self::Completions => "/completions",
+            Self::Embeddings => "/embeddings",
+            Self::Responses => "/responses",
+            Self::Messages => "/messages",
+            Self::Models => "/models",
+        }
+    }
+
+    fn stream_kind(self) -> StreamKind {
+        match self {
+            Self::Responses => StreamKind::Responses,
+            Self::Messages => StreamKind::Anthropic,
+            _ => StreamKind::OpenAi,
+        }
+    }
+
+    /// Routes whose streams only carry usage when asked for it.
+    fn needs_include_usage(self) -> bool {
+        matches!(self, Self::ChatCompletions | Self::Completions)
+    }
+}
+
+/// Per-request state, from the first filter to `logging`.
+pub struct RequestCtx {
+    start: Instant,
+    timestamp_ms: u64,
+    request_id: String,
+    rt: Option<Arc<Runtime>>,
+    route: Option<Route>,
+    principal: Option<Principal>,
+    model: Option<String>,
+    provider: Option<String>,
+    stream: bool,
+    attempts: u32,
+    tokens: TokenUsage,
+    estimated: bool,
+    upstream_ttfb: Option<Duration>,
+    /// Set once the client has been sent a response header.
+    status: u16,
+    outcome: &'static str,
+    error_kind: Option<&'static str>,
+}
+
+/// The body as read from the client, with what the scanner found.
+struct RequestBody {
+    chunks: Vec<Bytes>,
+    scanner: JsonScanner,
+}
+
+/// What one upstream attempt came to.
+enum Attempt {
+    /// The client got a complete response.
+    Done,
+    /// Nothing reached the client; try the next candidate.
+    TryNext,
+    /// Nothing reached the client and there is nothing left to try.
+    Failed(ClientError),
+    /// The response had started and then broke; the client connection
+    /// must be closed without a clean end.
+    Broken(Box<Error>),
+}
+
+/// The data plane's proxy application.
+pub struct MoltProxy {
+    runtime: RuntimeHandle,
+    connector: Connector,
+    metrics: Arc<Metrics>,
+    sink: Arc<dyn UsageSink>,
+}
+
+impl MoltProxy {
+    pub fn new(runtime: RuntimeHandle, metrics: Arc<Metrics>, sink: Arc<dyn UsageSink>) -> Self {
+        Self {
+            runtime,
+            connector: Connector::new(None),
+            metrics,
+            sink,
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for MoltProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            timestamp_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            request_id: String::new(),
+            rt: None,
+            route: None,
+            principal: None,
+            model: None,
+            provider: None,
+            stream: false,
+            attempts: 0,
+            tokens: TokenUsage::default(),
+            estimated: false,
+            upstream_ttfb: None,
+            status: 0,
+            outcome: "ok",
+            error_kind: None,
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<pingora_core::upstreams::peer::HttpPeer>> {
+        // Every request is answered in `request_filter`; reaching this is a
+        // bug, reported as a 500 rather than proxied anywhere.
+        Error::e_explain(
+            ErrorType::InternalError,
+            "no upstream peer for this request",
+        )
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.request_id = request_id(session.req_header());
+        let rt = self.runtime.load();
+        ctx.rt = Some(rt.clone());
+
+        let path = session.req_header().uri.path();
+        let Some(route) = Route::from_path(path) else {
+            let err = ClientError::NotFound(path.chars().take(200).collect());
+            self.reject(session, ctx, err, ApiFormat::OpenAi).await?;
+            return Ok(true);
+        };
+        ctx.route = Some(route);
+        let format = route.format();
+        let want = if route == Route::Models {
+            Method::GET
+        } else {
+            Method::POST
+        };
+        if session.req_header().method != want {
+            self.reject(session, ctx, ClientError::MethodNotAllowed, format)
+                .await?;
+            return Ok(true);
+        }
+
+        let credential = client_credential(session.req_header(), format);
+        let principal = match rt
+            .auth
+            .authenticate(credential, |n| rt.model(n).map(|m| m.name.clone()))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                self.reject(session, ctx, ClientError::Auth(e), format)
+                    .await?;
+                return Ok(true);
+            }
+        };
+        ctx.principal = Some(principal.clone());
+
+        if route == Route::Models {
+            self.list_models(session, ctx, &rt, &principal).await?;
+            return Ok(true);
+        }
+
+        let body = match read_body(session, &rt).await {
+            Ok(b) => b,
+            Err(e) => {
+                self.reject(session, ctx, e, format).await?;
+                return Ok(true);
+            }
+        };
+        let body_read_at = Instant::now();
+
+        let requested = match body.scanner.field(F_MODEL).and_then(|f| f.as_str()) {
+            Some(m) => m,
+            None => {
+                self.reject(session, ctx, ClientError::MissingModel, format)
+                    .await?;
+                return Ok(true);
+            }
+        };
+        let Some(model) = rt.model(&requested) else {
+            self.reject(session, ctx, ClientError::UnknownModel(requested), format)
+                .await?;
+            return Ok(true);
+        };
+        ctx.model = Some(model.name.clone());
+        if !principal.may_use(&model.name) {
+            self.reject(
+                session,
+                ctx,
+                ClientError::ModelNotAllowed(requested),
+                format,
+            )
+            .await?;
+            return Ok(true);
+        }
+        ctx.stream = body.scanner.field(F_STREAM).and_then(|f| f.as_bool()) == Some(true);
+        let (usage_edit, strip_usage_chunk) = if ctx.stream && route.needs_include_usage() {
+            include_usage_edit(&body.scanner)
+        } else {
+            (None, false)
+        };
+
+        // The model and its fallbacks, in order; fallbacks the key may not
+        // use are skipped.
+        let candidates: Vec<&Model> = std::iter::once(model)
+            .chain(model.fallbacks.iter().filter_map(|f| rt.model(f)))
+            .filter(|m| principal.may_use(&m.name))
+            .collect();
+        session.set_abort_on_close(true);
+        for (i, target) in candidates.iter().enumerate() {
+            let last = i + 1 == candidates.len();
+            let mut edits: Vec<Edit> = usage_edit.iter().cloned().collect();
+            if let Some(span) = body.scanner.field(F_MODEL) {
+                if requested != target.upstream_name {
+                    let name = serde_json::to_vec(&target.upstream_name).unwrap_or_default();
+                    edits.push(Edit::replace(span.start, span.end, name));
+                }
+            }
+            edits.sort_by_key(|e| e.at);
+            let spliced = splice::apply(&body.chunks, &edits);
+            if i > 0 {
+                self.metrics
+                    .fallbacks
+                    .with_label_values(&[&candidates[i - 1].name])
+                    .inc();
+            }
+            ctx.attempts += 1;
+            let provider = &rt.providers[target.provider];
+            ctx.provider = Some(provider.config.name.clone());
+            let attempt = self
+                .attempt(
+                    session,
+                    ctx,
+                    route,
+                    provider,
+                    &spliced,
+                    strip_usage_chunk,
+                    last,
+                    body_read_at,
+                    &body.chunks,
+                )
+                .await;
+            match attempt {
+                Attempt::Done => return Ok(true),
+                Attempt::TryNext => continue,
+                Attempt::Failed(e) => {
+                    self.reject(session, ctx, e, format).await?;
+                    return Ok(true);
+                }
+                Attempt::Broken(e) => return Err(e),
+            }
+        }
+        // Only reached if every candidate was filtered out, which can't
+        // happen (the requested model passed the same check).
+        self.reject(session, ctx, ClientError::UpstreamUnavailable, format)
+            .await?;
+        Ok(true)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        if session.response_written().is_some() {
+            // The response had started: end the connection without a clean
+            // end of body so the client sees the failure.
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        tracing::error!(request_id = %ctx.request_id, error = %e, "internal error before any response");
+        let format = ctx.route.map_or(ApiFormat::OpenAi, Route::format);
+        let err = ClientError::UpstreamFailed;
+        let _ = self.reject(session, ctx, err, format).await;
+        FailToProxy {
+            error_code: 502,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = if ctx.status != 0 {
+            ctx.status
+        } else {
+            session.response_written().map_or(0, |r| r.status.as_u16())
+        };
+        let route = ctx.route.map_or("unknown", Route::name);
+        let model = ctx.model.as_deref().unwrap_or("unknown");
+        let provider = ctx.provider.as_deref().unwrap_or("none");
+        let elapsed = ctx.start.elapsed();
+        let status_text = status.to_string();
+        self.metrics
+            .requests
+            .with_label_values(&[route, model, provider, &status_text])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+        if ctx.tokens.input > 0 || ctx.tokens.output > 0 {
+            self.metrics
+                .tokens
+                .with_label_values(&["input", model, provider])
+                .inc_by(ctx.tokens.input);
+            self.metrics
+                .tokens
+                .with_label_values(&["output", model, provider])
+                .inc_by(ctx.tokens.output);
+        }
+        let user = ctx.principal.as_ref().map_or("", |p| &p.user);
+        let key_id = ctx.principal.as_ref().map_or("", |p| &p.key_id);
+        let log_access = ctx.rt.as_ref().is_none_or(|rt| rt.config.log.access_log);
+        if log_access {
+            tracing::info!(
+                target: "access",
+                request_id = %ctx.request_id,
+                method = %session.req_header().method,
+                path = %session.req_header().uri.path(),
+                status,
+                route,
+                model,
+                provider,
+                key_id,
+                attempts = ctx.attempts,
+                stream = ctx.stream,
+                input_tokens = ctx.tokens.input,
+                output_tokens = ctx.tokens.output,
+                estimated = ctx.estimated,
+                outcome = ctx.outcome,
+                error = ctx.error_kind.unwrap_or(""),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+            );
+        }
+        // A usage event for every request that reached a provider.
+        if ctx.attempts > 0 {
+            self.sink.record(UsageEvent {
+                event_id: uuid::Uuid::now_v7().to_string(),
+                request_id: ctx.request_id.clone(),
+                timestamp_ms: ctx.timestamp_ms,
+                key_id: key_id.to_owned(),
+                user_id: user.to_owned(),
+                model: model.to_owned(),
+                provider: provider.to_owned(),
+                route: route.to_owned(),
+                status,
+                input_tokens: ctx.tokens.input,
+                output_tokens: ctx.tokens.output,
+                estimated: ctx.estimated,
+                stream: ctx.stream,
+                attempts: ctx.attempts,
+                duration_ms: elapsed.as_millis() as u64,
+                upstream_ttfb_ms: ctx.upstream_ttfb.map(|d| d.as_millis() as u64),
+                outcome: ctx.outcome.to_owned(),
+            });
+        }
+    }
+}
+
+impl MoltProxy {
+    /// Answer with an error in the route's format.
+    async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        err: ClientError,
+        format: ApiFormat,
+    ) -> Result<()> {
+        ctx.status = err.status();
+        ctx.error_kind = Some(err.kind());
+        if ctx.outcome == "ok" {
+            ctx.outcome = "rejected";
+        }
+        if !session.is_body_done() {
+            // The unread rest of the body makes the connection unusable.
+            session.set_keepalive(None);
+        }
+        let body = err.body(format);
+        let mut resp = ResponseHeader::build(err.status(), Some(4))?;
+        resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+        resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+        resp.insert_header("x-request-id", &ctx.request_id)?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await
+    }
+
+    /// `GET /v1/models`: the models this caller may use, answered locally.
+    async fn list_models(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        rt: &Runtime,
+        p: &Principal,
+    ) -> Result<()> {
+        let data: Vec<_> = rt
+            .config
+            .models
+            .iter()
+            .filter(|m| p.may_use(&m.name))
+            .map(|m| {
+                serde_json::json!({"id": m.name, "object": "model", "created": 0,
+                    "owned_by": rt.config.providers[m.provider].name})
+            })
+            .collect();
+        let body = Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string());
+        ctx.status = 200;
+        let mut resp = ResponseHeader::build(200, Some(4))?;
+        resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+        resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+        resp.insert_header("x-request-id", &ctx.request_id)?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await
+    }
+
+    /// One try at one provider.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: Route,
+        provider: &ProviderRuntime,
+        body: &[Bytes],
+        strip_usage_chunk: bool,
+        last: bool,
+        body_read_at: Instant,
+        original_body: &[Bytes],
+    ) -> Attempt {
+        let name = provider.config.name.as_str();
+        let body_len: usize = body.iter().map(Bytes::len).sum();
+        // A pooled connection may have been closed by the provider while
+        // idle; that shows up as a failure before any response byte, and is
+        // worth one more try on a fresh connection to the same provider.
+        let mut tries_left = 2;
+        let (mut up, sent_at) = loop {
+            tries_left -= 1;
+            let (mut up, reused) = match self.connector.get_http_session(&provider.peer).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let timeout = matches!(
+                        e.etype(),
+                        ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout
+                    );
+                    self.count_upstream_error(
+                        name,
+                        if timeout {
+                            "connect_timeout"
+                        } else {
+                            "connect"
+                        },
+                    );
+                    tracing::warn!(request_id = %ctx.request_id, provider = name, error = %e, "upstream connect failed");
+                    return self.give_up(
+                        ctx,
+                        last,
+                        if timeout {
+                            ClientError::UpstreamTimeout
+                        } else {
+                            ClientError::UpstreamUnavailable
+                        },
+                    );
+                }
+            };
+            let req = match upstream_request(
+                session.req_header(),
+                route,
+                provider,
+                body_len,
+                &ctx.request_id,
+                up.as_http2().is_some(),
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(request_id = %ctx.request_id, error = %e, "cannot build upstream request");
+                    return Attempt::Failed(ClientError::UpstreamFailed);
+                }
+            };
+            let sent = send_request(&mut up, req, body).await;
+            let sent_at = Instant::now();
+            let header = match sent {
+                Ok(()) => tokio::select! {
+                    r = up.read_response_header() => r,
+                    _ = client_gone(session) => {
+                        ctx.outcome = "client_disconnected";
+                        ctx.status = 499;
+                        return Attempt::Broken(Error::explain(ErrorType::ConnectionClosed, "client went away while waiting for the upstream"));
+                    }
+                },
+                Err(e) => Err(e),
+            };
+            match header {
+                Ok(()) => break (up, sent_at),
+                Err(e) if reused && tries_left > 0 => {
+                    tracing::debug!(request_id = %ctx.request_id, provider = name, error = %e, "pooled connection failed, retrying on a fresh one");
+                    continue;
+                }
+                Err(e) => {
+                    let timeout = matches!(
+                        e.etype(),
+                        ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                    );
+                    self.count_upstream_error(name, if timeout { "timeout" } else { "io" });
+                    tracing::warn!(request_id = %ctx.request_id, provider = name, error = %e, "upstream failed before responding");
+                    return self.give_up(
+                        ctx,
+                        last,
+                        if timeout {
+                            ClientError::UpstreamTimeout
+                        } else {
+                            ClientError::UpstreamFailed
+                        },
+                    );
+                }
+            }
+        };
+        let ttfb = sent_at.elapsed();
+        ctx.upstream_ttfb = Some(ctx.start.elapsed());
+        self.metrics
+            .upstream_ttfb
+            .with_label_values(&[name])
+            .observe(ttfb.as_secs_f64());
+        let Some(up_resp) = up.response_header() else {
+            return Attempt::Failed(ClientError::UpstreamFailed);
+        };
+        let status = up_resp.status.as_u16();
+        if (status == 429 || status >= 500) && !last {
+            self.count_upstream_error(
+                name,
+                if status == 429 {
+                    "status_429"
+                } else {
+                    "status_5xx"
+                },
+            );
+            tracing::warn!(request_id = %ctx.request_id, provider = name, status, "upstream refused, trying a fallback");
+            return Attempt::TryNext;
+        }
+        if status >= 500 {
+            self.count_upstream_error(name, "status_5xx");
+        }
+        let is_sse = up_resp
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let resp =
+            match client_response(up_resp, &ctx.request_id, session.as_downstream().is_http2()) {
+                Ok(r) => r,
+                Err(e) => return Attempt::Broken(e),
+            };
+        let before_header = Instant::now();
+        ctx.status = status;
+        if let Err(e) = session.write_response_header(Box::new(resp), false).await {
+            ctx.outcome = "client_disconnected";
+            return Attempt::Broken(e);
+        }
+        let overhead = (sent_at - body_read_at) + before_header.elapsed();
+        self.metrics
+            .proxy_overhead
+            .with_label_values(&[route.name()])
+            .observe(overhead.as_secs_f64());
+
+        // Stream the body.
+        let _active = is_sse.then(|| ActiveStream::new(&self.metrics));
+        let mut sse = is_sse.then(|| SseUsageReader::new(route.stream_kind(), strip_usage_chunk));
+        let mut json = (!is_sse).then(JsonUsageReader::default);
+        let mut retained: Vec<Bytes> = Vec::new();
+        let mut retained_len = 0usize;
+        let mut out: Vec<Bytes> = Vec::with_capacity(2);
+        let result = loop {
+            let chunk = tokio::select! {
+                biased;
+                r = up.read_response_body() => r,
+                _ = client_gone(session) => {
+                    ctx.outcome = "client_disconnected";
+                    break Err(Error::explain(ErrorType::ConnectionClosed, "client went away mid-response"));
+                }
+            };
+            match chunk {
+                Ok(Some(c)) => {
+                    if retained_len < RETAIN_FOR_ESTIMATE {
+                        retained_len += c.len();
+                        retained.push(c.clone());
+                    }
+                    match &mut sse {
+                        Some(reader) => reader.feed(c, &mut out),
+                        None => {
+                            if let Some(j) = &mut json {
+                                j.feed(&c);
+                            }
+                            out.push(c);
+                        }
+                    }
+                    if let Err(e) = write_all(session, &mut out).await {
+                        ctx.outcome = "client_disconnected";
+                        break Err(e);
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => {
+                    ctx.outcome = "upstream_aborted";
+                    self.count_upstream_error(name, "aborted");
+                    tracing::warn!(request_id = %ctx.request_id, provider = name, error = %e, "upstream broke mid-response");
+                    break Err(e);
+                }
+            }
+        };
+        // Usage: what the provider reported, else a local count.
+        let reported = match (&sse, json) {
+            (Some(r), _) => r.usage(),
+            (None, Some(j)) if result.is_ok() => j.finish(),
+            _ => None,
+        };
+        match reported {
+            Some(u) => ctx.tokens = u,
+            None if (200..300).contains(&status) => {
+                ctx.tokens = TokenUsage {
+                    input: tokens::count_request(original_body),
+                    output: tokens::count_response(&retained, is_sse),
+                };
+                ctx.estimated = true;
+            }
+            None => {}
+        }
+        if let Err(e) = result {
+            // Dropping `up` closes the upstream connection at once.
+            return Attempt::Broken(e);
+        }
+        if let Some(r) = &mut sse {
+            r.finish(&mut out);
+        }
+        if let Err(e) = write_all(session, &mut out).await {
+            ctx.outcome = "client_disconnected";
+            return Attempt::Broken(e);
+        }
+        if let Err(e) = session.write_response_body(None, true).await {
+            ctx.outcome = "client_disconnected";
+            return Attempt::Broken(e);
+        }
+        if up.response_done() {
+            self.connector
+                .release_http_session(up, &provider.peer, provider.peer.options.idle_timeout)
+                .await;
+        }
+        Attempt::Done
+    }
+
+    fn give_up(&self, ctx: &mut RequestCtx, last: bool, err: ClientError) -> Attempt {
+        if last {
+            ctx.outcome = "upstream_error";
+            Attempt::Failed(err)
+        } else {
+            Attempt::TryNext
+        }
+    }
+
+    fn count_upstream_error(&self, provider: &str, kind: &str) {
+        self.metrics
+            .upstream_errors
+            .with_label_values(&[provider, kind])
+            .inc();
+    }
+}
+
+/// Counts a response being streamed while it lives.
+struct ActiveStream<'a>(&'a Metrics);
+
+impl<'a> ActiveStream<'a> {
+    fn new(m: &'a Metrics) -> Self {
+        m.active_streams.inc();
+        Self(m)
+    }
+}
+
+impl Drop for ActiveStream<'_> {
+    fn drop(&mut self) {
+        self.0.active_streams.dec();
+    }
+}
+
+/// Write each pending chunk to the client as its own write (no coalescing).
+async fn write_all(session: &mut Session, out: &mut Vec<Bytes>) -> Result<()> {
+    for b in out.drain(..) {
+        session.write_response_body(Some(b), false).await?;
+    }
+    Ok(())
+}
+
+/// Resolves when the client closes its connection (or stream); never
+/// otherwise.
+async fn client_gone(session: &mut Session) {
+    if session
+        .as_downstream_mut()
+        .read_body_or_idle(true)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    // Data or end-of-stream without an error: nothing to act on; keep
+    // waiting (the select loop re-polls us after every chunk anyway).
+    std::future::pending::<()>().await
+}
+
+async fn send_request(up: &mut UpstreamSession, req: RequestHeader, body: &[Bytes]) -> Result<()> {
+    up.write_request_header(Box::new(req)).await?;
+    for chunk in body {
+        // A clone of `Bytes` is a reference count, not a copy.
+        up.write_request_body(chunk.clone(), false).await?;
+    }
+    up.finish_request_body().await
+}
+
+/// The client's `x-request-id` if it is sane, else a new UUIDv7.
+fn request_id(req: &RequestHeader) -> String {
+    req.headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
+}
+
+/// The credential a client sent: `Authorization: Bearer` on every route,
+/// and `x-api-key` on the Anthropic route (as its SDK sends it).
+fn client_credential(req: &RequestHeader, format: ApiFormat) -> Option<&str> {
+    if format == ApiFormat::Anthropic {
+        if let Some(v) = req.headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+            return Some(v);
+        }
+    }
+    let v = req.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
+/// Read and validate the whole body, within the size and time limits.
+async fn read_body(
+    session: &mut Session,
+    rt: &Runtime,
+) -> std::result::Result<RequestBody, ClientError> {
+    let max = rt.config.server.max_body_bytes;
+    let declared = session
+        .req_header()
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(ClientError::BodyTooLarge(max));
+    }
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        // Without this, curl waits a second before sending the body.
+        let _ = session.as_downstream_mut().write_continue_response().await;
+    }
+    let deadline = tokio::time::Instant::now() + rt.config.server.client_body_timeout;
+    let mut scanner = JsonScanner::new(REQUEST_FIELDS, 4096);
+    let mut chunks = Vec::new();
+    let mut len = 0usize;
+    loop {
+        let next = tokio::time::timeout_at(deadline, session.read_request_body()).await;
+        match next {
+            Err(_) => return Err(ClientError::BodyTimeout),
+            Ok(Err(_)) => return Err(ClientError::BodyAborted),
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(chunk))) => {
+                len += chunk.len();
+                if len > max {
+                    return Err(ClientError::BodyTooLarge(max));
+                }
+                scanner.feed(&chunk).map_err(ClientError::MalformedJson)?;
+                chunks.push(chunk);
+            }
+        }
+    }
+    scanner.finish().map_err(ClientError::MalformedJson)?;
+    Ok(RequestBody { chunks, scanner })
+}
+
+/// The edit that makes an OpenAI stream report usage, and whether the
+/// client did not ask for it (so the proxy must cut the usage chunk out).
+fn include_usage_edit(scanner: &JsonScanner) -> (Option<Edit>, bool) {
+    const ADD: &[u8] = br#","stream_options":{"include_usage":true}"#;
+    let Some(so) = scanner.field(F_STREAM_OPTIONS) else {
+        return match scanner.object_end() {
+            Some(end) => (Some(Edit::insert(end, Bytes::from_static(ADD))), true),
+            None => (None, false),
+        };
+    };
+    if so.is_null() {
+        return (
+            Some(Edit::replace(
+                so.start,
+                so.end,
+                Bytes::from_static(br#"{"include_usage":true}"#),
+            )),
+            true,
+        );
+    }
+    let Some(raw) = so.raw.as_deref() else {
+        return (None, false);
+    };
+    let mut inner = JsonScanner::new(&["include_usage"], 16);
+    if inner.feed(raw).is_err() || inner.finish().is_err() {
+        // Not an object: leave it for the provider to reject.
+        return (None, false);
+    }
+    match inner.field(0) {
+        Some(f) if f.as_bool() == Some(true) => (None, false),
+        Some(f) => (
+            Some(Edit::replace(
+                so.start + f.start,
+                so.start + f.end,
+                Bytes::from_static(b"true"),
+            )),
+            true,
+        ),
+        None => {
+            let empty = raw[1..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+            let insert: &'static [u8] = if empty {
+                br#""include_usage":true"#
+            } else {
+                br#""include_usage":true,"#
+            };
+            (
+                Some(Edit::insert(so.start + 1, Bytes::from_static(insert))),
+                true,
+            )
+        }
+    }
+}
+
+/// The request header sent upstream: the client's headers minus
+/// credentials and hop-by-hop headers, plus the provider's credential.
+fn upstream_request(
+    client: &RequestHeader,
+    route: Route,
+    provider: &ProviderRuntime,
+    body_len: usize,
+    request_id: &str,
+    h2: bool,
+) -> Result<RequestHeader> {
+    let base = &provider.config.base_url;
+    let mut path = String::with_capacity(base.path_prefix.len() + 24);
+    path.push_str(&base.path_prefix);
+    path.push_str(route.upstream_suffix());
+    if let Some(q) = client.uri.query() {
+        path.push('?');
+        path.push_str(q);
+    }
+    let mut req = RequestHeader::build(
+        Method::POST,
+        path.as_bytes(),
+        Some(client.headers.len() + 4),
+    )?;
+    for (name, value) in &client.headers {
+        if !STRIPPED_REQUEST_HEADERS.contains(&name.as_str()) {
+            req.append_header(name.clone(), value.clone())?;
+        }
+    }
+    req.insert_header(header::HOST, provider.host.clone())?;
+    req.insert_header(header::CONTENT_LENGTH, body_len)?;
+    // Identity, so usage can be read from the body as it passes.
+    req.insert_header(header::ACCEPT_ENCODING, "identity")?;
+    req.insert_header("x-request-id", request_id)?;
+    let cred = provider.next_credential().clone();
+    match provider.config.kind.auth_style() {
+        AuthStyle::Bearer => req.insert_header(header::AUTHORIZATION, cred)?,
+        AuthStyle::ApiKeyHeader => req.insert_header(HeaderName::from_static("api-key"), cred)?,
+        AuthStyle::XApiKey => {
+            req.insert_header(HeaderName::from_static("x-api-key"), cred)?;
+            if !req.headers.contains_key("anthropic-version") {
+                req.insert_header(
+                    HeaderName::from_static("anthropic-version"),
+                    provider.anthropic_version.clone(),
+                )?;
+            }
+        }
+    }
+    if h2 {
+        let scheme = if base.tls { "https" } else { "http" };
+        let uri = http::Uri::builder()
+            .scheme(scheme)
+            .authority(base.authority())
+            .path_and_query(path)
+            .build()
+            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "upstream URI", e))?;
+        req.set_uri(uri);
+        req.remove_header(&header::HOST);
+    }
+    Ok(req)
+}
+
+/// The response header for the client: the upstream's status and headers,
+/// minus hop-by-hop ones, plus `x-request-id`.
+fn client_response(
+    up: &ResponseHeader,
+    request_id: &str,
+    downstream_h2: bool,
+) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(up.status, Some(up.headers.len() + 2))?;
+    for (name, value) in &up.headers {
+        if !STRIPPED_RESPONSE_HEADERS.contains(&name.as_str()) {
+            resp.append_header(name.clone(), value.clone())?;
+        }
+    }
+    resp.insert_header("x-request-id", request_id)?;
+    let has_length = resp.headers.contains_key(header::CONTENT_LENGTH);
+    if !has_length && !downstream_h2 {
+        // HTTP/1.1 without a length: chunked, so every write goes out at
+        // once and the end is explicit (a broken stream then shows as an
+        // incomplete body, never as a clean end).
+        resp.insert_header(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        )?;
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(doc: &str) -> JsonScanner {
+        let mut s = JsonScanner::new(REQUEST_FIELDS, 4096);
+        s.feed(doc.as_bytes()).unwrap();
+        s.finish().unwrap();
+        s
+    }
+
+    fn spliced(doc: &str) -> (String, bool) {
+        let s = scan(doc);
+        let (edit, strip) = include_usage_edit(&s);
+        let chunks = [Bytes::copy_from_slice(doc.as_bytes())];
+        let out = splice::apply(&chunks, edit.as_slice());
+        (String::from_utf8(out.concat()).unwrap(), strip)
+    }
+
+    #[test]
+    fn include_usage_is_spliced_without_reserialising() {
+        let cases = [
+            (
+                r#"{"model":"m","stream":true}"#,
+                r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#,
+                true,
+            ),
+            (
+                r#"{"model":"m", "stream_options" : null }"#,
+                r#"{"model":"m", "stream_options" : {"include_usage":true} }"#,
+                true,
+            ),
+            (
+                r#"{"stream_options":{},"model":"m"}"#,
+                r#"{"stream_options":{"include_usage":true},"model":"m"}"#,
+                true,
+            ),
+            (
+                r#"{"stream_options":{ "x":1},"model":"m"}"#,
+                r#"{"stream_options":{"include_usage":true, "x":1},"model":"m"}"#,
+                true,
+            ),
+            (
+                r#"{"stream_options":{"include_usage": false},"model":"m"}"#,
+                r#"{"stream_options":{"include_usage": true},"model":"m"}"#,
+                true,
+            ),
+            (
+                r#"{"stream_options":{"include_usage":true},"model":"m"}"#,
+                r#"{"stream_options":{"include_usage":true},"model":"m"}"#,
+                false,
+            ),
+        ];
+        for (input, want, strip) in cases {
+            let (got, s) = spliced(input);
+            assert_eq!(got, want);
+            assert_eq!(s, strip, "{input}");
+            serde_json::from_str::<serde_json::Value>(&got).unwrap();
+        }
+    }
+
+    #[test]
+    fn routes_and_credentials() {
+        assert_eq!(Route::from_path("/v1/messages"), Some(Route::Messages));
+        assert_eq!(Route::from_path("/v1/chat/completions/"), None);
+        let mut req = RequestHeader::build("POST", b"/v1/messages", None).unwrap();
+        req.insert_header("x-api-key", "molt_sk_a").unwrap();
+        req.insert_header("authorization", "Bearer molt_sk_b")
+            .unwrap();
+        assert_eq!(
+            client_credential(&req, ApiFormat::Anthropic),
+            Some("molt_sk_a")
+        );
+        assert_eq!(
+            client_credential(&req, ApiFormat::OpenAi),
+            Some("molt_sk_b")
+        );
+    }
+}

@@ -1,0 +1,153 @@
+//! Assembling and running the data plane: Pingora server, client listeners
+//! (plain HTTP with h2c, and TLS), admin listener, reload and readiness
+//! services.
+
+use crate::admin::AdminApp;
+use crate::metrics::Metrics;
+use crate::proxy::MoltProxy;
+use crate::reload::{ConfigReloader, ReloadService};
+use crate::runtime::{BuildError, Runtime, RuntimeHandle};
+use crate::sink::{JsonlFileSink, TotalsOnlySink, UsageSink, UsageTotals};
+use crate::tls::{self, TlsError};
+use async_trait::async_trait;
+use molt_config::dataplane::ProcessEnv;
+use molt_config::{ConfigErrors, DataplaneConfig, LogFormat};
+use pingora_core::apps::http_app::HttpServer;
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
+use pingora_proxy::ProxyServiceBuilder;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid config:\n{0}")]
+    Config(ConfigErrors),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot open the usage file {path}: {source}")]
+    UsageFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Set up logging to stderr in the configured format. `RUST_LOG` overrides
+/// the default level (`info`).
+pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // `try_init` fails only if a subscriber is already set (tests, `molt
+    // dev`), which is fine to keep.
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Load, validate and run the data plane until the process is signalled.
+/// Returns only on a startup error.
+pub fn run(config_path: &Path) -> Result<std::convert::Infallible, StartError> {
+    let config = DataplaneConfig::load(config_path, &ProcessEnv).map_err(StartError::Config)?;
+    init_tracing(config.log.format);
+    let server_cfg = config.server.clone();
+    let admin_listen = config.admin_listen;
+    let tls_settings = server_cfg.tls.as_ref().map(tls::settings).transpose()?;
+
+    let metrics = Arc::new(Metrics::new()?);
+    let totals = Arc::new(UsageTotals::default());
+    let sink: Arc<dyn UsageSink> = match &config.usage_file {
+        Some(path) => {
+            let dropped = metrics.usage_events_dropped.clone();
+            Arc::new(
+                JsonlFileSink::start(path, totals.clone(), Box::new(move || dropped.inc()))
+                    .map_err(|source| StartError::UsageFile {
+                        path: path.clone(),
+                        source,
+                    })?,
+            )
+        }
+        None => Arc::new(TotalsOnlySink(totals.clone())),
+    };
+    let runtime = RuntimeHandle::new(Runtime::build(config, 1)?);
+    metrics.config_version.set(1);
+    // Load the tokenizer in the background so the first estimate is quick.
+    std::thread::spawn(crate::tokens::warm_up);
+
+    let conf = ServerConf {
+        threads: server_cfg.threads.get(),
+        grace_period_seconds: Some(server_cfg.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        pid_file: std::env::temp_dir()
+            .join(format!("molt-{}.pid", std::process::id()))
+            .to_string_lossy()
+            .into_owned(),
+        upgrade_sock: std::env::temp_dir()
+            .join(format!("molt-upgrade-{}.sock", std::process::id()))
+            .to_string_lossy()
+            .into_owned(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    server.bootstrap();
+
+    let proxy = MoltProxy::new(runtime.clone(), metrics.clone(), sink);
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    let mut proxy_service = ProxyServiceBuilder::new(&server.configuration, proxy)
+        .name("molt-proxy")
+        .server_options(options)
+        .build();
+    proxy_service.add_tcp(&server_cfg.listen.to_string());
+    if let (Some(tls_cfg), Some(settings)) = (&server_cfg.tls, tls_settings) {
+        proxy_service.add_tls_with_settings(&tls_cfg.listen.to_string(), None, settings);
+    }
+
+    let ready = Arc::new(AtomicBool::new(true));
+    let mut admin = Service::new(
+        "molt-admin".to_owned(),
+        HttpServer::new_app(AdminApp {
+            metrics: metrics.clone(),
+            runtime: runtime.clone(),
+            totals,
+            ready: ready.clone(),
+        }),
+    );
+    admin.add_tcp(&admin_listen.to_string());
+
+    let reloader = Arc::new(ConfigReloader {
+        path: config_path.to_owned(),
+        runtime,
+        metrics,
+        version: Arc::new(AtomicU64::new(1)),
+    });
+    server.add_service(proxy_service);
+    server.add_service(admin);
+    server.add_service(background_service("config-reload", ReloadService(reloader)));
+    server.add_service(background_service("readiness", Readiness(ready)));
+    tracing::info!(listen = %server_cfg.listen, tls = ?server_cfg.tls.as_ref().map(|t| t.listen), admin = %admin_listen, "molt data plane starting");
+    server.run_forever()
+}
+
+/// Flips `/readyz` to 503 as soon as shutdown begins.
+struct Readiness(Arc<AtomicBool>);
+
+#[async_trait]
+impl BackgroundService for Readiness {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let _ = shutdown.changed().await;
+        self.0.store(false, Ordering::Relaxed);
+        tracing::info!("shutting down: draining in-flight requests");
+    }
+}

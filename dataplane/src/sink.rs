@@ -1,0 +1,138 @@
+//! Where usage events go once a request is done, off the request path.
+//!
+//! [`UsageSink`] is the narrow trait the proxy calls: `record` must never
+//! block or fail the request. [`JsonlFileSink`] hands events to a writer
+//! thread over a bounded channel and appends them as JSON lines (a full
+//! channel drops the event and counts it: losing a line is better than
+//! stalling traffic; durable, lossless shipping to the control plane is a
+//! separate sink). [`UsageTotals`] keeps in-memory sums per user and model
+//! for the admin endpoint.
+
+use molt_config::UsageEvent;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+
+/// Receives one event per finished request. Implementations must return
+/// quickly and never panic.
+pub trait UsageSink: Send + Sync + 'static {
+    fn record(&self, event: UsageEvent);
+}
+
+/// Running totals per (user, model).
+#[derive(Debug, Default)]
+pub struct UsageTotals {
+    inner: Mutex<HashMap<(String, String), Totals>>,
+}
+
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Totals {
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+impl UsageTotals {
+    pub fn add(&self, e: &UsageEvent) {
+        // A poisoned lock only means another thread panicked mid-update;
+        // the counters are still usable.
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let t = map.entry((e.user_id.clone(), e.model.clone())).or_default();
+        t.requests += 1;
+        t.input_tokens += e.input_tokens;
+        t.output_tokens += e.output_tokens;
+    }
+
+    /// `[{"user","model","requests","input_tokens","output_tokens"}]`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let rows: Vec<_> = map
+            .iter()
+            .map(|((user, model), t)| {
+                serde_json::json!({"user": user, "model": model, "requests": t.requests,
+                    "input_tokens": t.input_tokens, "output_tokens": t.output_tokens})
+            })
+            .collect();
+        serde_json::Value::Array(rows)
+    }
+}
+
+/// Appends events to a JSON-lines file from a dedicated thread.
+pub struct JsonlFileSink {
+    tx: SyncSender<UsageEvent>,
+    on_drop: Box<dyn Fn() + Send + Sync>,
+}
+
+/// Events buffered between the proxy and the writer thread.
+const QUEUE: usize = 65_536;
+
+impl JsonlFileSink {
+    /// Open (creating directories) `path` for appending and start the
+    /// writer. `totals` is updated by the writer; `on_drop` is called for
+    /// each event that had to be dropped.
+    pub fn start(
+        path: &Path,
+        totals: Arc<UsageTotals>,
+        on_drop: Box<dyn Fn() + Send + Sync>,
+    ) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let (tx, rx) = sync_channel(QUEUE);
+        let path = path.to_owned();
+        std::thread::Builder::new()
+            .name("molt-usage-writer".into())
+            .spawn(move || write_loop(rx, file, &path, &totals))?;
+        Ok(Self { tx, on_drop })
+    }
+}
+
+impl UsageSink for JsonlFileSink {
+    fn record(&self, event: UsageEvent) {
+        match self.tx.try_send(event) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => (self.on_drop)(),
+        }
+    }
+}
+
+fn write_loop(rx: Receiver<UsageEvent>, file: std::fs::File, path: &PathBuf, totals: &UsageTotals) {
+    let mut out = std::io::BufWriter::new(file);
+    // Block for one event, then take whatever else is queued, and flush
+    // once per batch: one write syscall for a burst of requests.
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter().take(4096));
+        for e in &batch {
+            totals.add(e);
+            let line = match serde_json::to_vec(e) {
+                Ok(l) => l,
+                Err(err) => {
+                    tracing::error!(%err, "cannot encode a usage event");
+                    continue;
+                }
+            };
+            if let Err(err) = out.write_all(&line).and_then(|()| out.write_all(b"\n")) {
+                tracing::error!(%err, path = %path.display(), "cannot write usage events");
+            }
+        }
+        if let Err(err) = out.flush() {
+            tracing::error!(%err, path = %path.display(), "cannot flush usage events");
+        }
+    }
+}
+
+/// Keeps totals only (no file configured).
+pub struct TotalsOnlySink(pub Arc<UsageTotals>);
+
+impl UsageSink for TotalsOnlySink {
+    fn record(&self, event: UsageEvent) {
+        self.0.add(&event);
+    }
+}

@@ -1,0 +1,114 @@
+//! Counting tokens locally when a provider reports none.
+//!
+//! The figures are marked `estimated` in the usage event. Text is pulled out
+//! of the request and response JSON (message contents, prompts, deltas,
+//! tool-call arguments) and counted with OpenAI's `o200k_base` BPE from
+//! tiktoken-rs; for other vendors' models that is an approximation, which is
+//! what "estimated" says. This runs once per request at its end, and only
+//! when usage is missing, so it is off the hot path.
+
+use bytes::Bytes;
+use serde_json::Value;
+
+/// Keys whose string values are text the model read or wrote.
+const TEXT_KEYS: &[&str] = &[
+    "content",
+    "text",
+    "prompt",
+    "input",
+    "system",
+    "instructions",
+    "arguments",
+    "refusal",
+    "delta",
+];
+
+/// Count tokens in `text` with the o200k tokenizer.
+pub fn count(text: &str) -> u64 {
+    if text.is_empty() {
+        return 0;
+    }
+    tiktoken_rs::o200k_base_singleton()
+        .encode_with_special_tokens(text)
+        .len() as u64
+}
+
+/// Load the tokenizer now (it takes a moment) so the first estimate
+/// doesn't pay for it.
+pub fn warm_up() {
+    let _ = count("warm up");
+}
+
+/// Estimate the input tokens of a request body.
+pub fn count_request(chunks: &[Bytes]) -> u64 {
+    let body: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(v) => {
+            let mut text = String::new();
+            collect_text(&v, false, &mut text);
+            count(&text)
+        }
+        Err(_) => 0,
+    }
+}
+
+/// Estimate the output tokens of a response: an SSE stream (every `data:`
+/// payload) or one JSON document.
+pub fn count_response(chunks: &[Bytes], is_sse: bool) -> u64 {
+    let body: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+    let mut text = String::new();
+    if is_sse {
+        for line in body.split(|&b| b == b'\n') {
+            let Some(data) = line.strip_prefix(b"data:") else {
+                continue;
+            };
+            if let Ok(v) = serde_json::from_slice::<Value>(data.trim_ascii()) {
+                collect_text(&v, false, &mut text);
+            }
+        }
+    } else if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+        collect_text(&v, false, &mut text);
+    }
+    count(&text)
+}
+
+/// Append every string found under a text key, at any depth.
+fn collect_text(v: &Value, under_text_key: bool, out: &mut String) {
+    match v {
+        Value::String(s) if under_text_key => {
+            out.push_str(s);
+            out.push('\n');
+        }
+        Value::Array(items) => items
+            .iter()
+            .for_each(|i| collect_text(i, under_text_key, out)),
+        Value::Object(map) => {
+            for (k, v) in map {
+                collect_text(v, TEXT_KEYS.contains(&k.as_str()), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_message_text_not_json_syntax() {
+        let body = Bytes::from_static(
+            br#"{"model":"m","messages":[{"role":"user","content":"Hello there"},{"role":"user","content":[{"type":"text","text":"General Kenobi"}]}]}"#,
+        );
+        let n = count_request(&[body]);
+        assert!((4..=8).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn counts_stream_deltas() {
+        let sse = Bytes::from_static(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"Hello\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\" world\"}}]}\n\ndata: [DONE]\n\n",
+        );
+        assert_eq!(count_response(&[sse], true), count("Hello\n world\n"));
+    }
+}

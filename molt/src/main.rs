@@ -1,0 +1,128 @@
+//! The `molt` binary: parses the command line and hands over to the
+//! libraries. No logic of its own beyond wiring (`molt dev` lives in
+//! [`dev`]).
+
+mod dev;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "molt",
+    version,
+    about = "Molt Gateway: a streaming proxy appliance for AI model traffic"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything on loopback: data plane (HTTP and TLS) and a mock
+    /// provider (or the real ones when OPENAI_API_KEY/ANTHROPIC_API_KEY are set).
+    Dev(dev::DevArgs),
+    /// Run the data plane.
+    Dataplane {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only validate the config: print every error and exit non-zero.
+        #[arg(long)]
+        validate: bool,
+    },
+    /// Run the mock OpenAI/Anthropic-compatible provider.
+    MockProvider {
+        #[arg(long, default_value = "127.0.0.1:9800")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 8)]
+        chunks: usize,
+        #[arg(long, default_value_t = 0)]
+        chunk_delay_ms: u64,
+        #[arg(long, default_value_t = 0)]
+        ttft_ms: u64,
+    },
+    /// Client API keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Make a new molt API key and print it with the SHA-256 the config stores.
+    New,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Dev(args) => dev::run(args),
+        Command::Dataplane {
+            config,
+            validate: true,
+        } => validate(&config),
+        Command::Dataplane {
+            config,
+            validate: false,
+        } => {
+            let never =
+                molt_dataplane::server::run(&config).context("data plane failed to start")?;
+            match never {}
+        }
+        Command::MockProvider {
+            listen,
+            chunks,
+            chunk_delay_ms,
+            ttft_ms,
+        } => {
+            let opts = molt_loadtest::mock_provider::MockOptions {
+                chunks,
+                chunk_delay: Duration::from_millis(chunk_delay_ms),
+                ttft: Duration::from_millis(ttft_ms),
+            };
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .init();
+            tokio::runtime::Runtime::new()?.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                tracing::info!(%listen, "mock provider listening");
+                molt_loadtest::mock_provider::MockProvider::new(opts)
+                    .serve(listener)
+                    .await
+            })?;
+            Ok(())
+        }
+        Command::Key {
+            command: KeyCommand::New,
+        } => {
+            let key = dev::new_api_key();
+            let mut out = std::io::stdout().lock();
+            use std::io::Write;
+            writeln!(out, "key: {key}")?;
+            writeln!(out, "sha256: {}", molt_config::hash_api_key(&key))?;
+            Ok(())
+        }
+    }
+}
+
+fn validate(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    match molt_config::DataplaneConfig::load(path, &molt_config::dataplane::ProcessEnv) {
+        Ok(_) => {
+            writeln!(std::io::stdout(), "config OK: {}", path.display())?;
+            Ok(())
+        }
+        Err(errors) => {
+            let mut err = std::io::stderr().lock();
+            for e in errors.iter() {
+                writeln!(err, "{e}")?;
+            }
+            std::process::exit(1);
+        }
+    }
+}
