@@ -241,7 +241,7 @@ impl DataplaneConfig {
     pub fn from_toml(text: &str, env: &dyn Env) -> Result<Self, ConfigErrors> {
         let raw: RawDataplaneConfig = toml::from_str(text).map_err(|e| {
             let mut errs = ConfigErrors::default();
-            errs.push(toml_error_path(&e), e.message().to_owned());
+            errs.push(toml_error_path(text, &e), e.message().to_owned());
             errs
         })?;
         Self::from_wire(raw, env)
@@ -329,12 +329,44 @@ impl DataplaneConfig {
     }
 }
 
-fn toml_error_path(e: &toml::de::Error) -> String {
-    // The toml crate reports a span, not a key path; give the line so the
-    // operator can find it.
-    match e.span() {
-        Some(span) => format!("<toml at byte {}>", span.start),
-        None => "<toml>".to_owned(),
+/// The dotted field path a TOML error is about (`server.grace_period`,
+/// `models[1].name`), worked out from the error's byte span: the key on that
+/// line under the last table header above it. Falls back to the line number.
+fn toml_error_path(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return "<toml>".to_owned();
+    };
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"'));
+    // The table this line belongs to, with an index for arrays of tables.
+    let mut table = String::new();
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for l in text[..line_start].lines().map(str::trim) {
+        if let Some(name) = l
+            .strip_prefix("[[")
+            .and_then(|r| r.split_once("]]"))
+            .map(|(n, _)| n.trim())
+        {
+            let n = counts.entry(name).or_insert(0);
+            table = format!("{name}[{n}]");
+            *n += 1;
+        } else if let Some(name) = l
+            .strip_prefix('[')
+            .and_then(|r| r.split_once(']'))
+            .map(|(n, _)| n.trim())
+        {
+            table = name.to_owned();
+        }
+    }
+    match key {
+        Some(k) if !table.is_empty() && line.trim_start().starts_with(k) => format!("{table}.{k}"),
+        Some(k) if line.trim_start().starts_with(k) => k.to_owned(),
+        _ => format!("<toml line {line_no}>"),
     }
 }
 

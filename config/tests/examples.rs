@@ -1,5 +1,6 @@
 //! Every example config in `config/examples/` parses and validates, and
 //! validation reports bad configs with field paths.
+#![allow(clippy::panic, reason = "test helpers fail the test by panicking")]
 
 use molt_config::dataplane::DataplaneConfig;
 use std::collections::HashMap;
@@ -172,4 +173,16 @@ provider = "o"
         errs.iter().any(|e| e.starts_with("models[1].name:")),
         "{errs:?}"
     );
+}
+
+#[test]
+fn toml_type_errors_name_the_field() {
+    let errs = errors_of(
+        "version = 1\n[server]\nlisten = \"127.0.0.1:1\"\ngrace_period = \"5 parsecs\"\n",
+    );
+    assert!(errs[0].starts_with("server.grace_period:"), "{errs:?}");
+    let errs = errors_of(
+        "version = 1\n[server]\nlisten = \"127.0.0.1:1\"\n[[models]]\nname = \"a\"\nprovider = \"p\"\n[[models]]\nname = 5\n",
+    );
+    assert!(errs[0].starts_with("models[1].name:"), "{errs:?}");
 }

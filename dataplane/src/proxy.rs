@@ -485,8 +485,9 @@ impl ProxyHttp for MoltProxy {
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
             );
         }
-        // A usage event for every request that reached a provider.
-        if ctx.attempts > 0 {
+        // A usage event for every authenticated model request, including
+        // rejected ones (zero tokens), so per-user activity is complete.
+        if ctx.principal.is_some() && ctx.model.is_some() {
             self.sink.record(UsageEvent {
                 event_id: uuid::Uuid::now_v7().to_string(),
                 request_id: ctx.request_id.clone(),
@@ -614,6 +615,10 @@ impl MoltProxy {
                     );
                 }
             };
+            // Pingora's proxy loop applies the peer's timeouts to the
+            // session; driving the session ourselves, we do it here.
+            up.set_read_timeout(provider.peer.options.read_timeout);
+            up.set_write_timeout(provider.peer.options.write_timeout);
             let req = match upstream_request(
                 session.req_header(),
                 route,

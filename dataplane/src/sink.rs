@@ -11,7 +11,7 @@
 use molt_config::UsageEvent;
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
@@ -102,7 +102,7 @@ impl UsageSink for JsonlFileSink {
     }
 }
 
-fn write_loop(rx: Receiver<UsageEvent>, file: std::fs::File, path: &PathBuf, totals: &UsageTotals) {
+fn write_loop(rx: Receiver<UsageEvent>, file: std::fs::File, path: &Path, totals: &UsageTotals) {
     let mut out = std::io::BufWriter::new(file);
     // Block for one event, then take whatever else is queued, and flush
     // once per batch: one write syscall for a burst of requests.

@@ -133,9 +133,6 @@ impl SseUsageReader {
             return;
         }
         // Strip mode: track event boundaries so one event can be cut out.
-        let mut emit_from = 0usize;
-        let mut event_start = 0usize;
-        let mut drop_event_at: Vec<(usize, usize)> = Vec::new();
         let mut ends: Vec<(usize, bool)> = Vec::new();
         self.scan_lines(&chunk, |line_end, blank, usage_only| {
             if blank {
@@ -143,27 +140,30 @@ impl SseUsageReader {
             }
         });
         let held_before = !self.held.is_empty();
+        let mut emit_from = 0usize;
+        let mut event_start = 0usize;
         for (i, (end, usage_only)) in ends.iter().copied().enumerate() {
-            if usage_only {
-                drop_event_at.push((event_start, end));
-                if i == 0 && held_before {
+            if i == 0 && held_before {
+                // The event that began in an earlier chunk is complete: send
+                // it as one piece (it is already a copy) or drop it.
+                if usage_only {
                     self.held.clear();
+                } else {
+                    self.held.extend_from_slice(&chunk[..end]);
+                    out.push(without_null_usage(std::mem::take(&mut self.held).freeze()));
                 }
-            } else if i == 0 && held_before {
-                // The event that began in an earlier chunk is complete.
-                out.push(std::mem::take(&mut self.held).freeze());
+                emit_from = end;
+            } else if usage_only {
+                if event_start > emit_from {
+                    out.push(without_null_usage(chunk.slice(emit_from..event_start)));
+                }
+                emit_from = end;
             }
             event_start = end;
         }
-        for (start, end) in drop_event_at {
-            if start > emit_from {
-                out.push(chunk.slice(emit_from..start));
-            }
-            emit_from = end;
-        }
         // Everything up to the start of the unfinished event goes out now.
         if event_start > emit_from {
-            out.push(chunk.slice(emit_from..event_start));
+            out.push(without_null_usage(chunk.slice(emit_from..event_start)));
         }
         if event_start < chunk.len() {
             self.held.extend_from_slice(&chunk[event_start..]);
@@ -272,6 +272,35 @@ impl SseUsageReader {
     }
 }
 
+/// Remove the `"usage":null` OpenAI adds to every chunk once usage is
+/// requested, so a client that did not request it sees chunks as it would
+/// have. Complete events only; copies the piece only if it has one.
+fn without_null_usage(piece: Bytes) -> Bytes {
+    const FIELD: &[u8] = b"\"usage\":null";
+    let finder = memmem::Finder::new(FIELD);
+    if finder.find(&piece).is_none() {
+        return piece;
+    }
+    let mut out = BytesMut::with_capacity(piece.len());
+    let mut rest = &piece[..];
+    while let Some(at) = finder.find(rest) {
+        let after = at + FIELD.len();
+        // Take one adjacent comma with the field: `,"usage":null` or
+        // `"usage":null,` so the object stays valid JSON.
+        let (cut_start, cut_end) = if at > 0 && rest[at - 1] == b',' {
+            (at - 1, after)
+        } else if rest.get(after) == Some(&b',') {
+            (at, after + 1)
+        } else {
+            (at, after)
+        };
+        out.extend_from_slice(&rest[..cut_start]);
+        rest = &rest[cut_end..];
+    }
+    out.extend_from_slice(rest);
+    out.freeze()
+}
+
 fn trim_line(line: &[u8]) -> &[u8] {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     line.strip_suffix(b"\r").unwrap_or(line)
@@ -353,10 +382,12 @@ mod tests {
 
     #[test]
     fn usage_chunk_is_stripped_exactly_at_every_split() {
-        let want = OPENAI_STREAM.replace(
-            "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":2,\"total_tokens\":13}}\n\n",
-            "",
-        );
+        let want = OPENAI_STREAM
+            .replace(
+                "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":2,\"total_tokens\":13}}\n\n",
+                "",
+            )
+            .replace(",\"usage\":null", "");
         for piece in 1..OPENAI_STREAM.len() {
             let (r, out) = run(OPENAI_STREAM, StreamKind::OpenAi, true, piece);
             assert_eq!(
@@ -368,6 +399,19 @@ mod tests {
                 "piece {piece}"
             );
             assert_eq!(String::from_utf8(out).unwrap(), want, "piece {piece}");
+        }
+    }
+
+    #[test]
+    fn null_usage_is_removed_with_one_comma() {
+        let cases = [
+            (r#"data: {"a":1,"usage":null}"#, r#"data: {"a":1}"#),
+            (r#"data: {"usage":null,"a":1}"#, r#"data: {"a":1}"#),
+            (r#"data: {"usage":null}"#, r#"data: {}"#),
+            (r#"data: {"a":1}"#, r#"data: {"a":1}"#),
+        ];
+        for (input, want) in cases {
+            assert_eq!(without_null_usage(Bytes::from(input)), Bytes::from(want));
         }
     }
 

@@ -45,6 +45,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         ttft_ms: u64,
     },
+    /// Run a load scenario against one or more targets (see loadtest/README.md).
+    Load(molt_loadtest::loadgen::LoadArgs),
     /// Client API keys.
     Key {
         #[command(subcommand)]
@@ -97,6 +99,9 @@ fn main() -> anyhow::Result<()> {
             })?;
             Ok(())
         }
+        Command::Load(args) => molt_loadtest::loadgen::main(args)
+            .map(drop)
+            .map_err(Into::into),
         Command::Key {
             command: KeyCommand::New,
         } => {
