@@ -6,6 +6,7 @@
 //! returns every problem at once with its field path. Nothing here panics.
 
 use crate::error::ConfigErrors;
+use crate::limits::LimitsConfig;
 use crate::secret::Secret;
 use crate::wire::{self, RawDataplaneConfig, CONFIG_VERSION};
 use std::collections::{HashMap, HashSet};
@@ -28,6 +29,71 @@ pub struct DataplaneConfig {
     pub providers: Vec<Provider>,
     /// Models in config order; `Model::provider` indexes `providers`.
     pub models: Vec<Model>,
+    /// Rate limits, token budgets and anomaly detection.
+    pub limits: LimitsConfig,
+    /// Users' bots, for the WebSocket chat router.
+    pub bots: Vec<Bot>,
+    pub websocket: WebSocketConfig,
+}
+
+/// A user's bot gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bot {
+    pub id: String,
+    pub user: String,
+    pub gateway_url: BotUrl,
+    pub gateway_token: Secret,
+}
+
+/// Where a bot gateway listens (plain `ws://`: bots are reached over a
+/// private network; TLS to bots is not supported yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BotUrl {
+    pub host: String,
+    pub port: u16,
+    /// Path and query, starting with `/`.
+    pub path: String,
+}
+
+impl BotUrl {
+    /// The `ws://` URL to dial.
+    pub fn ws_url(&self) -> String {
+        if self.host.contains(':') {
+            format!("ws://[{}]:{}{}", self.host, self.port, self.path)
+        } else {
+            format!("ws://{}:{}{}", self.host, self.port, self.path)
+        }
+    }
+}
+
+/// Default cap on one WebSocket message (1 MiB).
+pub const DEFAULT_WS_MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// `[websocket]`, validated, defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebSocketConfig {
+    pub idle_timeout: Duration,
+    pub ping_interval: Duration,
+    pub max_message_bytes: usize,
+    pub max_frame_bytes: usize,
+    pub max_connections_per_user: u32,
+    pub ticket_ttl: Duration,
+    /// `None`: the data plane makes a random one at start.
+    pub ticket_secret: Option<Secret>,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(120),
+            ping_interval: Duration::from_secs(30),
+            max_message_bytes: DEFAULT_WS_MAX_MESSAGE_BYTES,
+            max_frame_bytes: DEFAULT_WS_MAX_MESSAGE_BYTES,
+            max_connections_per_user: 20,
+            ticket_ttl: Duration::from_secs(60),
+            ticket_secret: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -298,6 +364,20 @@ impl DataplaneConfig {
         let providers = validate_providers(&raw.providers, env, &mut errs);
         let models = validate_models(&raw.models, &providers, &mut errs);
         let keys = validate_keys(&raw.keys, &models, &mut errs);
+        let limits = {
+            let names: HashMap<&str, &str> = models
+                .iter()
+                .flat_map(|m| {
+                    std::iter::once(&m.name)
+                        .chain(&m.aliases)
+                        .map(move |n| (n.as_str(), m.name.as_str()))
+                })
+                .collect();
+            let provider_names: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+            LimitsConfig::from_wire(&raw.limits, Some(&names), Some(&provider_names), &mut errs)
+        };
+        let bots = validate_bots(&raw.bots, &mut errs);
+        let websocket = validate_websocket(&raw.websocket, env, &mut errs);
 
         if !errs.is_empty() {
             return Err(errs);
@@ -312,6 +392,9 @@ impl DataplaneConfig {
                 keys,
                 providers,
                 models,
+                limits,
+                bots,
+                websocket,
             }),
             // Unreachable in practice: a `None` above always pushed an error.
             _ => {
@@ -697,6 +780,173 @@ fn validate_models(
         });
     }
     out
+}
+
+fn validate_bots(raw: &[wire::RawBot], errs: &mut ConfigErrors) -> Vec<Bot> {
+    let mut ids = HashSet::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, b) in raw.iter().enumerate() {
+        let at = |field: &str| format!("bots[{i}].{field}");
+        if b.id.is_empty() {
+            errs.push(at("id"), "must not be empty");
+        } else if !ids.insert(b.id.as_str()) {
+            errs.push(at("id"), format!("duplicate bot id {:?}", b.id));
+        }
+        if b.user.is_empty() {
+            errs.push(at("user"), "must not be empty");
+        }
+        if b.gateway_token.is_empty() {
+            errs.push(at("gateway_token"), "must not be empty");
+        } else if !b.gateway_token.bytes().all(|c| c.is_ascii_graphic()) {
+            // It goes into an HTTP header as is.
+            errs.push(at("gateway_token"), "must be printable ASCII");
+        }
+        let Some(gateway_url) = parse_bot_url(&b.gateway_url, &at("gateway_url"), errs) else {
+            continue;
+        };
+        out.push(Bot {
+            id: b.id.clone(),
+            user: b.user.clone(),
+            gateway_url,
+            gateway_token: Secret::new(b.gateway_token.clone()),
+        });
+    }
+    out
+}
+
+fn parse_bot_url(s: &str, path: &str, errs: &mut ConfigErrors) -> Option<BotUrl> {
+    let url = match url::Url::parse(s) {
+        Ok(u) => u,
+        Err(e) => {
+            errs.push(path, format!("not a URL ({e}): {s:?}"));
+            return None;
+        }
+    };
+    match url.scheme() {
+        "ws" | "http" => {}
+        "wss" | "https" => {
+            errs.push(
+                path,
+                "TLS to bot gateways is not supported yet; use ws:// on the private network",
+            );
+            return None;
+        }
+        other => {
+            errs.push(path, format!("scheme must be ws or http, got {other:?}"));
+            return None;
+        }
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        errs.push(path, "must not carry credentials; use `gateway_token`");
+    }
+    if url.fragment().is_some() {
+        errs.push(path, "must not have a fragment");
+    }
+    let Some(host) = url.host_str() else {
+        errs.push(path, "has no host");
+        return None;
+    };
+    let mut target = url.path().to_owned();
+    if let Some(q) = url.query() {
+        target.push('?');
+        target.push_str(q);
+    }
+    Some(BotUrl {
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        port: url.port_or_known_default().unwrap_or(80),
+        path: target,
+    })
+}
+
+fn validate_websocket(
+    raw: &wire::RawWebSocket,
+    env: &dyn Env,
+    errs: &mut ConfigErrors,
+) -> WebSocketConfig {
+    let d = WebSocketConfig::default();
+    let positive =
+        |v: Option<Duration>, default: Duration, field: &str, errs: &mut ConfigErrors| {
+            let v = v.unwrap_or(default);
+            if v.is_zero() {
+                errs.push(format!("websocket.{field}"), "must be more than zero");
+            }
+            v
+        };
+    let idle_timeout = positive(raw.idle_timeout, d.idle_timeout, "idle_timeout", errs);
+    let ping_interval = positive(raw.ping_interval, d.ping_interval, "ping_interval", errs);
+    let ticket_ttl = positive(raw.ticket_ttl, d.ticket_ttl, "ticket_ttl", errs);
+    let size = |v: Option<u64>, default: usize, field: &str, errs: &mut ConfigErrors| match v {
+        None => default,
+        // 125 bytes: a message must at least hold a control frame's payload.
+        Some(n) if (125..=1 << 30).contains(&n) => n as usize,
+        Some(_) => {
+            errs.push(
+                format!("websocket.{field}"),
+                "must be between 125 bytes and 1 GiB",
+            );
+            default
+        }
+    };
+    let max_message_bytes = size(
+        raw.max_message_bytes,
+        d.max_message_bytes,
+        "max_message_bytes",
+        errs,
+    );
+    let max_frame_bytes = size(
+        raw.max_frame_bytes,
+        max_message_bytes,
+        "max_frame_bytes",
+        errs,
+    );
+    if max_frame_bytes > max_message_bytes {
+        errs.push(
+            "websocket.max_frame_bytes",
+            "must not be more than max_message_bytes",
+        );
+    }
+    let max_connections_per_user = raw
+        .max_connections_per_user
+        .unwrap_or(d.max_connections_per_user);
+    if max_connections_per_user == 0 {
+        errs.push("websocket.max_connections_per_user", "must be at least 1");
+    }
+    let ticket_secret = match (&raw.ticket_secret, &raw.ticket_secret_env) {
+        (Some(_), Some(_)) => {
+            errs.push(
+                "websocket.ticket_secret",
+                "set `ticket_secret` or `ticket_secret_env`, not both",
+            );
+            None
+        }
+        (Some(s), None) => Some(s.clone()),
+        (None, Some(var)) => {
+            let v = env.var(var);
+            if v.is_none() {
+                errs.push(
+                    "websocket.ticket_secret_env",
+                    format!("environment variable {var} is not set"),
+                );
+            }
+            v
+        }
+        (None, None) => None,
+    };
+    if ticket_secret.as_ref().is_some_and(|s| s.len() < 32) {
+        errs.push("websocket.ticket_secret", "must be at least 32 bytes long");
+    }
+    WebSocketConfig {
+        idle_timeout,
+        ping_interval,
+        max_message_bytes,
+        max_frame_bytes,
+        max_connections_per_user,
+        ticket_ttl,
+        ticket_secret: ticket_secret.map(Secret::new),
+    }
 }
 
 fn validate_keys(raw: &[wire::RawKey], models: &[Model], errs: &mut ConfigErrors) -> Vec<ApiKey> {

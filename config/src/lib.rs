@@ -17,6 +17,7 @@
 
 pub mod dataplane;
 pub mod error;
+pub mod limits;
 pub mod secret;
 pub mod usage;
 pub mod wire;

@@ -38,6 +38,10 @@ pub struct UsageEvent {
     /// Time from request start to the upstream's first response byte, in ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_ttfb_ms: Option<u64>,
+    /// The user's token rate was flagged as unusual against their own
+    /// baseline when this request settled.
+    #[serde(default)]
+    pub anomaly: bool,
     /// Why the request ended the way it did, when not `ok`
     /// (`client_disconnected`, `upstream_aborted`, `upstream_error`, ...).
     pub outcome: String,

@@ -4,6 +4,7 @@
 //! ignored setting. Validation and defaults that need logic live in
 //! [`crate::dataplane`]; this module only says what may be written.
 
+pub use crate::limits::RawLimits;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -29,6 +30,15 @@ pub struct RawDataplaneConfig {
     pub providers: Vec<RawProvider>,
     #[serde(default)]
     pub models: Vec<RawModel>,
+    /// `[limits]`: rate limits, token budgets, anomaly detection.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// Users' bots: where `GET /ws/chat?bot=<id>` connects.
+    #[serde(default)]
+    pub bots: Vec<RawBot>,
+    /// WebSocket relay limits and ticket settings.
+    #[serde(default)]
+    pub websocket: RawWebSocket,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -161,4 +171,92 @@ pub struct RawModel {
     pub aliases: Vec<String>,
     #[serde(default)]
     pub fallbacks: Vec<String>,
+}
+
+/// A user's bot gateway, reached by the WebSocket chat router.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBot {
+    pub id: String,
+    /// The user who owns the bot; only their keys may chat with it.
+    pub user: String,
+    /// The bot's WebSocket endpoint: `ws://host:port/path`, or
+    /// `http://host:port[/path]` (same thing, path defaults to `/`).
+    pub gateway_url: String,
+    /// Sent to the bot as `Authorization: Bearer <token>`.
+    pub gateway_token: String,
+}
+
+/// `[websocket]`: limits of the WebSocket relay. Every field is optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebSocket {
+    /// Close a connection with no traffic either way for this long.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
+    /// Ping the client after this long without hearing from it.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ping_interval: Option<Duration>,
+    pub max_message_bytes: Option<u64>,
+    pub max_frame_bytes: Option<u64>,
+    pub max_connections_per_user: Option<u32>,
+    /// Lifetime of a ticket from `POST /v1/ws/tickets`.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ticket_ttl: Option<Duration>,
+    /// HMAC key for tickets; random per process when absent (tickets then
+    /// only work on the data plane that issued them).
+    pub ticket_secret: Option<String>,
+    /// Environment variable holding `ticket_secret`.
+    pub ticket_secret_env: Option<String>,
+}
+
+/// What the control plane pushes to every data plane: the parts of the
+/// config that operators manage. Listener, log and usage settings stay in
+/// each data plane's own file; a snapshot replaces `auth`, `keys`,
+/// `providers`, `models` and `bots` wholesale.
+///
+/// Served by `GET /internal/v1/config?after=<version>` as JSON.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSnapshot {
+    /// Monotonic version; a data plane only moves forward.
+    pub version: u64,
+    #[serde(default)]
+    pub auth: RawAuth,
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
+    #[serde(default)]
+    pub providers: Vec<RawProvider>,
+    #[serde(default)]
+    pub models: Vec<RawModel>,
+    /// `[limits]`: rate limits, token budgets, anomaly detection.
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub bots: Vec<RawBot>,
+}
+
+impl RawDataplaneConfig {
+    /// This file's config with the operator-managed parts replaced by `snap`.
+    pub fn with_snapshot(mut self, snap: RawSnapshot) -> Self {
+        self.auth = snap.auth;
+        self.keys = snap.keys;
+        self.providers = snap.providers;
+        self.models = snap.models;
+        self.limits = snap.limits;
+        self.bots = snap.bots;
+        self
+    }
 }

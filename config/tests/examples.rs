@@ -186,3 +186,22 @@ fn toml_type_errors_name_the_field() {
     );
     assert!(errs[0].starts_with("models[1].name:"), "{errs:?}");
 }
+
+#[test]
+fn a_snapshot_replaces_the_managed_sections() {
+    use molt_config::wire::{RawDataplaneConfig, RawSnapshot};
+    let local: RawDataplaneConfig =
+        toml::from_str(include_str!("../examples/minimal.toml")).unwrap();
+    let snap: RawSnapshot = serde_json::from_value(serde_json::json!({
+        "version": 7,
+        "keys": [{"id": "k", "user": "u", "sha256": "ab".repeat(32)}],
+        "providers": [{"name": "p", "kind": "openai", "base_url": "http://127.0.0.1:1/v1", "keys": ["sk-x"]}],
+        "models": [{"name": "m", "provider": "p"}]
+    }))
+    .unwrap();
+    let merged = local.with_snapshot(snap);
+    assert_eq!(merged.server.listen, "127.0.0.1:8080");
+    let cfg = DataplaneConfig::from_wire(merged, &example_env()).unwrap();
+    assert_eq!(cfg.models[0].name, "m");
+    assert_eq!(cfg.keys[0].id, "k");
+}

@@ -41,6 +41,10 @@ pub enum ClientError {
     UpstreamFailed,
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// A limit refused the request. `tokens` says whether it was a token
+    /// limit (OpenAI's error type `tokens`) or a request limit (`requests`).
+    #[error("rate limit reached: {reason}")]
+    RateLimited { reason: String, tokens: bool },
 }
 
 impl ClientError {
@@ -56,6 +60,7 @@ impl ClientError {
             Self::UpstreamUnavailable | Self::UpstreamFailed => 502,
             Self::ShuttingDown => 503,
             Self::UpstreamTimeout => 504,
+            Self::RateLimited { .. } => 429,
         }
     }
 
@@ -78,6 +83,8 @@ impl ClientError {
             Self::UpstreamFailed => ("api_error", "upstream_error"),
             Self::UpstreamTimeout => ("api_error", "upstream_timeout"),
             Self::ShuttingDown => ("api_error", "shutting_down"),
+            Self::RateLimited { tokens: true, .. } => ("tokens", "rate_limit_exceeded"),
+            Self::RateLimited { tokens: false, .. } => ("requests", "rate_limit_exceeded"),
         }
     }
 
@@ -95,6 +102,7 @@ impl ClientError {
             | Self::MethodNotAllowed => "invalid_request_error",
             Self::UpstreamTimeout => "timeout_error",
             Self::ShuttingDown => "overloaded_error",
+            Self::RateLimited { .. } => "rate_limit_error",
             Self::UpstreamUnavailable | Self::UpstreamFailed => "api_error",
         }
     }

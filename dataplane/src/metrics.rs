@@ -134,6 +134,12 @@ impl Metrics {
         })
     }
 
+    /// The registry, so other modules (the WebSocket relay) can add their
+    /// own metrics to the same `/metrics` page.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The text exposition format, for `/metrics`.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 * 1024);

@@ -33,6 +33,7 @@
 use crate::auth::Principal;
 use crate::error::ClientError;
 use crate::json_scan::JsonScanner;
+use crate::limits::{self, Admission, AdmissionRequest, LimitKind, Limiter, RateLimitHeaders};
 use crate::metrics::Metrics;
 use crate::runtime::{ProviderRuntime, Runtime, RuntimeHandle};
 use crate::sink::UsageSink;
@@ -52,10 +53,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Top-level request fields the scanner tracks, in this order.
-const REQUEST_FIELDS: &[&str] = &["model", "stream", "stream_options"];
+const REQUEST_FIELDS: &[&str] = &[
+    "model",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "max_output_tokens",
+];
 const F_MODEL: usize = 0;
 const F_STREAM: usize = 1;
 const F_STREAM_OPTIONS: usize = 2;
+/// The output caps, in the order their APIs prefer them.
+const F_MAX_OUTPUT: [usize; 3] = [4, 3, 5];
 
 /// Response bytes kept for counting tokens locally when the provider
 /// reports no usage. Past this the estimate covers what was kept.
@@ -99,6 +109,26 @@ const STRIPPED_RESPONSE_HEADERS: &[&str] = &[
     "set-cookie",
     "openai-organization",
     "openai-project",
+    // The provider's quota for our master key is not the client's business
+    // (the proxy sends the client's own x-ratelimit-* values instead).
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+    "anthropic-ratelimit-requests-limit",
+    "anthropic-ratelimit-requests-remaining",
+    "anthropic-ratelimit-requests-reset",
+    "anthropic-ratelimit-tokens-limit",
+    "anthropic-ratelimit-tokens-remaining",
+    "anthropic-ratelimit-tokens-reset",
+    "anthropic-ratelimit-input-tokens-limit",
+    "anthropic-ratelimit-input-tokens-remaining",
+    "anthropic-ratelimit-input-tokens-reset",
+    "anthropic-ratelimit-output-tokens-limit",
+    "anthropic-ratelimit-output-tokens-remaining",
+    "anthropic-ratelimit-output-tokens-reset",
 ];
 
 /// The API routes the data plane serves.
@@ -188,6 +218,14 @@ pub struct RequestCtx {
     status: u16,
     outcome: &'static str,
     error_kind: Option<&'static str>,
+    /// The limiter's reservation, settled with the actual usage in
+    /// `logging` (dropping it releases a concurrent-stream slot).
+    admission: Option<Admission>,
+    /// `x-ratelimit-*` values for every response after admission.
+    limit_headers: Option<RateLimitHeaders>,
+    /// Seconds for `retry-after` on a 429.
+    retry_after: Option<u64>,
+    anomaly: bool,
 }
 
 /// The body as read from the client, with what the scanner found.
@@ -215,15 +253,27 @@ pub struct MoltProxy {
     connector: Connector,
     metrics: Arc<Metrics>,
     sink: Arc<dyn UsageSink>,
+    /// Per-process; outlives config reloads so counters are kept.
+    limiter: Limiter,
+    /// The WebSocket routes (`/ws/chat`, `/v1/ws/tickets`).
+    ws: crate::ws::WsHub,
 }
 
 impl MoltProxy {
-    pub fn new(runtime: RuntimeHandle, metrics: Arc<Metrics>, sink: Arc<dyn UsageSink>) -> Self {
+    pub fn new(
+        runtime: RuntimeHandle,
+        metrics: Arc<Metrics>,
+        sink: Arc<dyn UsageSink>,
+        limiter: Limiter,
+    ) -> Self {
+        let ws = crate::ws::WsHub::new(runtime.clone(), &metrics, sink.clone());
         Self {
+            ws,
             runtime,
             connector: Connector::new(None),
             metrics,
             sink,
+            limiter,
         }
     }
 }
@@ -252,6 +302,10 @@ impl ProxyHttp for MoltProxy {
             status: 0,
             outcome: "ok",
             error_kind: None,
+            admission: None,
+            limit_headers: None,
+            retry_after: None,
+            anomaly: false,
         }
     }
 
@@ -274,6 +328,14 @@ impl ProxyHttp for MoltProxy {
         ctx.rt = Some(rt.clone());
 
         let path = session.req_header().uri.path();
+        if let Some(ws_route) = crate::ws::WsRoute::from_path(path) {
+            let out = self
+                .ws
+                .handle(session, &ctx.request_id, ws_route, &rt)
+                .await?;
+            (ctx.status, ctx.error_kind) = (out.status, out.error_kind);
+            return Ok(true);
+        }
         let Some(route) = Route::from_path(path) else {
             let err = ClientError::NotFound(path.chars().take(200).collect());
             self.reject(session, ctx, err, ApiFormat::OpenAi).await?;
@@ -345,6 +407,45 @@ impl ProxyHttp for MoltProxy {
             return Ok(true);
         }
         ctx.stream = body.scanner.field(F_STREAM).and_then(|f| f.as_bool()) == Some(true);
+        let body_len = body.scanner.len();
+        let admitted = self.limiter.admit(&AdmissionRequest {
+            user: &principal.user,
+            key_id: &principal.key_id,
+            model: &model.name,
+            provider: &rt.config.providers[model.provider].name,
+            estimated_input_tokens: limits::estimate_input_tokens(body_len),
+            max_output_tokens: F_MAX_OUTPUT
+                .iter()
+                .find_map(|&f| body.scanner.field(f).and_then(|v| v.as_u64())),
+            stream: ctx.stream,
+        });
+        match admitted {
+            Ok(admission) => {
+                ctx.limit_headers = Some(admission.headers().clone());
+                ctx.admission = Some(admission);
+            }
+            Err(rejection) => {
+                ctx.limit_headers = Some(rejection.headers.clone());
+                // Whole seconds, rounded up, never 0: "retry now" would
+                // just be refused again.
+                ctx.retry_after = Some(rejection.retry_after.as_secs_f64().ceil().max(1.0) as u64);
+                ctx.outcome = "rate_limited";
+                ctx.anomaly = rejection.kind == LimitKind::Anomaly;
+                let tokens = matches!(
+                    rejection.kind,
+                    LimitKind::TokensPerMinute
+                        | LimitKind::TokensPerDay
+                        | LimitKind::MonthlyBudget
+                        | LimitKind::ProviderTokens
+                );
+                let err = ClientError::RateLimited {
+                    reason: rejection.reason,
+                    tokens,
+                };
+                self.reject(session, ctx, err, format).await?;
+                return Ok(true);
+            }
+        }
         let (usage_edit, strip_usage_chunk) = if ctx.stream && route.needs_include_usage() {
             include_usage_edit(&body.scanner)
         } else {
@@ -461,6 +562,13 @@ impl ProxyHttp for MoltProxy {
                 .with_label_values(&["output", model, provider])
                 .inc_by(ctx.tokens.output);
         }
+        if let Some(admission) = ctx.admission.take() {
+            // Charge what was really used (refunding or topping up the
+            // estimate admitted against); releases any stream slot.
+            ctx.anomaly |= admission
+                .settle(ctx.tokens.input, ctx.tokens.output)
+                .anomalous;
+        }
         let user = ctx.principal.as_ref().map_or("", |p| &p.user);
         let key_id = ctx.principal.as_ref().map_or("", |p| &p.key_id);
         let log_access = ctx.rt.as_ref().is_none_or(|rt| rt.config.log.access_log);
@@ -505,6 +613,7 @@ impl ProxyHttp for MoltProxy {
                 attempts: ctx.attempts,
                 duration_ms: elapsed.as_millis() as u64,
                 upstream_ttfb_ms: ctx.upstream_ttfb.map(|d| d.as_millis() as u64),
+                anomaly: ctx.anomaly,
                 outcome: ctx.outcome.to_owned(),
             });
         }
@@ -534,6 +643,10 @@ impl MoltProxy {
         resp.insert_header(header::CONTENT_TYPE, "application/json")?;
         resp.insert_header(header::CONTENT_LENGTH, body.len())?;
         resp.insert_header("x-request-id", &ctx.request_id)?;
+        if let Some(secs) = ctx.retry_after {
+            resp.insert_header(header::RETRY_AFTER, secs)?;
+        }
+        insert_limit_headers(&mut resp, ctx.limit_headers.as_ref())?;
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(body), true).await
     }
@@ -700,11 +813,13 @@ impl MoltProxy {
             .headers
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        let resp =
-            match client_response(up_resp, &ctx.request_id, session.as_downstream().is_http2()) {
-                Ok(r) => r,
-                Err(e) => return Attempt::Broken(e),
-            };
+        let downstream_h2 = session.as_downstream().is_http2();
+        let resp = client_response(up_resp, &ctx.request_id, downstream_h2)
+            .and_then(|mut r| insert_limit_headers(&mut r, ctx.limit_headers.as_ref()).map(|()| r));
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => return Attempt::Broken(e),
+        };
         let before_header = Instant::now();
         ctx.status = status;
         if let Err(e) = session.write_response_header(Box::new(resp), false).await {
@@ -817,6 +932,16 @@ impl MoltProxy {
             .with_label_values(&[provider, kind])
             .inc();
     }
+}
+
+/// Add the `x-ratelimit-*` headers, replacing any the provider sent (those
+/// describe the master key's quota, not the client's).
+fn insert_limit_headers(resp: &mut ResponseHeader, h: Option<&RateLimitHeaders>) -> Result<()> {
+    let Some(h) = h else { return Ok(()) };
+    for (name, value) in h.pairs() {
+        resp.insert_header(name, value)?;
+    }
+    Ok(())
 }
 
 /// Counts a response being streamed while it lives.

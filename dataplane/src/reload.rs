@@ -21,6 +21,8 @@ pub struct ConfigReloader {
     pub path: PathBuf,
     pub runtime: RuntimeHandle,
     pub metrics: Arc<Metrics>,
+    /// Given the new limits on every reload; its counters carry over.
+    pub limiter: crate::limits::Limiter,
     pub version: Arc<AtomicU64>,
 }
 
@@ -43,8 +45,10 @@ impl ConfigReloader {
             tracing::warn!("listener settings changed; they take effect on restart");
         }
         let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
+        let limits = config.limits.clone();
         let rt = Runtime::build(config, version)?;
         self.runtime.swap(rt);
+        self.limiter.update(&limits);
         Ok(version)
     }
 

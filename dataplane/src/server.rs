@@ -3,6 +3,7 @@
 //! services.
 
 use crate::admin::AdminApp;
+use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::proxy::MoltProxy;
 use crate::reload::{ConfigReloader, ReloadService};
@@ -38,6 +39,10 @@ pub enum StartError {
     },
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Limits(#[from] crate::limits::LimitsError),
+    #[error("cannot start the limiter's runtime: {0}")]
+    LimitsRuntime(std::io::Error),
 }
 
 /// Set up logging to stderr in the configured format. `RUST_LOG` overrides
@@ -80,6 +85,7 @@ pub fn run(config_path: &Path) -> Result<std::convert::Infallible, StartError> {
         }
         None => Arc::new(TotalsOnlySink(totals.clone())),
     };
+    let limiter = start_limiter(&config.limits, &metrics)?;
     let runtime = RuntimeHandle::new(Runtime::build(config, 1)?);
     metrics.config_version.set(1);
     // Load the tokenizer in the background so the first estimate is quick.
@@ -102,7 +108,7 @@ pub fn run(config_path: &Path) -> Result<std::convert::Infallible, StartError> {
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
 
-    let proxy = MoltProxy::new(runtime.clone(), metrics.clone(), sink);
+    let proxy = MoltProxy::new(runtime.clone(), metrics.clone(), sink, limiter.clone());
     let mut options = HttpServerOptions::default();
     options.h2c = true;
     let mut proxy_service = ProxyServiceBuilder::new(&server.configuration, proxy)
@@ -130,6 +136,7 @@ pub fn run(config_path: &Path) -> Result<std::convert::Infallible, StartError> {
         path: config_path.to_owned(),
         runtime,
         metrics,
+        limiter,
         version: Arc::new(AtomicU64::new(1)),
     });
     server.add_service(proxy_service);
@@ -138,6 +145,29 @@ pub fn run(config_path: &Path) -> Result<std::convert::Infallible, StartError> {
     server.add_service(background_service("readiness", Readiness(ready)));
     tracing::info!(listen = %server_cfg.listen, tls = ?server_cfg.tls.as_ref().map(|t| t.listen), admin = %admin_listen, "molt data plane starting");
     server.run_forever()
+}
+
+/// The limiter, with its background work (Redis leases, reconnects) on a
+/// small runtime of its own: Pingora's runtimes belong to its services and
+/// don't exist yet at this point.
+fn start_limiter(
+    cfg: &molt_config::limits::LimitsConfig,
+    metrics: &Metrics,
+) -> Result<Limiter, StartError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("molt-limits")
+        .enable_all()
+        .build()
+        .map_err(StartError::LimitsRuntime)?;
+    let limiter = {
+        let _entered = rt.enter();
+        Limiter::new(cfg, metrics.registry())?
+    };
+    // The runtime must live as long as the process (its tasks keep limits
+    // global); the process exits through Pingora, never by unwinding here.
+    std::mem::forget(rt);
+    Ok(limiter)
 }
 
 /// Flips `/readyz` to 503 as soon as shutdown begins.

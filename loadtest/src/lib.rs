@@ -1,7 +1,9 @@
 //! Mock upstreams and load generators for Molt.
 //!
 //! [`mock_provider`] is the OpenAI-/Anthropic-compatible stand-in upstream used by
-//! end-to-end tests, `molt dev` and load tests.
+//! end-to-end tests, `molt dev` and load tests; [`mock_bot`] stands in for a
+//! user's bot gateway (WebSocket chat).
 
 pub mod loadgen;
+pub mod mock_bot;
 pub mod mock_provider;

@@ -45,8 +45,27 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         ttft_ms: u64,
     },
+    /// Run the mock bot gateway (WebSocket chat, for tests and `molt dev`).
+    MockBot {
+        #[arg(long, default_value = "127.0.0.1:18789")]
+        listen: SocketAddr,
+        /// The gateway token it demands as `Authorization: Bearer`.
+        #[arg(long, env = "MOLT_GATEWAY_TOKEN")]
+        token: String,
+        #[arg(long, default_value_t = 4)]
+        chunks: usize,
+        #[arg(long, default_value_t = 0)]
+        chunk_delay_ms: u64,
+    },
     /// Run a load scenario against one or more targets (see loadtest/README.md).
     Load(molt_loadtest::loadgen::LoadArgs),
+    /// Run the control plane: operators' API, config push, usage ingest.
+    Controlplane {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Operate the control plane through its API (users, keys, models, ...).
+    Ctl(molt_controlplane::ctl::CtlArgs),
     /// Client API keys.
     Key {
         #[command(subcommand)]
@@ -99,9 +118,47 @@ fn main() -> anyhow::Result<()> {
             })?;
             Ok(())
         }
+        Command::MockBot {
+            listen,
+            token,
+            chunks,
+            chunk_delay_ms,
+        } => {
+            let opts = molt_loadtest::mock_bot::MockBotOptions {
+                token,
+                chunks,
+                chunk_delay: Duration::from_millis(chunk_delay_ms),
+            };
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .init();
+            tokio::runtime::Runtime::new()?.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                tracing::info!(%listen, "mock bot gateway listening");
+                molt_loadtest::mock_bot::MockBot::new(opts)
+                    .serve(listener)
+                    .await
+            })?;
+            Ok(())
+        }
         Command::Load(args) => molt_loadtest::loadgen::main(args)
             .map(drop)
             .map_err(Into::into),
+        Command::Controlplane { config } => {
+            let settings =
+                molt_controlplane::Settings::load(&config, &molt_config::dataplane::ProcessEnv)?;
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .init();
+            tokio::runtime::Runtime::new()?.block_on(molt_controlplane::run(settings))?;
+            Ok(())
+        }
+        Command::Ctl(args) => {
+            let mut out = std::io::stdout().lock();
+            tokio::runtime::Runtime::new()?
+                .block_on(molt_controlplane::ctl::run(args, &mut out))?;
+            Ok(())
+        }
         Command::Key {
             command: KeyCommand::New,
         } => {

@@ -1,0 +1,157 @@
+//! The one place errors become HTTP responses: [`ApiError`], its JSON body
+//! `{"error":{"code","message"}}`, and extractors whose rejections use it.
+//!
+//! `into_response` has no side effects (axum's error-handling advice): an
+//! internal error's detail rides in a response extension,
+//! [`InternalDetail`], and the request middleware logs it; the client only
+//! sees "internal error".
+
+use crate::service::ServiceError;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// An error as the API reports it.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    /// Logged by the middleware, never sent.
+    internal: Option<String>,
+}
+
+/// The error body every endpoint uses.
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `not_found`, `conflict`, `invalid`,
+    /// `bad_request`, `unauthorized`, `forbidden`, `payload_too_large`,
+    /// `unsupported_media_type`, `internal`.
+    pub code: String,
+    pub message: String,
+}
+
+/// What went wrong inside, for the log line of a 500.
+#[derive(Debug, Clone)]
+pub struct InternalDetail(pub String);
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            internal: None,
+        }
+    }
+
+    fn internal(detail: String) -> Self {
+        Self {
+            internal: Some(detail),
+            ..Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        use ServiceError as E;
+        let message = e.to_string();
+        match e {
+            E::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", message),
+            E::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            E::Invalid(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message),
+            E::BadRequest(_) => Self::new(StatusCode::BAD_REQUEST, "bad_request", message),
+            E::Unauthorized => Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message),
+            E::Forbidden => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
+            E::Store(_) | E::Crypto(_) | E::Internal(_) => Self::internal(message),
+        }
+    }
+}
+
+/// Body rejections: too large is 413, wrong content type 415, anything
+/// else about the body (syntax, shape, unknown fields) is 400.
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request body is too large",
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected Content-Type: application/json",
+            ),
+            _ => Self::new(StatusCode::BAD_REQUEST, "bad_request", r.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", r.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(detail) = self.internal {
+            resp.extensions_mut().insert(InternalDetail(detail));
+        }
+        resp
+    }
+}
+
+/// `axum::Json` with [`ApiError`] rejections.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// `axum::extract::Query` with [`ApiError`] rejections.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Query(value) =
+            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}

@@ -1,0 +1,130 @@
+//! The HTTP surface: the operators' API under `/api/v1`, the data planes'
+//! contract under `/internal/v1`, `/metrics` and `/healthz`.
+//!
+//! Handlers are thin: extract, call one [`Service`] method, serialise.
+//! Authentication happens in the [`Op`] and [`DataPlane`] extractors;
+//! authorisation (roles) in the services.
+
+pub mod error;
+mod internal;
+mod openapi;
+mod v1;
+
+pub use openapi::ApiDoc;
+
+use crate::metrics::Metrics;
+use crate::service::{Operator, Service};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use error::{ApiError, InternalDetail};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Knobs of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Longest a config long-poll is held before answering 304.
+    pub poll_hold: Duration,
+    /// Largest request body on `/api/v1`.
+    pub max_body_bytes: usize,
+    /// Largest usage batch body on `/internal/v1/usage`.
+    pub max_ingest_bytes: usize,
+}
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub service: Arc<Service>,
+    pub settings: ApiSettings,
+}
+
+/// The authenticated operator of an `/api/v1` request.
+#[derive(Debug)]
+pub struct Op(pub Operator);
+
+impl FromRequestParts<AppState> for Op {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        let op = st.service.authenticate_operator(bearer(parts)).await?;
+        Ok(Self(op))
+    }
+}
+
+/// Proof that an `/internal/v1` request carries the data-plane token.
+#[derive(Debug)]
+pub struct DataPlane;
+
+impl FromRequestParts<AppState> for DataPlane {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        st.service.authenticate_dataplane(bearer(parts))?;
+        Ok(Self)
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// The whole application.
+pub fn router(state: AppState) -> Router {
+    let api = v1::routes().layer(DefaultBodyLimit::max(state.settings.max_body_bytes));
+    let internal = Router::new()
+        .route("/internal/v1/config", get(internal::config))
+        .route(
+            "/internal/v1/usage",
+            post(internal::ingest).layer(DefaultBodyLimit::max(state.settings.max_ingest_bytes)),
+        );
+    Router::new()
+        .merge(api)
+        .merge(internal)
+        .route("/api/v1/openapi.json", get(openapi::serve))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.service.metrics().clone(),
+            track,
+        ))
+        .with_state(state)
+}
+
+async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.service.metrics().render(),
+    )
+}
+
+/// Count and time every request by route template and status, and log the
+/// detail of internal errors (kept out of the response by `ApiError`).
+async fn track(State(m): State<Metrics>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().clone();
+    let timer = m.http_duration.with_label_values(&[&route]).start_timer();
+    let resp = next.run(req).await;
+    timer.observe_duration();
+    m.http_requests
+        .with_label_values(&[&route, resp.status().as_str()])
+        .inc();
+    if let Some(InternalDetail(detail)) = resp.extensions().get::<InternalDetail>() {
+        tracing::error!(%method, %route, error = %detail, "internal error");
+    }
+    resp
+}

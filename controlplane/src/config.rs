@@ -1,0 +1,275 @@
+//! `molt controlplane --config FILE`: the TOML file's shape
+//! ([`RawControlplaneConfig`], `deny_unknown_fields`) and its resolution,
+//! with secrets read from the environment or files, into [`Settings`].
+//!
+//! Secrets are never written in the file itself: the file names the
+//! environment variable (or key file) that holds each one.
+//!
+//! ```toml
+//! listen = "127.0.0.1:9700"
+//! database_url = "sqlite://.molt/controlplane.db?mode=rwc"  # or postgres://...
+//!
+//! [secrets]
+//! encryption_key_file = "/etc/molt/master.key"  # or encryption_key_env
+//! dataplane_token_env = "MOLT_DATAPLANE_TOKEN"
+//! bootstrap_admin_token_env = "MOLT_ADMIN_TOKEN"
+//!
+//! [jwt]
+//! issuer = "molt"
+//! secret_env = "MOLT_JWT_SECRET"
+//! ```
+
+use crate::api::ApiSettings;
+use crate::crypto::{sha256_hex, Cipher};
+use crate::service::ServiceSettings;
+use crate::snapshot::JwtSettings;
+use molt_config::dataplane::Env;
+use molt_config::Secret;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawControlplaneConfig {
+    pub listen: String,
+    pub database_url: String,
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    pub secrets: RawSecrets,
+    pub jwt: RawJwtIssuer,
+    #[serde(default)]
+    pub tuning: RawTuning,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecrets {
+    /// File holding the 32-byte at-rest key (hex or base64).
+    pub encryption_key_file: Option<PathBuf>,
+    /// Environment variable holding the at-rest key (hex or base64).
+    pub encryption_key_env: Option<String>,
+    /// Environment variable holding the token data planes present.
+    pub dataplane_token_env: String,
+    /// Environment variable holding an admin token that always works.
+    pub bootstrap_admin_token_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwtIssuer {
+    pub issuer: String,
+    /// Environment variable holding the HS256 secret (at least 32 bytes).
+    pub secret_env: String,
+    /// Longest lifetime of a minted client JWT (default 1h).
+    #[serde(default, with = "humantime_serde")]
+    pub max_ttl: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTuning {
+    /// How long a config long-poll is held (default 30s).
+    #[serde(default, with = "humantime_serde")]
+    pub poll_hold: Option<Duration>,
+    /// How often the snapshot is recompiled for expiring keys (default 5s).
+    #[serde(default, with = "humantime_serde")]
+    pub refresh_interval: Option<Duration>,
+    /// How long audit entries are kept (default 90 days).
+    #[serde(default, with = "humantime_serde")]
+    pub audit_retention: Option<Duration>,
+    /// Largest `/api/v1` request body (default 1 MiB).
+    pub max_body_bytes: Option<usize>,
+    /// Largest usage batch body (default 16 MiB).
+    pub max_ingest_bytes: Option<usize>,
+}
+
+/// Everything the server needs, resolved and checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub max_connections: u32,
+    pub service: ServiceSettings,
+    pub api: ApiSettings,
+    pub refresh_interval: Duration,
+    pub audit_retention: Duration,
+}
+
+/// Every problem found in a config file, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid control plane config:\n{}", .0.join("\n"))]
+pub struct SettingsError(pub Vec<String>);
+
+impl Settings {
+    /// Read, parse and resolve a config file.
+    pub fn load(path: &Path, env: &dyn Env) -> Result<Self, SettingsError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SettingsError(vec![format!("cannot read {}: {e}", path.display())]))?;
+        let raw: RawControlplaneConfig =
+            toml::from_str(&text).map_err(|e| SettingsError(vec![e.to_string()]))?;
+        Self::resolve(raw, env)
+    }
+
+    /// Resolve a parsed config, collecting every error.
+    pub fn resolve(raw: RawControlplaneConfig, env: &dyn Env) -> Result<Self, SettingsError> {
+        let mut errs = Vec::new();
+        let listen = raw
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| errs.push(format!("listen: {e}")))
+            .ok();
+        if raw.database_url.is_empty() {
+            errs.push("database_url: must not be empty".to_owned());
+        }
+        let mut var = |field: &str, name: &str| match env.var(name) {
+            Some(v) => Some(v),
+            None => {
+                errs.push(format!("{field}: environment variable {name} is not set"));
+                None
+            }
+        };
+        let key_text = match (
+            &raw.secrets.encryption_key_file,
+            &raw.secrets.encryption_key_env,
+        ) {
+            (Some(file), None) => std::fs::read_to_string(file)
+                .map_err(|e| {
+                    format!(
+                        "secrets.encryption_key_file: cannot read {}: {e}",
+                        file.display()
+                    )
+                })
+                .map(Some),
+            (None, Some(name)) => Ok(var("secrets.encryption_key_env", name)),
+            _ => Err(
+                "secrets: set exactly one of encryption_key_file or encryption_key_env".to_owned(),
+            ),
+        };
+        let dataplane = var(
+            "secrets.dataplane_token_env",
+            &raw.secrets.dataplane_token_env,
+        );
+        let bootstrap = raw
+            .secrets
+            .bootstrap_admin_token_env
+            .as_deref()
+            .and_then(|name| var("secrets.bootstrap_admin_token_env", name));
+        let jwt_secret = var("jwt.secret_env", &raw.jwt.secret_env);
+        let cipher = match key_text {
+            Ok(Some(text)) => Cipher::from_text(&text)
+                .map_err(|e| errs.push(format!("secrets: encryption key: {e}")))
+                .ok(),
+            Ok(None) => None,
+            Err(e) => {
+                errs.push(e);
+                None
+            }
+        };
+        if dataplane.as_deref().is_some_and(|t| t.len() < 16) {
+            errs.push("secrets.dataplane_token_env: token must be at least 16 characters".into());
+        }
+        if bootstrap.as_deref().is_some_and(|t| t.len() < 16) {
+            errs.push(
+                "secrets.bootstrap_admin_token_env: token must be at least 16 characters".into(),
+            );
+        }
+        if jwt_secret.as_deref().is_some_and(|s| s.len() < 32) {
+            errs.push("jwt.secret_env: HS256 secret must be at least 32 bytes".into());
+        }
+        if raw.jwt.issuer.is_empty() {
+            errs.push("jwt.issuer: must not be empty".into());
+        }
+        let t = raw.tuning;
+        let poll_hold = t.poll_hold.unwrap_or(Duration::from_secs(30));
+        if poll_hold.is_zero() || poll_hold > Duration::from_secs(300) {
+            errs.push("tuning.poll_hold: must be between 1ms and 5m".into());
+        }
+        match (listen, cipher, dataplane, jwt_secret) {
+            (Some(listen), Some(cipher), Some(dataplane), Some(jwt_secret)) if errs.is_empty() => {
+                Ok(Self {
+                    listen,
+                    database_url: raw.database_url,
+                    max_connections: raw.max_connections.unwrap_or(8).max(1),
+                    service: ServiceSettings {
+                        cipher,
+                        jwt: JwtSettings {
+                            issuer: raw.jwt.issuer,
+                            secret: Secret::new(jwt_secret),
+                        },
+                        bootstrap_admin_sha256: bootstrap.as_deref().map(sha256_hex),
+                        dataplane_token_sha256: sha256_hex(&dataplane),
+                        max_jwt_ttl: raw.jwt.max_ttl.unwrap_or(Duration::from_secs(3600)),
+                    },
+                    api: ApiSettings {
+                        poll_hold,
+                        max_body_bytes: t.max_body_bytes.unwrap_or(1 << 20),
+                        max_ingest_bytes: t.max_ingest_bytes.unwrap_or(16 << 20),
+                    },
+                    refresh_interval: t.refresh_interval.unwrap_or(Duration::from_secs(5)),
+                    audit_retention: t
+                        .audit_retention
+                        .unwrap_or(Duration::from_secs(90 * 24 * 3600)),
+                })
+            }
+            _ => Err(SettingsError(errs)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const FILE: &str = r#"
+        listen = "127.0.0.1:9700"
+        database_url = "sqlite://cp.db?mode=rwc"
+        [secrets]
+        encryption_key_env = "KEY"
+        dataplane_token_env = "DP"
+        bootstrap_admin_token_env = "ADMIN"
+        [jwt]
+        issuer = "molt"
+        secret_env = "JWT"
+        [tuning]
+        poll_hold = "2s"
+    "#;
+
+    fn env() -> HashMap<&'static str, &'static str> {
+        HashMap::from([
+            (
+                "KEY",
+                "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+            ),
+            ("DP", "dataplane-token-0123"),
+            ("ADMIN", "admin-token-0123456"),
+            ("JWT", "0123456789abcdef0123456789abcdef"),
+        ])
+    }
+
+    #[test]
+    fn resolves_from_env() {
+        let raw: RawControlplaneConfig = toml::from_str(FILE).unwrap();
+        let s = Settings::resolve(raw, &env()).unwrap();
+        assert_eq!(s.api.poll_hold, Duration::from_secs(2));
+        assert_eq!(
+            s.service.dataplane_token_sha256,
+            sha256_hex("dataplane-token-0123")
+        );
+    }
+
+    #[test]
+    fn reports_every_missing_secret() {
+        let raw: RawControlplaneConfig = toml::from_str(FILE).unwrap();
+        let err = Settings::resolve(raw, &HashMap::<&str, &str>::new()).unwrap_err();
+        assert_eq!(err.0.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let text = FILE.replace("listen =", "lisen = \"x\"\nlisten =");
+        assert!(toml::from_str::<RawControlplaneConfig>(&text).is_err());
+    }
+}

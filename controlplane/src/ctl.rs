@@ -1,0 +1,505 @@
+//! `molt ctl`: a command-line client of the operators' API, with readable
+//! tables by default and the API's JSON with `--json`.
+//!
+//! Provider master keys are read from environment variables named on the
+//! command line (`--key-env`), never from arguments, which leak into shell
+//! history and process listings.
+
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use std::io::Write;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("bad URL {0:?} (only http:// is supported)")]
+    Url(String),
+    #[error("request failed: {0}")]
+    Http(String),
+    #[error("{status}: {code}: {message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("unexpected response: {0}")]
+    Response(String),
+    #[error("environment variable {0} is not set")]
+    Env(String),
+    #[error("cannot write output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// Control plane base URL.
+    #[arg(long, env = "MOLT_ADMIN_URL", default_value = "http://127.0.0.1:9700")]
+    pub url: String,
+    /// Operator token.
+    #[arg(long, env = "MOLT_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Users.
+    Users {
+        #[command(subcommand)]
+        command: UsersCmd,
+    },
+    /// Client API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCmd,
+    },
+    /// Models.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCmd,
+    },
+    /// Providers.
+    Providers {
+        #[command(subcommand)]
+        command: ProvidersCmd,
+    },
+    /// Usage per user, model and day, with totals and cost.
+    Usage {
+        #[arg(long)]
+        user_id: Option<String>,
+        #[arg(long)]
+        model: Option<String>,
+        /// First day, YYYY-MM-DD.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day, YYYY-MM-DD.
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// The audit log, newest first.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCmd {
+    List(ListArgs),
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        plan: Option<String>,
+        /// active, suspended or past_due.
+        #[arg(long)]
+        status: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    List {
+        #[arg(long)]
+        user_id: Option<String>,
+        #[command(flatten)]
+        page: ListArgs,
+    },
+    /// Create a key; its secret is printed once.
+    Create {
+        #[arg(long)]
+        user_id: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Allowed model (repeatable); none means all.
+        #[arg(long = "model")]
+        models: Vec<String>,
+        /// Unix milliseconds.
+        #[arg(long)]
+        expires_at: Option<i64>,
+    },
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCmd {
+    List(ListArgs),
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        provider: String,
+        #[arg(long)]
+        upstream_name: Option<String>,
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
+        #[arg(long = "fallback")]
+        fallbacks: Vec<String>,
+        /// USD per million input tokens.
+        #[arg(long, default_value_t = 0.0)]
+        input_price: f64,
+        /// USD per million output tokens.
+        #[arg(long, default_value_t = 0.0)]
+        output_price: f64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProvidersCmd {
+    List(ListArgs),
+    Create {
+        #[arg(long)]
+        name: String,
+        /// openai, azure_openai, venice, vllm, openrouter or anthropic.
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        base_url: String,
+        /// Environment variable holding a master key (repeatable).
+        #[arg(long = "key-env", required = true)]
+        key_env: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+impl ListArgs {
+    fn query(&self) -> String {
+        let mut q = format!("?limit={}", self.limit);
+        if let Some(c) = &self.cursor {
+            q.push_str("&cursor=");
+            q.push_str(&encode(c));
+        }
+        q
+    }
+}
+
+/// Run one `molt ctl` command, writing its output to `out`.
+pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
+    let api = Api::new(&args.url, &args.token)?;
+    let (value, columns): (Value, &[&str]) = match args.command {
+        CtlCommand::Users { command } => match command {
+            UsersCmd::List(p) => (
+                api.call(Method::GET, &format!("/api/v1/users{}", p.query()), None).await?,
+                &["id", "email", "status", "plan", "stripe_customer_id"],
+            ),
+            UsersCmd::Create {
+                email,
+                plan,
+                status,
+            } => (
+                api.call(
+                    Method::POST,
+                    "/api/v1/users",
+                    Some(json!({"email": email, "plan": plan, "status": status})),
+                )
+                .await?,
+                &["id", "email", "status", "plan"],
+            ),
+        },
+        CtlCommand::Keys { command } => match command {
+            KeysCmd::List { user_id, page } => {
+                let mut path = format!("/api/v1/keys{}", page.query());
+                if let Some(u) = user_id {
+                    path.push_str("&user_id=");
+                    path.push_str(&encode(&u));
+                }
+                (
+                    api.call(Method::GET, &path, None).await?,
+                    &["id", "user_id", "name", "prefix", "models", "expires_at", "revoked_at"],
+                )
+            }
+            KeysCmd::Create {
+                user_id,
+                name,
+                models,
+                expires_at,
+            } => {
+                let models = (!models.is_empty()).then_some(models);
+                let v = api
+                    .call(
+                        Method::POST,
+                        "/api/v1/keys",
+                        Some(json!({"user_id": user_id, "name": name, "models": models, "expires_at": expires_at})),
+                    )
+                    .await?;
+                (v, &["secret"])
+            }
+            KeysCmd::Revoke { id } => (
+                api.call(Method::POST, &format!("/api/v1/keys/{}/revoke", encode(&id)), None)
+                    .await?,
+                &["id", "revoked_at"],
+            ),
+        },
+        CtlCommand::Models { command } => match command {
+            ModelsCmd::List(p) => (
+                api.call(Method::GET, &format!("/api/v1/models{}", p.query()), None).await?,
+                &["name", "provider", "upstream_name", "aliases", "fallbacks", "input_price_per_mtok", "output_price_per_mtok"],
+            ),
+            ModelsCmd::Create {
+                name,
+                provider,
+                upstream_name,
+                aliases,
+                fallbacks,
+                input_price,
+                output_price,
+            } => (
+                api.call(
+                    Method::POST,
+                    "/api/v1/models",
+                    Some(json!({"name": name, "provider": provider, "upstream_name": upstream_name,
+                        "aliases": aliases, "fallbacks": fallbacks,
+                        "input_price_per_mtok": input_price, "output_price_per_mtok": output_price})),
+                )
+                .await?,
+                &["id", "name", "provider"],
+            ),
+        },
+        CtlCommand::Providers { command } => match command {
+            ProvidersCmd::List(p) => (
+                api.call(Method::GET, &format!("/api/v1/providers{}", p.query()), None).await?,
+                &["id", "name", "kind", "base_url", "key_count"],
+            ),
+            ProvidersCmd::Create {
+                name,
+                kind,
+                base_url,
+                key_env,
+            } => {
+                let keys = key_env
+                    .iter()
+                    .map(|var| std::env::var(var).map_err(|_| CtlError::Env(var.clone())))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (
+                    api.call(
+                        Method::POST,
+                        "/api/v1/providers",
+                        Some(json!({"name": name, "kind": kind, "base_url": base_url, "keys": keys})),
+                    )
+                    .await?,
+                    &["id", "name", "kind", "base_url", "key_count"],
+                )
+            }
+        },
+        CtlCommand::Usage {
+            user_id,
+            model,
+            from,
+            to,
+        } => {
+            let params: Vec<String> = [("user_id", user_id), ("model", model), ("from", from), ("to", to)]
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(&v))))
+                .collect();
+            let v = api
+                .call(Method::GET, &format!("/api/v1/usage?{}", params.join("&")), None)
+                .await?;
+            if !args.json {
+                let rows = v["rows"].as_array().cloned().unwrap_or_default();
+                let cols = ["day", "user_id", "model", "requests", "input_tokens", "output_tokens", "cost_usd"];
+                write_table(out, &rows, &cols)?;
+                let t = &v["totals"];
+                writeln!(
+                    out,
+                    "total: {} requests, {} input, {} output tokens, ${:.6}",
+                    t["requests"], t["input_tokens"], t["output_tokens"],
+                    t["cost_usd"].as_f64().unwrap_or(0.0)
+                )?;
+                return Ok(());
+            }
+            (v, &[])
+        }
+        CtlCommand::Audit { limit } => (
+            api.call(Method::GET, &format!("/api/v1/audit?limit={limit}"), None).await?,
+            &["at", "actor", "action", "target", "diff"],
+        ),
+    };
+    if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        )?;
+        return Ok(());
+    }
+    let rows = match &value {
+        Value::Object(o) if o.contains_key("items") => {
+            let rows = o["items"].as_array().cloned().unwrap_or_default();
+            write_table(out, &rows, columns)?;
+            if let Some(c) = o.get("next_cursor").and_then(Value::as_str) {
+                writeln!(out, "(more: --cursor {c})")?;
+            }
+            return Ok(());
+        }
+        // A created key: the secret, once, and the record.
+        Value::Object(o) if o.contains_key("secret") && o.contains_key("key") => {
+            writeln!(
+                out,
+                "secret (shown once): {}",
+                o["secret"].as_str().unwrap_or_default()
+            )?;
+            vec![o["key"].clone()]
+        }
+        other => vec![other.clone()],
+    };
+    let columns: &[&str] = if columns == ["secret"] {
+        &["id", "user_id", "name", "prefix", "models", "expires_at"]
+    } else {
+        columns
+    };
+    write_table(out, &rows, columns)
+}
+
+/// Aligned columns; strings unquoted, `null` as `-`.
+fn write_table(out: &mut dyn Write, rows: &[Value], columns: &[&str]) -> Result<(), CtlError> {
+    let cell = |v: &Value| match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| columns.iter().map(|c| cell(&r[*c])).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            cells
+                .iter()
+                .map(|r| r[i].len())
+                .max()
+                .unwrap_or(0)
+                .max(c.len())
+        })
+        .collect();
+    let line = |vals: Vec<&str>| {
+        vals.iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    writeln!(
+        out,
+        "{}",
+        line(
+            columns
+                .iter()
+                .map(|c| c.to_uppercase())
+                .collect::<Vec<_>>()
+                .iter()
+                .map(String::as_str)
+                .collect()
+        )
+    )?;
+    for r in &cells {
+        writeln!(out, "{}", line(r.iter().map(String::as_str).collect()))?;
+    }
+    Ok(())
+}
+
+/// Percent-encode a query or path component.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+struct Api {
+    base: String,
+    token: String,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl Api {
+    fn new(url: &str, token: &str) -> Result<Self, CtlError> {
+        let base = url.trim_end_matches('/').to_owned();
+        if !base.starts_with("http://") {
+            return Err(CtlError::Url(url.to_owned()));
+        }
+        Ok(Self {
+            base,
+            token: token.to_owned(),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, CtlError> {
+        let body = body.unwrap_or_else(|| json!({}));
+        let has_body = method != Method::GET;
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", "application/json")
+            .body(Full::new(if has_body {
+                Bytes::from(body.to_string())
+            } else {
+                Bytes::new()
+            }))
+            .map_err(|e| CtlError::Http(e.to_string()))?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| CtlError::Http(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| CtlError::Http(e.to_string()))?
+            .to_bytes();
+        let value: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .map_err(|_| CtlError::Response(String::from_utf8_lossy(&bytes).into_owned()))?
+        };
+        if status.is_success() {
+            Ok(value)
+        } else {
+            Err(CtlError::Api {
+                status: status.as_u16(),
+                code: value["error"]["code"]
+                    .as_str()
+                    .unwrap_or("unknown")
+                    .to_owned(),
+                message: value["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            })
+        }
+    }
+}

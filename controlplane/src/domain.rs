@@ -1,0 +1,261 @@
+//! The control plane's records as the API shows them: users, keys,
+//! providers, models, usage, audit entries and operator roles.
+//!
+//! These types are what the store returns and what handlers serialise, so
+//! none of them holds a secret: API keys carry only their display prefix,
+//! providers only how many master keys they have.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Unix time in milliseconds.
+pub type Millis = i64;
+
+/// The current Unix time in milliseconds.
+pub fn now_ms() -> Millis {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A new time-ordered id with a type prefix (`usr_`, `key_`, ...).
+///
+/// UUIDv7 in simple (hex) form sorts by creation time, so `ORDER BY id`
+/// is creation order and the id of the last row is the pagination cursor.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Whether a user may use the gateway. Only `active` users' keys reach the
+/// data planes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UserStatus {
+    Active,
+    Suspended,
+    PastDue,
+}
+
+impl UserStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+            Self::PastDue => "past_due",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Self::Active),
+            "suspended" => Some(Self::Suspended),
+            "past_due" => Some(Self::PastDue),
+            _ => None,
+        }
+    }
+}
+
+/// Per-user overrides of the plan's limits; absent fields use the plan's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    pub id: String,
+    pub email: String,
+    pub status: UserStatus,
+    pub plan: Option<String>,
+    pub stripe_customer_id: Option<String>,
+    pub limits: LimitOverrides,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// A client API key as stored: the hash, never the key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ApiKey {
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    /// The first characters of the key, to tell keys apart in listings.
+    pub prefix: String,
+    /// Models (names or aliases) the key may use; `null` means all.
+    pub models: Option<Vec<String>>,
+    pub expires_at: Option<Millis>,
+    pub revoked_at: Option<Millis>,
+    pub created_at: Millis,
+    /// Hex SHA-256 of the key; internal, never serialised.
+    #[serde(skip)]
+    pub sha256: String,
+}
+
+/// The upstream API family a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Openai,
+    AzureOpenai,
+    Venice,
+    Vllm,
+    Openrouter,
+    Anthropic,
+}
+
+impl ProviderKind {
+    /// The name the config contract uses (`molt_config::wire::RawProvider::kind`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::AzureOpenai => "azure_openai",
+            Self::Venice => "venice",
+            Self::Vllm => "vllm",
+            Self::Openrouter => "openrouter",
+            Self::Anthropic => "anthropic",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Openai,
+            Self::AzureOpenai,
+            Self::Venice,
+            Self::Vllm,
+            Self::Openrouter,
+            Self::Anthropic,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// A provider as the API shows it: its master keys are never included.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Provider {
+    pub id: String,
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    /// How many master keys are stored (encrypted).
+    pub key_count: i64,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// A provider row with its sealed (encrypted) master keys, for the snapshot
+/// compiler and key rotation. Not `Serialize`: it never leaves the service.
+#[derive(Debug, Clone)]
+pub struct SealedProvider {
+    pub provider: Provider,
+    /// Output of [`crate::crypto::Cipher::seal`]; opaque to the store.
+    pub keys_sealed: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Model {
+    pub id: String,
+    pub name: String,
+    /// Provider name.
+    pub provider: String,
+    /// Name the provider knows the model by; `null` means `name`.
+    pub upstream_name: Option<String>,
+    pub aliases: Vec<String>,
+    /// Canonical names of the models tried next, in order.
+    pub fallbacks: Vec<String>,
+    /// USD per million input tokens.
+    pub input_price_per_mtok: f64,
+    /// USD per million output tokens.
+    pub output_price_per_mtok: f64,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// One audit log entry: who did what to which record, and what changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    pub id: String,
+    pub at: Millis,
+    /// The operator: `admin_token:<id>` or `bootstrap`.
+    pub actor: String,
+    /// `<resource>.<verb>`, e.g. `user.create`.
+    pub action: String,
+    /// The id of the record acted on.
+    pub target: String,
+    /// `{field: {"from": old, "to": new}}`, secrets removed.
+    #[schema(value_type = Object)]
+    pub diff: serde_json::Value,
+}
+
+/// Operator roles. `ReadOnly` may read everything and change nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Admin,
+    ReadOnly,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::ReadOnly => "read_only",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "admin" => Some(Self::Admin),
+            "read_only" => Some(Self::ReadOnly),
+            _ => None,
+        }
+    }
+}
+
+/// An operator token as stored (hashed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AdminToken {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub created_at: Millis,
+    pub revoked_at: Option<Millis>,
+    #[serde(skip)]
+    pub sha256: String,
+}
+
+/// Token sums for one user, model and UTC day.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageRow {
+    pub user_id: String,
+    pub model: String,
+    /// `YYYY-MM-DD`, UTC.
+    pub day: String,
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    /// USD at the model's current prices (0 for unknown models).
+    pub cost_usd: f64,
+}
+
+/// A page of a list and the cursor for the next one (`null` at the end).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// Which page of a list to read.
+#[derive(Debug, Clone, Default)]
+pub struct PageRequest {
+    /// Return rows with ids strictly after this one.
+    pub cursor: Option<String>,
+    pub limit: u32,
+}

@@ -1,0 +1,35 @@
+//! Molt's control plane: the operators' API, its storage, the config
+//! snapshots pushed to data planes and the usage they send back.
+//!
+//! Entry points: [`server::run`] (`molt controlplane --config FILE`),
+//! [`server::App`] (the same without a listener, for tests and `molt dev`)
+//! and [`ctl`] (`molt ctl`, a client of the API).
+//!
+//! Layers, outside in: [`api`] (axum handlers, thin; the one error→HTTP
+//! mapping in [`api::error`]) → [`service`] (all rules, authorisation,
+//! audit) → [`store`] (the [`store::Store`] trait; sqlx over SQLite or
+//! PostgreSQL). [`snapshot`] compiles and publishes data-plane config.
+//!
+//! Architecture invariant: this crate is the only owner of the database;
+//! data planes reach it only through `/internal/v1` and the types of
+//! `molt-config`.
+//!
+//! Architecture invariant: provider master keys are sealed before they are
+//! stored and are only ever opened to build a snapshot for data planes; no
+//! type returned by an `/api/v1` read can hold one.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod crypto;
+pub mod ctl;
+pub mod domain;
+pub mod metrics;
+pub mod server;
+pub mod service;
+pub mod snapshot;
+pub mod store;
+
+pub use config::Settings;
+pub use server::{run, App};

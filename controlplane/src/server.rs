@@ -1,0 +1,145 @@
+//! Wiring: store + services + router + background jobs, and the server
+//! loop behind `molt controlplane`.
+
+use crate::api::{router, AppState};
+use crate::config::Settings;
+use crate::metrics::{Metrics, MetricsError};
+use crate::service::{Service, ServiceError};
+use crate::store::{SqlStore, Store, StoreError};
+use axum::Router;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// How often the audit retention job runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A running control plane without its listener: tests drive `router`
+/// directly; [`run`] serves it.
+#[derive(Debug)]
+pub struct App {
+    pub service: Arc<Service>,
+    pub router: Router,
+    jobs: Vec<JoinHandle<()>>,
+}
+
+impl App {
+    /// Start the services on `store` (publishing the first snapshot) and
+    /// the background jobs (snapshot refresh, audit retention).
+    pub async fn start(store: Arc<dyn Store>, settings: &Settings) -> Result<Self, ServerError> {
+        let metrics = Metrics::new()?;
+        let service = Arc::new(Service::start(store, settings.service.clone(), metrics).await?);
+        let router = router(AppState {
+            service: service.clone(),
+            settings: settings.api.clone(),
+        });
+        let jobs = vec![
+            spawn_every(settings.refresh_interval, {
+                let service = service.clone();
+                move || {
+                    let service = service.clone();
+                    async move { service.refresh_snapshot().await }
+                }
+            }),
+            spawn_every(RETENTION_EVERY, {
+                let service = service.clone();
+                let retention = settings.audit_retention;
+                move || {
+                    let service = service.clone();
+                    async move {
+                        match service.run_audit_retention(retention).await {
+                            Ok(n) if n > 0 => tracing::info!(deleted = n, "audit retention"),
+                            Ok(_) => {}
+                            Err(e) => tracing::error!(error = %e, "audit retention failed"),
+                        }
+                    }
+                }
+            }),
+        ];
+        Ok(Self {
+            service,
+            router,
+            jobs,
+        })
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        for job in &self.jobs {
+            job.abort();
+        }
+    }
+}
+
+fn spawn_every<F, Fut>(every: Duration, mut tick: F) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            tick().await;
+        }
+    })
+}
+
+/// Run the control plane until Ctrl-C / SIGTERM.
+pub async fn run(settings: Settings) -> Result<(), ServerError> {
+    let store = SqlStore::connect(&settings.database_url, settings.max_connections).await?;
+    let app = App::start(Arc::new(store), &settings).await?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: settings.listen,
+            source,
+        })?;
+    tracing::info!(listen = %settings.listen, "control plane listening");
+    axum::serve(listener, app.router.clone())
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(ServerError::Serve)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,470 @@
+//! WebSocket routes: the bot chat router (`GET /ws/chat?bot=<id>`) and its
+//! ticket issuer (`POST /v1/ws/tickets`).
+//!
+//! Like the model routes, these are answered entirely in `request_filter`:
+//! 1. check the upgrade request and authenticate (header, subprotocol or
+//!    ticket: see [`handshake`]); the bot must belong to the caller's user,
+//!    else 404 with no hint that it exists; take one of the user's
+//!    connection slots (429 past `max_connections_per_user`);
+//! 2. connect to the bot first, with its gateway token injected, so an
+//!    unreachable bot is a plain 502/504 before the upgrade;
+//! 3. write the `101` with Pingora's session API, then relay ([`relay`]).
+//!
+//! Why the data plane terminates the client's WebSocket instead of letting
+//! Pingora pass the upgraded bytes through: Pingora relays an upgraded
+//! connection as opaque bytes and its body filters cannot add frames, so it
+//! could send no pings, no close codes (1001 on shutdown, 1012 on a moved
+//! bot, 1009 on an oversized message) and could not count messages or
+//! `brain_event`s without a parser anyway. After a `101` written from
+//! `request_filter`, Pingora 0.9.1's HTTP/1 session switches its reader and
+//! writer to close-delimited mode (`v1/server.rs`, `prepare_response_header`
+//! → `upgraded = true`), so `read_request_body` returns the raw upgraded
+//! bytes and `write_response_body` writes raw bytes; TLS, the socket and
+//! the connection's lifetime stay Pingora's. HTTP/2 has no WebSocket in
+//! Pingora (no RFC 8441), so a WebSocket request over h2 gets a 400.
+//!
+//! `permessage-deflate` is never negotiated: the offer is ignored and the
+//! `101` carries no `Sec-WebSocket-Extensions` (and none is asked of the
+//! bot). Compression would cost a zlib context per direction per connection
+//! (tens of KiB each, against a budget of under 20 KiB per idle
+//! connection) and CPU on every message; compressing secrets next to
+//! attacker-influenced text opens compression oracles (CRIME/BREACH); and
+//! accounting needs the plaintext anyway. Chat chunks are small, so little
+//! is lost.
+//!
+//! Accounting: messages and bytes each way, `brain_event`s by type, open
+//! connections and connection durations in [`metrics::WsMetrics`]; one
+//! usage event per closed connection (route `ws.chat`, provider = the bot
+//! id, zero tokens: the bot's model calls are metered on the model routes).
+
+pub mod error;
+pub mod handshake;
+pub mod metrics;
+pub mod registry;
+pub mod relay;
+pub mod ticket;
+
+use crate::auth::AuthError;
+use crate::metrics::Metrics;
+use crate::runtime::{Runtime, RuntimeHandle};
+use crate::sink::UsageSink;
+use bytes::Bytes;
+use error::{CloseReason, WsReject};
+use handshake::Credential;
+use http::{header, HeaderValue, Method};
+use molt_config::dataplane::Bot;
+use molt_config::UsageEvent;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use registry::{ConnRegistry, RegisterError};
+use relay::{BotStream, Limits, RelayStats};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use ticket::{TicketHolder, Tickets};
+use tungstenite::client::IntoClientRequest;
+
+/// The WebSocket routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsRoute {
+    Chat,
+    Tickets,
+}
+
+impl WsRoute {
+    pub fn from_path(path: &str) -> Option<Self> {
+        match path {
+            "/ws/chat" => Some(Self::Chat),
+            "/v1/ws/tickets" => Some(Self::Tickets),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Chat => "ws.chat",
+            Self::Tickets => "ws.tickets",
+        }
+    }
+}
+
+/// What the proxy's `logging` should know about a WebSocket request.
+#[derive(Debug, Clone, Copy)]
+pub struct WsOutcome {
+    pub status: u16,
+    pub error_kind: Option<&'static str>,
+}
+
+/// Who is calling, once authenticated.
+struct Caller {
+    key_id: String,
+    user: String,
+}
+
+/// Shared state of the WebSocket routes, one per proxy.
+pub struct WsHub {
+    runtime: RuntimeHandle,
+    metrics: metrics::WsMetrics,
+    sink: Arc<dyn UsageSink>,
+    tickets: Tickets,
+    registry: Arc<ConnRegistry>,
+}
+
+impl std::fmt::Debug for WsHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsHub")
+            .field("open", &self.registry.open_connections())
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl WsHub {
+    pub fn new(runtime: RuntimeHandle, metrics: &Metrics, sink: Arc<dyn UsageSink>) -> Self {
+        let metrics = metrics::WsMetrics::new(metrics.registry()).unwrap_or_else(|e| {
+            // Only a name clash (a bug) gets here; keep serving, unexported.
+            tracing::error!(error = %e, "cannot register WebSocket metrics");
+            let fallback = prometheus::Registry::new();
+            metrics::WsMetrics::new(&fallback).unwrap_or_else(|_| unreachable_metrics())
+        });
+        Self {
+            runtime,
+            metrics,
+            sink,
+            tickets: Tickets::new(),
+            registry: Arc::new(ConnRegistry::default()),
+        }
+    }
+
+    /// Close every open connection with 1001 and refuse new ones. Called on
+    /// SIGTERM by the registry itself; exposed for an explicit shutdown
+    /// hook.
+    pub fn begin_shutdown(&self) {
+        self.registry.begin_shutdown();
+    }
+
+    /// Answer a WebSocket route; the response (or the whole connection) is
+    /// done when this returns.
+    pub async fn handle(
+        &self,
+        session: &mut Session,
+        request_id: &str,
+        route: WsRoute,
+        rt: &Arc<Runtime>,
+    ) -> pingora_error::Result<WsOutcome> {
+        let result = match route {
+            WsRoute::Tickets => self.issue_ticket(session, request_id, rt).await,
+            WsRoute::Chat => self.chat(session, request_id, rt).await,
+        };
+        match result {
+            Ok(status) => Ok(WsOutcome {
+                status,
+                error_kind: None,
+            }),
+            Err(e) => {
+                let outcome = WsOutcome {
+                    status: e.status(),
+                    error_kind: Some(e.kind()),
+                };
+                reject(session, request_id, &e).await?;
+                Ok(outcome)
+            }
+        }
+    }
+
+    fn authenticate(&self, rt: &Runtime, token: &str) -> Result<Caller, WsReject> {
+        let p = rt
+            .auth
+            .authenticate(Some(token), |n| rt.model(n).map(|m| m.name.clone()))
+            .map_err(WsReject::Auth)?;
+        Ok(Caller {
+            key_id: p.key_id.to_string(),
+            user: p.user.to_string(),
+        })
+    }
+
+    /// `POST /v1/ws/tickets` → `{"ticket","expires_at"}`.
+    async fn issue_ticket(
+        &self,
+        session: &mut Session,
+        request_id: &str,
+        rt: &Runtime,
+    ) -> Result<u16, WsReject> {
+        if session.req_header().method != Method::POST {
+            return Err(WsReject::MethodNotAllowed);
+        }
+        let token = match handshake::credential(session.req_header(), None) {
+            Credential::Bearer(t) => t,
+            _ => return Err(WsReject::Auth(AuthError::Missing)),
+        };
+        let caller = self.authenticate(rt, token)?;
+        let cfg = &rt.config.websocket;
+        let (ticket, expires_ms) = self.tickets.issue(
+            &TicketHolder {
+                key_id: caller.key_id,
+                user: caller.user,
+            },
+            cfg.ticket_ttl,
+            now_ms(),
+            cfg.ticket_secret.as_ref().map(|s| s.expose()),
+        )?;
+        let body = Bytes::from(
+            serde_json::json!({"ticket": ticket, "expires_at": expires_ms / 1000,
+                "expires_in": cfg.ticket_ttl.as_secs()})
+            .to_string(),
+        );
+        let write = async {
+            if !session.is_body_done() {
+                // A body we won't read makes the connection unusable.
+                session.set_keepalive(None);
+            }
+            let mut resp = ResponseHeader::build(200, Some(5))?;
+            resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+            resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+            resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+            resp.insert_header("x-request-id", request_id)?;
+            session.write_response_header(Box::new(resp), false).await?;
+            session.write_response_body(Some(body), true).await
+        };
+        // The client may have gone away; there is nobody left to tell.
+        let _ = write.await;
+        Ok(200)
+    }
+
+    /// `GET /ws/chat?bot=<id>`: the whole connection.
+    async fn chat(
+        &self,
+        session: &mut Session,
+        request_id: &str,
+        rt: &Arc<Runtime>,
+    ) -> Result<u16, WsReject> {
+        let start = Instant::now();
+        let timestamp_ms = now_ms();
+        // Nothing after the handshake is HTTP; never reuse the connection.
+        session.set_keepalive(None);
+        if session.is_process_shutting_down() {
+            return Err(WsReject::ShuttingDown);
+        }
+        let req = session.req_header();
+        let up = handshake::parse(req)?;
+        let caller = match handshake::credential(req, up.ticket.as_deref()) {
+            Credential::Bearer(t) | Credential::Protocol(t) => self.authenticate(rt, t)?,
+            Credential::Ticket(t) => {
+                let cfg = &rt.config.websocket;
+                let h = self.tickets.redeem(
+                    t,
+                    now_ms(),
+                    cfg.ticket_secret.as_ref().map(|s| s.expose()),
+                )?;
+                Caller {
+                    key_id: h.key_id,
+                    user: h.user,
+                }
+            }
+            Credential::None => return Err(WsReject::Auth(AuthError::Missing)),
+        };
+        let bot_id = up.bot.clone().ok_or(WsReject::MissingBot)?;
+        let bot = rt
+            .config
+            .bots
+            .iter()
+            .find(|b| b.id == bot_id && b.user == caller.user)
+            .ok_or_else(|| WsReject::BotNotFound(bot_id.chars().take(100).collect()))?;
+        let cfg = &rt.config.websocket;
+        let guard = self
+            .registry
+            .register(&caller.user, bot, cfg.max_connections_per_user)
+            .map_err(|e| match e {
+                RegisterError::TooMany => {
+                    WsReject::TooManyConnections(cfg.max_connections_per_user)
+                }
+                RegisterError::ShuttingDown => WsReject::ShuttingDown,
+            })?;
+        self.registry.ensure_watcher(self.runtime.clone());
+        let limits = Limits {
+            idle_timeout: cfg.idle_timeout,
+            ping_interval: cfg.ping_interval,
+            max_message_bytes: cfg.max_message_bytes,
+            max_frame_bytes: cfg.max_frame_bytes,
+        };
+        let mut bot_stream = connect_bot(bot, limits, rt, request_id).await?;
+        let resp =
+            handshake::switching_protocols(&up, request_id).map_err(|_| WsReject::Internal)?;
+
+        // Our own idle logic replaces Pingora's per-read and per-write
+        // timeouts, which would otherwise cut idle connections at 60 s.
+        session.set_read_timeout(None);
+        session.set_write_timeout(None);
+        if session
+            .write_response_header(Box::new(resp), false)
+            .await
+            .is_err()
+        {
+            // The client left during the bot handshake.
+            let _ = bot_stream.close(None).await;
+            return Ok(101);
+        }
+        self.metrics.open.inc();
+        let mut stats = RelayStats::default();
+        let reason = relay::run(
+            session,
+            &mut bot_stream,
+            limits,
+            &guard.signal,
+            &self.registry,
+            &self.metrics,
+            &mut stats,
+        )
+        .await;
+        drop(guard);
+        self.metrics.open.dec();
+        let elapsed = start.elapsed();
+        self.metrics.duration.observe(elapsed.as_secs_f64());
+        self.metrics
+            .closed
+            .with_label_values(&[reason.label()])
+            .inc();
+        self.finish(
+            rt,
+            request_id,
+            timestamp_ms,
+            &caller,
+            bot,
+            reason,
+            &stats,
+            elapsed,
+        );
+        Ok(101)
+    }
+
+    /// The usage event and log line of a closed connection.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        rt: &Runtime,
+        request_id: &str,
+        timestamp_ms: u64,
+        caller: &Caller,
+        bot: &Bot,
+        reason: CloseReason,
+        stats: &RelayStats,
+        elapsed: std::time::Duration,
+    ) {
+        if rt.config.log.access_log {
+            tracing::info!(
+                target: "access",
+                request_id,
+                route = WsRoute::Chat.name(),
+                status = 101,
+                key_id = %caller.key_id,
+                bot = %bot.id,
+                close_code = reason.client_code(),
+                outcome = reason.label(),
+                client_messages = stats.client_messages,
+                client_bytes = stats.client_bytes,
+                bot_messages = stats.bot_messages,
+                bot_bytes = stats.bot_bytes,
+                brain_events = stats.brain_events,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+            );
+        }
+        self.sink.record(UsageEvent {
+            anomaly: false,
+            event_id: uuid::Uuid::now_v7().to_string(),
+            request_id: request_id.to_owned(),
+            timestamp_ms,
+            key_id: caller.key_id.clone(),
+            user_id: caller.user.clone(),
+            model: String::new(),
+            provider: bot.id.clone(),
+            route: WsRoute::Chat.name().to_owned(),
+            status: 101,
+            input_tokens: 0,
+            output_tokens: 0,
+            estimated: false,
+            stream: true,
+            attempts: 1,
+            duration_ms: elapsed.as_millis() as u64,
+            upstream_ttfb_ms: None,
+            outcome: match reason {
+                CloseReason::ClientClosed | CloseReason::BotClosed(1000) => "ok",
+                r => r.label(),
+            }
+            .to_owned(),
+        });
+    }
+}
+
+#[cold]
+fn unreachable_metrics() -> metrics::WsMetrics {
+    // A fresh registry has no names to clash with, so registering there
+    // cannot fail; reaching this is a bug in the prometheus crate.
+    #[allow(clippy::panic)]
+    {
+        panic!("cannot create WebSocket metrics in a fresh registry")
+    }
+}
+
+/// Open the bot's WebSocket with its gateway token, within the upstream
+/// connect timeout.
+async fn connect_bot(
+    bot: &Bot,
+    limits: Limits,
+    rt: &Runtime,
+    request_id: &str,
+) -> Result<BotStream, WsReject> {
+    let mut req = bot
+        .gateway_url
+        .ws_url()
+        .into_client_request()
+        .map_err(|_| WsReject::BotUnreachable)?;
+    let mut auth = HeaderValue::from_str(&format!("Bearer {}", bot.gateway_token.expose()))
+        .map_err(|_| WsReject::Internal)?;
+    auth.set_sensitive(true);
+    req.headers_mut().insert(header::AUTHORIZATION, auth);
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        req.headers_mut().insert("x-request-id", v);
+    }
+    let timeout = rt.config.server.upstream_connect_timeout;
+    let connect = tokio_tungstenite::connect_async_with_config(req, Some(limits.framing()), true);
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok((stream, _resp))) => Ok(stream),
+        Ok(Err(tungstenite::Error::Http(resp))) => {
+            tracing::warn!(bot = %bot.id, status = resp.status().as_u16(), "bot refused the WebSocket handshake");
+            Err(WsReject::BotRefused(resp.status().as_u16()))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(bot = %bot.id, error = %e, "bot unreachable");
+            Err(WsReject::BotUnreachable)
+        }
+        Err(_) => {
+            tracing::warn!(bot = %bot.id, "bot handshake timed out");
+            Err(WsReject::BotTimeout)
+        }
+    }
+}
+
+/// Answer with an OpenAI-style error.
+async fn reject(
+    session: &mut Session,
+    request_id: &str,
+    err: &WsReject,
+) -> pingora_error::Result<()> {
+    if !session.is_body_done() {
+        session.set_keepalive(None);
+    }
+    let body = err.body();
+    let mut resp = ResponseHeader::build(err.status(), Some(6))?;
+    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+    resp.insert_header("x-request-id", request_id)?;
+    for (k, v) in err.headers() {
+        resp.insert_header(*k, *v)?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}

@@ -1,0 +1,471 @@
+//! The relay loop of one open connection: client frames in and out through
+//! Pingora's downstream session, bot frames through a tokio-tungstenite
+//! client, one message at a time.
+//!
+//! Client-side framing is tungstenite's sans-I/O [`WebSocketContext`]
+//! (server role) over an in-memory buffer pair ([`MemIo`]): the bytes
+//! Pingora reads from the upgraded connection are fed in, the frames it
+//! produces are written out with `write_response_body`. That gives RFC 6455
+//! in full (masking enforced, fragmentation, control frames of at most 125
+//! bytes, close codes, UTF-8 checks of text, frame and message limits)
+//! from a well-tested library, while Pingora keeps the socket, TLS and the
+//! connection's accounting. A codec of our own would duplicate all that.
+//!
+//! Backpressure: the loop waits on the client, the bot, a kick and a timer
+//! at once, and handles one event to completion before waiting again. A
+//! message read from one side is written to the other, and that write is
+//! awaited before anything more is read; so a peer that stops reading
+//! stalls only its sender, and the relay holds at most one message (plus
+//! the kernel's socket buffers). A write that cannot finish within the idle
+//! timeout closes the connection.
+//!
+//! Keepalive: after `ping_interval` without a frame from the client the
+//! relay pings it; with nothing heard for `idle_timeout` (pongs count) it
+//! closes. The bot side is kept alive by the bot; tokio-tungstenite answers
+//! its pings.
+
+use crate::ws::error::CloseReason;
+use crate::ws::metrics::WsMetrics;
+use crate::ws::registry::{ConnRegistry, Kick, KickSignal};
+use bytes::{Buf, Bytes};
+use futures::{SinkExt, StreamExt};
+use pingora_proxy::Session;
+use std::io::{self, Read, Write};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
+use tungstenite::Message;
+
+pub type BotStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long the close handshake may take on either side before the
+/// connection is simply dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Read buffer of each side's framing state. Small, because an idle
+/// connection should cost little; a large message grows it as needed.
+pub const READ_BUFFER: usize = 4096;
+
+/// The limits one relay runs under.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub idle_timeout: Duration,
+    pub ping_interval: Duration,
+    pub max_message_bytes: usize,
+    pub max_frame_bytes: usize,
+}
+
+impl Limits {
+    /// Framing config for either side.
+    pub fn framing(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            // Frames go into our own buffer and out in one write per
+            // message, so tungstenite need not buffer.
+            .write_buffer_size(0)
+            .max_message_size(Some(self.max_message_bytes))
+            .max_frame_size(Some(self.max_frame_bytes))
+    }
+}
+
+/// Counts of one connection, for the usage event and the log line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RelayStats {
+    pub client_messages: u64,
+    pub client_bytes: u64,
+    pub bot_messages: u64,
+    pub bot_bytes: u64,
+    pub brain_events: u64,
+}
+
+/// A `Read + Write` over buffers for tungstenite's sans-I/O context:
+/// reads drain `rx` (the last chunk Pingora read) and report `WouldBlock`
+/// when it is empty; writes append to `tx`.
+#[derive(Debug, Default)]
+struct MemIo {
+    rx: Bytes,
+    tx: Vec<u8>,
+}
+
+impl Read for MemIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.rx.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.rx.len());
+        buf[..n].copy_from_slice(&self.rx[..n]);
+        self.rx.advance(n);
+        Ok(n)
+    }
+}
+
+impl Write for MemIo {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tx.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One event the loop reacts to.
+enum Event {
+    Kick(Kick),
+    Client(pingora_error::Result<Option<Bytes>>),
+    Bot(Option<Result<Message, tungstenite::Error>>),
+    Timer,
+}
+
+/// The client side: framing state, pending output, and the session.
+struct Client<'a> {
+    session: &'a mut Session,
+    ws: WebSocketContext,
+    io: MemIo,
+}
+
+impl Client<'_> {
+    /// Write whatever framing produced, bounded by `limit`.
+    async fn flush(&mut self, limit: Duration) -> Result<(), CloseReason> {
+        // Pongs and close replies tungstenite queued while reading.
+        let _ = self.ws.flush(&mut self.io);
+        if self.io.tx.is_empty() {
+            return Ok(());
+        }
+        let data = Bytes::from(std::mem::take(&mut self.io.tx));
+        match tokio::time::timeout(limit, self.session.write_response_body(Some(data), false)).await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(CloseReason::ClientGone),
+            Err(_) => Err(CloseReason::ClientStalled),
+        }
+    }
+
+    /// Send a close frame and wait briefly for the client's answer.
+    async fn close(&mut self, code: u16, reason: &str) {
+        let frame = CloseFrame {
+            code: CloseReason::close_code(CloseReason::sendable(code)),
+            reason: reason.into(),
+        };
+        // Errors here mean the context already saw a close; the frame (if
+        // any) is in `tx` either way.
+        let _ = self.ws.close(&mut self.io, Some(frame));
+        if self.flush(CLOSE_GRACE).await.is_err() {
+            return;
+        }
+        // RFC 6455 §7.1.1: the server closes TCP after the close exchange;
+        // give the client a moment to answer so its side ends cleanly.
+        let deadline = Instant::now() + CLOSE_GRACE;
+        while let Ok(Ok(Some(chunk))) =
+            tokio::time::timeout_at(deadline, self.session.read_request_body()).await
+        {
+            self.io.rx = chunk;
+            loop {
+                match self.ws.read(&mut self.io) {
+                    Ok(_) => {}
+                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                        break
+                    }
+                    // Closed (the answer arrived) or broken: done.
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+}
+
+/// Relay between the upgraded client `session` and `bot` until one side
+/// ends; returns why.
+pub async fn run(
+    session: &mut Session,
+    bot: &mut BotStream,
+    limits: Limits,
+    signal: &KickSignal,
+    registry: &ConnRegistry,
+    metrics: &WsMetrics,
+    stats: &mut RelayStats,
+) -> CloseReason {
+    let mut client = Client {
+        session,
+        ws: WebSocketContext::new(Role::Server, Some(limits.framing())),
+        io: MemIo::default(),
+    };
+    let reason = relay(&mut client, bot, limits, signal, registry, metrics, stats).await;
+    // Tell each side that is still there.
+    let (to_client, to_bot) = match reason {
+        CloseReason::ClientGone | CloseReason::ClientStalled => (None, Some(reason.bot_code())),
+        CloseReason::ClientClosed => (None, None),
+        CloseReason::BotClosed(_) | CloseReason::BotLost | CloseReason::BotFailed => {
+            (Some(reason.client_code()), None)
+        }
+        _ => (Some(reason.client_code()), Some(reason.bot_code())),
+    };
+    let close_bot = async {
+        if let Some(code) = to_bot {
+            let frame = CloseFrame {
+                code: CloseReason::close_code(code),
+                reason: reason.label().into(),
+            };
+            let _ = tokio::time::timeout(CLOSE_GRACE, bot.close(Some(frame))).await;
+        }
+    };
+    let close_client = async {
+        if let Some(code) = to_client {
+            client.close(code, reason.label()).await;
+        }
+    };
+    tokio::join!(close_bot, close_client);
+    reason
+}
+
+async fn relay(
+    client: &mut Client<'_>,
+    bot: &mut BotStream,
+    limits: Limits,
+    signal: &KickSignal,
+    registry: &ConnRegistry,
+    metrics: &WsMetrics,
+    stats: &mut RelayStats,
+) -> CloseReason {
+    let to_bot_msgs = metrics.messages.with_label_values(&["client_to_bot"]);
+    let to_bot_bytes = metrics.bytes.with_label_values(&["client_to_bot"]);
+    let to_client_msgs = metrics.messages.with_label_values(&["bot_to_client"]);
+    let to_client_bytes = metrics.bytes.with_label_values(&["bot_to_client"]);
+    let mut last_heard = Instant::now();
+    let mut pinged = false;
+    loop {
+        let idle_at = last_heard + limits.idle_timeout;
+        let wake = if pinged {
+            idle_at
+        } else {
+            idle_at.min(last_heard + limits.ping_interval)
+        };
+        let event = tokio::select! {
+            biased;
+            k = signal.kicked() => Event::Kick(k),
+            r = client.session.read_request_body() => Event::Client(r),
+            m = bot.next() => Event::Bot(m),
+            () = tokio::time::sleep_until(wake) => Event::Timer,
+        };
+        match event {
+            Event::Kick(Kick::Shutdown) => return CloseReason::Shutdown,
+            Event::Kick(Kick::BotMoved) => return CloseReason::BotMoved,
+            Event::Client(Ok(Some(chunk))) => {
+                last_heard = Instant::now();
+                pinged = false;
+                client.io.rx = chunk;
+                loop {
+                    let msg = match client.ws.read(&mut client.io) {
+                        Ok(m) => m,
+                        Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                            break
+                        }
+                        Err(e) => return CloseReason::from_client_error(&e),
+                    };
+                    match msg {
+                        Message::Text(_) | Message::Binary(_) => {
+                            let len = msg.len() as u64;
+                            stats.client_messages += 1;
+                            stats.client_bytes += len;
+                            to_bot_msgs.inc();
+                            to_bot_bytes.inc_by(len);
+                            if let Err(r) = send_bot(bot, msg, limits.idle_timeout).await {
+                                return r;
+                            }
+                        }
+                        Message::Close(frame) => {
+                            // tungstenite queued the answer; send it, and
+                            // pass the client's code on to the bot.
+                            let _ = client.flush(CLOSE_GRACE).await;
+                            let code = frame
+                                .as_ref()
+                                .map_or(1000, |f| CloseReason::sendable(u16::from(f.code)));
+                            let frame = CloseFrame {
+                                code: CloseReason::close_code(code),
+                                reason: "client closed".into(),
+                            };
+                            let _ = tokio::time::timeout(CLOSE_GRACE, bot.close(Some(frame))).await;
+                            return CloseReason::ClientClosed;
+                        }
+                        // Pongs answer our pings; pings were answered by
+                        // tungstenite (sent by the flush below).
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                    }
+                }
+                if let Err(r) = client.flush(limits.idle_timeout).await {
+                    return r;
+                }
+            }
+            Event::Client(Ok(None) | Err(_)) => return CloseReason::ClientGone,
+            Event::Bot(Some(Ok(msg))) => match msg {
+                Message::Text(_) | Message::Binary(_) => {
+                    let len = msg.len() as u64;
+                    stats.bot_messages += 1;
+                    stats.bot_bytes += len;
+                    to_client_msgs.inc();
+                    to_client_bytes.inc_by(len);
+                    if let Message::Text(t) = &msg {
+                        if let Some(kind) = brain_event_type(t.as_str()) {
+                            stats.brain_events += 1;
+                            metrics
+                                .brain_events
+                                .with_label_values(&[WsMetrics::brain_label(&kind)])
+                                .inc();
+                        }
+                    }
+                    if client.ws.write(&mut client.io, msg).is_err() {
+                        return CloseReason::Protocol;
+                    }
+                    if let Err(r) = client.flush(limits.idle_timeout).await {
+                        return r;
+                    }
+                }
+                Message::Close(frame) => {
+                    let code = frame
+                        .as_ref()
+                        .map_or(1000, |f| CloseReason::sendable(u16::from(f.code)));
+                    return CloseReason::BotClosed(code);
+                }
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            },
+            Event::Bot(Some(Err(e))) => {
+                tracing::debug!(error = %e, "bot connection failed");
+                return match e {
+                    tungstenite::Error::Io(_)
+                    | tungstenite::Error::ConnectionClosed
+                    | tungstenite::Error::AlreadyClosed
+                    | tungstenite::Error::Protocol(
+                        tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                    ) => CloseReason::BotLost,
+                    _ => CloseReason::BotFailed,
+                };
+            }
+            Event::Bot(None) => return CloseReason::BotLost,
+            Event::Timer => {
+                if client.session.is_process_shutting_down() {
+                    // Normally the registry's SIGTERM listener got here
+                    // first; this covers shutdowns started otherwise.
+                    registry.begin_shutdown();
+                    continue;
+                }
+                let now = Instant::now();
+                if now >= idle_at {
+                    return CloseReason::Idle;
+                }
+                if !pinged {
+                    pinged = true;
+                    if client
+                        .ws
+                        .write(&mut client.io, Message::Ping(Bytes::new()))
+                        .is_err()
+                    {
+                        return CloseReason::Protocol;
+                    }
+                    if let Err(r) = client.flush(limits.idle_timeout).await {
+                        return r;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Send one message to the bot, flushed, within `limit`.
+async fn send_bot(bot: &mut BotStream, msg: Message, limit: Duration) -> Result<(), CloseReason> {
+    match tokio::time::timeout(limit, bot.send(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(tungstenite::Error::Io(_) | tungstenite::Error::ConnectionClosed)) => {
+            Err(CloseReason::BotLost)
+        }
+        Ok(Err(_)) => Err(CloseReason::BotFailed),
+        // The bot stopped reading.
+        Err(_) => Err(CloseReason::BotFailed),
+    }
+}
+
+/// The `event.type` of a `{"type":"brain_event","event":{...}}` message.
+/// Only messages that mention `brain_event` are parsed, so chat chunks cost
+/// one substring search.
+fn brain_event_type(text: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+        event: Option<Event>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Event {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+    }
+    memchr::memmem::find(text.as_bytes(), b"brain_event")?;
+    let env: Envelope = serde_json::from_str(text).ok()?;
+    if env.kind.as_deref() != Some("brain_event") {
+        return None;
+    }
+    Some(env.event.and_then(|e| e.kind).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brain_events_are_recognised() {
+        let t = r#"{"type":"brain_event","event":{"id":"e1","type":"tool_call","timestamp":1}}"#;
+        assert_eq!(brain_event_type(t).as_deref(), Some("tool_call"));
+        assert_eq!(
+            brain_event_type(r#"{"content":"brain_event","done":false}"#),
+            None
+        );
+        assert_eq!(WsMetrics::brain_label("tool_call"), "tool_call");
+        assert_eq!(WsMetrics::brain_label("made-up"), "other");
+    }
+
+    #[test]
+    fn sans_io_framing_roundtrip() {
+        // A masked client text frame "hi", fed in two pieces.
+        let frame = [0x81u8, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
+        let mut ws = WebSocketContext::new(Role::Server, None);
+        let mut io = MemIo {
+            rx: Bytes::copy_from_slice(&frame[..3]),
+            tx: Vec::new(),
+        };
+        assert!(
+            matches!(ws.read(&mut io), Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock)
+        );
+        io.rx = Bytes::copy_from_slice(&frame[3..]);
+        assert_eq!(ws.read(&mut io).unwrap(), Message::text("hi"));
+        ws.write(&mut io, Message::text("yo")).unwrap();
+        ws.flush(&mut io).unwrap();
+        // Server frames are not masked.
+        assert_eq!(io.tx, [0x81, 0x02, b'y', b'o']);
+    }
+
+    #[test]
+    fn unmasked_and_oversized_client_frames_fail() {
+        let limits = Limits {
+            idle_timeout: Duration::from_secs(1),
+            ping_interval: Duration::from_secs(1),
+            max_message_bytes: 200,
+            max_frame_bytes: 200,
+        };
+        let mut ws = WebSocketContext::new(Role::Server, Some(limits.framing()));
+        let mut io = MemIo {
+            rx: Bytes::from_static(&[0x81, 0x02, b'h', b'i']),
+            tx: Vec::new(),
+        };
+        let e = ws.read(&mut io).unwrap_err();
+        assert_eq!(CloseReason::from_client_error(&e), CloseReason::Protocol);
+        let mut ws = WebSocketContext::new(Role::Server, Some(limits.framing()));
+        // 126 → 16-bit length 300, masked.
+        let mut io = MemIo {
+            rx: Bytes::from_static(&[0x82, 0xFE, 0x01, 0x2C, 0, 0, 0, 0]),
+            tx: Vec::new(),
+        };
+        let e = ws.read(&mut io).unwrap_err();
+        assert_eq!(CloseReason::from_client_error(&e), CloseReason::TooBig);
+    }
+}

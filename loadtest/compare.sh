@@ -1,0 +1,341 @@
+#!/usr/bin/env bash
+# compare.sh: added latency and throughput of the Molt data plane, side by
+# side with the same mock upstream reached directly and through nginx doing
+# the same key injection, in one run on one machine.
+#
+# What it owns: building `molt` (release), starting the mock provider, a data
+# plane and nginx on 127.0.0.1:17xxx, running the scenarios in
+# loadtest/scenarios/ against all three with targets interleaved in short
+# rounds (so machine noise hits all alike), reading the data plane's and
+# nginx's RSS and CPU time from /proc, and printing markdown tables.
+# Everything it starts is stopped on exit. See loadtest/README.md.
+#
+# Usage: loadtest/compare.sh            (about 3 minutes after the build)
+# Knobs (environment): RATE, DURATION, WARMUP, ROUNDS, PROXY_WORKERS,
+# KEEP=1 (keep the work directory with logs, configs and JSON reports).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SCENARIOS=${SCENARIOS:-$ROOT/loadtest/scenarios}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/root/.cache/molt/target}
+
+MOCK_PORT=17001
+MOLT_PORT=17080
+MOLT_ADMIN_PORT=17901
+NGINX_PORT=17081
+# Non-streaming fixed-rate run (the brief's 1,000 req/s for ~15 s).
+RATE=${RATE:-1000}
+DURATION=${DURATION:-15s}
+WARMUP=${WARMUP:-3s}
+ROUNDS=${ROUNDS:-5}
+# Worker threads of the data plane and worker processes of nginx: equal, so
+# throughput compares work per core. The mock and the generator share the
+# same small machine.
+PROXY_WORKERS=${PROXY_WORKERS:-1}
+# The provider's master key: only the proxies know it; clients send their
+# molt key. The mock accepts any credential and records what it got.
+MASTER_KEY=sk-master-compare
+
+log() { printf '%s\n' "compare: $*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+WORK=$(mktemp -d /tmp/molt-compare.XXXXXX)
+# nginx workers drop privileges; they must be able to enter the directory.
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+    local status=$?
+    # SIGINT is a fast shutdown for all three (Pingora treats SIGTERM as a
+    # graceful drain, which would only slow the exit down).
+    for pid in "${PIDS[@]}"; do
+        kill -INT "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ ${KEEP:-0} == 1 || $status -ne 0 ]]; then
+        log "logs, configs and reports kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- tools ------------------------------------------------------------------
+missing=()
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+command -v jq >/dev/null || missing+=(jq)
+command -v curl >/dev/null || missing+=(curl)
+if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+CLK_TCK=$(getconf CLK_TCK)
+
+for port in $MOCK_PORT $MOLT_PORT $MOLT_ADMIN_PORT $NGINX_PORT; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        die "port $port on 127.0.0.1 is in use; stop what listens there"
+    fi
+done
+
+# --- build --------------------------------------------------------------------
+log "building molt (release)"
+(cd "$ROOT" && cargo build -p molt --release --quiet)
+MOLT=$CARGO_TARGET_DIR/release/molt
+
+# --- processes ----------------------------------------------------------------
+wait_for() { # what, command...
+    local what=$1
+    shift
+    for _ in $(seq 1 200); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.05
+    done
+    die "$what did not come up; see $WORK/*.log"
+}
+
+"$MOLT" mock-provider --listen 127.0.0.1:$MOCK_PORT >"$WORK/mock.log" 2>&1 &
+PIDS+=($!)
+wait_for "mock provider" curl -sf http://127.0.0.1:$MOCK_PORT/_mock/health
+
+# A fresh client key; the data plane stores only its SHA-256.
+KEY_OUT=$("$MOLT" key new)
+CLIENT_KEY=$(sed -n 's/^key: //p' <<<"$KEY_OUT")
+CLIENT_SHA=$(sed -n 's/^sha256: //p' <<<"$KEY_OUT")
+[[ $CLIENT_KEY == molt_sk_* && ${#CLIENT_SHA} == 64 ]] || die "unexpected 'molt key new' output"
+
+cat >"$WORK/dataplane.toml" <<EOF
+version = 1
+
+[server]
+listen = "127.0.0.1:$MOLT_PORT"
+threads = $PROXY_WORKERS
+grace_period = "1s"
+
+[admin]
+listen = "127.0.0.1:$MOLT_ADMIN_PORT"
+
+[log]
+access_log = false
+
+[[keys]]
+id = "load"
+user = "load"
+sha256 = "$CLIENT_SHA"
+
+[[providers]]
+name = "mock"
+kind = "openai"
+base_url = "http://127.0.0.1:$MOCK_PORT/v1"
+keys = ["$MASTER_KEY"]
+
+[[models]]
+name = "gpt-4o-mini"
+provider = "mock"
+EOF
+"$MOLT" dataplane --config "$WORK/dataplane.toml" --validate >/dev/null
+"$MOLT" dataplane --config "$WORK/dataplane.toml" >"$WORK/dataplane.log" 2>&1 &
+DP_PID=$!
+PIDS+=($DP_PID)
+wait_for "data plane" curl -sf http://127.0.0.1:$MOLT_ADMIN_PORT/readyz
+
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes $PROXY_WORKERS;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx/client_body;
+    proxy_temp_path $WORK/nginx/proxy;
+    fastcgi_temp_path $WORK/nginx/fastcgi;
+    uwsgi_temp_path $WORK/nginx/uwsgi;
+    scgi_temp_path $WORK/nginx/scgi;
+    upstream mock {
+        server 127.0.0.1:$MOCK_PORT;
+        keepalive 128;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        keepalive_requests 1000000;
+        client_max_body_size 16m;
+        location /v1/ {
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            # The same key injection the data plane does.
+            proxy_set_header Authorization "Bearer $MASTER_KEY";
+            # Stream answers as they arrive (SSE), as the data plane does.
+            proxy_buffering off;
+        }
+    }
+}
+EOF
+"$NGINX" -t -q -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" 2>>"$WORK/nginx/error.log" || die "nginx config rejected; see $WORK/nginx/error.log"
+"$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -g 'daemon off;' >"$WORK/nginx.log" 2>&1 &
+NGINX_PID=$!
+PIDS+=($NGINX_PID)
+
+CHAT=/v1/chat/completions
+chat_ok() { # url: one non-streaming request answered 200
+    curl -sf -o /dev/null -H "authorization: Bearer $CLIENT_KEY" -H 'content-type: application/json' \
+        --data-binary @"$SCENARIOS/bodies/chat.json" "$1"
+}
+wait_for "nginx" chat_ok http://127.0.0.1:$NGINX_PORT$CHAT
+wait_for "data plane route" chat_ok http://127.0.0.1:$MOLT_PORT$CHAT
+
+# Both proxies must have replaced the client's key with the master key.
+injected=$(curl -sf http://127.0.0.1:$MOCK_PORT/_mock/requests |
+    jq --arg k "Bearer $MASTER_KEY" '[.[-2:][] | select(.authorization == $k)] | length')
+[[ $injected == 2 ]] || die "a proxy did not inject the master key"
+curl -sf -X DELETE http://127.0.0.1:$MOCK_PORT/_mock/requests >/dev/null
+
+# --- measurement helpers -------------------------------------------------------
+cpu_ticks() { # pids...: utime+stime summed (fields 14 and 15 of /proc/PID/stat)
+    local total=0 pid stat
+    for pid in "$@"; do
+        stat=$(<"/proc/$pid/stat")
+        # The command name (field 2) may hold spaces; count from after ')'.
+        read -r -a f <<<"${stat##*) }"
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+rss_kib() { # field pids...: VmRSS or VmHWM summed, KiB
+    local field=$1 total=0 pid v
+    shift
+    for pid in "$@"; do
+        v=$(awk -v f="$field:" '$1 == f { print $2 }' "/proc/$pid/status")
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+nginx_pids() { echo "$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"; }
+
+TARGETS=(
+    --target "direct=http://127.0.0.1:$MOCK_PORT$CHAT"
+    --target "molt=http://127.0.0.1:$MOLT_PORT$CHAT"
+    --target "nginx=http://127.0.0.1:$NGINX_PORT$CHAT"
+)
+
+# run NAME SCENARIO [overrides...]: load all three targets, note the CPU the
+# data plane and nginx spent, per request they served (warm-up included).
+run() {
+    local name=$1 scenario=$2
+    shift 2
+    local np dp0 ng0
+    np=$(nginx_pids)
+    dp0=$(cpu_ticks "$DP_PID")
+    # shellcheck disable=SC2086 # np is a list of pids
+    ng0=$(cpu_ticks $np)
+    log "running $name ($(basename "$scenario") $*)"
+    "$MOLT" load --scenario "$scenario" "${TARGETS[@]}" \
+        --header "authorization: Bearer $CLIENT_KEY" --json "$@" >"$WORK/$name.json"
+    local dp1 ng1
+    dp1=$(cpu_ticks "$DP_PID")
+    # shellcheck disable=SC2086
+    ng1=$(cpu_ticks $np)
+    jq --argjson dp $((dp1 - dp0)) --argjson ng $((ng1 - ng0)) --argjson hz "$CLK_TCK" '
+        .cpu = {
+          molt: ($dp / $hz * 1e6 / ([.targets[] | select(.name == "molt") | .requests + .warmup_requests] | add)),
+          nginx: ($ng / $hz * 1e6 / ([.targets[] | select(.name == "nginx") | .requests + .warmup_requests] | add))
+        }' "$WORK/$name.json" >"$WORK/$name.cpu.json"
+    curl -sf -X DELETE http://127.0.0.1:$MOCK_PORT/_mock/requests >/dev/null
+}
+
+run fixed "$SCENARIOS/chat.toml" --rate "$RATE" --duration "$DURATION" --warmup "$WARMUP" --rounds "$ROUNDS"
+run sse "$SCENARIOS/chat-sse.toml"
+run throughput "$SCENARIOS/chat-throughput.toml"
+
+# shellcheck disable=SC2046
+NGINX_RSS=$(rss_kib VmRSS $(nginx_pids))
+# shellcheck disable=SC2046
+NGINX_HWM=$(rss_kib VmHWM $(nginx_pids))
+DP_RSS=$(rss_kib VmRSS "$DP_PID")
+DP_HWM=$(rss_kib VmHWM "$DP_PID")
+
+# --- tables ---------------------------------------------------------------------
+fixed=$WORK/fixed.cpu.json
+sse=$WORK/sse.cpu.json
+tput=$WORK/throughput.cpu.json
+
+cat <<EOF
+
+## Molt data plane vs direct vs nginx ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, proxies with $PROXY_WORKERS worker(s))
+
+### Fixed rate, non-streaming: $(jq -r '"\(.rate) req/s per target, \(.duration_s)s in \(.rounds) interleaved rounds, \(.connections) connections, \(.warmup_s)s warm-up"' "$fixed")
+
+Latency from each request's scheduled time to the end of its response (ms).
+
+EOF
+jq -r '
+  def t(n): .targets[] | select(.name == n);
+  def f3: . * 1000 | round / 1000 | tostring;
+  def f2: . * 100 | round / 100 | tostring;
+  (t("direct").latency) as $d | (t("nginx").latency) as $n |
+  "| target | req/s | errors | p50 | p99 | p99.9 | max | +p50 vs direct | +p99 vs direct | p50 ÷ nginx | p99 ÷ nginx |",
+  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+  (.targets[] | .latency as $l |
+   "| \(.name) | \(.achieved_rate | round) | \(.requests - .ok) | \($l.p50 | f3) | \($l.p99 | f3) | \($l.p999 | f3) | \($l.max | f3) | " +
+   (if .name == "direct" then "– | – | " else "\($l.p50 - $d.p50 | f3) | \($l.p99 - $d.p99 | f3) | " end) +
+   "\($l.p50 / $n.p50 | f2) | \($l.p99 / $n.p99 | f2) |"),
+  "",
+  "Generator schedule lag p99 (ms): " + ([.targets[] | "\(.name) \(.schedule_lag.p99 | f3)"] | join(", ")) +
+  ". Connections opened: " + ([.targets[] | "\(.name) \(.connections_opened)"] | join(", ")) + "."
+' "$fixed"
+
+cat <<EOF
+
+### SSE: $(jq -r '"\(.rate) streams/s per target (20 chunks, 5 ms apart), \(.duration_s)s in \(.rounds) rounds"' "$sse")
+
+TTFT: scheduled time → first complete \`data:\` event. Gap: time between consecutive events (ms).
+
+EOF
+jq -r '
+  def t(n): .targets[] | select(.name == n);
+  def f3: . * 1000 | round / 1000 | tostring;
+  def f2: . * 100 | round / 100 | tostring;
+  (t("direct").ttft) as $d | (t("nginx").ttft) as $n |
+  "| target | streams | errors | TTFT p50 | TTFT p99 | +TTFT p50 vs direct | +TTFT p99 vs direct | TTFT p99 ÷ nginx | gap p50 | gap p99 | gap max | events/frame |",
+  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+  (.targets[] | .ttft as $x |
+   "| \(.name) | \(.requests) | \(.requests - .ok) | \($x.p50 | f3) | \($x.p99 | f3) | " +
+   (if .name == "direct" then "– | – | " else "\($x.p50 - $d.p50 | f3) | \($x.p99 - $d.p99 | f3) | " end) +
+   "\($x.p99 / $n.p99 | f2) | \(.chunk_gap.p50 | f3) | \(.chunk_gap.p99 | f3) | \(.chunk_gap.max | f3) | \(.events_per_frame | f2) |")
+' "$sse"
+
+cat <<EOF
+
+### Throughput, closed loop: $(jq -r '"\(.connections) workers per target, \(.duration_s)s in \(.rounds) rounds"' "$tput")
+
+EOF
+jq -r '
+  def t(n): .targets[] | select(.name == n);
+  def f3: . * 1000 | round / 1000 | tostring;
+  def f2: . * 100 | round / 100 | tostring;
+  (t("nginx").achieved_rate) as $n |
+  "| target | req/s | errors | p50 ms | p99 ms | req/s ÷ nginx |",
+  "|---|---:|---:|---:|---:|---:|",
+  (.targets[] |
+   "| \(.name) | \(.achieved_rate | round) | \(.requests - .ok) | \(.latency.p50 | f3) | \(.latency.p99 | f3) | \(.achieved_rate / $n | f2) |")
+' "$tput"
+
+cpu() { jq -r --arg who "$1" '.cpu[$who] * 10 | round / 10' "$2"; }
+cat <<EOF
+
+### Resources (after the runs)
+
+| process | RSS MiB | peak RSS MiB | CPU µs/request at $RATE req/s | CPU µs/request, SSE stream | CPU µs/request, throughput run |
+|---|---:|---:|---:|---:|---:|
+| molt data plane | $(awk "BEGIN{printf \"%.1f\", $DP_RSS/1024}") | $(awk "BEGIN{printf \"%.1f\", $DP_HWM/1024}") | $(cpu molt "$fixed") | $(cpu molt "$sse") | $(cpu molt "$tput") |
+| nginx (master + workers) | $(awk "BEGIN{printf \"%.1f\", $NGINX_RSS/1024}") | $(awk "BEGIN{printf \"%.1f\", $NGINX_HWM/1024}") | $(cpu nginx "$fixed") | $(cpu nginx "$sse") | $(cpu nginx "$tput") |
+
+CPU is utime+stime from /proc/PID/stat over each run divided by the requests that process served in it (warm-up included).
+EOF
