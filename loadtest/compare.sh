@@ -262,6 +262,15 @@ DP_RSS=$(rss_kib VmRSS "$DP_PID")
 DP_HWM=$(rss_kib VmHWM "$DP_PID")
 
 # --- tables ---------------------------------------------------------------------
+# fx(d): a number with exactly d decimals (jq's tostring drops trailing zeros).
+JQ_DEFS='
+  def fx(d): (if . < 0 then "-" else "" end) as $s
+    | ((if . < 0 then -. else . end) * pow(10; d) | round) as $n
+    | (pow(10; d) | round) as $p
+    | $s + (($n / $p) | floor | tostring) + "." + (($n % $p) + $p | tostring | .[1:]);
+  def f3: fx(3);
+  def f2: fx(2);
+'
 fixed=$WORK/fixed.cpu.json
 sse=$WORK/sse.cpu.json
 tput=$WORK/throughput.cpu.json
@@ -275,10 +284,8 @@ cat <<EOF
 Latency from each request's scheduled time to the end of its response (ms).
 
 EOF
-jq -r '
+jq -r "$JQ_DEFS"'
   def t(n): .targets[] | select(.name == n);
-  def f3: . * 1000 | round / 1000 | tostring;
-  def f2: . * 100 | round / 100 | tostring;
   (t("direct").latency) as $d | (t("nginx").latency) as $n |
   "| target | req/s | errors | p50 | p99 | p99.9 | max | +p50 vs direct | +p99 vs direct | p50 ÷ nginx | p99 ÷ nginx |",
   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -298,10 +305,8 @@ cat <<EOF
 TTFT: scheduled time → first complete \`data:\` event. Gap: time between consecutive events (ms).
 
 EOF
-jq -r '
+jq -r "$JQ_DEFS"'
   def t(n): .targets[] | select(.name == n);
-  def f3: . * 1000 | round / 1000 | tostring;
-  def f2: . * 100 | round / 100 | tostring;
   (t("direct").ttft) as $d | (t("nginx").ttft) as $n |
   "| target | streams | errors | TTFT p50 | TTFT p99 | +TTFT p50 vs direct | +TTFT p99 vs direct | TTFT p99 ÷ nginx | gap p50 | gap p99 | gap max | events/frame |",
   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -316,10 +321,8 @@ cat <<EOF
 ### Throughput, closed loop: $(jq -r '"\(.connections) workers per target, \(.duration_s)s in \(.rounds) rounds"' "$tput")
 
 EOF
-jq -r '
+jq -r "$JQ_DEFS"'
   def t(n): .targets[] | select(.name == n);
-  def f3: . * 1000 | round / 1000 | tostring;
-  def f2: . * 100 | round / 100 | tostring;
   (t("nginx").achieved_rate) as $n |
   "| target | req/s | errors | p50 ms | p99 ms | req/s ÷ nginx |",
   "|---|---:|---:|---:|---:|---:|",
@@ -327,7 +330,7 @@ jq -r '
    "| \(.name) | \(.achieved_rate | round) | \(.requests - .ok) | \(.latency.p50 | f3) | \(.latency.p99 | f3) | \(.achieved_rate / $n | f2) |")
 ' "$tput"
 
-cpu() { jq -r --arg who "$1" '.cpu[$who] * 10 | round / 10' "$2"; }
+cpu() { jq -r --arg who "$1" "$JQ_DEFS"'.cpu[$who] | fx(1)' "$2"; }
 cat <<EOF
 
 ### Resources (after the runs)

@@ -34,6 +34,24 @@ pub struct DataplaneConfig {
     /// Users' bots, for the WebSocket chat router.
     pub bots: Vec<Bot>,
     pub websocket: WebSocketConfig,
+    /// Where operator-managed config comes from and usage goes, if any.
+    pub control_plane: Option<ControlPlaneConfig>,
+}
+
+/// Default cap on unshipped usage in the spool (1 GiB).
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1 << 30;
+
+/// `[control_plane]`, validated.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    /// `http://host:port` (no path, query or credentials).
+    pub url: UpstreamUrl,
+    /// The data-plane token, read from `token_env`.
+    pub token: Secret,
+    pub cache_file: PathBuf,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    pub ship_interval: Duration,
 }
 
 /// A user's bot gateway.
@@ -305,23 +323,33 @@ impl TryFrom<RawDataplaneConfig> for DataplaneConfig {
 impl DataplaneConfig {
     /// Parse TOML text and validate it.
     pub fn from_toml(text: &str, env: &dyn Env) -> Result<Self, ConfigErrors> {
-        let raw: RawDataplaneConfig = toml::from_str(text).map_err(|e| {
+        Self::from_wire(Self::parse_toml(text)?, env)
+    }
+
+    /// Parse TOML text into the wire form only (no validation): for callers
+    /// that merge a control-plane snapshot in before validating.
+    pub fn parse_toml(text: &str) -> Result<RawDataplaneConfig, ConfigErrors> {
+        toml::from_str(text).map_err(|e| {
             let mut errs = ConfigErrors::default();
             errs.push(toml_error_path(text, &e), e.message().to_owned());
             errs
-        })?;
-        Self::from_wire(raw, env)
+        })
     }
 
-    /// Read, parse and validate a TOML file. Relative paths inside it stay
-    /// relative to the process's working directory.
-    pub fn load(path: &Path, env: &dyn Env) -> Result<Self, ConfigErrors> {
+    /// Read and parse a TOML file into the wire form (see [`Self::parse_toml`]).
+    pub fn load_raw(path: &Path) -> Result<RawDataplaneConfig, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             let mut errs = ConfigErrors::default();
             errs.push("<file>", format!("cannot read {}: {e}", path.display()));
             errs
         })?;
-        Self::from_toml(&text, env)
+        Self::parse_toml(&text)
+    }
+
+    /// Read, parse and validate a TOML file. Relative paths inside it stay
+    /// relative to the process's working directory.
+    pub fn load(path: &Path, env: &dyn Env) -> Result<Self, ConfigErrors> {
+        Self::from_wire(Self::load_raw(path)?, env)
     }
 
     /// Validate a parsed config, collecting every error.
@@ -378,6 +406,10 @@ impl DataplaneConfig {
         };
         let bots = validate_bots(&raw.bots, &mut errs);
         let websocket = validate_websocket(&raw.websocket, env, &mut errs);
+        let control_plane = raw
+            .control_plane
+            .as_ref()
+            .and_then(|c| validate_control_plane(c, env, &mut errs));
 
         if !errs.is_empty() {
             return Err(errs);
@@ -395,6 +427,7 @@ impl DataplaneConfig {
                 limits,
                 bots,
                 websocket,
+                control_plane,
             }),
             // Unreachable in practice: a `None` above always pushed an error.
             _ => {
@@ -649,6 +682,58 @@ fn parse_upstream_url(s: &str, path: &str, errs: &mut ConfigErrors) -> Option<Up
             .to_owned(),
         port,
         path_prefix: url.path().trim_end_matches('/').to_owned(),
+    })
+}
+
+fn validate_control_plane(
+    raw: &wire::RawControlPlane,
+    env: &dyn Env,
+    errs: &mut ConfigErrors,
+) -> Option<ControlPlaneConfig> {
+    let url = parse_upstream_url(&raw.url, "control_plane.url", errs);
+    if let Some(u) = &url {
+        if u.tls {
+            // The data plane's control-plane client speaks plain HTTP only;
+            // run it over a private network or a TLS sidecar.
+            errs.push("control_plane.url", "only http:// is supported");
+        }
+        if !u.path_prefix.is_empty() {
+            errs.push("control_plane.url", "must not have a path");
+        }
+    }
+    let token = match env.var(&raw.token_env) {
+        Some(t) => Some(Secret::new(t)),
+        None => {
+            errs.push(
+                "control_plane.token_env",
+                format!("environment variable {} is not set", raw.token_env),
+            );
+            None
+        }
+    };
+    for (path, value) in [
+        ("control_plane.cache_file", &raw.cache_file),
+        ("control_plane.spool_dir", &raw.spool_dir),
+    ] {
+        if value.is_empty() {
+            errs.push(path, "must not be empty");
+        }
+    }
+    let spool_max_bytes = raw.spool_max_bytes.unwrap_or(DEFAULT_SPOOL_MAX_BYTES);
+    if spool_max_bytes < 1 << 20 {
+        errs.push("control_plane.spool_max_bytes", "must be at least 1 MiB");
+    }
+    let ship_interval = raw.ship_interval.unwrap_or(Duration::from_secs(1));
+    if ship_interval.is_zero() || ship_interval > Duration::from_secs(3600) {
+        errs.push("control_plane.ship_interval", "must be between 1ms and 1h");
+    }
+    Some(ControlPlaneConfig {
+        url: url?,
+        token: token?,
+        cache_file: PathBuf::from(&raw.cache_file),
+        spool_dir: PathBuf::from(&raw.spool_dir),
+        spool_max_bytes,
+        ship_interval,
     })
 }
 

@@ -39,6 +39,36 @@ pub struct RawDataplaneConfig {
     /// WebSocket relay limits and ticket settings.
     #[serde(default)]
     pub websocket: RawWebSocket,
+    /// `[control_plane]`: take keys, providers, models and limits from a
+    /// control plane and ship usage to it. Absent: the file is the config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<RawControlPlane>,
+}
+
+/// `[control_plane]`: where this data plane's operator-managed config comes
+/// from and where its usage goes. Stays in each data plane's own file; a
+/// snapshot never changes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawControlPlane {
+    /// Base URL of the control plane, `http://host:port`.
+    pub url: String,
+    /// Environment variable holding the data-plane token.
+    pub token_env: String,
+    /// Where the last accepted snapshot is kept, so a restart without the
+    /// control plane still serves it. Holds master keys: written mode 0600.
+    pub cache_file: String,
+    /// Directory of the durable usage spool.
+    pub spool_dir: String,
+    /// Most unshipped usage the spool holds before it drops (default 1 GiB).
+    pub spool_max_bytes: Option<u64>,
+    /// How often the spool ships what it holds (default 1s).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ship_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -9,6 +9,8 @@
 //! mapping in [`api::error`]) → [`service`] (all rules, authorisation,
 //! audit) → [`store`] (the [`store::Store`] trait; sqlx over SQLite or
 //! PostgreSQL). [`snapshot`] compiles and publishes data-plane config.
+//! [`provision`] runs bots on a [`fleet::Fleet`] (Fly Machines, or local
+//! mock bots) through a durable state machine in the same database.
 //!
 //! Architecture invariant: this crate is the only owner of the database;
 //! data planes reach it only through `/internal/v1` and the types of
@@ -25,7 +27,9 @@ pub mod config;
 pub mod crypto;
 pub mod ctl;
 pub mod domain;
+pub mod fleet;
 pub mod metrics;
+pub mod provision;
 pub mod server;
 pub mod service;
 pub mod snapshot;

@@ -94,6 +94,12 @@ impl Metrics {
         })
     }
 
+    /// The registry, for modules that register metrics of their own
+    /// (`provision`).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

@@ -3,7 +3,10 @@
 
 use crate::api::{router, AppState};
 use crate::config::Settings;
+use crate::fleet::Fleet;
 use crate::metrics::{Metrics, MetricsError};
+use crate::provision::metrics::ProvisionMetrics;
+use crate::provision::{ProvisionSettings, Worker};
 use crate::service::{Service, ServiceError};
 use crate::store::{SqlStore, Store, StoreError};
 use axum::Router;
@@ -38,13 +41,63 @@ pub struct App {
     pub service: Arc<Service>,
     pub router: Router,
     jobs: Vec<JoinHandle<()>>,
+    provisioner: Option<Provisioner>,
+}
+
+/// Where bots run and how they are provisioned.
+#[derive(Debug, Clone)]
+pub struct Provisioning {
+    pub fleet: Arc<dyn Fleet>,
+    pub settings: ProvisionSettings,
+    /// Run a worker in the background (tests drive their own instead).
+    pub run_worker: bool,
+}
+
+/// What new workers are made from.
+#[derive(Debug)]
+struct Provisioner {
+    store: Arc<dyn Store>,
+    provisioning: Provisioning,
+    metrics: ProvisionMetrics,
 }
 
 impl App {
     /// Start the services on `store` (publishing the first snapshot) and
-    /// the background jobs (snapshot refresh, audit retention).
+    /// the background jobs (snapshot refresh, audit retention), without a
+    /// fleet: bots can be requested but nothing provisions them.
     pub async fn start(store: Arc<dyn Store>, settings: &Settings) -> Result<Self, ServerError> {
+        Self::start_with(store, settings, None).await
+    }
+
+    /// A new provisioning worker with a claim name of its own (`None`
+    /// without a fleet). Several may run at once.
+    pub fn worker(&self) -> Option<Worker> {
+        let p = self.provisioner.as_ref()?;
+        Some(Worker::new(
+            p.store.clone(),
+            p.provisioning.fleet.clone(),
+            self.service.clone(),
+            self.service.cipher().clone(),
+            p.provisioning.settings.clone(),
+            p.metrics.clone(),
+        ))
+    }
+
+    /// [`App::start`], plus the provisioning worker when a fleet is given.
+    pub async fn start_with(
+        store: Arc<dyn Store>,
+        settings: &Settings,
+        provisioning: Option<Provisioning>,
+    ) -> Result<Self, ServerError> {
         let metrics = Metrics::new()?;
+        let provisioner = match provisioning {
+            Some(provisioning) => Some(Provisioner {
+                store: store.clone(),
+                metrics: ProvisionMetrics::register(&metrics)?,
+                provisioning,
+            }),
+            None => None,
+        };
         let service = Arc::new(Service::start(store, settings.service.clone(), metrics).await?);
         let router = router(AppState {
             service: service.clone(),
@@ -73,11 +126,20 @@ impl App {
                 }
             }),
         ];
-        Ok(Self {
+        let mut app = Self {
             service,
             router,
             jobs,
-        })
+            provisioner,
+        };
+        let run = app
+            .provisioner
+            .as_ref()
+            .is_some_and(|p| p.provisioning.run_worker);
+        if let Some(worker) = app.worker().filter(|_| run) {
+            app.jobs.push(worker.spawn());
+        }
+        Ok(app)
     }
 }
 

@@ -18,7 +18,8 @@ use crate::metrics::Metrics;
 use crate::store::{SnapshotSource, Store, StoreError};
 use bytes::Bytes;
 use molt_config::wire::{
-    RawAuth, RawDataplaneConfig, RawJwt, RawKey, RawModel, RawProvider, RawSnapshot, CONFIG_VERSION,
+    RawAuth, RawBot, RawDataplaneConfig, RawJwt, RawKey, RawModel, RawProvider, RawSnapshot,
+    CONFIG_VERSION,
 };
 use molt_config::{ConfigErrors, Secret};
 use std::collections::HashMap;
@@ -166,6 +167,7 @@ impl Publisher {
             .iter()
             .map(|p| self.raw_provider(p))
             .collect::<Result<_, _>>()?;
+        let bots = self.raw_bots().await?;
         Ok(RawSnapshot {
             version: 0,
             auth: RawAuth {
@@ -199,10 +201,36 @@ impl Publisher {
                     fallbacks: m.fallbacks,
                 })
                 .collect(),
-            // Limits and bots are not managed by this control plane yet;
-            // data planes get the contract's defaults (none).
+            bots,
+            // Limits are not managed by this control plane yet; data
+            // planes get the contract's defaults (none).
             ..RawSnapshot::default()
         })
+    }
+
+    /// Running bots with their gateway tokens opened. A bot whose token
+    /// does not open is left out (and logged) rather than blocking every
+    /// other change from reaching the data planes.
+    async fn raw_bots(&self) -> Result<Vec<RawBot>, SnapshotError> {
+        let bots = self.store.running_bots().await?;
+        Ok(bots
+            .into_iter()
+            .filter_map(|r| {
+                let url = r.bot.gateway_url?;
+                match self.cipher.open(&r.token_sealed, &r.bot.id) {
+                    Ok(token) => Some(RawBot {
+                        id: r.bot.id,
+                        user: r.bot.user_id,
+                        gateway_url: url,
+                        gateway_token: String::from_utf8_lossy(&token).into_owned(),
+                    }),
+                    Err(error) => {
+                        tracing::error!(bot = r.bot.id, %error, "bot token does not open; bot left out");
+                        None
+                    }
+                }
+            })
+            .collect())
     }
 
     fn raw_provider(&self, p: &SealedProvider) -> Result<RawProvider, SnapshotError> {

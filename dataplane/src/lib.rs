@@ -11,9 +11,11 @@
 //! (the prepared, swappable config snapshot).
 //!
 //! Architecture invariant: the data plane never talks to the database,
-//! Stripe or Fly. Its only inputs are its config (file or, later, a pushed
-//! snapshot) and client traffic; its only outputs are upstream traffic,
-//! usage events through [`sink::UsageSink`], logs and metrics.
+//! Stripe or Fly. Its only inputs are its config (file, and snapshots
+//! pulled from the control plane by [`sync`]) and client traffic; its only
+//! outputs are upstream traffic, usage events through [`sink::UsageSink`]
+//! (shipped to the control plane by [`spool`]), logs and metrics. The
+//! control plane is reached only over HTTP, at `/internal/v1`.
 
 pub mod admin;
 pub mod auth;
@@ -27,6 +29,8 @@ pub mod runtime;
 pub mod server;
 pub mod sink;
 pub mod splice;
+pub mod spool;
+pub mod sync;
 pub mod tls;
 pub mod tokens;
 pub mod usage_reader;

@@ -1,6 +1,12 @@
-//! Hot reload: on SIGHUP or when the config file changes, build a new
-//! runtime and swap it in; a bad config is rejected and the old one keeps
-//! serving.
+//! Hot reload: on SIGHUP, when the config file changes, or when the control
+//! plane pushes a snapshot ([`crate::sync`]), build a new runtime and swap
+//! it in; a bad config is rejected and the old one keeps serving.
+//!
+//! Both triggers take the same path: the file's wire config, with the last
+//! accepted control-plane snapshot merged over it
+//! (`RawDataplaneConfig::with_snapshot`), validated, prepared, swapped, and
+//! the limiter updated. One lock serialises them, so a file reload never
+//! swaps back to an older snapshot.
 //!
 //! Listener settings (addresses, TLS files, threads) are bound at start and
 //! need a restart; a reload that changes them applies the rest and says so.
@@ -9,12 +15,13 @@ use crate::metrics::Metrics;
 use crate::runtime::{Runtime, RuntimeHandle};
 use async_trait::async_trait;
 use molt_config::dataplane::ProcessEnv;
+use molt_config::wire::{RawDataplaneConfig, RawSnapshot};
 use molt_config::DataplaneConfig;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub struct ConfigReloader {
@@ -24,6 +31,9 @@ pub struct ConfigReloader {
     /// Given the new limits on every reload; its counters carry over.
     pub limiter: crate::limits::Limiter,
     pub version: Arc<AtomicU64>,
+    /// The control plane's last accepted snapshot, merged over the file on
+    /// every reload. Held for the whole reload so reloads run one at a time.
+    pub snapshot: Mutex<Option<RawSnapshot>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,11 +45,30 @@ pub enum ReloadError {
 }
 
 impl ConfigReloader {
-    /// Load, validate and prepare the file's config, then swap it in.
-    /// Blocking (reads the file, resolves hosts).
+    /// Load the file, merge the current snapshot, validate and prepare,
+    /// then swap it in. Blocking (reads the file, resolves hosts).
     pub fn reload_now(&self) -> Result<u64, ReloadError> {
-        let config =
-            DataplaneConfig::load(&self.path, &ProcessEnv).map_err(ReloadError::Invalid)?;
+        // A poisoned lock means a reload panicked midway; the snapshot it
+        // guards was only replaced after a successful swap, so it is sound.
+        let snapshot = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        let raw = DataplaneConfig::load_raw(&self.path).map_err(ReloadError::Invalid)?;
+        self.swap_in(merge(raw, snapshot.as_ref()))
+    }
+
+    /// Merge `snap` over the file's config and swap it in; on success it
+    /// becomes the snapshot later file reloads merge. Blocking.
+    pub fn apply_snapshot_now(&self, snap: RawSnapshot) -> Result<u64, ReloadError> {
+        let mut current = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        let raw = DataplaneConfig::load_raw(&self.path).map_err(ReloadError::Invalid)?;
+        let version = self.swap_in(merge(raw, Some(&snap)))?;
+        *current = Some(snap);
+        Ok(version)
+    }
+
+    /// Validate, prepare and swap one wire config, then give the limiter
+    /// its limits. The caller holds the `snapshot` lock.
+    fn swap_in(&self, raw: RawDataplaneConfig) -> Result<u64, ReloadError> {
+        let config = DataplaneConfig::from_wire(raw, &ProcessEnv).map_err(ReloadError::Invalid)?;
         let old = self.runtime.load();
         if config.server != old.config.server || config.admin_listen != old.config.admin_listen {
             tracing::warn!("listener settings changed; they take effect on restart");
@@ -53,23 +82,49 @@ impl ConfigReloader {
     }
 
     async fn reload(self: &Arc<Self>, why: &str) {
+        self.run_blocking(why, |me| me.reload_now()).await;
+    }
+
+    /// [`Self::apply_snapshot_now`] off the async runtime, counted and
+    /// logged like any reload. Returns the runtime version on success.
+    pub async fn apply_snapshot(self: &Arc<Self>, snap: RawSnapshot) -> Option<u64> {
+        self.run_blocking("control plane", move |me| me.apply_snapshot_now(snap))
+            .await
+    }
+
+    async fn run_blocking(
+        self: &Arc<Self>,
+        why: &str,
+        op: impl FnOnce(&Self) -> Result<u64, ReloadError> + Send + 'static,
+    ) -> Option<u64> {
         let me = self.clone();
-        let result = tokio::task::spawn_blocking(move || me.reload_now()).await;
+        let result = tokio::task::spawn_blocking(move || op(&me)).await;
         match result {
             Ok(Ok(version)) => {
                 self.metrics.config_reloads.inc();
                 self.metrics.config_version.set(version as i64);
                 tracing::info!(version, trigger = why, "config reloaded");
+                Some(version)
             }
             Ok(Err(e)) => {
                 self.metrics.config_reload_failures.inc();
                 tracing::error!(trigger = why, error = %e, "config reload rejected; still serving the previous config");
+                None
             }
             Err(e) => {
                 self.metrics.config_reload_failures.inc();
                 tracing::error!(error = %e, "config reload task failed");
+                None
             }
         }
+    }
+}
+
+/// The file's config with `snap` (if any) over its managed sections.
+pub fn merge(raw: RawDataplaneConfig, snap: Option<&RawSnapshot>) -> RawDataplaneConfig {
+    match snap {
+        Some(s) => raw.with_snapshot(s.clone()),
+        None => raw,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Assembling and running the data plane: Pingora server, client listeners
 //! (plain HTTP with h2c, and TLS), admin listener, reload and readiness
-//! services.
+//! services, and with `[control_plane]` the config watch ([`crate::sync`])
+//! and the usage spool with its shipper ([`crate::spool`]).
 
 use crate::admin::AdminApp;
 use crate::limits::Limiter;
@@ -8,11 +9,12 @@ use crate::metrics::Metrics;
 use crate::proxy::MoltProxy;
 use crate::reload::{ConfigReloader, ReloadService};
 use crate::runtime::{BuildError, Runtime, RuntimeHandle};
-use crate::sink::{JsonlFileSink, TotalsOnlySink, UsageSink, UsageTotals};
+use crate::sink::{JsonlFileSink, Tee, TotalsOnlySink, UsageSink, UsageTotals};
+use crate::spool::{Spool, SpoolError};
+use crate::sync::{ControlPlaneClient, SyncService};
 use crate::tls::{self, TlsError};
 use async_trait::async_trait;
-use molt_config::dataplane::ProcessEnv;
-use molt_config::{ConfigErrors, DataplaneConfig, LogFormat};
+use molt_config::{ConfigErrors, LogFormat};
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::{Opt, ServerConf};
@@ -43,6 +45,10 @@ pub enum StartError {
     Limits(#[from] crate::limits::LimitsError),
     #[error("cannot start the limiter's runtime: {0}")]
     LimitsRuntime(std::io::Error),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("control_plane.token_env: the token is not a valid header value")]
+    ControlPlaneToken,
 }
 
 /// Set up logging to stderr in the configured format. `RUST_LOG` overrides
@@ -64,8 +70,14 @@ pub fn init_tracing(format: LogFormat) {
 /// Load, validate and run the data plane until the process is signalled.
 /// Returns only on a startup error.
 pub fn run(config_path: &Path) -> Result<std::convert::Infallible, StartError> {
-    let config = DataplaneConfig::load(config_path, &ProcessEnv).map_err(StartError::Config)?;
+    // The file, with the control plane's cached snapshot over it if any:
+    // a restart while the control plane is down serves the last good one.
+    let startup = crate::sync::startup_config(config_path).map_err(StartError::Config)?;
+    let config = startup.config;
     init_tracing(config.log.format);
+    if let Some(problem) = &startup.cache_problem {
+        tracing::warn!(problem, "starting from the config file alone");
+    }
     let server_cfg = config.server.clone();
     let admin_listen = config.admin_listen;
     let tls_settings = server_cfg.tls.as_ref().map(tls::settings).transpose()?;
@@ -85,7 +97,23 @@ pub fn run(config_path: &Path) -> Result<std::convert::Infallible, StartError> {
         }
         None => Arc::new(TotalsOnlySink(totals.clone())),
     };
+    let control_plane = config.control_plane.clone();
+    let (sink, spool) = match &control_plane {
+        Some(cp) => {
+            let dropped = metrics.usage_events_dropped.clone();
+            let spool = Arc::new(Spool::open(
+                &cp.spool_dir,
+                cp.spool_max_bytes,
+                metrics.registry(),
+                move || dropped.inc(),
+            )?);
+            let sink: Arc<dyn UsageSink> = Arc::new(Tee(spool.clone(), sink));
+            (sink, Some(spool))
+        }
+        None => (sink, None),
+    };
     let limiter = start_limiter(&config.limits, &metrics)?;
+    let snapshot_version = startup.snapshot.as_ref().map(|s| s.version);
     let runtime = RuntimeHandle::new(Runtime::build(config, 1)?);
     metrics.config_version.set(1);
     // Load the tokenizer in the background so the first estimate is quick.
@@ -135,12 +163,26 @@ pub fn run(config_path: &Path) -> Result<std::convert::Infallible, StartError> {
     let reloader = Arc::new(ConfigReloader {
         path: config_path.to_owned(),
         runtime,
-        metrics,
+        metrics: metrics.clone(),
         limiter,
         version: Arc::new(AtomicU64::new(1)),
+        snapshot: std::sync::Mutex::new(startup.snapshot),
     });
     server.add_service(proxy_service);
     server.add_service(admin);
+    if let (Some(cp), Some(spool)) = (&control_plane, spool) {
+        let client = ControlPlaneClient::new(cp).ok_or(StartError::ControlPlaneToken)?;
+        let sync = SyncService::new(
+            client.clone(),
+            reloader.clone(),
+            cp.cache_file.clone(),
+            &metrics,
+        )?;
+        let shipper = spool.shipper(client, cp.ship_interval, sync.errors.clone());
+        tracing::info!(control_plane = %cp.url.authority(), cached_version = ?snapshot_version, "config from the control plane; usage shipped to it");
+        server.add_service(background_service("control-plane-sync", sync));
+        server.add_service(background_service("usage-shipper", shipper));
+    }
     server.add_service(background_service("config-reload", ReloadService(reloader)));
     server.add_service(background_service("readiness", Readiness(ready)));
     tracing::info!(listen = %server_cfg.listen, tls = ?server_cfg.tls.as_ref().map(|t| t.listen), admin = %admin_listen, "molt data plane starting");

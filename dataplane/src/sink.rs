@@ -4,8 +4,8 @@
 //! block or fail the request. [`JsonlFileSink`] hands events to a writer
 //! thread over a bounded channel and appends them as JSON lines (a full
 //! channel drops the event and counts it: losing a line is better than
-//! stalling traffic; durable, lossless shipping to the control plane is a
-//! separate sink). [`UsageTotals`] keeps in-memory sums per user and model
+//! stalling traffic; durable, lossless shipping to the control plane is
+//! [`crate::spool::Spool`]). [`Tee`] feeds two sinks. [`UsageTotals`] keeps in-memory sums per user and model
 //! for the admin endpoint.
 
 use molt_config::UsageEvent;
@@ -134,5 +134,15 @@ pub struct TotalsOnlySink(pub Arc<UsageTotals>);
 impl UsageSink for TotalsOnlySink {
     fn record(&self, event: UsageEvent) {
         self.0.add(&event);
+    }
+}
+
+/// Gives every event to both sinks (the spool, and the file or totals).
+pub struct Tee(pub Arc<dyn UsageSink>, pub Arc<dyn UsageSink>);
+
+impl UsageSink for Tee {
+    fn record(&self, event: UsageEvent) {
+        self.0.record(event.clone());
+        self.1.record(event);
     }
 }

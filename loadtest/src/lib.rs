@@ -2,8 +2,10 @@
 //!
 //! [`mock_provider`] is the OpenAI-/Anthropic-compatible stand-in upstream used by
 //! end-to-end tests, `molt dev` and load tests; [`mock_bot`] stands in for a
-//! user's bot gateway (WebSocket chat).
+//! user's bot gateway (WebSocket chat); [`fake_fly`] stands in for the Fly
+//! Machines API.
 
+pub mod fake_fly;
 pub mod loadgen;
 pub mod mock_bot;
 pub mod mock_provider;

@@ -1,17 +1,39 @@
 //! `molt dev`: the whole product on loopback with one command.
 //!
-//! Writes `<dir>/dataplane.toml` (a fresh API key on first run, kept after),
-//! a self-signed certificate, and `<dir>/dev.env` with what a client needs;
-//! starts the mock provider in-process, then runs the data plane in the
-//! foreground. Real OpenAI/Anthropic are used when their keys are in the
-//! environment; their values are never written to disk (the config refers
-//! to the variables).
+//! Under `<dir>` (default `.molt/`): `secrets.env` (generated once, mode
+//! 0600: the at-rest encryption key, the data-plane token, the bootstrap
+//! admin token, the JWT secret), `controlplane.toml` and its SQLite
+//! database, `dataplane.toml`, a self-signed certificate, the data plane's
+//! snapshot cache and usage spool, and `dev.env` with what a client needs.
+//!
+//! Order: the mock provider starts in-process; the control plane starts
+//! in-process on SQLite and is seeded through its service layer (a dev
+//! user and key, the OpenAI and Anthropic providers, the usual models);
+//! its first snapshot is written to the data plane's cache; then the data
+//! plane runs in the foreground, fed by the control plane's long poll and
+//! shipping usage back to it, exactly as in production.
+//!
+//! Real OpenAI/Anthropic are used when their keys are in the environment;
+//! they are then stored like any provider key: sealed in the database with
+//! the key from `secrets.env`, and in clear only in the data plane's
+//! snapshot cache (mode 0600).
 
 use anyhow::Context;
 use base64::Engine;
+use molt_controlplane::domain::PageRequest;
+use molt_controlplane::service::{Operator, Service, ServiceError};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The data plane reads its control-plane token from this variable.
+const DATAPLANE_TOKEN_ENV: &str = "MOLT_DEV_DATAPLANE_TOKEN";
+const ENCRYPTION_KEY_ENV: &str = "MOLT_DEV_ENCRYPTION_KEY";
+const JWT_SECRET_ENV: &str = "MOLT_DEV_JWT_SECRET";
+const ADMIN_TOKEN_ENV: &str = "MOLT_ADMIN_TOKEN";
+const DEV_EMAIL: &str = "dev@molt.local";
 
 #[derive(clap::Args)]
 pub(crate) struct DevArgs {
@@ -26,6 +48,9 @@ pub(crate) struct DevArgs {
     admin: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:9800")]
     mock: SocketAddr,
+    /// The control plane's API (MOLT_ADMIN_URL).
+    #[arg(long, default_value = "127.0.0.1:9700")]
+    controlplane: SocketAddr,
 }
 
 /// A new random API key: `molt_sk_` + 32 random bytes, base64url.
@@ -37,21 +62,68 @@ pub(crate) fn new_api_key() -> String {
     )
 }
 
+fn random_hex() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
 pub(crate) fn run(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
+    // Holds every name it is indexed by below: `load_secrets` generates
+    // whichever is missing.
+    let secrets = load_secrets(&args.dir.join("secrets.env"))?;
+    // The data plane reads its token from the environment. Set it now,
+    // before any thread exists, so no one reads the environment meanwhile.
+    std::env::set_var(DATAPLANE_TOKEN_ENV, &secrets[DATAPLANE_TOKEN_ENV]);
+
     let env_file = args.dir.join("dev.env");
-    let key = existing_key(&env_file).unwrap_or_else(new_api_key);
+    let old_key = existing_key(&env_file);
     let use_openai = std::env::var("OPENAI_API_KEY").is_ok_and(|v| !v.is_empty());
     let use_anthropic = std::env::var("ANTHROPIC_API_KEY").is_ok_and(|v| !v.is_empty());
     let config_path = args.dir.join("dataplane.toml");
-    std::fs::write(
-        &config_path,
-        dev_config(&args, &key, use_openai, use_anthropic),
-    )
-    .with_context(|| format!("writing {}", config_path.display()))?;
+    std::fs::write(&config_path, dataplane_config(&args))
+        .with_context(|| format!("writing {}", config_path.display()))?;
 
-    let mock = args.mock;
+    start_mock(args.mock)?;
+    let key = start_controlplane(&args, &secrets, old_key, use_openai, use_anthropic)?;
+
+    let url = format!("http://{}/v1", args.http);
+    let metrics = format!("http://{}/metrics", args.admin);
+    let env = format!(
+        "MOLT_URL={url}\nMOLT_TLS_URL=https://{tls}/v1\nMOLT_API_KEY={key}\nMOLT_METRICS_URL={metrics}\nMOLT_CA_CERT={cert}\nMOLT_ADMIN_URL=http://{cp}\nMOLT_ADMIN_TOKEN={admin}\n",
+        tls = args.tls,
+        cert = abs(&args.dir.join("tls/cert.pem")).display(),
+        cp = args.controlplane,
+        admin = secrets[ADMIN_TOKEN_ENV],
+    );
+    std::fs::write(&env_file, &env).with_context(|| format!("writing {}", env_file.display()))?;
+    let mut banner = String::new();
+    let _ = writeln!(
+        banner,
+        "\nMolt dev is starting. Wrote {} :\n\n{env}",
+        env_file.display()
+    );
+    let _ = writeln!(
+        banner,
+        "Providers: OpenAI -> {}, Anthropic -> {}",
+        if use_openai { "api.openai.com" } else { "mock" },
+        if use_anthropic {
+            "api.anthropic.com"
+        } else {
+            "mock"
+        },
+    );
+    let _ = writeln!(
+        banner,
+        "\nTry it:\n  curl -sN {url}/chat/completions -H \"Authorization: Bearer {key}\" -H 'content-type: application/json' \\\n    -d '{{\"model\":\"gpt-4o-mini\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'\n\nOperate it:\n  source {env_file} && molt ctl users list\n",
+        env_file = env_file.display(),
+    );
+    eprintln!("{banner}");
+    let never = molt_dataplane::server::run(&config_path).context("data plane failed to start")?;
+    match never {}
+}
+
+fn start_mock(mock: SocketAddr) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("mock-provider".into())
         .spawn(move || {
@@ -74,38 +146,233 @@ pub(crate) fn run(args: DevArgs) -> anyhow::Result<()> {
                 Err(e) => tracing::error!(error = %e, "cannot start the mock provider runtime"),
             }
         })?;
+    Ok(())
+}
 
-    let url = format!("http://{}/v1", args.http);
-    let metrics = format!("http://{}/metrics", args.admin);
-    let env = format!(
-        "MOLT_URL={url}\nMOLT_TLS_URL=https://{tls}/v1\nMOLT_API_KEY={key}\nMOLT_METRICS_URL={metrics}\nMOLT_CA_CERT={cert}\n",
-        tls = args.tls,
-        cert = abs(&args.dir.join("tls/cert.pem")).display(),
-    );
-    std::fs::write(&env_file, &env).with_context(|| format!("writing {}", env_file.display()))?;
-    let mut banner = String::new();
-    let _ = writeln!(
-        banner,
-        "\nMolt dev is starting. Wrote {} :\n\n{env}",
-        env_file.display()
-    );
-    let _ = writeln!(
-        banner,
-        "Providers: OpenAI -> {}, Anthropic -> {}",
-        if use_openai { "api.openai.com" } else { "mock" },
-        if use_anthropic {
-            "api.anthropic.com"
+/// Start the control plane on its own thread and runtime, seed it, write
+/// its first snapshot to the data plane's cache, and return the dev key.
+fn start_controlplane(
+    args: &DevArgs,
+    secrets: &HashMap<String, String>,
+    old_key: Option<String>,
+    use_openai: bool,
+    use_anthropic: bool,
+) -> anyhow::Result<String> {
+    let cp_config = args.dir.join("controlplane.toml");
+    std::fs::write(&cp_config, controlplane_config(args))
+        .with_context(|| format!("writing {}", cp_config.display()))?;
+    let env: HashMap<&str, &str> = secrets
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let settings = molt_controlplane::Settings::load(&cp_config, &env)?;
+    let providers = dev_providers(args.mock, use_openai, use_anthropic);
+    let cache = args.dir.join("snapshot.json");
+    let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<String>>();
+    std::thread::Builder::new()
+        .name("controlplane".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let started = async {
+                    let store = molt_controlplane::store::SqlStore::connect(
+                        &settings.database_url,
+                        settings.max_connections,
+                    )
+                    .await?;
+                    let app = molt_controlplane::App::start(Arc::new(store), &settings).await?;
+                    let key = seed(&app.service, &providers, old_key).await?;
+                    let published = app.service.publisher().subscribe().borrow().clone();
+                    // Version 0 means the state did not compile: the data
+                    // plane then starts from its file and waits for a fix.
+                    if published.version > 0 {
+                        molt_dataplane::sync::write_atomically(&cache, &published.body)?;
+                    }
+                    let listener = tokio::net::TcpListener::bind(settings.listen)
+                        .await
+                        .with_context(|| {
+                            format!("control plane cannot listen on {}", settings.listen)
+                        })?;
+                    anyhow::Ok((app, listener, key))
+                }
+                .await;
+                match started {
+                    Ok((app, listener, key)) => {
+                        let _ = tx.send(Ok(key));
+                        if let Err(e) = axum::serve(listener, app.router.clone()).await {
+                            tracing::error!(error = %e, "control plane stopped");
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+        })?;
+    rx.recv()
+        .context("the control plane thread ended before starting")?
+        .context("control plane failed to start")
+}
+
+/// One provider to seed: name, kind, base URL, master key.
+type DevProvider = (&'static str, &'static str, String, String);
+
+fn dev_providers(mock: SocketAddr, use_openai: bool, use_anthropic: bool) -> Vec<DevProvider> {
+    let mock = format!("http://{mock}/v1");
+    let real = |var: &str| std::env::var(var).unwrap_or_default();
+    vec![
+        if use_openai {
+            (
+                "openai",
+                "openai",
+                "https://api.openai.com/v1".into(),
+                real("OPENAI_API_KEY"),
+            )
         } else {
-            "mock"
+            (
+                "openai",
+                "openai",
+                mock.clone(),
+                "sk-mock-openai-master".into(),
+            )
         },
-    );
-    let _ = writeln!(
-        banner,
-        "\nTry it:\n  curl -sN {url}/chat/completions -H \"Authorization: Bearer {key}\" -H 'content-type: application/json' \\\n    -d '{{\"model\":\"gpt-4o-mini\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'\n"
-    );
-    eprintln!("{banner}");
-    let never = molt_dataplane::server::run(&config_path).context("data plane failed to start")?;
-    match never {}
+        if use_anthropic {
+            (
+                "anthropic",
+                "anthropic",
+                "https://api.anthropic.com/v1".into(),
+                real("ANTHROPIC_API_KEY"),
+            )
+        } else {
+            ("anthropic", "anthropic", mock, "sk-ant-mock-master".into())
+        },
+    ]
+}
+
+/// Make the database hold the dev world (idempotent across restarts):
+/// providers (updated to this run's URLs and keys), models, the dev user,
+/// and a working key, reusing `old_key` when it is still valid.
+async fn seed(
+    service: &Service,
+    providers: &[DevProvider],
+    old_key: Option<String>,
+) -> anyhow::Result<String> {
+    let op = Operator {
+        actor: "molt-dev".into(),
+        role: molt_controlplane::domain::Role::Admin,
+    };
+    for (name, kind, base_url, key) in providers {
+        let create =
+            serde_json::json!({"name": name, "kind": kind, "base_url": base_url, "keys": [key]});
+        match service
+            .create_provider(&op, serde_json::from_value(create)?)
+            .await
+        {
+            Ok(_) => {}
+            Err(ServiceError::Conflict(_)) => {
+                let update = serde_json::json!({"base_url": base_url, "keys": [key]});
+                service
+                    .update_provider(&op, name, serde_json::from_value(update)?)
+                    .await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let models = [
+        ("gpt-4o-mini", "openai", vec!["mini"], 0.15, 0.6),
+        ("gpt-4o", "openai", vec![], 2.5, 10.0),
+        ("text-embedding-3-small", "openai", vec![], 0.02, 0.0),
+        ("claude-sonnet-4-5", "anthropic", vec!["sonnet"], 3.0, 15.0),
+        ("claude-haiku-4-5", "anthropic", vec![], 1.0, 5.0),
+    ];
+    for (name, provider, aliases, pin, pout) in models {
+        let create = serde_json::json!({"name": name, "provider": provider, "aliases": aliases,
+            "input_price_per_mtok": pin, "output_price_per_mtok": pout});
+        match service
+            .create_model(&op, serde_json::from_value(create)?)
+            .await
+        {
+            Ok(_) | Err(ServiceError::Conflict(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let all = PageRequest {
+        cursor: None,
+        limit: molt_controlplane::service::MAX_PAGE,
+    };
+    let users = service.list_users(&op, &all).await?;
+    let user = match users.items.into_iter().find(|u| u.email == DEV_EMAIL) {
+        Some(u) => u,
+        None => {
+            let create = serde_json::json!({"email": DEV_EMAIL, "plan": "dev"});
+            service
+                .create_user(&op, serde_json::from_value(create)?)
+                .await?
+        }
+    };
+    if let Some(old) = old_key {
+        let hash = molt_config::hash_api_key(&old);
+        let keys = service.list_keys(&op, Some(&user.id), &all).await?;
+        if keys
+            .items
+            .iter()
+            .any(|k| k.sha256 == hash && k.revoked_at.is_none())
+        {
+            return Ok(old);
+        }
+    }
+    let create = serde_json::json!({"user_id": user.id, "name": "dev"});
+    let created = service
+        .create_key(&op, serde_json::from_value(create)?)
+        .await?;
+    Ok(created.secret)
+}
+
+/// `secrets.env`, with any missing secret generated and the file rewritten
+/// (mode 0600). Kept across runs: the encryption key opens the database.
+fn load_secrets(path: &Path) -> anyhow::Result<HashMap<String, String>> {
+    let mut secrets: HashMap<String, String> = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let before = secrets.len();
+    for name in [
+        ENCRYPTION_KEY_ENV,
+        DATAPLANE_TOKEN_ENV,
+        JWT_SECRET_ENV,
+        ADMIN_TOKEN_ENV,
+    ] {
+        secrets
+            .entry(name.to_owned())
+            .or_insert_with(|| match name {
+                ADMIN_TOKEN_ENV => format!("molt_admin_{}", random_hex()),
+                _ => random_hex(),
+            });
+    }
+    if secrets.len() != before {
+        let mut text =
+            String::from("# Generated by `molt dev`. Keep private: it opens .molt's database.\n");
+        let mut names: Vec<_> = secrets.keys().collect();
+        names.sort();
+        for name in names {
+            let _ = writeln!(text, "{name}={}", secrets[name]);
+        }
+        molt_dataplane::sync::write_atomically(path, text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(secrets)
 }
 
 fn abs(p: &Path) -> PathBuf {
@@ -121,21 +388,31 @@ fn existing_key(env_file: &Path) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn dev_config(args: &DevArgs, key: &str, use_openai: bool, use_anthropic: bool) -> String {
-    let dir = abs(&args.dir);
-    let mock = format!("http://{}/v1", args.mock);
-    let openai = if use_openai {
-        "kind = \"openai\"\nbase_url = \"https://api.openai.com/v1\"\nkeys_env = [\"OPENAI_API_KEY\"]".to_owned()
-    } else {
-        format!("kind = \"openai\"\nbase_url = \"{mock}\"\nkeys = [\"sk-mock-openai-master\"]")
-    };
-    let anthropic = if use_anthropic {
-        "kind = \"anthropic\"\nbase_url = \"https://api.anthropic.com/v1\"\nkeys_env = [\"ANTHROPIC_API_KEY\"]".to_owned()
-    } else {
-        format!("kind = \"anthropic\"\nbase_url = \"{mock}\"\nkeys = [\"sk-ant-mock-master\"]")
-    };
+fn controlplane_config(args: &DevArgs) -> String {
     format!(
-        r#"# Generated by `molt dev`; rewritten on every start.
+        r#"# Generated by `molt dev`; rewritten on every start. Secrets are in secrets.env.
+listen = "{listen}"
+database_url = "sqlite://{db}?mode=rwc"
+
+[secrets]
+encryption_key_env = "{ENCRYPTION_KEY_ENV}"
+dataplane_token_env = "{DATAPLANE_TOKEN_ENV}"
+bootstrap_admin_token_env = "{ADMIN_TOKEN_ENV}"
+
+[jwt]
+issuer = "molt-dev"
+secret_env = "{JWT_SECRET_ENV}"
+"#,
+        listen = args.controlplane,
+        db = abs(&args.dir.join("controlplane.db")).display(),
+    )
+}
+
+fn dataplane_config(args: &DevArgs) -> String {
+    let dir = abs(&args.dir);
+    format!(
+        r#"# Generated by `molt dev`; rewritten on every start. Keys, providers and
+# models come from the control plane (molt ctl, or the API at MOLT_ADMIN_URL).
 version = 1
 
 [server]
@@ -155,45 +432,17 @@ listen = "{admin}"
 [usage]
 file = "{dir}/usage.jsonl"
 
-[[keys]]
-id = "dev"
-user = "dev-user"
-sha256 = "{hash}"
-
-[[providers]]
-name = "openai"
-{openai}
-
-[[providers]]
-name = "anthropic"
-{anthropic}
-
-[[models]]
-name = "gpt-4o-mini"
-provider = "openai"
-aliases = ["mini"]
-
-[[models]]
-name = "gpt-4o"
-provider = "openai"
-
-[[models]]
-name = "text-embedding-3-small"
-provider = "openai"
-
-[[models]]
-name = "claude-sonnet-4-5"
-provider = "anthropic"
-aliases = ["sonnet"]
-
-[[models]]
-name = "claude-haiku-4-5"
-provider = "anthropic"
+[control_plane]
+url = "http://{cp}"
+token_env = "{DATAPLANE_TOKEN_ENV}"
+cache_file = "{dir}/snapshot.json"
+spool_dir = "{dir}/spool"
+ship_interval = "1s"
 "#,
         http = args.http,
         tls = args.tls,
         admin = args.admin,
+        cp = args.controlplane,
         dir = dir.display(),
-        hash = molt_config::hash_api_key(key),
     )
 }

@@ -57,6 +57,26 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         chunk_delay_ms: u64,
     },
+    /// Run the fake Fly Machines API (tests, local provisioning); started
+    /// machines run mock bot gateways on their own 127.x.y.z:18789.
+    FakeFly {
+        #[arg(long, default_value = "127.0.0.1:4280")]
+        listen: SocketAddr,
+        /// The bearer token it demands.
+        #[arg(
+            long,
+            env = "FLY_API_TOKEN",
+            hide_env_values = true,
+            default_value = "fake-fly-token"
+        )]
+        token: String,
+        /// Time a machine takes from `starting` to `started`.
+        #[arg(long, default_value_t = 200)]
+        boot_delay_ms: u64,
+        /// Do not enforce Fly's per-action rate limits.
+        #[arg(long)]
+        no_rate_limits: bool,
+    },
     /// Run a load scenario against one or more targets (see loadtest/README.md).
     Load(molt_loadtest::loadgen::LoadArgs),
     /// Run the control plane: operators' API, config push, usage ingest.
@@ -136,6 +156,30 @@ fn main() -> anyhow::Result<()> {
                 let listener = tokio::net::TcpListener::bind(listen).await?;
                 tracing::info!(%listen, "mock bot gateway listening");
                 molt_loadtest::mock_bot::MockBot::new(opts)
+                    .serve(listener)
+                    .await
+            })?;
+            Ok(())
+        }
+        Command::FakeFly {
+            listen,
+            token,
+            boot_delay_ms,
+            no_rate_limits,
+        } => {
+            let opts = molt_loadtest::fake_fly::FakeFlyOptions {
+                token,
+                boot_delay: Duration::from_millis(boot_delay_ms),
+                rate_limits: !no_rate_limits,
+                ..Default::default()
+            };
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .init();
+            tokio::runtime::Runtime::new()?.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                tracing::info!(%listen, "fake fly listening");
+                molt_loadtest::fake_fly::FakeFly::new(opts)
                     .serve(listener)
                     .await
             })?;

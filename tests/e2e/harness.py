@@ -178,11 +178,11 @@ def make_jwt(claims: dict[str, Any], secret: str, alg: str = "HS256") -> str:
 class Process:
     """A child process whose stdout+stderr go to a log file; killed by `kill()` (always at teardown)."""
 
-    def __init__(self, argv: list[str | Path], log_path: Path) -> None:
+    def __init__(self, argv: list[str | Path], log_path: Path, extra_env: dict[str, str] | None = None) -> None:
         self.argv = [str(a) for a in argv]
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in kill()
-        env = {**os.environ, "RUST_BACKTRACE": "1"}
+        env = {**os.environ, "RUST_BACKTRACE": "1", **(extra_env or {})}
         self.popen = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env
         )
@@ -687,3 +687,100 @@ class Clients:
     def close(self) -> None:
         for client in self._http_clients:
             client.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Control plane
+# --------------------------------------------------------------------------------------------
+
+CONTROLPLANE_TOKEN_ENV = "MOLT_E2E_DATAPLANE_TOKEN"
+"""The variable data planes read their control-plane token from (`[control_plane] token_env`)."""
+
+
+class ControlPlane:
+    """`molt controlplane` on a SQLite file in `workdir`; `kill()` + `start()` restarts it on the same port and DB."""
+
+    def __init__(self, workdir: Path, *, poll_hold: str = "30s") -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.db_path = workdir / "controlplane.db"
+        self.admin_token = new_secret("molt-admin-")
+        self.dataplane_token = new_secret("molt-dataplane-")
+        self.jwt_secret = new_secret("cp-jwt-secret-at-least-32-bytes-")
+        self._encryption_key = secrets.token_hex(32)
+        SECRETS.add(self._encryption_key)
+        self.config_path = workdir / "controlplane.toml"
+        self.config_path.write_text(
+            tomli_w.dumps(
+                {
+                    "listen": f"127.0.0.1:{self.port}",
+                    "database_url": f"sqlite://{self.db_path}?mode=rwc",
+                    "secrets": {
+                        "encryption_key_env": "MOLT_E2E_CP_KEY",
+                        "dataplane_token_env": "MOLT_E2E_CP_DATAPLANE_TOKEN",
+                        "bootstrap_admin_token_env": "MOLT_E2E_CP_ADMIN_TOKEN",
+                    },
+                    "jwt": {"issuer": "molt-e2e", "secret_env": "MOLT_E2E_CP_JWT"},
+                    "tuning": {"poll_hold": poll_hold},
+                }
+            )
+        )
+        self.processes: list[Process] = []
+        self.start()
+
+    @property
+    def process(self) -> Process:
+        return self.processes[-1]
+
+    def start(self) -> None:
+        env = {
+            "MOLT_E2E_CP_KEY": self._encryption_key,
+            "MOLT_E2E_CP_DATAPLANE_TOKEN": self.dataplane_token,
+            "MOLT_E2E_CP_ADMIN_TOKEN": self.admin_token,
+            "MOLT_E2E_CP_JWT": self.jwt_secret,
+        }
+        log = self.workdir / f"controlplane-{len(self.processes)}.log"
+        argv: list[str | Path] = [require_binary(MOLT_BIN, "molt binary"), "controlplane", "--config", self.config_path]
+        self.processes.append(Process(argv, log, extra_env=env))
+        wait_until(self._ready, f"control plane on {self.url}", STARTUP_TIMEOUT)
+
+    def _ready(self) -> bool:
+        if not self.process.alive():
+            raise AssertionError(f"control plane exited during startup:\n{self.process.describe()}")
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def api(self, method: str, path: str, json_body: Any = None, expect: int | None = None) -> Any:
+        """Call `/api/v1{path}` as the bootstrap admin; check the status if `expect` is given; return the JSON."""
+        response = httpx.request(
+            method,
+            f"{self.url}/api/v1{path}",
+            json=json_body,
+            headers={"authorization": f"Bearer {self.admin_token}"},
+            timeout=10,
+        )
+        if expect is not None:
+            assert response.status_code == expect, f"{method} {path}: {response.status_code} {response.text}"
+        return response.json() if response.content else None
+
+    def dataplane_section(self, workdir: Path, ship_interval: str = "200ms") -> dict[str, Any]:
+        """A data plane's `[control_plane]` section pointing here (token in CONTROLPLANE_TOKEN_ENV)."""
+        return {
+            "url": self.url,
+            "token_env": CONTROLPLANE_TOKEN_ENV,
+            "cache_file": str(workdir / "snapshot.json"),
+            "spool_dir": str(workdir / "spool"),
+            "ship_interval": ship_interval,
+        }
+
+    def logs(self) -> str:
+        return "".join(p.logs() for p in self.processes)
+
+    def kill(self) -> None:
+        for process in self.processes:
+            process.kill()
+

@@ -5,6 +5,7 @@
 //! Authentication happens in the [`Op`] and [`DataPlane`] extractors;
 //! authorisation (roles) in the services.
 
+mod bots;
 pub mod error;
 mod internal;
 mod openapi;
@@ -81,7 +82,9 @@ fn bearer(parts: &Parts) -> Option<&str> {
 
 /// The whole application.
 pub fn router(state: AppState) -> Router {
-    let api = v1::routes().layer(DefaultBodyLimit::max(state.settings.max_body_bytes));
+    let api = v1::routes()
+        .merge(bots::routes())
+        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes));
     let internal = Router::new()
         .route("/internal/v1/config", get(internal::config))
         .route(

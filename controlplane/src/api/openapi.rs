@@ -3,12 +3,14 @@
 //! edited by hand; served at `/api/v1/openapi.json`.
 
 use super::error::{ErrorBody, ErrorDetail};
-use super::v1;
+use super::{bots, v1};
 use crate::domain::{
     AdminToken, ApiKey, AuditEntry, LimitOverrides, Model, Provider, ProviderKind, Role, UsageRow,
     User, UserStatus,
 };
+use crate::provision::{Bot, BotStatus, Desired};
 use crate::service::auth::{CreateAdminToken, CreatedAdminToken, MintToken, MintedToken};
+use crate::service::bots::CreateBot;
 use crate::service::keys::{CreateKey, CreatedKey};
 use crate::service::models::{CreateModel, UpdateModel};
 use crate::service::providers::{CreateProvider, UpdateProvider};
@@ -29,12 +31,15 @@ use utoipa::{Modify, OpenApi};
         v1::list_models, v1::create_model, v1::get_model, v1::update_model, v1::delete_model,
         v1::usage, v1::audit,
         v1::mint_token, v1::list_admin_tokens, v1::create_admin_token, v1::revoke_admin_token,
+        bots::list_bots, bots::create_bot, bots::get_bot, bots::stop_bot, bots::start_bot,
+        bots::retry_bot, bots::delete_bot,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, User, UserStatus, LimitOverrides, CreateUser, UpdateUser,
         ApiKey, CreateKey, CreatedKey, Provider, ProviderKind, CreateProvider, UpdateProvider,
         Model, CreateModel, UpdateModel, UsageRow, UsageReport, UsageTotals, AuditEntry,
         AdminToken, Role, CreateAdminToken, CreatedAdminToken, MintToken, MintedToken,
+        Bot, BotStatus, Desired, CreateBot,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

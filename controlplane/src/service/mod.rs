@@ -13,6 +13,7 @@
 //! 5. triggers a snapshot refresh.
 
 pub mod auth;
+pub mod bots;
 pub mod keys;
 pub mod models;
 pub mod providers;
@@ -157,6 +158,11 @@ impl Service {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The at-rest cipher (the provisioner opens bots' gateway tokens).
+    pub fn cipher(&self) -> &Cipher {
+        &self.settings.cipher
     }
 
     /// Recompile and publish if anything changed (after a write, and

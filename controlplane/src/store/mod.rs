@@ -9,6 +9,7 @@
 
 mod sql;
 
+pub(crate) use sql::write_audit;
 pub use sql::SqlStore;
 
 use crate::domain::{AdminToken, ApiKey, AuditEntry, Millis, Model, SealedProvider, User};
@@ -92,9 +93,10 @@ pub struct IngestCounts {
     pub duplicates: u64,
 }
 
-/// The control plane's storage, as the services use it.
+/// The control plane's storage, as the services use it. Bots and their
+/// provisioning state are in [`crate::provision::BotStore`].
 #[async_trait::async_trait]
-pub trait Store: std::fmt::Debug + Send + Sync + 'static {
+pub trait Store: crate::provision::BotStore + std::fmt::Debug + Send + Sync + 'static {
     async fn insert_user(&self, user: &User, audit: &AuditEntry) -> Result<(), StoreError>;
     async fn update_user(&self, user: &User, audit: &AuditEntry) -> Result<(), StoreError>;
     async fn get_user(&self, id: &str) -> Result<Option<User>, StoreError>;

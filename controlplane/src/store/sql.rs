@@ -47,6 +47,12 @@ impl SqlStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// The pool, for the stores of other modules (`provision`) that share
+    /// this database and its migrations.
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
 }
 
 // === rows ===
@@ -279,7 +285,10 @@ where
     rows.into_iter().map(T::try_from).collect()
 }
 
-async fn write_audit(conn: &mut AnyConnection, a: &AuditEntry) -> Result<(), StoreError> {
+pub(crate) async fn write_audit(
+    conn: &mut AnyConnection,
+    a: &AuditEntry,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO audit_log (id, at, actor, action, target, diff) \
          VALUES ($1, $2, $3, $4, $5, $6)",

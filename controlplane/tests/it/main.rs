@@ -10,5 +10,7 @@
 )]
 
 mod api;
+mod bots;
+mod fleet;
 mod harness;
 mod store;

@@ -42,6 +42,23 @@ pub enum WsReject {
     BotTimeout,
     #[error("the bot refused the connection (status {0})")]
     BotRefused(u16),
+    #[error("the query string needs a `model` parameter")]
+    MissingModel,
+    #[error("the model `{0}` does not exist or you do not have access to it")]
+    UnknownModel(String),
+    #[error("this key may not use the model `{0}`")]
+    ModelNotAllowed(String),
+    /// The model's provider does not speak OpenAI's Realtime API.
+    #[error(
+        "the model `{0}` is not served by an OpenAI-compatible provider, so it has no Realtime API"
+    )]
+    NotRealtime(String),
+    #[error("the upstream provider could not be reached")]
+    ProviderUnreachable,
+    #[error("the upstream provider did not answer in time")]
+    ProviderTimeout,
+    #[error("the upstream provider refused the connection (status {0})")]
+    ProviderRefused(u16),
     #[error("the gateway is shutting down")]
     ShuttingDown,
     #[error("the gateway failed to set up the connection")]
@@ -52,15 +69,23 @@ impl WsReject {
     pub fn status(&self) -> u16 {
         match self {
             Self::Auth(_) | Self::TicketInvalid | Self::TicketExpired | Self::TicketReused => 401,
-            Self::MissingBot | Self::NotWebSocket(_) | Self::NeedsHttp1 => 400,
-            Self::BotNotFound(_) => 404,
+            Self::MissingBot
+            | Self::MissingModel
+            | Self::NotRealtime(_)
+            | Self::NotWebSocket(_)
+            | Self::NeedsHttp1 => 400,
+            Self::ModelNotAllowed(_) => 403,
+            Self::BotNotFound(_) | Self::UnknownModel(_) => 404,
             Self::MethodNotAllowed => 405,
             Self::UnsupportedVersion => 426,
             Self::TooManyConnections(_) => 429,
             Self::Internal => 500,
-            Self::BotUnreachable | Self::BotRefused(_) => 502,
+            Self::BotUnreachable
+            | Self::BotRefused(_)
+            | Self::ProviderUnreachable
+            | Self::ProviderRefused(_) => 502,
             Self::ShuttingDown => 503,
-            Self::BotTimeout => 504,
+            Self::BotTimeout | Self::ProviderTimeout => 504,
         }
     }
 
@@ -76,6 +101,14 @@ impl WsReject {
             Self::TicketReused => ("invalid_request_error", "ticket_already_used"),
             Self::MissingBot => ("invalid_request_error", "missing_bot"),
             Self::BotNotFound(_) => ("invalid_request_error", "bot_not_found"),
+            // The same codes as the HTTP model routes.
+            Self::MissingModel => ("invalid_request_error", "missing_model"),
+            Self::UnknownModel(_) => ("invalid_request_error", "model_not_found"),
+            Self::ModelNotAllowed(_) => ("permission_error", "model_not_allowed"),
+            Self::NotRealtime(_) => ("invalid_request_error", "model_not_realtime"),
+            Self::ProviderUnreachable => ("api_error", "upstream_unavailable"),
+            Self::ProviderTimeout => ("api_error", "upstream_timeout"),
+            Self::ProviderRefused(_) => ("api_error", "upstream_error"),
             Self::NotWebSocket(_) => ("invalid_request_error", "not_websocket"),
             Self::UnsupportedVersion => ("invalid_request_error", "unsupported_websocket_version"),
             Self::NeedsHttp1 => ("invalid_request_error", "websocket_needs_http1"),
@@ -234,6 +267,14 @@ mod tests {
         assert_eq!(v["error"]["code"], "bot_not_found");
         assert_eq!(WsReject::TooManyConnections(3).status(), 429);
         assert_eq!(WsReject::BotUnreachable.status(), 502);
+        let e = WsReject::UnknownModel("nope".into());
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(
+            (e.status(), v["error"]["code"].as_str()),
+            (404, Some("model_not_found"))
+        );
+        assert_eq!(WsReject::ModelNotAllowed("m".into()).status(), 403);
+        assert_eq!(WsReject::ProviderTimeout.status(), 504);
     }
 
     #[test]

@@ -10,7 +10,11 @@
 //!    requires the answer to be one of the offered protocols, and echoing
 //!    the key entry would send the key back in a response header, so the
 //!    non-secret `molt` entry is what gets chosen;
-//! 3. `?ticket=<ticket>` from `POST /v1/ws/tickets` (browsers that would
+//! 3. `Sec-WebSocket-Protocol` in OpenAI's browser scheme, for the Realtime
+//!    route's browser clients: `["realtime", "openai-insecure-api-key.<key>",
+//!    "openai-beta.realtime-v1"]` with the molt key in place of an OpenAI
+//!    key; the server answers `realtime` (never the key entry, as above);
+//! 4. `?ticket=<ticket>` from `POST /v1/ws/tickets` (browsers that would
 //!    rather not keep a long-lived key in page memory).
 
 use crate::ws::error::WsReject;
@@ -21,6 +25,13 @@ use pingora_http::{RequestHeader, ResponseHeader};
 pub const PROTOCOL: &str = "molt";
 /// Prefix of the subprotocol entry that carries a molt key.
 pub const KEY_PROTOCOL_PREFIX: &str = "molt-key.";
+/// The subprotocol OpenAI's Realtime API selects for browser clients.
+pub const REALTIME_PROTOCOL: &str = "realtime";
+/// OpenAI's browser scheme for a key in `Sec-WebSocket-Protocol`; on the
+/// Realtime route it carries the molt key.
+pub const OPENAI_KEY_PROTOCOL_PREFIX: &str = "openai-insecure-api-key.";
+/// OpenAI's browser stand-in for the `OpenAI-Beta: realtime=v1` header.
+pub const OPENAI_BETA_PROTOCOL: &str = "openai-beta.realtime-v1";
 
 /// A credential as the client presented it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,9 +47,15 @@ pub enum Credential<'a> {
 pub struct Upgrade<'a> {
     pub key: &'a str,
     pub bot: Option<String>,
+    /// `?model=` (the Realtime route).
+    pub model: Option<String>,
     pub ticket: Option<String>,
     /// The client offered `molt`, so the server must name it.
     pub offers_molt: bool,
+    /// The client offered `realtime` (OpenAI's browser scheme).
+    pub offers_realtime: bool,
+    /// The client offered `openai-beta.realtime-v1`.
+    pub offers_openai_beta: bool,
 }
 
 /// Check that `req` is a WebSocket upgrade request (RFC 6455 §4.2.1).
@@ -80,22 +97,27 @@ pub fn parse(req: &RequestHeader) -> Result<Upgrade<'_>, WsReject> {
         .filter(|k| valid_key(k))
         .ok_or(WsReject::NotWebSocket("bad or missing Sec-WebSocket-Key"))?;
     let mut bot = None;
+    let mut model = None;
     let mut ticket = None;
     if let Some(q) = req.uri.query() {
         for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
             match &*k {
                 "bot" => bot = Some(v.into_owned()),
+                "model" => model = Some(v.into_owned()),
                 "ticket" => ticket = Some(v.into_owned()),
                 _ => {}
             }
         }
     }
-    let offers_molt = protocols(req).any(|p| p == PROTOCOL);
+    let offers = |name: &str| protocols(req).any(|p| p == name);
     Ok(Upgrade {
         key,
         bot,
+        model,
         ticket,
-        offers_molt,
+        offers_molt: offers(PROTOCOL),
+        offers_realtime: offers(REALTIME_PROTOCOL),
+        offers_openai_beta: offers(OPENAI_BETA_PROTOCOL),
     })
 }
 
@@ -137,6 +159,9 @@ pub fn credential<'a>(req: &'a RequestHeader, ticket: Option<&'a str>) -> Creden
     if let Some(key) = protocols(req).find_map(|p| p.strip_prefix(KEY_PROTOCOL_PREFIX)) {
         return Credential::Protocol(key);
     }
+    if let Some(key) = protocols(req).find_map(|p| p.strip_prefix(OPENAI_KEY_PROTOCOL_PREFIX)) {
+        return Credential::Protocol(key);
+    }
     match ticket {
         Some(t) => Credential::Ticket(t),
         None => Credential::None,
@@ -148,17 +173,19 @@ pub fn accept_key(key: &str) -> String {
     tungstenite::handshake::derive_accept_key(key.as_bytes())
 }
 
-/// The `101 Switching Protocols` response.
+/// The `101 Switching Protocols` response; `protocol` is the chosen
+/// subprotocol, if any (it must be one the client offered).
 pub fn switching_protocols(
     up: &Upgrade<'_>,
     request_id: &str,
+    protocol: Option<&str>,
 ) -> pingora_error::Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(101, Some(5))?;
     resp.insert_header(header::UPGRADE, "websocket")?;
     resp.insert_header(header::CONNECTION, "Upgrade")?;
     resp.insert_header(header::SEC_WEBSOCKET_ACCEPT, accept_key(up.key))?;
-    if up.offers_molt {
-        resp.insert_header(header::SEC_WEBSOCKET_PROTOCOL, PROTOCOL)?;
+    if let Some(p) = protocol {
+        resp.insert_header(header::SEC_WEBSOCKET_PROTOCOL, p)?;
     }
     // No Sec-WebSocket-Extensions: permessage-deflate is never negotiated
     // (see the module doc of `ws`).
@@ -230,5 +257,24 @@ mod tests {
         let r = req(BASE, "/ws/chat");
         assert_eq!(credential(&r, Some("t")), Credential::Ticket("t"));
         assert_eq!(credential(&r, None), Credential::None);
+    }
+
+    #[test]
+    fn openai_browser_scheme() {
+        let mut h = BASE.to_vec();
+        h.push((
+            "sec-websocket-protocol",
+            "realtime, openai-insecure-api-key.molt_sk_abc, openai-beta.realtime-v1",
+        ));
+        let r = req(&h, "/v1/realtime?model=gpt-realtime");
+        let up = parse(&r).unwrap();
+        assert_eq!(up.model.as_deref(), Some("gpt-realtime"));
+        assert!(up.offers_realtime && up.offers_openai_beta && !up.offers_molt);
+        assert_eq!(credential(&r, None), Credential::Protocol("molt_sk_abc"));
+        let resp = switching_protocols(&up, "r", Some(REALTIME_PROTOCOL)).unwrap();
+        assert_eq!(
+            resp.headers.get(header::SEC_WEBSOCKET_PROTOCOL).unwrap(),
+            "realtime"
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! WebSocket routes: the bot chat router (`GET /ws/chat?bot=<id>`) and its
-//! ticket issuer (`POST /v1/ws/tickets`).
+//! WebSocket routes: the bot chat router (`GET /ws/chat?bot=<id>`), its
+//! ticket issuer (`POST /v1/ws/tickets`), and OpenAI's Realtime API
+//! (`GET /v1/realtime?model=`, see [`realtime`]).
 //!
 //! Like the model routes, these are answered entirely in `request_filter`:
 //! 1. check the upgrade request and authenticate (header, subprotocol or
@@ -40,6 +41,7 @@
 pub mod error;
 pub mod handshake;
 pub mod metrics;
+pub mod realtime;
 pub mod registry;
 pub mod relay;
 pub mod ticket;
@@ -56,7 +58,8 @@ use molt_config::dataplane::Bot;
 use molt_config::UsageEvent;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
-use registry::{ConnRegistry, RegisterError};
+use prometheus::IntCounterVec;
+use registry::{ConnGuard, ConnRegistry, RegisterError};
 use relay::{BotStream, Limits, RelayStats};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -68,6 +71,7 @@ use tungstenite::client::IntoClientRequest;
 pub enum WsRoute {
     Chat,
     Tickets,
+    Realtime,
 }
 
 impl WsRoute {
@@ -75,6 +79,7 @@ impl WsRoute {
         match path {
             "/ws/chat" => Some(Self::Chat),
             "/v1/ws/tickets" => Some(Self::Tickets),
+            "/v1/realtime" => Some(Self::Realtime),
             _ => None,
         }
     }
@@ -83,6 +88,7 @@ impl WsRoute {
         match self {
             Self::Chat => "ws.chat",
             Self::Tickets => "ws.tickets",
+            Self::Realtime => "realtime",
         }
     }
 }
@@ -107,6 +113,8 @@ pub struct WsHub {
     sink: Arc<dyn UsageSink>,
     tickets: Tickets,
     registry: Arc<ConnRegistry>,
+    /// The data plane's `molt_tokens_total`, for Realtime sessions.
+    tokens: IntCounterVec,
 }
 
 impl std::fmt::Debug for WsHub {
@@ -125,6 +133,7 @@ fn now_ms() -> u64 {
 
 impl WsHub {
     pub fn new(runtime: RuntimeHandle, metrics: &Metrics, sink: Arc<dyn UsageSink>) -> Self {
+        let tokens = metrics.tokens.clone();
         let metrics = metrics::WsMetrics::new(metrics.registry()).unwrap_or_else(|e| {
             // Only a name clash (a bug) gets here; keep serving, unexported.
             tracing::error!(error = %e, "cannot register WebSocket metrics");
@@ -137,6 +146,7 @@ impl WsHub {
             sink,
             tickets: Tickets::new(),
             registry: Arc::new(ConnRegistry::default()),
+            tokens,
         }
     }
 
@@ -159,6 +169,7 @@ impl WsHub {
         let result = match route {
             WsRoute::Tickets => self.issue_ticket(session, request_id, rt).await,
             WsRoute::Chat => self.chat(session, request_id, rt).await,
+            WsRoute::Realtime => self.realtime(session, request_id, rt).await,
         };
         match result {
             Ok(status) => Ok(WsOutcome {
@@ -292,42 +303,19 @@ impl WsHub {
             max_frame_bytes: cfg.max_frame_bytes,
         };
         let mut bot_stream = connect_bot(bot, limits, rt, request_id).await?;
-        let resp =
-            handshake::switching_protocols(&up, request_id).map_err(|_| WsReject::Internal)?;
+        let protocol = up.offers_molt.then_some(handshake::PROTOCOL);
+        let resp = handshake::switching_protocols(&up, request_id, protocol)
+            .map_err(|_| WsReject::Internal)?;
 
-        // Our own idle logic replaces Pingora's per-read and per-write
-        // timeouts, which would otherwise cut idle connections at 60 s.
-        session.set_read_timeout(None);
-        session.set_write_timeout(None);
-        if session
-            .write_response_header(Box::new(resp), false)
-            .await
-            .is_err()
-        {
-            // The client left during the bot handshake.
-            let _ = bot_stream.close(None).await;
-            return Ok(101);
-        }
-        self.metrics.open.inc();
         let mut stats = RelayStats::default();
-        let reason = relay::run(
-            session,
-            &mut bot_stream,
-            limits,
-            &guard.signal,
-            &self.registry,
-            &self.metrics,
-            &mut stats,
-        )
-        .await;
+        let Some(reason) = self
+            .relay_upgraded(session, resp, &mut bot_stream, limits, &guard, &mut stats)
+            .await
+        else {
+            return Ok(101);
+        };
         drop(guard);
-        self.metrics.open.dec();
         let elapsed = start.elapsed();
-        self.metrics.duration.observe(elapsed.as_secs_f64());
-        self.metrics
-            .closed
-            .with_label_values(&[reason.label()])
-            .inc();
         self.finish(
             rt,
             request_id,
@@ -339,6 +327,53 @@ impl WsHub {
             elapsed,
         );
         Ok(101)
+    }
+
+    /// Write the `101` and relay until the connection ends; returns why it
+    /// ended, or `None` if the client left before the `101` was written.
+    async fn relay_upgraded(
+        &self,
+        session: &mut Session,
+        resp: ResponseHeader,
+        upstream: &mut BotStream,
+        limits: Limits,
+        guard: &ConnGuard,
+        stats: &mut RelayStats,
+    ) -> Option<CloseReason> {
+        // Our own idle logic replaces Pingora's per-read and per-write
+        // timeouts, which would otherwise cut idle connections at 60 s.
+        session.set_read_timeout(None);
+        session.set_write_timeout(None);
+        if session
+            .write_response_header(Box::new(resp), false)
+            .await
+            .is_err()
+        {
+            // The client left during the upstream handshake.
+            let _ = upstream.close(None).await;
+            return None;
+        }
+        let upgraded = Instant::now();
+        self.metrics.open.inc();
+        let reason = relay::run(
+            session,
+            upstream,
+            limits,
+            &guard.signal,
+            &self.registry,
+            &self.metrics,
+            stats,
+        )
+        .await;
+        self.metrics.open.dec();
+        self.metrics
+            .duration
+            .observe(upgraded.elapsed().as_secs_f64());
+        self.metrics
+            .closed
+            .with_label_values(&[reason.label()])
+            .inc();
+        Some(reason)
     }
 
     /// The usage event and log line of a closed connection.

@@ -90,7 +90,9 @@ impl Target {
 }
 
 struct Entry {
-    target: Target,
+    /// `None` for a connection not tied to a bot (a Realtime session),
+    /// which a reload never moves.
+    target: Option<Target>,
     signal: Arc<KickSignal>,
 }
 
@@ -157,7 +159,26 @@ impl ConnRegistry {
         bot: &Bot,
         cap: u32,
     ) -> Result<ConnGuard, RegisterError> {
-        let target = Target::of(bot);
+        self.register_target(user, Some(Target::of(bot)), cap)
+    }
+
+    /// Take one of `user`'s connection slots for a relay to a model
+    /// provider (a Realtime session): it counts against the same cap and
+    /// is closed on shutdown, but no bot move concerns it.
+    pub fn register_session(
+        self: &Arc<Self>,
+        user: &str,
+        cap: u32,
+    ) -> Result<ConnGuard, RegisterError> {
+        self.register_target(user, None, cap)
+    }
+
+    fn register_target(
+        self: &Arc<Self>,
+        user: &str,
+        target: Option<Target>,
+        cap: u32,
+    ) -> Result<ConnGuard, RegisterError> {
         let user: Arc<str> = Arc::from(user);
         let signal = Arc::new(KickSignal::default());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -209,9 +230,10 @@ impl ConnRegistry {
         let st = self.lock();
         let mut kicked = 0;
         for e in st.conns.values() {
+            let Some(target) = &e.target else { continue };
             let still = index
-                .get(&*e.target.bot)
-                .is_some_and(|b| Target::of(b) == e.target);
+                .get(&*target.bot)
+                .is_some_and(|b| Target::of(b) == *target);
             if !still {
                 e.signal.kick(Kick::BotMoved);
                 kicked += 1;
@@ -304,6 +326,15 @@ mod tests {
         assert_eq!(a.signal.reason(), Some(Kick::BotMoved));
         assert_eq!(b.signal.reason(), None);
         drop(a);
+        let s = reg.register_session("u", 2).unwrap();
+        assert_eq!(
+            reg.register_session("u", 2).err(),
+            Some(RegisterError::TooMany)
+        );
+        // A session is no bot's: a reload never kicks it.
+        assert_eq!(reg.apply_bots(&[bot("b", 1)]), 0);
+        assert_eq!(s.signal.reason(), None);
+        drop(s);
         assert!(reg.register("u", &bot("b", 1), 2).is_ok());
         reg.begin_shutdown();
         assert_eq!(b.signal.reason(), Some(Kick::Shutdown));

@@ -69,14 +69,32 @@ impl Limits {
     }
 }
 
+/// What the relay reads out of the upstream's text messages.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// A bot gateway: `brain_event`s are counted by type.
+    #[default]
+    Bot,
+    /// OpenAI's Realtime API: token usage is summed over `response.done`
+    /// events.
+    Realtime,
+}
+
 /// Counts of one connection, for the usage event and the log line.
+/// "Bot" in the field names means the upstream side, a bot or a provider.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RelayStats {
+    /// Set by the caller before the relay starts.
+    pub upstream: Upstream,
     pub client_messages: u64,
     pub client_bytes: u64,
     pub bot_messages: u64,
     pub bot_bytes: u64,
     pub brain_events: u64,
+    /// Realtime: `response.done` events seen, and the usage they reported.
+    pub responses: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
 }
 
 /// A `Read + Write` over buffers for tungstenite's sans-I/O context:
@@ -306,14 +324,24 @@ async fn relay(
                     stats.bot_bytes += len;
                     to_client_msgs.inc();
                     to_client_bytes.inc_by(len);
-                    if let Message::Text(t) = &msg {
-                        if let Some(kind) = brain_event_type(t.as_str()) {
-                            stats.brain_events += 1;
-                            metrics
-                                .brain_events
-                                .with_label_values(&[WsMetrics::brain_label(&kind)])
-                                .inc();
+                    match (&msg, stats.upstream) {
+                        (Message::Text(t), Upstream::Bot) => {
+                            if let Some(kind) = brain_event_type(t.as_str()) {
+                                stats.brain_events += 1;
+                                metrics
+                                    .brain_events
+                                    .with_label_values(&[WsMetrics::brain_label(&kind)])
+                                    .inc();
+                            }
                         }
+                        (Message::Text(t), Upstream::Realtime) => {
+                            if let Some((input, output)) = realtime_usage(t.as_str()) {
+                                stats.responses += 1;
+                                stats.input_tokens += input;
+                                stats.output_tokens += output;
+                            }
+                        }
+                        _ => {}
                     }
                     if client.ws.write(&mut client.io, msg).is_err() {
                         return CloseReason::Protocol;
@@ -408,9 +436,55 @@ fn brain_event_type(text: &str) -> Option<String> {
     Some(env.event.and_then(|e| e.kind).unwrap_or_default())
 }
 
+/// The usage of a Realtime `response.done` event:
+/// `{"type":"response.done","response":{"usage":{"input_tokens","output_tokens",...}}}`.
+/// Only messages that mention `response.done` are parsed; audio deltas and
+/// the rest cost one substring search.
+fn realtime_usage(text: &str) -> Option<(u64, u64)> {
+    #[derive(serde::Deserialize)]
+    struct Done {
+        #[serde(rename = "type")]
+        kind: String,
+        response: Option<Response>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Response {
+        usage: Option<Usage>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Usage {
+        input_tokens: Option<u64>,
+        output_tokens: Option<u64>,
+    }
+    memchr::memmem::find(text.as_bytes(), b"response.done")?;
+    let done: Done = serde_json::from_str(text).ok()?;
+    if done.kind != "response.done" {
+        return None;
+    }
+    let usage = done.response?.usage?;
+    Some((
+        usage.input_tokens.unwrap_or(0),
+        usage.output_tokens.unwrap_or(0),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn realtime_usage_from_response_done() {
+        let t = r#"{"type":"response.done","event_id":"e","response":{"id":"r","status":"completed","output":[{"type":"message","content":[{"type":"text","text":"response.done"}]}],"usage":{"total_tokens":30,"input_tokens":12,"output_tokens":18,"input_token_details":{"cached_tokens":0}}}}"#;
+        assert_eq!(realtime_usage(t), Some((12, 18)));
+        assert_eq!(
+            realtime_usage(r#"{"type":"response.text.delta","delta":"response.done"}"#),
+            None
+        );
+        assert_eq!(
+            realtime_usage(r#"{"type":"response.done","response":{"usage":null}}"#),
+            None
+        );
+    }
 
     #[test]
     fn brain_events_are_recognised() {

@@ -4,7 +4,8 @@
 //! This module owns the public handle ([`MockProvider`]), the routing, the
 //! request intake (full body read, credential check, JSON parsing, behaviour
 //! controls) and the record of received requests. The wire formats live in
-//! [`openai`] and [`anthropic`], pacing and SSE framing in [`sse`], and the
+//! [`openai`] and [`anthropic`] (and the Realtime WebSocket in [`realtime`]),
+//! pacing and SSE framing in [`sse`], and the
 //! per-request controls (`x-mock-*` headers, `mock-error-<code>` models) in
 //! [`control`].
 //!
@@ -18,6 +19,7 @@ mod content;
 mod control;
 mod errors;
 mod openai;
+mod realtime;
 mod sse;
 
 use std::collections::VecDeque;
@@ -229,6 +231,7 @@ impl MockProvider {
                     },
                 ),
             )
+            .route("/v1/realtime", get(realtime::upgrade))
             .route(
                 "/_mock/requests",
                 get(|State(provider): State<Self>| async move { Json(provider.records()) }).delete(
@@ -280,6 +283,14 @@ impl MockProvider {
             .records
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Set the usage of an already recorded request (a Realtime session's
+    /// grows with each response).
+    fn set_usage(&self, id: u64, usage: ReportedUsage) {
+        if let Some(record) = self.lock_records().iter_mut().rev().find(|r| r.id == id) {
+            record.usage = Some(usage);
+        }
     }
 
     fn push_record(&self, record: RecordedRequest) {

@@ -1,0 +1,70 @@
+//! `[control_plane]`: validation, defaults, and merging a snapshot into a
+//! file's config without touching the local sections.
+
+use molt_config::dataplane::{DataplaneConfig, DEFAULT_SPOOL_MAX_BYTES};
+use molt_config::wire::RawSnapshot;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const BASE: &str = r#"
+version = 1
+[server]
+listen = "127.0.0.1:8080"
+"#;
+
+fn with_section(section: &str) -> String {
+    format!("{BASE}\n[control_plane]\n{section}")
+}
+
+fn env() -> HashMap<&'static str, &'static str> {
+    HashMap::from([("DP_TOKEN", "dataplane-token-0123")])
+}
+
+#[test]
+fn defaults_and_token_from_env() {
+    let text = with_section(
+        "url = \"http://127.0.0.1:9700\"\ntoken_env = \"DP_TOKEN\"\ncache_file = \"/tmp/c.json\"\nspool_dir = \"/tmp/spool\"\n",
+    );
+    let cfg = DataplaneConfig::from_toml(&text, &env()).unwrap();
+    let cp = cfg.control_plane.unwrap();
+    assert_eq!(cp.url.port, 9700);
+    assert_eq!(cp.token.expose(), "dataplane-token-0123");
+    assert_eq!(cp.spool_max_bytes, DEFAULT_SPOOL_MAX_BYTES);
+    assert_eq!(cp.ship_interval, Duration::from_secs(1));
+}
+
+#[test]
+fn every_problem_is_reported_with_its_path() {
+    let text = with_section(
+        "url = \"https://cp.example/x\"\ntoken_env = \"MISSING\"\ncache_file = \"\"\nspool_dir = \"\"\nspool_max_bytes = 10\nship_interval = \"0s\"\n",
+    );
+    let errs = DataplaneConfig::from_toml(&text, &env()).unwrap_err();
+    let paths: Vec<_> = errs.iter().map(|e| e.path.clone()).collect();
+    for want in [
+        "control_plane.url",
+        "control_plane.token_env",
+        "control_plane.cache_file",
+        "control_plane.spool_dir",
+        "control_plane.spool_max_bytes",
+        "control_plane.ship_interval",
+    ] {
+        assert!(paths.iter().any(|p| p == want), "{want} missing in {errs}");
+    }
+}
+
+#[test]
+fn a_snapshot_replaces_managed_sections_and_keeps_local_ones() {
+    let text = with_section(
+        "url = \"http://127.0.0.1:9700\"\ntoken_env = \"DP_TOKEN\"\ncache_file = \"c.json\"\nspool_dir = \"spool\"\n",
+    ) + "\n[[keys]]\nid = \"local\"\nuser = \"u\"\nsha256 = \"5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8\"\n";
+    let raw = DataplaneConfig::parse_toml(&text).unwrap();
+    assert_eq!(raw.keys.len(), 1);
+    let merged = raw.with_snapshot(RawSnapshot {
+        version: 7,
+        ..RawSnapshot::default()
+    });
+    assert!(merged.keys.is_empty());
+    let cfg = DataplaneConfig::from_wire(merged, &env()).unwrap();
+    assert!(cfg.control_plane.is_some());
+    assert_eq!(cfg.server.listen.port(), 8080);
+}

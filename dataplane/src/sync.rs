@@ -1,0 +1,433 @@
+//! The control-plane watch: a long poll on `GET /internal/v1/config`
+//! that hot-swaps every newer snapshot in, and keeps a copy on disk.
+//!
+//! - Each snapshot goes through the same prepare-then-swap path as a file
+//!   reload ([`ConfigReloader::apply_snapshot`]): merged over the local
+//!   file, validated, prepared, swapped, limiter updated. A snapshot that
+//!   fails any step is rejected (logged, `molt_config_reload_failures_total`)
+//!   and the previous config keeps serving.
+//! - An accepted snapshot is written to `cache_file` atomically (temp file,
+//!   fsync, rename, fsync of the directory), so a restart while the control
+//!   plane is down serves it (see [`startup_config`]). The file holds
+//!   provider master keys in clear and is created mode 0600.
+//! - Errors (control plane down, bad answers) back off exponentially with
+//!   jitter, from 100 ms to 10 s; the watch never ends before shutdown.
+//!
+//! Metrics: `molt_control_plane_snapshot_version`,
+//! `molt_control_plane_last_sync_timestamp_seconds` (last answer, 200 or
+//! 304, that left this data plane up to date), `molt_control_plane_errors_total`.
+//!
+//! The [`ControlPlaneClient`] is plain HTTP/1.1 (hyper); the usage shipper
+//! in [`crate::spool`] uses it too. It is the data plane's only connection
+//! to the control plane, and it reaches nothing else.
+
+use crate::metrics::Metrics;
+use crate::reload::{merge, ConfigReloader};
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use molt_config::dataplane::{ControlPlaneConfig, ProcessEnv};
+use molt_config::wire::{RawDataplaneConfig, RawSnapshot};
+use molt_config::{ConfigErrors, DataplaneConfig};
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use prometheus::{IntCounter, IntGauge};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Longer than the control plane's longest hold (30 s by default, 5 min at
+/// most) so a held poll is never cut short by us.
+const POLL_TIMEOUT: Duration = Duration::from_secs(330);
+/// Bound on a usage POST.
+const POST_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the control plane: {0}")]
+    Connect(#[from] hyper_util::client::legacy::Error),
+    #[error("control plane answered {0}")]
+    Status(StatusCode),
+    #[error("control plane did not answer in time")]
+    Timeout,
+    #[error("reading the control plane's answer: {0}")]
+    Body(#[from] hyper::Error),
+    #[error("building the request: {0}")]
+    Request(#[from] http::Error),
+}
+
+/// HTTP client for `/internal/v1`, carrying the data-plane token.
+#[derive(Clone)]
+pub struct ControlPlaneClient {
+    base: String,
+    auth: HeaderValue,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl std::fmt::Debug for ControlPlaneClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlaneClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlPlaneClient {
+    /// `None` if the token is not a valid header value.
+    pub fn new(cfg: &ControlPlaneConfig) -> Option<Self> {
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", cfg.token.expose())).ok()?;
+        auth.set_sensitive(true);
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        Some(Self {
+            base: format!("http://{}", cfg.url.authority()),
+            auth,
+            http: Client::builder(TokioExecutor::new()).build(connector),
+        })
+    }
+
+    /// The snapshot newer than `after`, or `None` when the control plane
+    /// held the poll and answered 304.
+    pub async fn config(&self, after: u64) -> Result<Option<Bytes>, ClientError> {
+        let uri = format!("{}/internal/v1/config?after={after}", self.base);
+        let (status, body) = self
+            .send(Method::GET, &uri, Bytes::new(), POLL_TIMEOUT)
+            .await?;
+        match status {
+            StatusCode::OK => Ok(Some(body)),
+            StatusCode::NOT_MODIFIED => Ok(None),
+            other => Err(ClientError::Status(other)),
+        }
+    }
+
+    /// `POST /internal/v1/usage` with a ready `{"events":[...]}` body.
+    pub async fn post_usage(&self, body: Bytes) -> Result<(), ClientError> {
+        let uri = format!("{}/internal/v1/usage", self.base);
+        let (status, _) = self.send(Method::POST, &uri, body, POST_TIMEOUT).await?;
+        if status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(ClientError::Status(status))
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, self.auth.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))?;
+        let exchange = async {
+            let resp = self.http.request(req).await?;
+            let status = resp.status();
+            let body = resp.into_body().collect().await?.to_bytes();
+            Ok::<_, ClientError>((status, body))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+}
+
+/// `min(max, base × 2^(failures-1))`, scaled by a random factor in
+/// [0.5, 1): data planes that lost the control plane together don't come
+/// back in lockstep.
+pub fn backoff(failures: u32, base: Duration, max: Duration) -> Duration {
+    use rand::Rng;
+    let exp = base.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    exp.min(max).mul_f64(rand::thread_rng().gen_range(0.5..1.0))
+}
+
+/// What the data plane starts on: its file, with the cached snapshot
+/// merged over it when there is a valid one.
+#[derive(Debug)]
+pub struct StartupConfig {
+    pub config: DataplaneConfig,
+    pub snapshot: Option<RawSnapshot>,
+    /// Why a cached snapshot was not used, to log once logging is set up.
+    pub cache_problem: Option<String>,
+}
+
+/// Load `path` and, with `[control_plane]`, its cached snapshot. A cache
+/// that is unreadable or no longer validates against the file is skipped
+/// (the file alone is used); only the file's own errors are fatal.
+pub fn startup_config(path: &Path) -> Result<StartupConfig, ConfigErrors> {
+    let raw = DataplaneConfig::load_raw(path)?;
+    let Some(cache) = raw
+        .control_plane
+        .as_ref()
+        .map(|c| PathBuf::from(&c.cache_file))
+    else {
+        return plain(raw, None);
+    };
+    let snapshot = match read_cache(&cache) {
+        Ok(Some(s)) => s,
+        Ok(None) => return plain(raw, None),
+        Err(e) => return plain(raw, Some(e)),
+    };
+    match DataplaneConfig::from_wire(merge(raw.clone(), Some(&snapshot)), &ProcessEnv) {
+        Ok(config) => Ok(StartupConfig {
+            config,
+            snapshot: Some(snapshot),
+            cache_problem: None,
+        }),
+        Err(e) => plain(
+            raw,
+            Some(format!("cached snapshot {} rejected: {e}", cache.display())),
+        ),
+    }
+}
+
+fn plain(raw: RawDataplaneConfig, problem: Option<String>) -> Result<StartupConfig, ConfigErrors> {
+    Ok(StartupConfig {
+        config: DataplaneConfig::from_wire(raw, &ProcessEnv)?,
+        snapshot: None,
+        cache_problem: problem,
+    })
+}
+
+/// The cached snapshot, `None` if there is no cache file yet.
+pub fn read_cache(path: &Path) -> Result<Option<RawSnapshot>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("cannot parse {}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Replace `path` with `bytes` so that a crash leaves either the old or the
+/// new content: write a temp file (mode 0600), fsync it, rename it over
+/// `path`, fsync the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The watch's metrics, on the data plane's registry.
+#[derive(Debug, Clone)]
+struct SyncMetrics {
+    version: IntGauge,
+    last_sync: IntGauge,
+    errors: IntCounter,
+}
+
+impl SyncMetrics {
+    fn new(metrics: &Metrics) -> Result<Self, prometheus::Error> {
+        let version = IntGauge::new(
+            "molt_control_plane_snapshot_version",
+            "Version of the control-plane snapshot being served (0: none).",
+        )?;
+        let last_sync = IntGauge::new(
+            "molt_control_plane_last_sync_timestamp_seconds",
+            "Unix time of the last control-plane answer that left this data plane up to date.",
+        )?;
+        let errors = IntCounter::new(
+            "molt_control_plane_errors_total",
+            "Failed exchanges with the control plane (config watch and usage shipping).",
+        )?;
+        let r = metrics.registry();
+        r.register(Box::new(version.clone()))?;
+        r.register(Box::new(last_sync.clone()))?;
+        r.register(Box::new(errors.clone()))?;
+        Ok(Self {
+            version,
+            last_sync,
+            errors,
+        })
+    }
+
+    fn synced(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.last_sync.set(i64::try_from(now).unwrap_or(i64::MAX));
+    }
+}
+
+/// The long-poll watch, as a Pingora background service.
+pub struct SyncService {
+    client: ControlPlaneClient,
+    reloader: Arc<ConfigReloader>,
+    cache_file: PathBuf,
+    metrics: SyncMetrics,
+    /// Error counter shared with the usage shipper.
+    pub errors: IntCounter,
+}
+
+impl SyncService {
+    pub fn new(
+        client: ControlPlaneClient,
+        reloader: Arc<ConfigReloader>,
+        cache_file: PathBuf,
+        metrics: &Metrics,
+    ) -> Result<Self, prometheus::Error> {
+        let metrics = SyncMetrics::new(metrics)?;
+        Ok(Self {
+            client,
+            reloader,
+            cache_file,
+            errors: metrics.errors.clone(),
+            metrics,
+        })
+    }
+
+    /// Handle one 200 body; returns the version to poll after next.
+    async fn accept(&self, body: Bytes, after: u64) -> Result<u64, String> {
+        let snap: RawSnapshot = serde_json::from_slice(&body)
+            .map_err(|e| format!("snapshot is not valid JSON for this build: {e}"))?;
+        let version = snap.version;
+        if version <= after {
+            // Versions only move forward; an older one is a control plane
+            // restored from a backup. Keep what we have and wait for newer.
+            tracing::warn!(version, serving = after, "ignoring an older snapshot");
+            return Ok(after);
+        }
+        if self.reloader.apply_snapshot(snap).await.is_some() {
+            self.metrics
+                .version
+                .set(i64::try_from(version).unwrap_or(i64::MAX));
+            self.metrics.synced();
+            let path = self.cache_file.clone();
+            let written = tokio::task::spawn_blocking(move || write_atomically(&path, &body)).await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, path = %self.cache_file.display(), "cannot cache the snapshot; a restart without the control plane would serve an older one");
+                }
+                Err(e) => tracing::error!(error = %e, "snapshot cache task failed"),
+            }
+            tracing::info!(version, "control-plane snapshot applied");
+        }
+        // A rejected snapshot (already counted and logged by the reloader)
+        // is not asked for again: wait for a newer version.
+        Ok(version)
+    }
+}
+
+#[async_trait]
+impl BackgroundService for SyncService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut after = self
+            .reloader
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |s| s.version);
+        self.metrics
+            .version
+            .set(i64::try_from(after).unwrap_or(i64::MAX));
+        let mut failures = 0u32;
+        loop {
+            let answer = tokio::select! {
+                a = self.client.config(after) => a,
+                _ = shutdown.changed() => return,
+            };
+            let result = match answer {
+                Ok(None) => {
+                    self.metrics.synced();
+                    Ok(after)
+                }
+                Ok(Some(body)) => self.accept(body, after).await.inspect_err(|_| {
+                    // Unparseable is rejected like an invalid config.
+                    self.reloader.metrics.config_reload_failures.inc();
+                }),
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Ok(v) => {
+                    if failures > 0 {
+                        tracing::info!(version = v, "control plane reachable again");
+                    }
+                    failures = 0;
+                    after = v;
+                }
+                Err(e) => {
+                    self.metrics.errors.inc();
+                    failures = failures.saturating_add(1);
+                    if failures == 1 {
+                        tracing::warn!(error = %e, "control-plane watch failed; serving the last good config and retrying");
+                    } else {
+                        tracing::debug!(error = %e, failures, "control-plane watch still failing");
+                    }
+                    let wait = backoff(failures, BACKOFF_MIN, BACKOFF_MAX);
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(10);
+        for _ in 0..100 {
+            let first = backoff(1, base, max);
+            assert!(first >= base / 2 && first < base, "{first:?}");
+            let late = backoff(40, base, max);
+            assert!(late >= max / 2 && late < max, "{late:?}");
+        }
+        assert!(backoff(4, base, max) >= Duration::from_millis(400));
+    }
+
+    #[test]
+    fn cache_is_replaced_atomically_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("molt-sync-{}", uuid::Uuid::new_v4()));
+        let path = dir.join("snapshot.json");
+        assert!(matches!(read_cache(&path), Ok(None)));
+        write_atomically(&path, br#"{"version":3}"#).unwrap();
+        write_atomically(&path, br#"{"version":4}"#).unwrap();
+        let snap = read_cache(&path).unwrap().unwrap();
+        assert_eq!(snap.version, 4);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::write(&path, b"{not json").unwrap();
+        assert!(read_cache(&path).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,387 @@
+//! `GET /v1/realtime?model=<model>`: OpenAI's Realtime API, proxied with the
+//! provider's master key injected and usage recorded.
+//!
+//! The handshake is checked like a model route's request, all before the
+//! upgrade: the molt key (`Authorization: Bearer`, or in
+//! `Sec-WebSocket-Protocol` as `molt-key.<key>` or in OpenAI's own browser
+//! scheme `openai-insecure-api-key.<key>`; tickets are not accepted here,
+//! because a ticket does not carry the key's model allowlist), then the
+//! model (alias → canonical, 404 unknown, 403 not allowed for the key, 400
+//! when its provider has no Realtime API). Then the provider's
+//! `<base_url>/realtime?model=<upstream name>` is dialled (`ws://` for an
+//! `http` base URL, `wss://` with rustls for `https`) with the next master
+//! key (round-robin, as on the HTTP routes) and `OpenAI-Beta` passed
+//! through, so a refused or unreachable provider is a plain 502/504.
+//! Only after that is the `101` written and the session relayed with the
+//! bot router's relay ([`super::relay`]): same limits, keepalive,
+//! backpressure, close codes and shutdown behaviour.
+//!
+//! Usage: the relay sums `response.usage.input_tokens`/`output_tokens` of
+//! every `response.done` event the provider sends; one usage event (route
+//! `realtime`) is recorded when the session closes, and the token counters
+//! (`molt_tokens_total`) grow by the same amounts. A session cut short
+//! records what the provider had reported so far.
+//!
+//! Not done here: the request-rate and token limits of the HTTP routes
+//! (the session's token count is only known as it runs); the per-user
+//! connection cap does apply.
+
+use super::error::WsReject;
+use super::handshake::{self, Credential};
+use super::relay::{BotStream, Limits, RelayStats, Upstream};
+use super::{now_ms, WsHub, WsRoute};
+use crate::auth::{AuthError, Principal};
+use crate::runtime::{ProviderRuntime, Runtime};
+use http::{header, HeaderValue};
+use molt_config::{AuthStyle, UsageEvent};
+use pingora_core::upstreams::peer::Peer;
+use pingora_proxy::Session;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+use tokio::net::TcpStream;
+use tokio_tungstenite::Connector;
+use tungstenite::client::IntoClientRequest;
+
+/// `OpenAI-Beta`, which selects the beta Realtime protocol upstream.
+const OPENAI_BETA: &str = "openai-beta";
+
+/// What a closed session's usage event and log line need.
+struct Closed<'a> {
+    request_id: &'a str,
+    timestamp_ms: u64,
+    principal: &'a Principal,
+    model: &'a str,
+    provider: &'a str,
+}
+
+impl WsHub {
+    /// `GET /v1/realtime?model=`: the whole session.
+    pub(super) async fn realtime(
+        &self,
+        session: &mut Session,
+        request_id: &str,
+        rt: &Arc<Runtime>,
+    ) -> Result<u16, WsReject> {
+        let start = Instant::now();
+        let timestamp_ms = now_ms();
+        // Nothing after the handshake is HTTP; never reuse the connection.
+        session.set_keepalive(None);
+        if session.is_process_shutting_down() {
+            return Err(WsReject::ShuttingDown);
+        }
+        let req = session.req_header();
+        let up = handshake::parse(req)?;
+        let token = match handshake::credential(req, None) {
+            Credential::Bearer(t) | Credential::Protocol(t) => t,
+            Credential::Ticket(_) | Credential::None => {
+                return Err(WsReject::Auth(AuthError::Missing))
+            }
+        };
+        let principal = rt
+            .auth
+            .authenticate(Some(token), |n| rt.model(n).map(|m| m.name.clone()))
+            .map_err(WsReject::Auth)?;
+        let requested = up.model.as_deref().ok_or(WsReject::MissingModel)?;
+        // Names echoed in errors are capped, like the HTTP routes do.
+        let shown = || requested.chars().take(200).collect::<String>();
+        let model = rt
+            .model(requested)
+            .ok_or_else(|| WsReject::UnknownModel(shown()))?;
+        if !principal.may_use(&model.name) {
+            return Err(WsReject::ModelNotAllowed(shown()));
+        }
+        let provider = &rt.providers[model.provider];
+        // Azure's Realtime API has another path and auth header, Anthropic
+        // has none; only providers that take OpenAI's bearer key qualify.
+        if provider.config.kind.auth_style() != AuthStyle::Bearer {
+            return Err(WsReject::NotRealtime(shown()));
+        }
+        let beta = req.headers.get(OPENAI_BETA).cloned().or_else(|| {
+            up.offers_openai_beta
+                .then(|| HeaderValue::from_static("realtime=v1"))
+        });
+        let cfg = &rt.config.websocket;
+        let guard = self
+            .registry
+            .register_session(&principal.user, cfg.max_connections_per_user)
+            .map_err(|e| match e {
+                super::registry::RegisterError::TooMany => {
+                    WsReject::TooManyConnections(cfg.max_connections_per_user)
+                }
+                super::registry::RegisterError::ShuttingDown => WsReject::ShuttingDown,
+            })?;
+        self.registry.ensure_watcher(self.runtime.clone());
+        let limits = Limits {
+            idle_timeout: cfg.idle_timeout,
+            ping_interval: cfg.ping_interval,
+            max_message_bytes: cfg.max_message_bytes,
+            max_frame_bytes: cfg.max_frame_bytes,
+        };
+        let mut upstream =
+            connect_provider(provider, &model.upstream_name, beta, limits, rt, request_id).await?;
+        let protocol = if up.offers_realtime {
+            Some(handshake::REALTIME_PROTOCOL)
+        } else if up.offers_molt {
+            Some(handshake::PROTOCOL)
+        } else {
+            None
+        };
+        let resp = handshake::switching_protocols(&up, request_id, protocol)
+            .map_err(|_| WsReject::Internal)?;
+        let mut stats = RelayStats {
+            upstream: Upstream::Realtime,
+            ..RelayStats::default()
+        };
+        let Some(reason) = self
+            .relay_upgraded(session, resp, &mut upstream, limits, &guard, &mut stats)
+            .await
+        else {
+            return Ok(101);
+        };
+        drop(guard);
+        let elapsed = start.elapsed();
+        let (model_name, provider_name) = (&model.name, &provider.config.name);
+        if stats.input_tokens > 0 || stats.output_tokens > 0 {
+            self.tokens
+                .with_label_values(&["input", model_name, provider_name])
+                .inc_by(stats.input_tokens);
+            self.tokens
+                .with_label_values(&["output", model_name, provider_name])
+                .inc_by(stats.output_tokens);
+        }
+        let s = Closed {
+            request_id,
+            timestamp_ms,
+            principal: &principal,
+            model: model_name,
+            provider: provider_name,
+        };
+        if rt.config.log.access_log {
+            tracing::info!(
+                target: "access",
+                request_id,
+                route = WsRoute::Realtime.name(),
+                status = 101,
+                key_id = %principal.key_id,
+                model = s.model,
+                provider = s.provider,
+                close_code = reason.client_code(),
+                outcome = reason.label(),
+                client_messages = stats.client_messages,
+                upstream_messages = stats.bot_messages,
+                responses = stats.responses,
+                input_tokens = stats.input_tokens,
+                output_tokens = stats.output_tokens,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+            );
+        }
+        self.sink.record(usage_event(
+            &s,
+            &stats,
+            outcome(reason),
+            elapsed.as_millis() as u64,
+        ));
+        Ok(101)
+    }
+}
+
+/// The usage event's `outcome` for a session that ended for `reason`.
+fn outcome(reason: super::error::CloseReason) -> &'static str {
+    use super::error::CloseReason;
+    match reason {
+        CloseReason::ClientClosed | CloseReason::BotClosed(1000) => "ok",
+        r => r.label(),
+    }
+}
+
+fn usage_event(s: &Closed<'_>, stats: &RelayStats, outcome: &str, duration_ms: u64) -> UsageEvent {
+    UsageEvent {
+        anomaly: false,
+        event_id: uuid::Uuid::now_v7().to_string(),
+        request_id: s.request_id.to_owned(),
+        timestamp_ms: s.timestamp_ms,
+        key_id: s.principal.key_id.to_string(),
+        user_id: s.principal.user.to_string(),
+        model: s.model.to_owned(),
+        provider: s.provider.to_owned(),
+        route: WsRoute::Realtime.name().to_owned(),
+        status: 101,
+        input_tokens: stats.input_tokens,
+        output_tokens: stats.output_tokens,
+        estimated: false,
+        stream: true,
+        attempts: 1,
+        duration_ms,
+        upstream_ttfb_ms: None,
+        outcome: outcome.to_owned(),
+    }
+}
+
+/// `<base_url>/realtime?model=<upstream_name>`, `ws` or `wss` by the base
+/// URL's scheme.
+fn realtime_url(provider: &ProviderRuntime, upstream_model: &str) -> String {
+    let u = &provider.config.base_url;
+    let scheme = if u.tls { "wss" } else { "ws" };
+    let host = if u.host.contains(':') {
+        format!("[{}]", u.host)
+    } else {
+        u.host.clone()
+    };
+    let model: String = url::form_urlencoded::byte_serialize(upstream_model.as_bytes()).collect();
+    format!(
+        "{scheme}://{host}:{}{}/realtime?model={model}",
+        u.port, u.path_prefix
+    )
+}
+
+/// The rustls client config for `wss://` providers: the platform's roots
+/// (and `SSL_CERT_FILE`/`SSL_CERT_DIR`, like the HTTP routes' peers), the
+/// process's `ring` provider. Built once; `None` if it cannot be built,
+/// which makes every `wss://` session a 502 with the reason logged.
+fn tls_config() -> Option<Arc<pingora_rustls::ClientConfig>> {
+    static CONFIG: OnceLock<Option<Arc<pingora_rustls::ClientConfig>>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            pingora_rustls::install_default_crypto_provider();
+            let provider = pingora_rustls::CryptoProvider::get_default()?.clone();
+            let mut roots = pingora_rustls::RootCertStore::empty();
+            match pingora_rustls::load_native_certs() {
+                Ok(certs) => {
+                    // Unparsable platform certificates are skipped, as
+                    // rustls-native-certs' own callers do.
+                    roots.add_parsable_certificates(certs);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot load root certificates for wss:// providers"),
+            }
+            let config = pingora_rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| tracing::error!(error = %e, "cannot build the TLS client config for wss:// providers"))
+                .ok()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Some(Arc::new(config))
+        })
+        .clone()
+}
+
+/// Open the provider's Realtime WebSocket with a master key, within the
+/// upstream connect timeout (TCP, TLS and the WebSocket handshake).
+async fn connect_provider(
+    provider: &ProviderRuntime,
+    upstream_model: &str,
+    beta: Option<HeaderValue>,
+    limits: Limits,
+    rt: &Runtime,
+    request_id: &str,
+) -> Result<BotStream, WsReject> {
+    let name = &provider.config.name;
+    let mut req = realtime_url(provider, upstream_model)
+        .into_client_request()
+        .map_err(|_| WsReject::ProviderUnreachable)?;
+    // Already `Bearer <key>` and marked sensitive (see `runtime`).
+    req.headers_mut()
+        .insert(header::AUTHORIZATION, provider.next_credential().clone());
+    if let Some(beta) = beta {
+        req.headers_mut().insert(OPENAI_BETA, beta);
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        req.headers_mut().insert("x-request-id", v);
+    }
+    let connector = if provider.config.base_url.tls {
+        Connector::Rustls(tls_config().ok_or(WsReject::ProviderUnreachable)?)
+    } else {
+        Connector::Plain
+    };
+    let connect = async {
+        // The address resolved when the config was loaded, as the HTTP
+        // routes use: no DNS lookup on the request path.
+        let tcp = match provider.peer.address().as_inet() {
+            Some(addr) => TcpStream::connect(*addr).await,
+            None => {
+                let u = &provider.config.base_url;
+                TcpStream::connect((u.host.as_str(), u.port)).await
+            }
+        }
+        .map_err(tungstenite::Error::Io)?;
+        // Realtime deltas are small and latency-bound.
+        let _ = tcp.set_nodelay(true);
+        tokio_tungstenite::client_async_tls_with_config(
+            req,
+            tcp,
+            Some(limits.framing()),
+            Some(connector),
+        )
+        .await
+    };
+    let timeout = rt.config.server.upstream_connect_timeout;
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok((stream, _resp))) => Ok(stream),
+        Ok(Err(tungstenite::Error::Http(resp))) => {
+            let status = resp.status().as_u16();
+            tracing::warn!(provider = %name, status, "provider refused the Realtime handshake");
+            Err(WsReject::ProviderRefused(status))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(provider = %name, error = %e, "Realtime provider unreachable");
+            Err(WsReject::ProviderUnreachable)
+        }
+        Err(_) => {
+            tracing::warn!(provider = %name, "Realtime provider handshake timed out");
+            Err(WsReject::ProviderTimeout)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use molt_config::DataplaneConfig;
+
+    fn runtime(base_url: &str) -> Runtime {
+        let toml = format!(
+            r#"
+version = 1
+[server]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[[keys]]
+id = "k"
+user = "u"
+sha256 = "{}"
+[[providers]]
+name = "p"
+kind = "openai"
+base_url = "{base_url}"
+keys = ["sk-test"]
+[[models]]
+name = "gpt-realtime"
+provider = "p"
+upstream_name = "gpt realtime+x"
+"#,
+            "0".repeat(64)
+        );
+        let env = std::collections::HashMap::<&str, &str>::new();
+        let cfg = DataplaneConfig::from_toml(&toml, &env).unwrap();
+        Runtime::build(cfg, 1).unwrap()
+    }
+
+    #[test]
+    fn upstream_url_follows_the_base_url_scheme() {
+        let rt = runtime("http://127.0.0.1:9/v1");
+        assert_eq!(
+            realtime_url(&rt.providers[0], "gpt realtime+x"),
+            "ws://127.0.0.1:9/v1/realtime?model=gpt+realtime%2Bx"
+        );
+        let rt = runtime("https://127.0.0.1/openai/v1");
+        assert_eq!(
+            realtime_url(&rt.providers[0], "m"),
+            "wss://127.0.0.1:443/openai/v1/realtime?model=m"
+        );
+    }
+
+    #[test]
+    fn tls_config_builds() {
+        assert!(tls_config().is_some());
+    }
+}
