@@ -47,13 +47,28 @@ WORK=$(mktemp -d /tmp/molt-compare.XXXXXX)
 chmod 755 "$WORK"
 PIDS=()
 cleanup() {
-    local status=$?
-    # SIGINT is a fast shutdown for all three (Pingora treats SIGTERM as a
-    # graceful drain, which would only slow the exit down).
+    local status=$? pid alive
+    # Each process gets the signal it treats as "stop now": the data plane
+    # (Pingora) drains on SIGTERM but stops at once on SIGINT; the mock and
+    # nginx stop on SIGTERM (a script's background jobs ignore SIGINT).
     for pid in "${PIDS[@]}"; do
-        kill -INT "$pid" 2>/dev/null || true
+        if [[ $pid == "${DP_PID:-}" ]]; then
+            kill -INT "$pid" 2>/dev/null || true
+        else
+            kill -TERM "$pid" 2>/dev/null || true
+        fi
+    done
+    # Whatever is still there after 5 s is killed.
+    for _ in $(seq 1 50); do
+        alive=0
+        for pid in "${PIDS[@]}"; do
+            if kill -0 "$pid" 2>/dev/null; then alive=1; fi
+        done
+        ((alive)) || break
+        sleep 0.1
     done
     for pid in "${PIDS[@]}"; do
+        kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
     if [[ ${KEEP:-0} == 1 || $status -ne 0 ]]; then
@@ -250,10 +265,12 @@ run() {
     curl -sf -X DELETE http://127.0.0.1:$MOCK_PORT/_mock/requests >/dev/null
 }
 
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 run fixed "$SCENARIOS/chat.toml" --rate "$RATE" --duration "$DURATION" --warmup "$WARMUP" --rounds "$ROUNDS"
 run sse "$SCENARIOS/chat-sse.toml"
 run throughput "$SCENARIOS/chat-throughput.toml"
 
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 # shellcheck disable=SC2046
 NGINX_RSS=$(rss_kib VmRSS $(nginx_pids))
 # shellcheck disable=SC2046
@@ -278,6 +295,8 @@ tput=$WORK/throughput.cpu.json
 cat <<EOF
 
 ## Molt data plane vs direct vs nginx ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, proxies with $PROXY_WORKERS worker(s))
+
+Load average before / after the runs: $LOAD_BEFORE / $LOAD_AFTER (anything else running skews every row).
 
 ### Fixed rate, non-streaming: $(jq -r '"\(.rate) req/s per target, \(.duration_s)s in \(.rounds) interleaved rounds, \(.connections) connections, \(.warmup_s)s warm-up"' "$fixed")
 

@@ -50,6 +50,11 @@ from typing import Any
 
 import websockets
 
+# Linux `IP_BIND_ADDRESS_NO_PORT`: bind to a source address but pick the port at connect time, per
+# destination. A plain bind to port 0 reserves a port for every destination at once, and 50k of those
+# leave the data plane no ephemeral ports for its own connections to the bots (EADDRNOTAVAIL).
+IP_BIND_ADDRESS_NO_PORT = 24
+
 HANDSHAKES_IN_FLIGHT = 256  # per client process; keeps the accept queues (somaxconn) from overflowing
 
 
@@ -152,10 +157,16 @@ async def hold(urls: list[str], key: str, source: str, conn: Any) -> None:
     async def one(url: str) -> None:
         async with gate:
             try:
+                host, port = url.split("/")[2].split(":")
+                sock = socket.socket()
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((source, 0))
+                sock.setblocking(False)
+                await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
                 ws = await websockets.connect(
                     url,
+                    sock=sock,
                     additional_headers={"Authorization": f"Bearer {key}"},
-                    local_addr=(source, 0),
                     open_timeout=60,
                     ping_interval=None,  # idle means idle: no client pings either
                     compression=None,

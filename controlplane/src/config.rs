@@ -17,9 +17,17 @@
 //! [jwt]
 //! issuer = "molt"
 //! secret_env = "MOLT_JWT_SECRET"
+//!
+//! [billing]                       # optional: Stripe webhooks and metering
+//! webhook_secret_env = "STRIPE_WEBHOOK_SECRET"
+//! stripe_api_key_env = "STRIPE_API_KEY"
+//! # stripe_base_url = "http://127.0.0.1:12111"  # the fake; default Stripe
+//! # meter_event_name = "ai_tokens"
+//! # flush_interval = "1h"  window = "1h"  settle = "5m"  past_due_grace = "7d"
 //! ```
 
 use crate::api::ApiSettings;
+use crate::billing::BillingSettings;
 use crate::crypto::{sha256_hex, Cipher};
 use crate::service::ServiceSettings;
 use crate::snapshot::JwtSettings;
@@ -41,6 +49,42 @@ pub struct RawControlplaneConfig {
     pub jwt: RawJwtIssuer,
     #[serde(default)]
     pub tuning: RawTuning,
+    #[serde(default)]
+    pub billing: Option<RawBilling>,
+}
+
+/// `[billing]`: Stripe webhooks and the meter flush.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBilling {
+    /// Environment variable holding the webhook signing secret (`whsec_...`).
+    pub webhook_secret_env: String,
+    /// Environment variable holding the Stripe secret key (`sk_...`).
+    pub stripe_api_key_env: String,
+    /// Another Stripe API base (the fake); default Stripe's.
+    pub stripe_base_url: Option<String>,
+    /// The meter's `event_name` (default `ai_tokens`).
+    pub meter_event_name: Option<String>,
+    /// How often usage is flushed to Stripe (default 1h).
+    #[serde(default, with = "humantime_serde")]
+    pub flush_interval: Option<Duration>,
+    /// Billing window width (default 1h).
+    #[serde(default, with = "humantime_serde")]
+    pub window: Option<Duration>,
+    /// Wait after a window closes for late usage (default 5m).
+    #[serde(default, with = "humantime_serde")]
+    pub settle: Option<Duration>,
+    /// Past-due time before suspension (default 7 days; 0 = at once).
+    #[serde(default, with = "humantime_serde")]
+    pub past_due_grace: Option<Duration>,
+}
+
+/// Billing, resolved.
+#[derive(Debug, Clone)]
+pub struct BillingConfig {
+    pub settings: BillingSettings,
+    pub stripe_api_key: Secret,
+    pub stripe_base_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -95,6 +139,8 @@ pub struct Settings {
     pub api: ApiSettings,
     pub refresh_interval: Duration,
     pub audit_retention: Duration,
+    /// `None` without a `[billing]` section.
+    pub billing: Option<BillingConfig>,
 }
 
 /// Every problem found in a config file, one per line.
@@ -157,6 +203,12 @@ impl Settings {
             .as_deref()
             .and_then(|name| var("secrets.bootstrap_admin_token_env", name));
         let jwt_secret = var("jwt.secret_env", &raw.jwt.secret_env);
+        let billing_secrets = raw.billing.as_ref().map(|b| {
+            (
+                var("billing.webhook_secret_env", &b.webhook_secret_env),
+                var("billing.stripe_api_key_env", &b.stripe_api_key_env),
+            )
+        });
         let cipher = match key_text {
             Ok(Some(text)) => Cipher::from_text(&text)
                 .map_err(|e| errs.push(format!("secrets: encryption key: {e}")))
@@ -180,6 +232,35 @@ impl Settings {
         }
         if raw.jwt.issuer.is_empty() {
             errs.push("jwt.issuer: must not be empty".into());
+        }
+        let billing = raw
+            .billing
+            .as_ref()
+            .zip(billing_secrets)
+            .and_then(|(b, (secret, key))| {
+                let mut settings = BillingSettings::new(Secret::new(secret?));
+                let f = &mut settings.flush;
+                if let Some(name) = &b.meter_event_name {
+                    f.event_name = name.clone();
+                }
+                f.window = b.window.unwrap_or(f.window);
+                f.settle = b.settle.unwrap_or(f.settle);
+                settings.flush_interval = b.flush_interval.unwrap_or(settings.flush_interval);
+                settings.past_due_grace = b.past_due_grace.unwrap_or(settings.past_due_grace);
+                Some(BillingConfig {
+                    settings,
+                    stripe_api_key: Secret::new(key?),
+                    stripe_base_url: b.stripe_base_url.clone(),
+                })
+            });
+        if let Some(b) = &billing {
+            let f = &b.settings.flush;
+            if f.event_name.is_empty() || f.event_name.len() > 100 {
+                errs.push("billing.meter_event_name: must be 1 to 100 characters".into());
+            }
+            if f.window < Duration::from_secs(60) || b.settings.flush_interval.is_zero() {
+                errs.push("billing: window must be at least 1m and flush_interval above 0".into());
+            }
         }
         let t = raw.tuning;
         let poll_hold = t.poll_hold.unwrap_or(Duration::from_secs(30));
@@ -211,6 +292,7 @@ impl Settings {
                     audit_retention: t
                         .audit_retention
                         .unwrap_or(Duration::from_secs(90 * 24 * 3600)),
+                    billing,
                 })
             }
             _ => Err(SettingsError(errs)),
@@ -265,6 +347,27 @@ mod tests {
         let raw: RawControlplaneConfig = toml::from_str(FILE).unwrap();
         let err = Settings::resolve(raw, &HashMap::<&str, &str>::new()).unwrap_err();
         assert_eq!(err.0.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn billing_section_resolves_with_defaults() {
+        let text = format!(
+            "{FILE}\n[billing]\nwebhook_secret_env = \"WHSEC\"\nstripe_api_key_env = \"SK\"\npast_due_grace = \"3d\"\n"
+        );
+        let raw: RawControlplaneConfig = toml::from_str(&text).unwrap();
+        let mut vars = env();
+        vars.insert("WHSEC", "whsec_x");
+        vars.insert("SK", "sk_test_x");
+        let b = Settings::resolve(raw.clone(), &vars)
+            .unwrap()
+            .billing
+            .unwrap();
+        assert_eq!(b.settings.flush.event_name, "ai_tokens");
+        assert_eq!(b.settings.flush_interval, Duration::from_secs(3600));
+        assert_eq!(b.settings.past_due_grace, Duration::from_secs(3 * 86400));
+        assert_eq!(b.settings.webhook_secret.expose(), "whsec_x");
+        let err = Settings::resolve(raw, &env()).unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
     }
 
     #[test]

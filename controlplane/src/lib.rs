@@ -11,6 +11,8 @@
 //! PostgreSQL). [`snapshot`] compiles and publishes data-plane config.
 //! [`provision`] runs bots on a [`fleet::Fleet`] (Fly Machines, or local
 //! mock bots) through a durable state machine in the same database.
+//! [`billing`] verifies Stripe webhooks and flushes metered usage to Stripe
+//! exactly once.
 //!
 //! Architecture invariant: this crate is the only owner of the database;
 //! data planes reach it only through `/internal/v1` and the types of
@@ -23,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod billing;
 pub mod config;
 pub mod crypto;
 pub mod ctl;

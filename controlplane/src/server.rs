@@ -2,6 +2,8 @@
 //! loop behind `molt controlplane`.
 
 use crate::api::{router, AppState};
+use crate::billing::stripe_sink::StripeMeterSink;
+use crate::billing::{self, Billing, BillingSettings, MeterSink};
 use crate::config::Settings;
 use crate::fleet::Fleet;
 use crate::metrics::{Metrics, MetricsError};
@@ -32,6 +34,8 @@ pub enum ServerError {
     },
     #[error("server failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("stripe client: {0}")]
+    Stripe(String),
 }
 
 /// A running control plane without its listener: tests drive `router`
@@ -143,6 +147,27 @@ impl App {
     }
 }
 
+impl App {
+    /// Billing on this app: `POST /webhooks/stripe`,
+    /// `GET /api/v1/billing/reconciliation` and the periodic flush job.
+    /// Once per app (it registers the billing metrics).
+    pub fn enable_billing(
+        &mut self,
+        store: &SqlStore,
+        settings: BillingSettings,
+        sink: Arc<dyn MeterSink>,
+    ) -> Result<Arc<Billing>, ServerError> {
+        let billing = Billing::new(self.service.clone(), store, settings, sink)?;
+        let routes = crate::api::tracked(
+            billing::routes(billing.clone()),
+            self.service.metrics().clone(),
+        );
+        self.router = std::mem::take(&mut self.router).merge(routes);
+        self.jobs.push(billing.spawn());
+        Ok(billing)
+    }
+}
+
 impl Drop for App {
     fn drop(&mut self) {
         for job in &self.jobs {
@@ -170,7 +195,12 @@ where
 /// Run the control plane until Ctrl-C / SIGTERM.
 pub async fn run(settings: Settings) -> Result<(), ServerError> {
     let store = SqlStore::connect(&settings.database_url, settings.max_connections).await?;
-    let app = App::start(Arc::new(store), &settings).await?;
+    let mut app = App::start(Arc::new(store.clone()), &settings).await?;
+    if let Some(b) = &settings.billing {
+        let sink = StripeMeterSink::new(b.stripe_api_key.expose(), b.stripe_base_url.as_deref())
+            .map_err(|e| ServerError::Stripe(e.to_string()))?;
+        app.enable_billing(&store, b.settings.clone(), Arc::new(sink))?;
+    }
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|source| ServerError::Listen {

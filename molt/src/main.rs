@@ -77,6 +77,23 @@ enum Command {
         #[arg(long)]
         no_rate_limits: bool,
     },
+    /// Run the fake Stripe API (meter events, for tests and local billing);
+    /// `GET /_fake/meter_events` lists what it stored.
+    FakeStripe {
+        #[arg(long, default_value = "127.0.0.1:12111")]
+        listen: SocketAddr,
+        /// The secret key it demands.
+        #[arg(
+            long,
+            env = "STRIPE_API_KEY",
+            hide_env_values = true,
+            default_value = "sk_test_fake"
+        )]
+        api_key: String,
+        /// Calls per second before 429 (0: unlimited).
+        #[arg(long, default_value_t = 100)]
+        rate_limit: u32,
+    },
     /// Run a load scenario against one or more targets (see loadtest/README.md).
     Load(molt_loadtest::loadgen::LoadArgs),
     /// Run the control plane: operators' API, config push, usage ingest.
@@ -180,6 +197,27 @@ fn main() -> anyhow::Result<()> {
                 let listener = tokio::net::TcpListener::bind(listen).await?;
                 tracing::info!(%listen, "fake fly listening");
                 molt_loadtest::fake_fly::FakeFly::new(opts)
+                    .serve(listener)
+                    .await
+            })?;
+            Ok(())
+        }
+        Command::FakeStripe {
+            listen,
+            api_key,
+            rate_limit,
+        } => {
+            let opts = molt_loadtest::fake_stripe::FakeStripeOptions {
+                api_key,
+                rate_limit_per_sec: rate_limit,
+            };
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .init();
+            tokio::runtime::Runtime::new()?.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                tracing::info!(%listen, "fake stripe listening");
+                molt_loadtest::fake_stripe::FakeStripe::new(opts)
                     .serve(listener)
                     .await
             })?;

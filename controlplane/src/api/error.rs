@@ -6,6 +6,7 @@
 //! [`InternalDetail`], and the request middleware logs it; the client only
 //! sees "internal error".
 
+use crate::billing::BillingError;
 use crate::service::ServiceError;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -83,6 +84,29 @@ impl From<ServiceError> for ApiError {
             E::Unauthorized => Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message),
             E::Forbidden => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
             E::Store(_) | E::Crypto(_) | E::Internal(_) => Self::internal(message),
+        }
+    }
+}
+
+/// Billing: a bad signature or malformed event is 400 (Stripe shows it in
+/// the endpoint's delivery log and retries); an unknown user or customer is
+/// 422; nothing is changed in any of these cases.
+impl From<BillingError> for ApiError {
+    fn from(e: BillingError) -> Self {
+        use BillingError as E;
+        let message = e.to_string();
+        match e {
+            E::Signature(_) => Self::new(StatusCode::BAD_REQUEST, "invalid_signature", message),
+            E::Malformed(_) | E::BadRequest(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+            }
+            E::UnknownCustomer(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_customer",
+                message,
+            ),
+            E::Service(e) => e.into(),
+            E::Store(_) => Self::internal(message),
         }
     }
 }

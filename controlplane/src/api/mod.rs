@@ -112,6 +112,12 @@ async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// `router` with the request metrics and internal-error logging of
+/// [`router`] (for routes merged in later, e.g. billing's).
+pub fn tracked(router: Router, metrics: Metrics) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(metrics, track))
+}
+
 /// Count and time every request by route template and status, and log the
 /// detail of internal errors (kept out of the response by `ApiError`).
 async fn track(State(m): State<Metrics>, req: Request, next: Next) -> Response {

@@ -10,6 +10,7 @@
 )]
 
 mod api;
+mod billing;
 mod bots;
 mod fleet;
 mod harness;

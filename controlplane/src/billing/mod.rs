@@ -1,0 +1,323 @@
+//! Billing: Stripe webhooks ([`webhook`]), the exactly-once meter flush
+//! ([`meter`]) and reconciliation (`GET /api/v1/billing/reconciliation`).
+//!
+//! The control plane owns the [`MeterSink`] seam; [`stripe_sink::StripeMeterSink`]
+//! implements it over async-stripe, pointed at Stripe or (by base URL) at
+//! `molt_loadtest::fake_stripe`. Billing state lives in the same database
+//! ([`store::BillingStore`], migration `0003_billing.sql`).
+//!
+//! Grace policy for failed payments: `invoice.payment_failed` marks an
+//! active user `past_due` (their keys keep working) and starts a grace
+//! period (`past_due_grace`, default 7 days; 0 suspends at once). A later
+//! `invoice.paid` or paid checkout ends it; otherwise the periodic job
+//! suspends the user and stops their bot when it runs out.
+
+pub mod meter;
+pub mod metrics;
+pub mod store;
+pub mod stripe_sink;
+pub mod webhook;
+
+pub use meter::{FlushOutcome, FlushSettings, Flusher, MeterEvent, MeterSink, SendError};
+
+use crate::api::error::{ApiError, ApiQuery};
+use crate::domain::now_ms;
+use crate::service::{Service, ServiceError};
+use crate::store::{SqlStore, StoreError};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics::BillingMetrics;
+use molt_config::Secret;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+use store::BillingStore;
+use tokio::task::JoinHandle;
+
+/// What billing can fail with. Mapped to HTTP in `api::error` only.
+#[derive(Debug, thiserror::Error)]
+pub enum BillingError {
+    /// Missing, unparsable, non-matching or stale `Stripe-Signature`.
+    #[error("invalid Stripe signature: {0}")]
+    Signature(&'static str),
+    /// A verified body that is not a usable event.
+    #[error("malformed event: {0}")]
+    Malformed(String),
+    /// The event names a user or customer Molt does not know.
+    #[error("unknown customer: {0}")]
+    UnknownCustomer(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Billing configuration, resolved from the `[billing]` config section.
+#[derive(Debug, Clone)]
+pub struct BillingSettings {
+    /// The webhook endpoint's signing secret (`whsec_...`).
+    pub webhook_secret: Secret,
+    /// Largest accepted |now - t| of a signature, in seconds (Stripe: 300).
+    pub webhook_tolerance_secs: i64,
+    /// How long a past-due user keeps working before suspension.
+    pub past_due_grace: Duration,
+    /// How often the flush (and grace) job runs (default 1 h).
+    pub flush_interval: Duration,
+    pub flush: FlushSettings,
+}
+
+impl BillingSettings {
+    pub fn new(webhook_secret: Secret) -> Self {
+        Self {
+            webhook_secret,
+            webhook_tolerance_secs: 300,
+            past_due_grace: Duration::from_secs(7 * 24 * 3600),
+            flush_interval: Duration::from_secs(3600),
+            flush: FlushSettings::default(),
+        }
+    }
+}
+
+/// The billing services.
+#[derive(Debug)]
+pub struct Billing {
+    service: Arc<Service>,
+    store: BillingStore,
+    settings: BillingSettings,
+    metrics: BillingMetrics,
+    flusher: Flusher,
+    webhook_lock: tokio::sync::Mutex<()>,
+}
+
+impl Billing {
+    /// Build on the control plane's services and database. Registers the
+    /// billing metrics, so once per service.
+    pub fn new(
+        service: Arc<Service>,
+        store: &SqlStore,
+        settings: BillingSettings,
+        sink: Arc<dyn MeterSink>,
+    ) -> Result<Arc<Self>, crate::metrics::MetricsError> {
+        let metrics = BillingMetrics::register(service.metrics())?;
+        let store = BillingStore::new(store);
+        let flusher = Flusher::new(store.clone(), sink, settings.flush.clone(), metrics.clone());
+        Ok(Arc::new(Self {
+            service,
+            store,
+            settings,
+            metrics,
+            flusher,
+            webhook_lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    pub fn flusher(&self) -> &Flusher {
+        &self.flusher
+    }
+
+    /// One run of the periodic job: grace policy, then the flush.
+    pub async fn tick(&self) {
+        match self.enforce_grace(now_ms()).await {
+            Ok(n) if n > 0 => tracing::info!(suspended = n, "past-due grace ran out"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "grace policy failed"),
+        }
+        match self.flusher.flush().await {
+            Ok(o) => tracing::info!(?o, "meter flush"),
+            Err(e) => tracing::error!(error = %e, "meter flush failed"),
+        }
+    }
+
+    /// Run [`Billing::tick`] every `flush_interval` (first after one interval).
+    pub fn spawn(self: &Arc<Self>) -> JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(me.settings.flush_interval);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                me.tick().await;
+            }
+        })
+    }
+
+    /// Per user, tokens in usage rows and reported to Stripe.
+    pub async fn reconciliation(
+        &self,
+        q: ReconciliationQuery,
+    ) -> Result<Reconciliation, BillingError> {
+        let from = q
+            .from
+            .as_deref()
+            .map(|s| parse_time("from", s, false))
+            .transpose()?;
+        let to =
+            q.to.as_deref()
+                .map(|s| parse_time("to", s, true))
+                .transpose()?;
+        let (from, to) = (from.unwrap_or(0), to.unwrap_or(i64::MAX));
+        if from >= to {
+            return Err(BillingError::BadRequest("from must be before to".into()));
+        }
+        let rows = self.store.reconcile(from, to).await?;
+        let mut totals = Totals::default();
+        let customers = rows
+            .into_iter()
+            .map(|u| {
+                let mut reasons = Vec::new();
+                for (n, reason) in [
+                    (
+                        u.pending,
+                        "pending: reported, awaiting Stripe's confirmation",
+                    ),
+                    (
+                        u.unbillable,
+                        "unbillable: older than Stripe's 35-day window",
+                    ),
+                    (
+                        u.failed,
+                        "failed: refused by Stripe (see meter_reports.last_error)",
+                    ),
+                    (
+                        u.unreported,
+                        if u.stripe_customer_id.is_some() {
+                            "unreported: window not closed or not flushed yet"
+                        } else {
+                            "unreported: the user has no Stripe customer"
+                        },
+                    ),
+                ] {
+                    if n != 0 {
+                        reasons.push(Difference {
+                            tokens: n,
+                            reason: reason.to_owned(),
+                        });
+                    }
+                }
+                totals.usage_tokens += u.usage;
+                totals.reported_tokens += u.sent;
+                CustomerReconciliation {
+                    user_id: u.user_id,
+                    stripe_customer_id: u.stripe_customer_id,
+                    usage_tokens: u.usage,
+                    reported_tokens: u.sent,
+                    difference: u.usage - u.sent,
+                    reasons,
+                }
+            })
+            .collect();
+        totals.difference = totals.usage_tokens - totals.reported_tokens;
+        Ok(Reconciliation {
+            from,
+            to,
+            customers,
+            totals,
+        })
+    }
+}
+
+/// `YYYY-MM-DD` (UTC; `to` includes the whole day) or RFC 3339; Unix ms.
+fn parse_time(field: &str, s: &str, end_of_day: bool) -> Result<i64, BillingError> {
+    use time::format_description::well_known::Rfc3339;
+    let day = time::macros::format_description!("[year]-[month]-[day]");
+    let secs = if let Ok(d) = time::Date::parse(s, &day) {
+        let start = d.midnight().assume_utc().unix_timestamp();
+        if end_of_day {
+            start + 86_400
+        } else {
+            start
+        }
+    } else if let Ok(t) = time::OffsetDateTime::parse(s, &Rfc3339) {
+        t.unix_timestamp()
+    } else {
+        return Err(BillingError::BadRequest(format!(
+            "{field} must be a date (YYYY-MM-DD) or an RFC 3339 time"
+        )));
+    };
+    Ok(secs.saturating_mul(1000))
+}
+
+/// Query of `GET /api/v1/billing/reconciliation`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconciliationQuery {
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Difference {
+    pub tokens: i64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CustomerReconciliation {
+    pub user_id: String,
+    pub stripe_customer_id: Option<String>,
+    pub usage_tokens: i64,
+    /// Tokens in reports Stripe confirmed.
+    pub reported_tokens: i64,
+    pub difference: i64,
+    /// Where the difference is, by reason.
+    pub reasons: Vec<Difference>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Totals {
+    pub usage_tokens: i64,
+    pub reported_tokens: i64,
+    pub difference: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Reconciliation {
+    /// Unix ms, inclusive.
+    pub from: i64,
+    /// Unix ms, exclusive.
+    pub to: i64,
+    pub customers: Vec<CustomerReconciliation>,
+    pub totals: Totals,
+}
+
+/// `POST /webhooks/stripe` and `GET /api/v1/billing/reconciliation`.
+pub fn routes(billing: Arc<Billing>) -> Router {
+    Router::new()
+        .route("/webhooks/stripe", post(webhook))
+        .route("/api/v1/billing/reconciliation", get(reconciliation))
+        .with_state(billing)
+}
+
+async fn webhook(
+    State(b): State<Arc<Billing>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let sig = headers
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok());
+    let outcome = b.handle_webhook(sig, &body).await?;
+    Ok(Json(
+        serde_json::json!({"received": true, "result": outcome.as_str()}),
+    ))
+}
+
+async fn reconciliation(
+    State(b): State<Arc<Billing>>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<ReconciliationQuery>,
+) -> Result<Json<Reconciliation>, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    b.service.authenticate_operator(token).await?;
+    Ok(Json(b.reconciliation(q).await?))
+}
