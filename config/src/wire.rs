@@ -285,7 +285,11 @@ impl RawDataplaneConfig {
         self.keys = snap.keys;
         self.providers = snap.providers;
         self.models = snap.models;
-        self.limits = snap.limits;
+        // `[limits.redis]` stays this file's: each data plane's Redis is local.
+        self.limits = RawLimits {
+            redis: self.limits.redis.take(),
+            ..snap.limits
+        };
         self.bots = snap.bots;
         self
     }

@@ -24,11 +24,26 @@
 //! # stripe_base_url = "http://127.0.0.1:12111"  # the fake; default Stripe
 //! # meter_event_name = "ai_tokens"
 //! # flush_interval = "1h"  window = "1h"  settle = "5m"  past_due_grace = "7d"
+//!
+//! [fleet]                         # optional: where bots are provisioned
+//! kind = "fly"                    # or "local" (in-process mock bots)
+//! api_url = "http://_api.internal:4280"  # fly only; the default
+//! app = "molt-bots"               # fly only
+//! token_env = "FLY_API_TOKEN"     # fly only
+//! image = "registry.fly.io/molt-bot:latest"  # fly only
+//! # region = "iad"
+//! # gateway_url = "http://{id}.vm.{app}.internal:18789/"  # {id} {name} {app} {private_ip}
+//! proxy_url = "https://gateway.example.com/v1"  # the bots' PROXY_URL
+//! # default_model = "venice-uncensored"  fallback_models = []  volume_size_gb = 1
+//! # health_deadline = "3m"  poll_interval = "1s"  step_timeout = "10s"  lease = "1m"
+//! # max_attempts = 8  backoff = "1s"  concurrency = 4
 //! ```
 
 use crate::api::ApiSettings;
 use crate::billing::BillingSettings;
 use crate::crypto::{sha256_hex, Cipher};
+use crate::fleet::fly::FlySettings;
+use crate::provision::ProvisionSettings;
 use crate::service::ServiceSettings;
 use crate::snapshot::JwtSettings;
 use molt_config::dataplane::Env;
@@ -51,6 +66,63 @@ pub struct RawControlplaneConfig {
     pub tuning: RawTuning,
     #[serde(default)]
     pub billing: Option<RawBilling>,
+    #[serde(default)]
+    pub fleet: Option<RawFleet>,
+}
+
+/// `[fleet] kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawFleetKind {
+    Fly,
+    Local,
+}
+
+/// `[fleet]`: where bots run and the provisioner's knobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    pub kind: RawFleetKind,
+    /// Fly Machines API base, without `/v1` (default `http://_api.internal:4280`).
+    pub api_url: Option<String>,
+    pub app: Option<String>,
+    /// Environment variable holding the Fly API token.
+    pub token_env: Option<String>,
+    pub image: Option<String>,
+    pub region: Option<String>,
+    /// Template of the URL data planes dial for a bot.
+    pub gateway_url: Option<String>,
+    /// The bots' `PROXY_URL` (the data plane's `/v1`).
+    pub proxy_url: Option<String>,
+    pub default_model: Option<String>,
+    pub fallback_models: Option<Vec<String>>,
+    pub volume_size_gb: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub health_deadline: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub poll_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub step_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub lease: Option<Duration>,
+    pub max_attempts: Option<i64>,
+    #[serde(default, with = "humantime_serde")]
+    pub backoff: Option<Duration>,
+    pub concurrency: Option<usize>,
+}
+
+/// Where bots run, resolved.
+#[derive(Debug, Clone)]
+pub enum FleetKind {
+    Fly(Box<FlySettings>),
+    Local,
+}
+
+/// The fleet and the provisioner's settings, resolved.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    pub kind: FleetKind,
+    pub provision: ProvisionSettings,
 }
 
 /// `[billing]`: Stripe webhooks and the meter flush.
@@ -141,6 +213,9 @@ pub struct Settings {
     pub audit_retention: Duration,
     /// `None` without a `[billing]` section.
     pub billing: Option<BillingConfig>,
+    /// `None` without a `[fleet]` section: bots can be requested but
+    /// nothing provisions them.
+    pub fleet: Option<FleetConfig>,
 }
 
 /// Every problem found in a config file, one per line.
@@ -203,6 +278,10 @@ impl Settings {
             .as_deref()
             .and_then(|name| var("secrets.bootstrap_admin_token_env", name));
         let jwt_secret = var("jwt.secret_env", &raw.jwt.secret_env);
+        let fly_token = raw.fleet.as_ref().and_then(|f| {
+            let name = f.token_env.as_deref()?;
+            (f.kind == RawFleetKind::Fly).then(|| var("fleet.token_env", name))?
+        });
         let billing_secrets = raw.billing.as_ref().map(|b| {
             (
                 var("billing.webhook_secret_env", &b.webhook_secret_env),
@@ -262,6 +341,10 @@ impl Settings {
                 errs.push("billing: window must be at least 1m and flush_interval above 0".into());
             }
         }
+        let fleet = raw
+            .fleet
+            .as_ref()
+            .and_then(|f| resolve_fleet(f, fly_token, &mut errs));
         let t = raw.tuning;
         let poll_hold = t.poll_hold.unwrap_or(Duration::from_secs(30));
         if poll_hold.is_zero() || poll_hold > Duration::from_secs(300) {
@@ -293,10 +376,120 @@ impl Settings {
                         .audit_retention
                         .unwrap_or(Duration::from_secs(90 * 24 * 3600)),
                     billing,
+                    fleet,
                 })
             }
             _ => Err(SettingsError(errs)),
         }
+    }
+}
+
+/// `[fleet]`, resolved; `None` (with errors pushed) when it is invalid.
+fn resolve_fleet(
+    f: &RawFleet,
+    fly_token: Option<String>,
+    errs: &mut Vec<String>,
+) -> Option<FleetConfig> {
+    let before = errs.len();
+    let mut p = ProvisionSettings::default();
+    if let Some(url) = &f.proxy_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            errs.push("fleet.proxy_url: must be an http:// or https:// URL".into());
+        }
+        p.proxy_url = url.clone();
+    } else if f.kind == RawFleetKind::Fly {
+        errs.push("fleet.proxy_url: required with kind = \"fly\"".into());
+    }
+    if let Some(m) = &f.default_model {
+        if m.is_empty() {
+            errs.push("fleet.default_model: must not be empty".into());
+        }
+        p.default_model = m.clone();
+    }
+    p.fallback_models = f.fallback_models.clone().unwrap_or_default();
+    p.volume_size_gb = f.volume_size_gb.unwrap_or(p.volume_size_gb);
+    p.health_deadline = f.health_deadline.unwrap_or(p.health_deadline);
+    p.poll_interval = f.poll_interval.unwrap_or(p.poll_interval);
+    p.step_timeout = f.step_timeout.unwrap_or(p.step_timeout);
+    p.lease = f.lease.unwrap_or(p.lease);
+    p.max_attempts = f.max_attempts.unwrap_or(p.max_attempts);
+    p.backoff = f.backoff.unwrap_or(p.backoff);
+    p.concurrency = f.concurrency.unwrap_or(p.concurrency);
+    for (field, d) in [
+        ("fleet.health_deadline", p.health_deadline),
+        ("fleet.poll_interval", p.poll_interval),
+        ("fleet.step_timeout", p.step_timeout),
+        ("fleet.lease", p.lease),
+        ("fleet.backoff", p.backoff),
+    ] {
+        if d.is_zero() {
+            errs.push(format!("{field}: must be above 0"));
+        }
+    }
+    if p.volume_size_gb == 0 {
+        errs.push("fleet.volume_size_gb: must be at least 1".into());
+    }
+    if p.max_attempts < 1 {
+        errs.push("fleet.max_attempts: must be at least 1".into());
+    }
+    if p.concurrency == 0 {
+        errs.push("fleet.concurrency: must be at least 1".into());
+    }
+    let kind = match f.kind {
+        RawFleetKind::Local => {
+            for (field, set) in [
+                ("api_url", f.api_url.is_some()),
+                ("app", f.app.is_some()),
+                ("token_env", f.token_env.is_some()),
+                ("image", f.image.is_some()),
+                ("region", f.region.is_some()),
+                ("gateway_url", f.gateway_url.is_some()),
+            ] {
+                if set {
+                    errs.push(format!("fleet.{field}: only with kind = \"fly\""));
+                }
+            }
+            Some(FleetKind::Local)
+        }
+        RawFleetKind::Fly => {
+            let mut required = |field: &str, v: &Option<String>| match v.as_deref() {
+                Some(v) if !v.is_empty() => Some(v.to_owned()),
+                _ => {
+                    errs.push(format!("fleet.{field}: required with kind = \"fly\""));
+                    None
+                }
+            };
+            let app = required("app", &f.app);
+            let image = required("image", &f.image);
+            let token_env = required("token_env", &f.token_env);
+            if let Some(url) = &f.api_url {
+                if !url.starts_with("http://") {
+                    errs.push(
+                        "fleet.api_url: only http:// is supported (http://_api.internal:4280 on Fly)"
+                            .into(),
+                    );
+                }
+            }
+            match (app, image, token_env, fly_token) {
+                (Some(app), Some(image), Some(_), Some(token)) => {
+                    let mut s = FlySettings::new(&app, &image, Secret::new(token));
+                    if let Some(url) = &f.api_url {
+                        s.base_url = url.clone();
+                    }
+                    s.region = f.region.clone();
+                    s.volume_size_gb = p.volume_size_gb;
+                    if let Some(t) = &f.gateway_url {
+                        s.gateway_url_template = t.clone();
+                    }
+                    Some(FleetKind::Fly(Box::new(s)))
+                }
+                _ => None,
+            }
+        }
+    };
+    match kind {
+        Some(kind) if errs.len() == before => Some(FleetConfig { kind, provision: p }),
+        _ => None,
     }
 }
 
@@ -368,6 +561,84 @@ mod tests {
         assert_eq!(b.settings.webhook_secret.expose(), "whsec_x");
         let err = Settings::resolve(raw, &env()).unwrap_err();
         assert_eq!(err.0.len(), 2, "{err}");
+    }
+
+    #[test]
+    fn fly_fleet_resolves() {
+        let text = format!(
+            "{FILE}\n[fleet]\nkind = \"fly\"\napi_url = \"http://127.0.0.1:4280\"\napp = \"bots\"\ntoken_env = \"FLY\"\nimage = \"img:1\"\nregion = \"iad\"\ngateway_url = \"http://{{private_ip}}:18789/\"\nproxy_url = \"http://127.0.0.1:8080/v1\"\nhealth_deadline = \"20s\"\nmax_attempts = 3\n"
+        );
+        let raw: RawControlplaneConfig = toml::from_str(&text).unwrap();
+        let mut vars = env();
+        vars.insert("FLY", "fly-token");
+        let f = Settings::resolve(raw.clone(), &vars)
+            .unwrap()
+            .fleet
+            .unwrap();
+        let FleetKind::Fly(fly) = &f.kind else {
+            panic!("not fly: {f:?}")
+        };
+        assert_eq!(fly.base_url, "http://127.0.0.1:4280");
+        assert_eq!(fly.app, "bots");
+        assert_eq!(fly.image, "img:1");
+        assert_eq!(fly.region.as_deref(), Some("iad"));
+        assert_eq!(fly.token.expose(), "fly-token");
+        assert_eq!(fly.gateway_url_template, "http://{private_ip}:18789/");
+        assert_eq!(f.provision.proxy_url, "http://127.0.0.1:8080/v1");
+        assert_eq!(f.provision.health_deadline, Duration::from_secs(20));
+        assert_eq!(f.provision.max_attempts, 3);
+        assert_eq!(
+            f.provision.poll_interval,
+            ProvisionSettings::default().poll_interval
+        );
+        let err = Settings::resolve(raw, &env()).unwrap_err();
+        assert_eq!(
+            err.0,
+            ["fleet.token_env: environment variable FLY is not set"]
+        );
+    }
+
+    #[test]
+    fn fly_fleet_errors_name_their_fields() {
+        let text = format!(
+            "{FILE}\n[fleet]\nkind = \"fly\"\napi_url = \"https://api.machines.dev\"\nconcurrency = 0\n"
+        );
+        let raw: RawControlplaneConfig = toml::from_str(&text).unwrap();
+        let err = Settings::resolve(raw, &env()).unwrap_err();
+        for field in [
+            "fleet.proxy_url:",
+            "fleet.app:",
+            "fleet.image:",
+            "fleet.token_env:",
+            "fleet.api_url:",
+            "fleet.concurrency:",
+        ] {
+            assert!(err.0.iter().any(|e| e.starts_with(field)), "{field}: {err}");
+        }
+        assert_eq!(err.0.len(), 6, "{err}");
+    }
+
+    #[test]
+    fn local_fleet_resolves_with_defaults() {
+        let text = format!("{FILE}\n[fleet]\nkind = \"local\"\n");
+        let raw: RawControlplaneConfig = toml::from_str(&text).unwrap();
+        let f = Settings::resolve(raw, &env()).unwrap().fleet.unwrap();
+        assert!(matches!(f.kind, FleetKind::Local));
+        assert_eq!(
+            f.provision.health_deadline,
+            ProvisionSettings::default().health_deadline
+        );
+        let text = format!("{FILE}\n[fleet]\nkind = \"local\"\napp = \"x\"\n");
+        let raw: RawControlplaneConfig = toml::from_str(&text).unwrap();
+        let err = Settings::resolve(raw, &env()).unwrap_err();
+        assert_eq!(err.0, ["fleet.app: only with kind = \"fly\""]);
+        for bad in ["kind = \"k8s\"", "kind = \"local\"\nimage_url = \"x\""] {
+            let text = format!("{FILE}\n[fleet]\n{bad}\n");
+            assert!(
+                toml::from_str::<RawControlplaneConfig>(&text).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

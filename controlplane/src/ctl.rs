@@ -32,6 +32,8 @@ pub enum CtlError {
     Env(String),
     #[error("cannot write output: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Input(String),
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +73,11 @@ pub enum CtlCommand {
         #[command(subcommand)]
         command: ProvidersCmd,
     },
+    /// The deployment-wide limits document the data planes enforce.
+    Limits {
+        #[command(subcommand)]
+        command: LimitsCmd,
+    },
     /// Usage per user, model and day, with totals and cost.
     Usage {
         #[arg(long)]
@@ -88,6 +95,18 @@ pub enum CtlCommand {
     Audit {
         #[arg(long, default_value_t = 50)]
         limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LimitsCmd {
+    /// Print the limits document (JSON).
+    Get,
+    /// Replace the limits document with a JSON file (`[limits]` of the
+    /// data plane's config, without `redis`).
+    Set {
+        #[arg(long)]
+        file: std::path::PathBuf,
     },
 }
 
@@ -325,6 +344,23 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 return Ok(());
             }
             (v, &[])
+        }
+        CtlCommand::Limits { command } => {
+            let v = match command {
+                LimitsCmd::Get => api.call(Method::GET, "/api/v1/limits", None).await?,
+                LimitsCmd::Set { file } => {
+                    let text = std::fs::read_to_string(&file).map_err(|e| {
+                        CtlError::Input(format!("cannot read {}: {e}", file.display()))
+                    })?;
+                    let doc: Value = serde_json::from_str(&text).map_err(|e| {
+                        CtlError::Input(format!("{} is not JSON: {e}", file.display()))
+                    })?;
+                    api.call(Method::PUT, "/api/v1/limits", Some(doc)).await?
+                }
+            };
+            // A nested document: always shown as JSON.
+            writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap_or_default())?;
+            return Ok(());
         }
         CtlCommand::Audit { limit } => (
             api.call(Method::GET, &format!("/api/v1/audit?limit={limit}"), None).await?,

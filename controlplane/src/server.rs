@@ -4,7 +4,9 @@
 use crate::api::{router, AppState};
 use crate::billing::stripe_sink::StripeMeterSink;
 use crate::billing::{self, Billing, BillingSettings, MeterSink};
-use crate::config::Settings;
+use crate::config::{FleetConfig, FleetKind, Settings};
+use crate::fleet::fly::FlyFleet;
+use crate::fleet::local::LocalFleet;
 use crate::fleet::Fleet;
 use crate::metrics::{Metrics, MetricsError};
 use crate::provision::metrics::ProvisionMetrics;
@@ -36,6 +38,25 @@ pub enum ServerError {
     Serve(#[source] std::io::Error),
     #[error("stripe client: {0}")]
     Stripe(String),
+    #[error("fleet: {0}")]
+    Fleet(String),
+}
+
+impl Provisioning {
+    /// The fleet a `[fleet]` section names, with a background worker.
+    pub fn from_config(config: &FleetConfig) -> Result<Self, ServerError> {
+        let fleet: Arc<dyn Fleet> = match &config.kind {
+            FleetKind::Fly(s) => Arc::new(
+                FlyFleet::new((**s).clone()).map_err(|e| ServerError::Fleet(e.to_string()))?,
+            ),
+            FleetKind::Local => Arc::new(LocalFleet::new()),
+        };
+        Ok(Self {
+            fleet,
+            settings: config.provision.clone(),
+            run_worker: true,
+        })
+    }
 }
 
 /// A running control plane without its listener: tests drive `router`
@@ -195,7 +216,19 @@ where
 /// Run the control plane until Ctrl-C / SIGTERM.
 pub async fn run(settings: Settings) -> Result<(), ServerError> {
     let store = SqlStore::connect(&settings.database_url, settings.max_connections).await?;
-    let mut app = App::start(Arc::new(store.clone()), &settings).await?;
+    let provisioning = settings
+        .fleet
+        .as_ref()
+        .map(Provisioning::from_config)
+        .transpose()?;
+    let mut app = App::start_with(Arc::new(store.clone()), &settings, provisioning).await?;
+    if let Some(f) = &settings.fleet {
+        let kind = match f.kind {
+            FleetKind::Fly(_) => "fly",
+            FleetKind::Local => "local",
+        };
+        tracing::info!(fleet = kind, "bot provisioning enabled");
+    }
     if let Some(b) = &settings.billing {
         let sink = StripeMeterSink::new(b.stripe_api_key.expose(), b.stripe_base_url.as_deref())
             .map_err(|e| ServerError::Stripe(e.to_string()))?;

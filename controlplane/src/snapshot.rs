@@ -13,13 +13,14 @@
 //! behind a version a data plane already has).
 
 use crate::crypto::Cipher;
-use crate::domain::{now_ms, Millis, SealedProvider};
+use crate::domain::{now_ms, LimitOverrides, Millis, SealedProvider};
 use crate::metrics::Metrics;
 use crate::store::{SnapshotSource, Store, StoreError};
 use bytes::Bytes;
+use molt_config::limits::RawUserLimits;
 use molt_config::wire::{
-    RawAuth, RawBot, RawDataplaneConfig, RawJwt, RawKey, RawModel, RawProvider, RawSnapshot,
-    CONFIG_VERSION,
+    RawAuth, RawBot, RawDataplaneConfig, RawJwt, RawKey, RawLimits, RawModel, RawProvider,
+    RawSnapshot, CONFIG_VERSION,
 };
 use molt_config::{ConfigErrors, Secret};
 use std::collections::HashMap;
@@ -157,12 +158,36 @@ impl Publisher {
         validate(&snap).map_err(SnapshotError::Invalid)
     }
 
+    /// Would the current state with `limits` as the limits document still
+    /// validate? Used before the document is replaced.
+    pub async fn check_limits(&self, limits: RawLimits) -> Result<(), SnapshotError> {
+        let snap = self.compile_with(now_ms(), Some(limits)).await?;
+        validate(&snap).map_err(SnapshotError::Invalid)
+    }
+
     async fn compile_unchecked(&self, now: Millis) -> Result<RawSnapshot, SnapshotError> {
+        self.compile_with(now, None).await
+    }
+
+    /// Compile, with `limits` instead of the stored limits document if given.
+    async fn compile_with(
+        &self,
+        now: Millis,
+        limits: Option<RawLimits>,
+    ) -> Result<RawSnapshot, SnapshotError> {
         let SnapshotSource {
             keys,
             providers,
             models,
+            limits: stored_limits,
+            user_limits,
         } = self.store.snapshot_source(now).await?;
+        let mut limits = limits.unwrap_or(stored_limits);
+        // Redis is each data plane's own; a snapshot never carries it.
+        limits.redis = None;
+        for (user, o) in &user_limits {
+            apply_user_overrides(&mut limits, user, o);
+        }
         let providers = providers
             .iter()
             .map(|p| self.raw_provider(p))
@@ -201,10 +226,8 @@ impl Publisher {
                     fallbacks: m.fallbacks,
                 })
                 .collect(),
+            limits,
             bots,
-            // Limits are not managed by this control plane yet; data
-            // planes get the contract's defaults (none).
-            ..RawSnapshot::default()
         })
     }
 
@@ -246,6 +269,37 @@ impl Publisher {
             keys_env: Vec::new(),
             anthropic_version: None,
         })
+    }
+}
+
+/// Layer a user's own overrides (`users.limits`) over the limits document's
+/// entry for that user (added if there is none): each field the user sets
+/// wins over the document's.
+pub fn apply_user_overrides(limits: &mut RawLimits, user: &str, o: &LimitOverrides) {
+    let entry = match limits.users.iter_mut().position(|u| u.user == user) {
+        Some(i) => &mut limits.users[i],
+        None => {
+            limits.users.push(RawUserLimits {
+                user: user.to_owned(),
+                requests_per_second: None,
+                requests_per_minute: None,
+                tokens_per_minute: None,
+                tokens_per_day: None,
+                concurrent_streams: None,
+                monthly_token_budget: None,
+            });
+            let last = limits.users.len() - 1;
+            &mut limits.users[last]
+        }
+    };
+    if let Some(v) = o.requests_per_minute {
+        entry.requests_per_minute = Some(u64::from(v));
+    }
+    if let Some(v) = o.tokens_per_minute {
+        entry.tokens_per_minute = Some(v);
+    }
+    if let Some(v) = o.tokens_per_day {
+        entry.tokens_per_day = Some(v);
     }
 }
 

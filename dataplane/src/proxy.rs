@@ -703,30 +703,7 @@ impl MoltProxy {
             tries_left -= 1;
             let (mut up, reused) = match self.connector.get_http_session(&provider.peer).await {
                 Ok(s) => s,
-                Err(e) => {
-                    let timeout = matches!(
-                        e.etype(),
-                        ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout
-                    );
-                    self.count_upstream_error(
-                        name,
-                        if timeout {
-                            "connect_timeout"
-                        } else {
-                            "connect"
-                        },
-                    );
-                    tracing::warn!(request_id = %ctx.request_id, provider = name, error = %e, "upstream connect failed");
-                    return self.give_up(
-                        ctx,
-                        last,
-                        if timeout {
-                            ClientError::UpstreamTimeout
-                        } else {
-                            ClientError::UpstreamUnavailable
-                        },
-                    );
-                }
+                Err(e) => return self.before_response_failed(ctx, name, last, &e, Phase::Connect),
             };
             // Pingora's proxy loop applies the peer's timeouts to the
             // session; driving the session ourselves, we do it here.
@@ -765,23 +742,7 @@ impl MoltProxy {
                     tracing::debug!(request_id = %ctx.request_id, provider = name, error = %e, "pooled connection failed, retrying on a fresh one");
                     continue;
                 }
-                Err(e) => {
-                    let timeout = matches!(
-                        e.etype(),
-                        ErrorType::ReadTimedout | ErrorType::WriteTimedout
-                    );
-                    self.count_upstream_error(name, if timeout { "timeout" } else { "io" });
-                    tracing::warn!(request_id = %ctx.request_id, provider = name, error = %e, "upstream failed before responding");
-                    return self.give_up(
-                        ctx,
-                        last,
-                        if timeout {
-                            ClientError::UpstreamTimeout
-                        } else {
-                            ClientError::UpstreamFailed
-                        },
-                    );
-                }
+                Err(e) => return self.before_response_failed(ctx, name, last, &e, Phase::Exchange),
             }
         };
         let ttfb = sent_at.elapsed();
@@ -917,6 +878,33 @@ impl MoltProxy {
         Attempt::Done
     }
 
+    /// An attempt failed before any response byte: count it, log it, and
+    /// either move on to the next candidate or answer with the right error.
+    fn before_response_failed(
+        &self,
+        ctx: &mut RequestCtx,
+        provider: &str,
+        last: bool,
+        e: &Error,
+        phase: Phase,
+    ) -> Attempt {
+        let timed_out = matches!(
+            e.etype(),
+            ErrorType::ConnectTimedout
+                | ErrorType::TLSHandshakeTimedout
+                | ErrorType::ReadTimedout
+                | ErrorType::WriteTimedout
+        );
+        let (kind, err) = match (phase, timed_out) {
+            (_, true) => (phase.timeout_kind(), ClientError::UpstreamTimeout),
+            (Phase::Connect, false) => ("connect", ClientError::UpstreamUnavailable),
+            (Phase::Exchange, false) => ("io", ClientError::UpstreamFailed),
+        };
+        self.count_upstream_error(provider, kind);
+        tracing::warn!(request_id = %ctx.request_id, provider, error = %e, kind, "upstream failed before responding");
+        self.give_up(ctx, last, err)
+    }
+
     fn give_up(&self, ctx: &mut RequestCtx, last: bool, err: ClientError) -> Attempt {
         if last {
             ctx.outcome = "upstream_error";
@@ -942,6 +930,24 @@ fn insert_limit_headers(resp: &mut ResponseHeader, h: Option<&RateLimitHeaders>)
         resp.insert_header(name, value)?;
     }
     Ok(())
+}
+
+/// Where an upstream attempt was when it failed, for the error kind.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Getting a connection (new or pooled).
+    Connect,
+    /// Sending the request or waiting for the response header.
+    Exchange,
+}
+
+impl Phase {
+    fn timeout_kind(self) -> &'static str {
+        match self {
+            Self::Connect => "connect_timeout",
+            Self::Exchange => "timeout",
+        }
+    }
 }
 
 /// Counts a response being streamed while it lives.

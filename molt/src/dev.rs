@@ -11,7 +11,9 @@
 //! user and key, the OpenAI and Anthropic providers, the usual models);
 //! its first snapshot is written to the data plane's cache; then the data
 //! plane runs in the foreground, fed by the control plane's long poll and
-//! shipping usage back to it, exactly as in production.
+//! shipping usage back to it, exactly as in production. Bot provisioning
+//! is on with a local fleet: `POST /api/v1/bots` starts a mock bot gateway
+//! in-process, reachable through the data plane's `/ws/chat?bot=`.
 //!
 //! Real OpenAI/Anthropic are used when their keys are in the environment;
 //! they are then stored like any provider key: sealed in the database with
@@ -190,7 +192,19 @@ fn start_controlplane(
                         settings.max_connections,
                     )
                     .await?;
-                    let app = molt_controlplane::App::start(Arc::new(store), &settings).await?;
+                    // `[fleet] kind = "local"`: bots are mock gateways
+                    // in this process, so `POST /api/v1/bots` works.
+                    let provisioning = settings
+                        .fleet
+                        .as_ref()
+                        .map(molt_controlplane::server::Provisioning::from_config)
+                        .transpose()?;
+                    let app = molt_controlplane::App::start_with(
+                        Arc::new(store),
+                        &settings,
+                        provisioning,
+                    )
+                    .await?;
                     let key = seed(&app.service, &providers, old_key).await?;
                     let published = app.service.publisher().subscribe().borrow().clone();
                     // Version 0 means the state did not compile: the data
@@ -402,8 +416,15 @@ bootstrap_admin_token_env = "{ADMIN_TOKEN_ENV}"
 [jwt]
 issuer = "molt-dev"
 secret_env = "{JWT_SECRET_ENV}"
+
+# Bots (POST /api/v1/bots) run as mock gateways inside `molt dev`.
+[fleet]
+kind = "local"
+proxy_url = "http://{http}/v1"
+health_deadline = "30s"
 "#,
         listen = args.controlplane,
+        http = args.http,
         db = abs(&args.dir.join("controlplane.db")).display(),
     )
 }

@@ -700,8 +700,17 @@ CONTROLPLANE_TOKEN_ENV = "MOLT_E2E_DATAPLANE_TOKEN"
 class ControlPlane:
     """`molt controlplane` on a SQLite file in `workdir`; `kill()` + `start()` restarts it on the same port and DB."""
 
-    def __init__(self, workdir: Path, *, poll_hold: str = "30s") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        poll_hold: str = "30s",
+        extra_config: dict[str, Any] | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        """`extra_config` adds top-level sections (e.g. `fleet`); `extra_env` adds variables they name."""
         workdir.mkdir(parents=True, exist_ok=True)
+        self._extra_env = dict(extra_env or {})
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -724,6 +733,7 @@ class ControlPlane:
                     },
                     "jwt": {"issuer": "molt-e2e", "secret_env": "MOLT_E2E_CP_JWT"},
                     "tuning": {"poll_hold": poll_hold},
+                    **(extra_config or {}),
                 }
             )
         )
@@ -740,6 +750,7 @@ class ControlPlane:
             "MOLT_E2E_CP_DATAPLANE_TOKEN": self.dataplane_token,
             "MOLT_E2E_CP_ADMIN_TOKEN": self.admin_token,
             "MOLT_E2E_CP_JWT": self.jwt_secret,
+            **self._extra_env,
         }
         log = self.workdir / f"controlplane-{len(self.processes)}.log"
         argv: list[str | Path] = [require_binary(MOLT_BIN, "molt binary"), "controlplane", "--config", self.config_path]

@@ -7,6 +7,7 @@ use super::{AppState, Op};
 use crate::domain::{AdminToken, ApiKey, AuditEntry, Model, Page, PageRequest, Provider, User};
 use crate::service::auth::{CreateAdminToken, CreatedAdminToken, MintToken, MintedToken};
 use crate::service::keys::{CreateKey, CreatedKey};
+use crate::service::limits::LimitsDocument;
 use crate::service::models::{CreateModel, UpdateModel};
 use crate::service::providers::{CreateProvider, UpdateProvider};
 use crate::service::usage::{UsageQuery, UsageReport};
@@ -69,6 +70,7 @@ pub(super) fn routes() -> Router<AppState> {
             "/api/v1/models/{id}",
             get(get_model).patch(update_model).delete(delete_model),
         )
+        .route("/api/v1/limits", get(get_limits).put(set_limits))
         .route("/api/v1/usage", get(usage))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/auth/token", post(mint_token))
@@ -298,6 +300,28 @@ pub(super) async fn delete_model(
 ) -> ApiResult<StatusCode> {
     st.service.delete_model(&op, &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+// === limits ===
+
+#[utoipa::path(get, path = "/api/v1/limits", tag = "limits",
+    responses((status = 200, body = LimitsDocument), (status = 401, body = ErrorBody)))]
+pub(super) async fn get_limits(
+    State(st): State<AppState>,
+    Op(op): Op,
+) -> ApiResult<Json<LimitsDocument>> {
+    Ok(Json(st.service.get_limits(&op).await?))
+}
+
+#[utoipa::path(put, path = "/api/v1/limits", tag = "limits", request_body = LimitsDocument,
+    responses((status = 200, body = LimitsDocument), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 422, description = "Invalid limits; the message names each field path", body = ErrorBody)))]
+pub(super) async fn set_limits(
+    State(st): State<AppState>,
+    Op(op): Op,
+    ApiJson(req): ApiJson<LimitsDocument>,
+) -> ApiResult<Json<LimitsDocument>> {
+    Ok(Json(st.service.set_limits(&op, req).await?))
 }
 
 // === usage, audit ===

@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod bots;
 pub mod keys;
+pub mod limits;
 pub mod models;
 pub mod providers;
 pub mod usage;

@@ -4,6 +4,7 @@
 
 use super::{audit_entry, not_found, paginate, range, Operator, Service, ServiceError};
 use crate::domain::{new_id, now_ms, LimitOverrides, Page, PageRequest, User, UserStatus};
+use crate::snapshot::apply_user_overrides;
 use serde::{Deserialize, Deserializer};
 use utoipa::ToSchema;
 
@@ -92,7 +93,13 @@ impl Service {
             created_at: now,
             updated_at: now,
         };
-        let _write = self.write_lock.lock().await;
+        let write = self.write_lock.lock().await;
+        let overrides = user.limits != LimitOverrides::default();
+        if overrides {
+            self.publisher
+                .check(|snap| apply_user_overrides(&mut snap.limits, &user.id, &user.limits))
+                .await?;
+        }
         let audit = audit_entry(op, "user.create", &user.id, None, Some(&user));
         self.store
             .insert_user(&user, &audit)
@@ -103,6 +110,10 @@ impl Service {
                 }
                 e => e.into(),
             })?;
+        drop(write);
+        if overrides {
+            self.refresh_snapshot().await;
+        }
         Ok(user)
     }
 
@@ -158,6 +169,11 @@ impl Service {
             after.limits = limits;
         }
         after.updated_at = now_ms();
+        if after.limits != before.limits {
+            self.publisher
+                .check(|snap| apply_user_overrides(&mut snap.limits, &after.id, &after.limits))
+                .await?;
+        }
         let audit = audit_entry(op, "user.update", id, Some(&before), Some(&after));
         self.store
             .update_user(&after, &audit)
@@ -169,7 +185,7 @@ impl Service {
                 e => e.into(),
             })?;
         drop(write);
-        if before.status != after.status {
+        if before.status != after.status || before.limits != after.limits {
             self.refresh_snapshot().await;
         }
         Ok(after)

@@ -12,7 +12,10 @@ mod sql;
 pub(crate) use sql::write_audit;
 pub use sql::SqlStore;
 
-use crate::domain::{AdminToken, ApiKey, AuditEntry, Millis, Model, SealedProvider, User};
+use crate::domain::{
+    AdminToken, ApiKey, AuditEntry, LimitOverrides, Millis, Model, SealedProvider, User,
+};
+use molt_config::wire::RawLimits;
 use molt_config::UsageEvent;
 
 /// What went wrong in the database, in terms the services can act on.
@@ -84,6 +87,10 @@ pub struct SnapshotSource {
     pub keys: Vec<ApiKey>,
     pub providers: Vec<SealedProvider>,
     pub models: Vec<Model>,
+    /// The deployment-wide limits document.
+    pub limits: RawLimits,
+    /// Users' own limit overrides (only users that have some), by user id.
+    pub user_limits: Vec<(String, LimitOverrides)>,
 }
 
 /// Result of an ingest batch.
@@ -137,6 +144,16 @@ pub trait Store: crate::provision::BotStore + std::fmt::Debug + Send + Sync + 's
     /// By id or by name.
     async fn get_model(&self, id_or_name: &str) -> Result<Option<Model>, StoreError>;
     async fn list_models(&self, range: &Range) -> Result<Vec<Model>, StoreError>;
+
+    /// The deployment-wide limits document.
+    async fn get_limits(&self) -> Result<RawLimits, StoreError>;
+    /// Replace the limits document.
+    async fn set_limits(
+        &self,
+        limits: &RawLimits,
+        at: Millis,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
 
     /// Everything the config snapshot needs, as of `now`.
     async fn snapshot_source(&self, now: Millis) -> Result<SnapshotSource, StoreError>;

@@ -17,6 +17,7 @@ use crate::domain::{
     AdminToken, ApiKey, AuditEntry, LimitOverrides, Millis, Model, Provider, ProviderKind, Role,
     SealedProvider, User, UserStatus,
 };
+use molt_config::wire::RawLimits;
 use molt_config::UsageEvent;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
@@ -257,6 +258,10 @@ struct UsageSumRow {
     requests: i64,
     input_tokens: i64,
     output_tokens: i64,
+}
+
+fn parse_limits(body: &str) -> Result<RawLimits, StoreError> {
+    json("limits_document.body", body)
 }
 
 fn corrupt(field: &str, value: &str) -> StoreError {
@@ -613,12 +618,53 @@ impl Store for SqlStore {
             sqlx::query_as(&format!("SELECT {MODEL_COLS} FROM models ORDER BY id"))
                 .fetch_all(&mut *tx)
                 .await?;
+        let (limits,): (String,) = sqlx::query_as("SELECT body FROM limits_document WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let user_limits: Vec<(String, String)> =
+            sqlx::query_as("SELECT id, limits FROM users WHERE limits <> '{}' ORDER BY id")
+                .fetch_all(&mut *tx)
+                .await?;
         tx.commit().await?;
         Ok(SnapshotSource {
             keys: rows(keys)?,
             providers: rows(providers)?,
             models: rows(models)?,
+            limits: parse_limits(&limits)?,
+            user_limits: user_limits
+                .into_iter()
+                .map(|(id, l)| Ok((id, json::<LimitOverrides>("users.limits", &l)?)))
+                .collect::<Result<Vec<_>, StoreError>>()?
+                .into_iter()
+                .filter(|(_, o)| *o != LimitOverrides::default())
+                .collect(),
         })
+    }
+
+    async fn get_limits(&self) -> Result<RawLimits, StoreError> {
+        let (body,): (String,) = sqlx::query_as("SELECT body FROM limits_document WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        parse_limits(&body)
+    }
+
+    async fn set_limits(
+        &self,
+        limits: &RawLimits,
+        at: Millis,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done =
+            sqlx::query("UPDATE limits_document SET body = $1, updated_at = $2 WHERE id = 1")
+                .bind(to_json(limits))
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+        one_row(done)?;
+        write_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn bump_config_version(&self) -> Result<u64, StoreError> {

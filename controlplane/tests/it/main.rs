@@ -14,4 +14,5 @@ mod billing;
 mod bots;
 mod fleet;
 mod harness;
+mod limits;
 mod store;

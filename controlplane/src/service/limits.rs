@@ -1,0 +1,55 @@
+//! Plans and limits: the deployment-wide `[limits]` document the data
+//! planes enforce (defaults, per-user, per-model and per-provider limits,
+//! anomaly detection). Users' own overrides live on the user record and
+//! are layered over it when the snapshot is compiled.
+//!
+//! A new document is validated by the data plane's own code through a
+//! compiled snapshot before it is stored; `redis` is refused, as each data
+//! plane keeps its own.
+
+use super::{audit_entry, Operator, Service, ServiceError};
+use crate::domain::now_ms;
+use molt_config::wire::RawLimits;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The `[limits]` section of the data plane's config
+/// (`molt_config::limits::RawLimits`) as JSON, without `redis`: top-level
+/// limits are every user's defaults; `users`, `models` and `providers`
+/// refine them; `anomaly` tunes anomaly detection. Durations are written
+/// as `"30s"`, `"1h"`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = Object)]
+pub struct LimitsDocument(pub RawLimits);
+
+// === impl Service ===
+
+impl Service {
+    pub async fn get_limits(&self, _op: &Operator) -> Result<LimitsDocument, ServiceError> {
+        Ok(LimitsDocument(self.store.get_limits().await?))
+    }
+
+    /// Replace the limits document, if the data plane would accept it.
+    pub async fn set_limits(
+        &self,
+        op: &Operator,
+        doc: LimitsDocument,
+    ) -> Result<LimitsDocument, ServiceError> {
+        op.require_admin()?;
+        let after = doc.0;
+        if after.redis.is_some() {
+            return Err(ServiceError::Invalid(
+                "limits.redis: is set in each data plane's own config file, not here".into(),
+            ));
+        }
+        let write = self.write_lock.lock().await;
+        let before = self.store.get_limits().await?;
+        self.publisher.check_limits(after.clone()).await?;
+        let audit = audit_entry(op, "limits.update", "limits", Some(&before), Some(&after));
+        self.store.set_limits(&after, now_ms(), &audit).await?;
+        drop(write);
+        self.refresh_snapshot().await;
+        Ok(LimitsDocument(after))
+    }
+}

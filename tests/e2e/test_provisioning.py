@@ -1,0 +1,214 @@
+"""Bot provisioning end to end: `POST /api/v1/bots` on a control plane whose `[fleet]` is the fake Fly Machines
+API (`molt fake-fly`, a separate process) → volume and machine created, `/status` healthy → `running` → the bot
+reaches the data plane in its config snapshot → a client chats with it through `/ws/chat?bot=` with its molt key.
+
+The fake Fly runs each started machine's mock bot on the machine's `private_ip` (a 127.x.y.z loopback address)
+and internal port 18789, demanding the machine's `MOLT_GATEWAY_TOKEN`; the fleet's `gateway_url` template
+`http://{private_ip}:18789/` makes that the address the data plane dials, as `{id}.vm.{app}.internal` would on Fly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from websockets.exceptions import InvalidStatus
+
+from harness import (
+    CONTROLPLANE_TOKEN_ENV,
+    MOLT_BIN,
+    SECRETS,
+    ControlPlane,
+    Process,
+    StartDataplane,
+    World,
+    assert_no_secrets,
+    free_port,
+    new_secret,
+    require_binary,
+    wait_until,
+)
+
+FLY_TOKEN_ENV = "MOLT_E2E_FLY_TOKEN"
+FLY_APP = "molt-e2e-bots"
+MOCK_REPLY = "Hello from the Molt mock bot. You said: "
+RUNNING_DEADLINE = 30.0
+ROUTE_DEADLINE = 10.0
+
+
+class FakeFly:
+    """`molt fake-fly --listen` on a free port."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = new_secret("fly-token-")
+        self.process = Process(
+            [
+                require_binary(MOLT_BIN, "molt binary"),
+                "fake-fly",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--token",
+                self.token,
+                "--boot-delay-ms",
+                "200",
+            ],
+            log_dir / "fake_fly.log",
+        )
+        wait_until(self._ready, f"fake fly on {self.port}")
+
+    def _ready(self) -> bool:
+        if not self.process.alive():
+            raise AssertionError(f"fake fly exited:\n{self.process.describe()}")
+        try:
+            return httpx.get(f"{self.url}/_fake/state", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def state(self) -> dict[str, Any]:
+        response = httpx.get(f"{self.url}/_fake/state", timeout=5)
+        response.raise_for_status()
+        return response.json()
+
+
+@pytest.fixture
+def fake_fly(tmp_path: Path) -> Iterator[FakeFly]:
+    fly = FakeFly(tmp_path)
+    try:
+        yield fly
+    finally:
+        fly.process.kill()
+
+
+@pytest.fixture
+def controlplane(
+    tmp_path: Path, fake_fly: FakeFly, world: World, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ControlPlane]:
+    dp_port = free_port()
+    fleet = {
+        "kind": "fly",
+        "api_url": fake_fly.url,
+        "app": FLY_APP,
+        "token_env": FLY_TOKEN_ENV,
+        "image": "registry.fly.io/molt-bot:e2e",
+        "region": "iad",
+        "gateway_url": "http://{private_ip}:18789/",
+        "proxy_url": f"http://127.0.0.1:{dp_port}/v1",
+        "health_deadline": "20s",
+        "poll_interval": "100ms",
+        "step_timeout": "5s",
+        "backoff": "100ms",
+    }
+    cp = ControlPlane(
+        tmp_path / "controlplane",
+        poll_hold="5s",
+        extra_config={"fleet": fleet},
+        extra_env={FLY_TOKEN_ENV: fake_fly.token},
+    )
+    monkeypatch.setenv(CONTROLPLANE_TOKEN_ENV, cp.dataplane_token)
+    try:
+        yield cp
+    finally:
+        cp.kill()
+        assert_no_secrets(cp.logs(), "control plane log")
+
+
+def ws_url(dataplane_url: str, bot_id: str) -> str:
+    return f"{dataplane_url.replace('http://', 'ws://')}/ws/chat?bot={bot_id}"
+
+
+async def chat_once(ws: Any, text: str) -> list[dict[str, Any]]:
+    """Send one chat message and collect every frame up to the `done` chunk."""
+    await ws.send(json.dumps({"type": "message", "content": text}))
+    frames = []
+    while True:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        frames.append(frame)
+        if frame.get("done") is True:
+            return frames
+
+
+def handshake_status(url: str, secret: str) -> int:
+    """101 if the data plane upgrades the chat socket, else the HTTP status it refused with."""
+
+    async def go() -> int:
+        try:
+            async with websockets.connect(url, open_timeout=5, additional_headers={"Authorization": f"Bearer {secret}"}):
+                return 101
+        except InvalidStatus as e:
+            return e.response.status_code
+
+    return asyncio.run(go())
+
+
+def test_post_bot_on_fake_fly_then_chat_through_the_dataplane(
+    world: World, start_dataplane: StartDataplane, controlplane: ControlPlane, fake_fly: FakeFly, tmp_path: Path
+) -> None:
+    config = world.config(tmp_path / "dp", tls=False)
+    for section in ("keys", "providers", "models", "auth"):
+        config.pop(section)
+    config["control_plane"] = controlplane.dataplane_section(tmp_path / "dp")
+    dataplane = start_dataplane(config)
+
+    user = controlplane.api("POST", "/users", {"email": f"bot-{uuid.uuid4().hex[:8]}@example.com"}, expect=201)
+    key = controlplane.api("POST", "/keys", {"user_id": user["id"]}, expect=201)
+    SECRETS.add(key["secret"])
+
+    created = controlplane.api("POST", "/bots", {"user_id": user["id"]}, expect=202)
+    bot_id = created["id"]
+    assert created["status"] in ("requested", "volume_created", "machine_created", "waiting_health", "running")
+    assert "gateway_token" not in json.dumps(created)
+
+    def running() -> dict[str, Any] | None:
+        bot = controlplane.api("GET", f"/bots/{bot_id}", expect=200)
+        assert bot["status"] != "failed", bot
+        return bot if bot["status"] == "running" else None
+
+    bot = wait_until(running, f"bot {bot_id} running", timeout=RUNNING_DEADLINE, interval=0.1)
+    assert bot["machine_id"] and bot["volume_id"], bot
+    assert bot["gateway_url"].endswith(":18789/"), bot
+
+    state = fake_fly.state()
+    live = [m for m in state["machines"] if m["state"] != "destroyed"]
+    assert [m["id"] for m in live] == [bot["machine_id"]]
+    assert live[0]["state"] == "started"
+    assert [v["id"] for v in state["volumes"]] == [bot["volume_id"]]
+
+    # The data plane answers 404 until the snapshot carrying the bot (and the key) reaches it.
+    url = ws_url(dataplane.url, bot_id)
+    start = time.monotonic()
+    while (got := handshake_status(url, key["secret"])) != 101:
+        assert got in (401, 404), f"unexpected {got} before the bot was routed"
+        assert time.monotonic() - start < ROUTE_DEADLINE, f"bot still {got} after {ROUTE_DEADLINE}s"
+        time.sleep(0.1)
+
+    async def converse() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {key['secret']}"}) as ws:
+            return await chat_once(ws, "hello"), await chat_once(ws, "again")
+
+    for frames, said in zip(asyncio.run(converse()), ("hello", "again"), strict=True):
+        chunks = [f["content"] for f in frames if f.get("type") != "brain_event" and "content" in f]
+        assert len(chunks) > 1, frames  # streamed, not one blob
+        assert "".join(chunks[:-1]) == chunks[-1] == MOCK_REPLY + said
+        assert frames[-1]["done"] is True
+
+    # Another user's key is refused for this bot.
+    other = controlplane.api("POST", "/users", {"email": f"other-{uuid.uuid4().hex[:8]}@example.com"}, expect=201)
+    other_key = controlplane.api("POST", "/keys", {"user_id": other["id"]}, expect=201)
+    SECRETS.add(other_key["secret"])
+    wait_until(
+        lambda: handshake_status(url, other_key["secret"]) not in (101, 401) or None,
+        "the other user's key to be known and refused",
+        timeout=ROUTE_DEADLINE,
+        interval=0.1,
+    )
+    assert handshake_status(url, other_key["secret"]) in (403, 404)
