@@ -469,7 +469,14 @@ impl ProxyHttp for MoltProxy {
                 }
             }
             edits.sort_by_key(|e| e.at);
-            let spliced = splice::apply(&body.chunks, &edits);
+            // Most requests need no edit: send the held chunks as they are.
+            let spliced;
+            let outgoing: &[Bytes] = if edits.is_empty() {
+                &body.chunks
+            } else {
+                spliced = splice::apply(&body.chunks, &edits);
+                &spliced
+            };
             if i > 0 {
                 self.metrics
                     .fallbacks
@@ -485,7 +492,7 @@ impl ProxyHttp for MoltProxy {
                     ctx,
                     route,
                     provider,
-                    &spliced,
+                    outgoing,
                     strip_usage_chunk,
                     last,
                     body_read_at,

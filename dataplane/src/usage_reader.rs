@@ -242,7 +242,7 @@ impl SseUsageReader {
         if self.kind == StreamKind::Anthropic && memmem::find(data, b"\"message_stop\"").is_some() {
             self.terminal_seen = true;
         }
-        if self.usage_finder.find(data).is_none() {
+        if !self.has_usage_object(data) {
             return false;
         }
         let Ok(event) = serde_json::from_slice::<EventData>(data) else {
@@ -299,6 +299,29 @@ fn without_null_usage(piece: Bytes) -> Bytes {
     }
     out.extend_from_slice(rest);
     out.freeze()
+}
+
+impl SseUsageReader {
+    /// Whether `data` has a `"usage"` key whose value is not `null`. Once
+    /// usage is requested, OpenAI puts `"usage":null` in every chunk; only
+    /// the final chunk's object is worth a JSON parse (a parse costs ~10x
+    /// this scan per chunk).
+    fn has_usage_object(&self, data: &[u8]) -> bool {
+        let mut rest = data;
+        while let Some(at) = self.usage_finder.find(rest) {
+            let after = &rest[at + b"\"usage\"".len()..];
+            let value = after
+                .trim_ascii_start()
+                .strip_prefix(b":")
+                .map(<[u8]>::trim_ascii_start)
+                .unwrap_or(after);
+            if !value.starts_with(b"null") {
+                return true;
+            }
+            rest = after;
+        }
+        false
+    }
 }
 
 fn trim_line(line: &[u8]) -> &[u8] {
@@ -400,6 +423,17 @@ mod tests {
             );
             assert_eq!(String::from_utf8(out).unwrap(), want, "piece {piece}");
         }
+    }
+
+    #[test]
+    fn null_usage_is_not_parsed_but_objects_are() {
+        let r = SseUsageReader::new(StreamKind::OpenAi, false);
+        assert!(!r.has_usage_object(br#"{"choices":[],"usage":null}"#));
+        assert!(!r.has_usage_object(br#"{"usage" : null,"a":1}"#));
+        assert!(!r.has_usage_object(br#"{"a":1}"#));
+        assert!(r.has_usage_object(br#"{"usage":{"prompt_tokens":1}}"#));
+        // A later non-null usage (Anthropic nests it) is still found.
+        assert!(r.has_usage_object(br#"{"usage":null,"message":{"usage":{"input_tokens":3}}}"#));
     }
 
     #[test]
