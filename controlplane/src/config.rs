@@ -27,7 +27,8 @@
 //!
 //! [fleet]                         # optional: where bots are provisioned
 //! kind = "fly"                    # or "local" (in-process mock bots)
-//! api_url = "http://_api.internal:4280"  # fly only; the default
+//! api_url = "http://_api.internal:4280"  # fly only; the default (or https://api.machines.dev)
+//! # ca_file = "/etc/molt/fly-ca.pem"  # fly only: extra CAs trusted for an https:// api_url
 //! app = "molt-bots"               # fly only
 //! token_env = "FLY_API_TOKEN"     # fly only
 //! image = "registry.fly.io/molt-bot:latest"  # fly only
@@ -83,8 +84,12 @@ pub enum RawFleetKind {
 #[serde(deny_unknown_fields)]
 pub struct RawFleet {
     pub kind: RawFleetKind,
-    /// Fly Machines API base, without `/v1` (default `http://_api.internal:4280`).
+    /// Fly Machines API base, without `/v1` (default `http://_api.internal:4280`;
+    /// `https://api.machines.dev` from outside Fly's network).
     pub api_url: Option<String>,
+    /// PEM file of CA certificates trusted for an `https://` `api_url`, on
+    /// top of the bundled webpki roots.
+    pub ca_file: Option<PathBuf>,
     pub app: Option<String>,
     /// Environment variable holding the Fly API token.
     pub token_env: Option<String>,
@@ -439,6 +444,7 @@ fn resolve_fleet(
         RawFleetKind::Local => {
             for (field, set) in [
                 ("api_url", f.api_url.is_some()),
+                ("ca_file", f.ca_file.is_some()),
                 ("app", f.app.is_some()),
                 ("token_env", f.token_env.is_some()),
                 ("image", f.image.is_some()),
@@ -462,12 +468,24 @@ fn resolve_fleet(
             let app = required("app", &f.app);
             let image = required("image", &f.image);
             let token_env = required("token_env", &f.token_env);
-            if let Some(url) = &f.api_url {
-                if !url.starts_with("http://") {
+            let https = match f.api_url.as_deref() {
+                None => false,
+                Some(url) if url.starts_with("https://") => true,
+                Some(url) if url.starts_with("http://") => false,
+                Some(_) => {
                     errs.push(
-                        "fleet.api_url: only http:// is supported (http://_api.internal:4280 on Fly)"
+                        "fleet.api_url: must be an http:// or https:// URL \
+                         (http://_api.internal:4280 on Fly, https://api.machines.dev outside)"
                             .into(),
                     );
+                    false
+                }
+            };
+            if let Some(file) = &f.ca_file {
+                if !https {
+                    errs.push("fleet.ca_file: only with an https:// api_url".into());
+                } else if !file.is_file() {
+                    errs.push(format!("fleet.ca_file: no such file: {}", file.display()));
                 }
             }
             match (app, image, token_env, fly_token) {
@@ -476,6 +494,7 @@ fn resolve_fleet(
                     if let Some(url) = &f.api_url {
                         s.base_url = url.clone();
                     }
+                    s.ca_file = f.ca_file.clone();
                     s.region = f.region.clone();
                     s.volume_size_gb = p.volume_size_gb;
                     if let Some(t) = &f.gateway_url {
@@ -601,7 +620,7 @@ mod tests {
     #[test]
     fn fly_fleet_errors_name_their_fields() {
         let text = format!(
-            "{FILE}\n[fleet]\nkind = \"fly\"\napi_url = \"https://api.machines.dev\"\nconcurrency = 0\n"
+            "{FILE}\n[fleet]\nkind = \"fly\"\napi_url = \"ftp://api.machines.dev\"\nconcurrency = 0\n"
         );
         let raw: RawControlplaneConfig = toml::from_str(&text).unwrap();
         let err = Settings::resolve(raw, &env()).unwrap_err();
@@ -616,6 +635,47 @@ mod tests {
             assert!(err.0.iter().any(|e| e.starts_with(field)), "{field}: {err}");
         }
         assert_eq!(err.0.len(), 6, "{err}");
+    }
+
+    #[test]
+    fn fly_fleet_over_https_with_a_ca_file() {
+        let dir = std::env::temp_dir().join(format!("molt-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, "not checked here; FlyFleet::new reads it").unwrap();
+        let fleet = |url: &str, ca_file: &Path| {
+            format!(
+                "{FILE}\n[fleet]\nkind = \"fly\"\napi_url = \"{url}\"\nca_file = \"{}\"\napp = \"bots\"\ntoken_env = \"FLY\"\nimage = \"img:1\"\nproxy_url = \"https://gw.example/v1\"\n",
+                ca_file.display()
+            )
+        };
+        let mut vars = env();
+        vars.insert("FLY", "fly-token");
+        let raw: RawControlplaneConfig =
+            toml::from_str(&fleet("https://api.machines.dev", &ca)).unwrap();
+        let f = Settings::resolve(raw, &vars).unwrap().fleet.unwrap();
+        let FleetKind::Fly(fly) = &f.kind else {
+            panic!("not fly: {f:?}")
+        };
+        assert_eq!(fly.base_url, "https://api.machines.dev");
+        assert_eq!(fly.ca_file.as_deref(), Some(ca.as_path()));
+
+        let raw: RawControlplaneConfig =
+            toml::from_str(&fleet("http://_api.internal:4280", &ca)).unwrap();
+        let err = Settings::resolve(raw, &vars).unwrap_err();
+        assert_eq!(err.0, ["fleet.ca_file: only with an https:// api_url"]);
+        let missing = dir.join("missing.pem");
+        let raw: RawControlplaneConfig =
+            toml::from_str(&fleet("https://api.machines.dev", &missing)).unwrap();
+        let err = Settings::resolve(raw, &vars).unwrap_err();
+        assert_eq!(
+            err.0,
+            [format!(
+                "fleet.ca_file: no such file: {}",
+                missing.display()
+            )]
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

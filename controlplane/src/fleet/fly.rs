@@ -12,20 +12,30 @@
 //! machine lease (`POST .../lease`, then `fly-machine-lease-nonce` on the
 //! call), so two control planes never act on one machine at once.
 //!
-//! Only `http://` base URLs are supported: on Fly, use the internal API
-//! endpoint `http://_api.internal:4280` (the default), which the control
-//! plane reaches over the private network.
+//! Base URLs: `http://` for the internal API endpoint
+//! `http://_api.internal:4280` (the default on Fly, over the private
+//! network), or `https://` for the public `https://api.machines.dev` (or
+//! anything in front of it). HTTPS is rustls on the `ring` provider,
+//! trusting the bundled webpki roots (so hosts without CA files work) plus
+//! `ca_file`, an optional PEM bundle for private CAs and tests. A refused
+//! certificate is a [`FleetError::Tls`], which no retry can fix.
 
 use super::{Fleet, FleetError, Machine, MachineSpec, Volume, VolumeSpec};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use molt_config::Secret;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::error::Error as StdError;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The bots' internal port (the seed's gateway port).
@@ -34,8 +44,12 @@ pub const BOT_PORT: u16 = 18789;
 /// How to reach Fly and what to run there.
 #[derive(Debug, Clone)]
 pub struct FlySettings {
-    /// Without `/v1`, e.g. `http://_api.internal:4280`.
+    /// Without `/v1`, e.g. `http://_api.internal:4280` or
+    /// `https://api.machines.dev`.
     pub base_url: String,
+    /// PEM file of CA certificates trusted for `https://`, on top of the
+    /// webpki roots (a private CA in front of the API, or a test's).
+    pub ca_file: Option<PathBuf>,
     pub app: String,
     pub token: Secret,
     pub image: String,
@@ -59,6 +73,7 @@ impl FlySettings {
     pub fn new(app: &str, image: &str, token: Secret) -> Self {
         Self {
             base_url: "http://_api.internal:4280".into(),
+            ca_file: None,
             app: app.into(),
             token,
             image: image.into(),
@@ -78,7 +93,7 @@ impl FlySettings {
 #[derive(Debug, Clone)]
 pub struct FlyFleet {
     s: FlySettings,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 /// Whether a call may be sent again after a 5xx or a lost response.
@@ -138,18 +153,30 @@ impl From<VolumeJson> for Volume {
 }
 
 impl FlyFleet {
+    /// A client for `s.base_url` (`http://` or `https://`); fails on any
+    /// other scheme or an unreadable `ca_file`.
     pub fn new(s: FlySettings) -> Result<Self, FleetError> {
-        if !s.base_url.starts_with("http://") {
+        if !(s.base_url.starts_with("http://") || s.base_url.starts_with("https://")) {
             return Err(FleetError::Config(format!(
-                "base URL {:?}: only http:// is supported (use http://_api.internal:4280 on Fly)",
+                "base URL {:?}: must start with http:// or https://",
                 s.base_url
             )));
         }
+        let tls = tls_config(s.ca_file.as_deref())?;
+        let mut http = HttpConnector::new();
+        // The HTTPS connector hands `https://` URIs to it for the TCP part.
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let mut s = s;
         s.base_url = s.base_url.trim_end_matches('/').to_owned();
         Ok(Self {
             s,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
         })
     }
 
@@ -177,6 +204,8 @@ impl FlyFleet {
             let retry = match &outcome {
                 Ok((status, _)) if *status == StatusCode::TOO_MANY_REQUESTS => true,
                 Ok((status, _)) if status.is_server_error() => repeat == Repeat::Safe,
+                // A refused certificate stays refused.
+                Err(FleetError::Tls(_)) => false,
                 Err(_) => repeat == Repeat::Safe,
                 Ok(_) => false,
             };
@@ -233,7 +262,7 @@ impl FlyFleet {
                 .client
                 .request(req)
                 .await
-                .map_err(|e| FleetError::Transport(format!("{method} {url}: {e}")))?;
+                .map_err(|e| transport_error(method, url, &e))?;
             let status = resp.status();
             let bytes = resp
                 .into_body()
@@ -334,6 +363,64 @@ impl FlyFleet {
             body["region"] = json!(r);
         }
         body
+    }
+}
+
+/// The rustls client config: `ring`, webpki roots, plus `ca_file`'s
+/// certificates.
+fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, FleetError> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca_file {
+        let bad = |why: String| FleetError::Config(format!("ca_file {}: {why}", path.display()));
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            .map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no PEM certificate in it".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| FleetError::Config(format!("TLS client config: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// A failed exchange as a [`FleetError`]: [`FleetError::Tls`] when rustls
+/// refused the handshake (nothing was sent), else `Transport`. The message
+/// carries the whole cause chain: hyper's own text ("client error
+/// (Connect)") says nothing about why.
+fn transport_error(method: &Method, url: &str, e: &(dyn StdError + 'static)) -> FleetError {
+    let mut parts: Vec<String> = Vec::new();
+    let mut tls = false;
+    let mut next = Some(e);
+    while let Some(err) = next {
+        tls |= err.downcast_ref::<rustls::Error>().is_some();
+        let text = err.to_string();
+        // An `io::Error` wrapping another error displays as that error.
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        // `io::Error::source` skips the error it wraps; follow it instead.
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    let message = format!("{method} {url}: {}", parts.join(": "));
+    if tls {
+        FleetError::Tls(message)
+    } else {
+        FleetError::Transport(message)
     }
 }
 

@@ -39,6 +39,11 @@ pub enum FleetError {
     /// may or may not have taken effect.
     #[error("request failed, outcome unknown: {0}")]
     Transport(String),
+    /// The TLS handshake with the API failed (certificate not trusted,
+    /// wrong name, ...): nothing was sent, and trying again will not help
+    /// until the deployment (`ca_file`, the URL) is fixed.
+    #[error("TLS with the Fly API failed: {0}")]
+    Tls(String),
     /// The fleet is configured wrongly (bad base URL, ...).
     #[error("fleet misconfigured: {0}")]
     Config(String),
@@ -50,7 +55,7 @@ impl FleetError {
         match self {
             Self::Api { status, .. } => matches!(status, 408 | 409 | 429 | 500..=599),
             Self::Transport(_) | Self::Timeout(_) | Self::NameTaken(_) => true,
-            Self::Config(_) => false,
+            Self::Tls(_) | Self::Config(_) => false,
         }
     }
 
@@ -66,6 +71,7 @@ impl FleetError {
             Self::NameTaken(_) => "name_taken",
             Self::Timeout(_) => "timeout",
             Self::Transport(_) => "transport",
+            Self::Tls(_) => "tls",
             Self::Config(_) => "config",
         }
     }

@@ -1,11 +1,15 @@
 //! The Fly client against the fake Fly, without a database: Fly's status
 //! codes come back as the errors the provisioner acts on (422 name taken,
 //! 409 lease held, 408 wait timeout, 429 rate limits backed off through),
-//! and Fly's error text is surfaced.
+//! and Fly's error text is surfaced. Also over HTTPS: the fake served with
+//! a self-signed certificate, trusted through `ca_file` or refused.
 
 use molt_controlplane::fleet::fly::{FlyFleet, FlySettings};
 use molt_controlplane::fleet::{Fleet, FleetError, MachineSpec, VolumeSpec};
 use molt_loadtest::fake_fly::{FakeFly, FakeFlyOptions, Fault};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 async fn fleet(opts: FakeFlyOptions, image: &str) -> (FakeFly, FlyFleet, String) {
@@ -152,4 +156,124 @@ async fn delete_with_force_and_volume_cleanup() {
     fly.delete_volume(&vol.id).await.unwrap();
     fly.delete_volume(&vol.id).await.unwrap();
     assert!(fake.live_machines().is_empty() && fake.volumes().is_empty());
+}
+
+/// A fresh self-signed certificate for `127.0.0.1`: its PEM written to
+/// `dir/name` (what `ca_file` points at) and a server config presenting it.
+fn self_signed(dir: &Path, name: &str) -> (PathBuf, Arc<rustls::ServerConfig>) {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let pem = dir.join(name);
+    std::fs::write(&pem, ck.cert.pem()).unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key)
+    .unwrap();
+    (pem, Arc::new(config))
+}
+
+fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("molt-fly-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn tls_settings(base: &str, ca_file: Option<PathBuf>) -> FlySettings {
+    let mut s = FlySettings::new("app1", "img:1", molt_config::Secret::new("fake-fly-token"));
+    s.base_url = base.to_owned();
+    s.ca_file = ca_file;
+    s.backoff = Duration::from_millis(10);
+    s
+}
+
+#[tokio::test]
+async fn https_with_the_ca_file_creates_and_reads_back() {
+    let dir = temp_dir();
+    let (ca, server) = self_signed(&dir, "ca.pem");
+    let fake = FakeFly::new(FakeFlyOptions {
+        boot_delay: Duration::from_millis(10),
+        rate_limits: false,
+        spawn_bots: false,
+        ..FakeFlyOptions::default()
+    });
+    let base = fake.spawn_tls(server).await.unwrap();
+    assert!(base.starts_with("https://127.0.0.1:"), "{base}");
+    let fly = FlyFleet::new(tls_settings(&base, Some(ca))).unwrap();
+
+    let vol = fly
+        .create_volume(&VolumeSpec {
+            name: "bot_x".into(),
+            region: None,
+            size_gb: 1,
+        })
+        .await
+        .unwrap();
+    let m = fly.create_machine(&spec(&vol.id)).await.unwrap();
+    assert_eq!(fly.find_volumes("bot_x").await.unwrap(), vec![vol.clone()]);
+    assert_eq!(fly.find_machine("bot_1").await.unwrap().unwrap().id, m.id);
+    fly.wait_started(&m.id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let got = fly.get_machine(&m.id).await.unwrap().unwrap();
+    assert_eq!(
+        (got.id.as_str(), got.state.as_str()),
+        (m.id.as_str(), "started")
+    );
+    // Leased mutations work over TLS too.
+    fly.stop_machine(&m.id).await.unwrap();
+
+    // What the fake holds is what the client made, once each.
+    let live = fake.live_machines();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].id, m.id);
+    let vols = fake.volumes();
+    assert_eq!(vols.len(), 1);
+    assert_eq!(vols[0].id, vol.id);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn https_with_an_untrusted_certificate_is_a_tls_error() {
+    let dir = temp_dir();
+    let (_, server) = self_signed(&dir, "server.pem");
+    let (other_ca, _) = self_signed(&dir, "other.pem");
+    let fake = FakeFly::new(FakeFlyOptions {
+        rate_limits: false,
+        spawn_bots: false,
+        ..FakeFlyOptions::default()
+    });
+    let base = fake.spawn_tls(server).await.unwrap();
+    // Another CA, and the webpki roots alone: both refuse the certificate,
+    // at once (no retries) and before any request reaches the fake.
+    for ca_file in [Some(other_ca), None] {
+        let fly = FlyFleet::new(tls_settings(&base, ca_file.clone())).unwrap();
+        let e = fly.find_volumes("bot_x").await.unwrap_err();
+        match &e {
+            FleetError::Tls(message) => {
+                assert!(message.contains("certificate"), "{ca_file:?}: {e}");
+                assert!(message.contains(&base), "{e}");
+            }
+            other => panic!("{ca_file:?}: expected a TLS error, got {other:?}"),
+        }
+        assert!(!e.is_transient());
+        assert_eq!(e.reason(), "tls");
+    }
+    assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+
+    // A CA file that is not PEM, and a scheme that is neither: refused at
+    // construction with the reason.
+    let junk = dir.join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let e = FlyFleet::new(tls_settings(&base, Some(junk))).unwrap_err();
+    assert!(
+        matches!(&e, FleetError::Config(m) if m.contains("junk.pem")),
+        "{e:?}"
+    );
+    let e = FlyFleet::new(tls_settings("ftp://127.0.0.1:1", None)).unwrap_err();
+    assert!(matches!(e, FleetError::Config(_)), "{e:?}");
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -19,9 +19,15 @@
 //!   5 req/s bursting to 10, over that 429.
 //!
 //! Test hooks (not Fly's): fault injection ([`Fault`]: fail the next N
-//! matching calls with a status, or act and then drop the response),
-//! `GET /_fake/state` (every machine and volume, destroyed ones included),
-//! `POST /_fake/faults`, `POST /_fake/bots_healthy`. With `spawn_bots`, a
+//! matching calls with a status, act and then drop the response, or act
+//! and then delay the response), `GET /_fake/state` (every machine and
+//! volume, destroyed ones included), `GET /_fake/calls` (the API calls
+//! received, in order, as `[["METHOD /path", status], ...]`),
+//! `POST /_fake/faults`, `POST /_fake/bots_healthy`.
+//!
+//! It serves plain HTTP ([`FakeFly::spawn`], [`FakeFly::serve`]) or the
+//! same router over TLS with a certificate the caller brings
+//! ([`FakeFly::spawn_tls`], [`FakeFly::serve_tls`]). With `spawn_bots`, a
 //! started machine runs a [`crate::mock_bot`] on its own loopback address
 //! (`private_ip` = `127.x.y.z`, port 18789, the machine's internal port),
 //! demanding the machine's `MOLT_GATEWAY_TOKEN`.
@@ -41,6 +47,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use state::{Inner, Machine};
 
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,6 +149,56 @@ impl FakeFly {
         axum::serve(listener, self.router()).await
     }
 
+    /// Like [`Self::spawn`], over TLS with `tls` (which holds the
+    /// certificate, valid for `127.0.0.1`); returns `https://127.0.0.1:PORT`.
+    pub async fn spawn_tls(&self, tls: Arc<rustls::ServerConfig>) -> std::io::Result<String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let me = self.clone();
+        tokio::spawn(me.serve_tls(listener, tls));
+        Ok(format!("https://{addr}"))
+    }
+
+    /// Serve the same router as [`Self::serve`] over TLS until the process
+    /// ends. A failed handshake or connection ends only that connection.
+    pub async fn serve_tls(
+        self,
+        listener: tokio::net::TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+    ) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let router = self.router();
+        loop {
+            let tcp = match listener.accept().await {
+                Ok((tcp, _)) => tcp,
+                Err(error) => {
+                    // Out of descriptors and the like: pause, as axum::serve does.
+                    tracing::warn!(%error, "fake fly accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let acceptor = acceptor.clone();
+            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            tokio::spawn(async move {
+                let stream = match acceptor.accept(tcp).await {
+                    Ok(s) => s,
+                    Err(error) => {
+                        tracing::debug!(%error, "fake fly TLS handshake failed");
+                        return;
+                    }
+                };
+                if let Err(error) =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                {
+                    tracing::debug!(%error, "fake fly TLS connection ended");
+                }
+            });
+        }
+    }
+
     pub fn router(&self) -> Router {
         let api = Router::new()
             .route(
@@ -171,6 +228,7 @@ impl FakeFly {
         Router::new()
             .merge(api)
             .route("/_fake/state", get(inspect))
+            .route("/_fake/calls", get(list_calls))
             .route("/_fake/faults", post(add_fault))
             .route("/_fake/bots_healthy", post(set_healthy))
             .fallback(|| async {
@@ -249,6 +307,14 @@ async fn gate(State(fly): State<FakeFly>, req: Request, next: Next) -> Response 
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             fly_error(status, "injected fault", "unknown")
         }
+        Some(FaultKind::Delay(ms)) => {
+            // Act and log the call at once (Fly did it), then hold the
+            // answer; a caller that dies meanwhile never learns of it.
+            let resp = next.run(req).await;
+            fly.inner.lock().calls.push((call, resp.status().as_u16()));
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            return resp;
+        }
         Some(FaultKind::Drop) => {
             // Act, then lose the answer: the headers go out but the body
             // fails, so hyper cuts the connection and the client never
@@ -271,6 +337,10 @@ async fn gate(State(fly): State<FakeFly>, req: Request, next: Next) -> Response 
 
 async fn inspect(State(fly): State<FakeFly>) -> Json<Value> {
     Json(json!({"machines": fly.machines(), "volumes": fly.volumes()}))
+}
+
+async fn list_calls(State(fly): State<FakeFly>) -> Json<Vec<(String, u16)>> {
+    Json(fly.calls())
 }
 
 async fn add_fault(State(fly): State<FakeFly>, Json(fault): Json<Fault>) -> StatusCode {

@@ -21,6 +21,10 @@ pub enum FaultKind {
     Fail(u16),
     /// Do what was asked, then drop the response.
     Drop,
+    /// Do what was asked, log the call, then hold the response for this
+    /// many milliseconds: a window in which the caller can die after Fly
+    /// acted but before it heard so (`{"delay": 3000}` in JSON).
+    Delay(u64),
 }
 
 /// A fault for the next `times` calls whose `METHOD /path` contains
@@ -45,6 +49,16 @@ impl Fault {
     pub fn drop_response(matching: &str) -> Self {
         Self {
             kind: FaultKind::Drop,
+            times: 1,
+            matching: matching.to_owned(),
+        }
+    }
+
+    /// Act on the next call whose `METHOD /path` contains `matching`, then
+    /// answer it `ms` milliseconds later.
+    pub fn delay_response(matching: &str, ms: u64) -> Self {
+        Self {
+            kind: FaultKind::Delay(ms),
             times: 1,
             matching: matching.to_owned(),
         }
