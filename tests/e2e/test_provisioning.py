@@ -2,6 +2,10 @@
 API (`molt fake-fly`, a separate process) → volume and machine created, `/status` healthy → `running` → the bot
 reaches the data plane in its config snapshot → a client chats with it through `/ws/chat?bot=` with its molt key.
 
+And the crash test: the real control plane process is `kill -9`ed at every step boundary of provisioning (with
+Fly's answer held back by the fake, so Fly has acted but the control plane has not recorded it) and restarted on
+the same database; the bot still ends `running` with exactly one volume and one machine.
+
 The fake Fly runs each started machine's mock bot on the machine's `private_ip` (a 127.x.y.z loopback address)
 and internal port 18789, demanding the machine's `MOLT_GATEWAY_TOKEN`; the fleet's `gateway_url` template
 `http://{private_ip}:18789/` makes that the address the data plane dials, as `{id}.vm.{app}.internal` would on Fly.
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -47,23 +52,23 @@ ROUTE_DEADLINE = 10.0
 class FakeFly:
     """`molt fake-fly --listen` on a free port."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, *, rate_limits: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = new_secret("fly-token-")
-        self.process = Process(
-            [
-                require_binary(MOLT_BIN, "molt binary"),
-                "fake-fly",
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--token",
-                self.token,
-                "--boot-delay-ms",
-                "200",
-            ],
-            log_dir / "fake_fly.log",
-        )
+        argv: list[str | Path] = [
+            require_binary(MOLT_BIN, "molt binary"),
+            "fake-fly",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--token",
+            self.token,
+            "--boot-delay-ms",
+            "200",
+        ]
+        if not rate_limits:
+            argv.append("--no-rate-limits")
+        self.process = Process(argv, log_dir / "fake_fly.log")
         wait_until(self._ready, f"fake fly on {self.port}")
 
     def _ready(self) -> bool:
@@ -76,6 +81,31 @@ class FakeFly:
 
     def state(self) -> dict[str, Any]:
         response = httpx.get(f"{self.url}/_fake/state", timeout=5)
+        response.raise_for_status()
+        return response.json()
+
+    def calls(self) -> list[tuple[str, int]]:
+        """Every Fly API call the fake received, in order, as (`METHOD /path`, status)."""
+        response = httpx.get(f"{self.url}/_fake/calls", timeout=5)
+        response.raise_for_status()
+        return [(call, status) for call, status in response.json()]
+
+    def delay_next(self, matching: str, ms: int) -> None:
+        """Act on the next call whose `METHOD /path` contains `matching`, but answer it only `ms` ms later."""
+        fault = {"kind": {"delay": ms}, "times": 1, "matching": matching}
+        httpx.post(f"{self.url}/_fake/faults", json=fault, timeout=5).raise_for_status()
+
+    def set_bots_healthy(self, healthy: bool) -> None:
+        httpx.post(f"{self.url}/_fake/bots_healthy", json={"healthy": healthy}, timeout=5).raise_for_status()
+
+    def machines_of_bot(self, bot_id: str) -> list[dict[str, Any]]:
+        """Fly's own list-by-metadata (`GET /v1/apps/{app}/machines?metadata.molt_bot_id=`): live machines."""
+        response = httpx.get(
+            f"{self.url}/v1/apps/{FLY_APP}/machines",
+            params={"metadata.molt_bot_id": bot_id},
+            headers={"authorization": f"Bearer {self.token}"},
+            timeout=5,
+        )
         response.raise_for_status()
         return response.json()
 
@@ -212,3 +242,118 @@ def test_post_bot_on_fake_fly_then_chat_through_the_dataplane(
         interval=0.1,
     )
     assert handshake_status(url, other_key["secret"]) in (403, 404)
+
+
+# --------------------------------------------------------------------------------------------
+# kill -9 at every step boundary
+# --------------------------------------------------------------------------------------------
+
+HOLD_MS = 4000
+"""How long the fake holds back an answer: the window in which the control plane is killed."""
+API = f"/v1/apps/{FLY_APP}"
+
+
+def test_kill_9_at_every_provisioning_step_boundary_leaves_one_of_each(tmp_path: Path) -> None:
+    fly = FakeFly(tmp_path, rate_limits=False)
+    fleet = {
+        "kind": "fly",
+        "api_url": fly.url,
+        "app": FLY_APP,
+        "token_env": FLY_TOKEN_ENV,
+        "image": "registry.fly.io/molt-bot:e2e",
+        "region": "iad",
+        "gateway_url": "http://{private_ip}:18789/",
+        "proxy_url": f"http://127.0.0.1:{free_port()}/v1",
+        "health_deadline": "45s",
+        "poll_interval": "100ms",
+        "step_timeout": "2s",
+        # A killed worker's claim is given up after this; the restarted one waits it out.
+        "lease": "1s",
+        "backoff": "100ms",
+    }
+    cp = ControlPlane(tmp_path / "controlplane", extra_config={"fleet": fleet}, extra_env={FLY_TOKEN_ENV: fly.token})
+    try:
+        _crash_at_every_boundary(cp, fly)
+    finally:
+        cp.kill()
+        fly.process.kill()
+        assert_no_secrets(cp.logs(), "control plane log")
+
+
+def _crash_at_every_boundary(cp: ControlPlane, fly: FakeFly) -> None:
+    user = cp.api("POST", "/users", {"email": f"crash-{uuid.uuid4().hex[:8]}@example.com"}, expect=201)
+
+    def bot() -> dict[str, Any]:
+        return cp.api("GET", f"/bots/{bot_id}", expect=200)
+
+    def status() -> str:
+        got = bot()
+        assert got["status"] != "failed", got
+        return got["status"]
+
+    def kill_when(what: str, in_status: str, fly_did: Any) -> None:
+        """Wait until Fly has acted (`fly_did()`) while the bot is still `in_status`, then kill -9."""
+        wait_until(lambda: fly_did() and status() == in_status, what, timeout=15, interval=0.05)
+        cp.process.send_signal(signal.SIGKILL)
+        assert cp.process.wait(timeout=10) == -signal.SIGKILL
+        cp.process.kill()  # only closes its log now
+
+    def new_calls(since: int, needle: str) -> list[tuple[str, int]]:
+        return [c for c in fly.calls()[since:] if needle in c[0]]
+
+    def ours(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [i for i in items if i.get("name") == bot_name]
+
+    # 1. `requested`, the volume lookup in flight: nothing made yet.
+    fly.delay_next(f"GET {API}/volumes", HOLD_MS)
+    bot_id = cp.api("POST", "/bots", {"user_id": user["id"]}, expect=202)["id"]
+    bot_name = bot()["name"]
+    kill_when("the volume lookup", "requested", lambda: new_calls(0, f"GET {API}/volumes"))
+    assert fly.state() == {"machines": [], "volumes": []}
+
+    # 2. `requested`, Fly made the volume but the answer never arrived.
+    fly.delay_next(f"POST {API}/volumes", HOLD_MS)
+    cp.start()
+    kill_when("the volume to exist", "requested", lambda: ours(fly.state()["volumes"]))
+
+    # 3. `volume_created`, Fly made the machine but the answer never arrived.
+    mark = len(fly.calls())
+    fly.delay_next(f"POST {API}/machines", HOLD_MS)
+    cp.start()
+    kill_when("the machine to exist", "volume_created", lambda: new_calls(mark, f"POST {API}/machines"))
+    assert len(fly.machines_of_bot(bot_id)) == 1
+
+    # 4. `machine_created`, Fly answered the boot wait too late.
+    mark = len(fly.calls())
+    fly.delay_next("/wait", HOLD_MS)
+    cp.start()
+    kill_when("the boot wait", "machine_created", lambda: new_calls(mark, "/wait"))
+
+    # 5. `waiting_health`, the bot not healthy yet.
+    fly.set_bots_healthy(False)
+    cp.start()
+    kill_when("the health check", "waiting_health", lambda: True)
+    fly.set_bots_healthy(True)
+
+    # 6. `running`, then killed once more: a restart changes nothing.
+    cp.start()
+    kill_when("running", "running", lambda: True)
+    cp.start()
+    time.sleep(1.5)  # longer than the lease: a restarted worker would have acted by now
+
+    final = bot()
+    assert final["status"] == "running", final
+    assert final["volume_id"] and final["machine_id"], final
+    state = fly.state()
+    # Everything Fly ever held (destroyed machines included) is this bot's one volume and one machine.
+    assert [v["id"] for v in state["volumes"]] == [final["volume_id"]], state
+    assert [(m["id"], m["state"]) for m in state["machines"]] == [(final["machine_id"], "started")], state
+    assert [m["id"] for m in fly.machines_of_bot(bot_id)] == [final["machine_id"]]
+    # Each create reached Fly exactly once; every later attempt found what it had made.
+    calls = fly.calls()
+    assert [c for c in calls if c[0] == f"POST {API}/volumes"] == [(f"POST {API}/volumes", 200)], calls
+    assert [c for c in calls if c[0] == f"POST {API}/machines"] == [(f"POST {API}/machines", 200)], calls
+    # The bot answers on the address the control plane recorded.
+    health = httpx.get(final["gateway_url"].rstrip("/") + "/status", timeout=5)
+    assert health.status_code == 200, health.text
+
