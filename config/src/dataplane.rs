@@ -44,8 +44,11 @@ pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1 << 30;
 /// `[control_plane]`, validated.
 #[derive(Debug, Clone)]
 pub struct ControlPlaneConfig {
-    /// `http://host:port` (no path, query or credentials).
+    /// `http://host:port` or `https://host:port` (no path, query or
+    /// credentials); the data plane's client honours the scheme.
     pub url: UpstreamUrl,
+    /// Extra CA certificates (PEM) trusted for `https://`; only with it.
+    pub ca_file: Option<PathBuf>,
     /// The data-plane token, read from `token_env`.
     pub token: Secret,
     pub cache_file: PathBuf,
@@ -692,13 +695,17 @@ fn validate_control_plane(
 ) -> Option<ControlPlaneConfig> {
     let url = parse_upstream_url(&raw.url, "control_plane.url", errs);
     if let Some(u) = &url {
-        if u.tls {
-            // The data plane's control-plane client speaks plain HTTP only;
-            // run it over a private network or a TLS sidecar.
-            errs.push("control_plane.url", "only http:// is supported");
-        }
         if !u.path_prefix.is_empty() {
             errs.push("control_plane.url", "must not have a path");
+        }
+    }
+    if let Some(file) = &raw.ca_file {
+        if url.as_ref().is_some_and(|u| !u.tls) {
+            errs.push("control_plane.ca_file", "only with an https:// url");
+        } else if file.is_empty() {
+            errs.push("control_plane.ca_file", "must not be empty");
+        } else if !Path::new(file).is_file() {
+            errs.push("control_plane.ca_file", format!("no such file: {file}"));
         }
     }
     let token = match env.var(&raw.token_env) {
@@ -729,6 +736,7 @@ fn validate_control_plane(
     }
     Some(ControlPlaneConfig {
         url: url?,
+        ca_file: raw.ca_file.as_ref().map(PathBuf::from),
         token: token?,
         cache_file: PathBuf::from(&raw.cache_file),
         spool_dir: PathBuf::from(&raw.spool_dir),

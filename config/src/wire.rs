@@ -51,8 +51,13 @@ pub struct RawDataplaneConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawControlPlane {
-    /// Base URL of the control plane, `http://host:port`.
+    /// Base URL of the control plane, `http://host:port` or
+    /// `https://host:port`.
     pub url: String,
+    /// PEM file of CA certificates trusted for an `https://` `url`, on top
+    /// of the platform's roots (a private CA, or a self-signed control plane).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
     /// Environment variable holding the data-plane token.
     pub token_env: String,
     /// Where the last accepted snapshot is kept, so a restart without the

@@ -68,3 +68,67 @@ fn a_snapshot_replaces_managed_sections_and_keeps_local_ones() {
     assert!(cfg.control_plane.is_some());
     assert_eq!(cfg.server.listen.port(), 8080);
 }
+
+#[test]
+fn https_with_a_ca_file_and_the_scheme_rules() {
+    let dir = std::env::temp_dir().join(format!("molt-cp-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, "read by the data plane's client, not here").unwrap();
+    let section = |url: &str, ca_file: Option<&str>| {
+        let ca_line = ca_file.map_or(String::new(), |f| format!("ca_file = \"{f}\"\n"));
+        with_section(&format!(
+            "url = \"{url}\"\n{ca_line}token_env = \"DP_TOKEN\"\ncache_file = \"c.json\"\nspool_dir = \"spool\"\n"
+        ))
+    };
+    let ca_path = ca.to_str().unwrap();
+
+    let cfg =
+        DataplaneConfig::from_toml(&section("https://cp.example:9443", Some(ca_path)), &env())
+            .unwrap();
+    let cp = cfg.control_plane.unwrap();
+    assert!(cp.url.tls);
+    assert_eq!(cp.url.authority(), "cp.example:9443");
+    assert_eq!(cp.ca_file.as_deref(), Some(ca.as_path()));
+    let cp = DataplaneConfig::from_toml(&section("https://cp.example", None), &env())
+        .unwrap()
+        .control_plane
+        .unwrap();
+    assert_eq!((cp.url.port, cp.ca_file), (443, None));
+
+    let missing = dir.join("missing.pem");
+    for (url, ca_file, path, message) in [
+        (
+            "http://cp.example",
+            Some(ca_path),
+            "control_plane.ca_file",
+            "only with an https:// url",
+        ),
+        (
+            "https://cp.example",
+            Some(missing.to_str().unwrap()),
+            "control_plane.ca_file",
+            "no such file",
+        ),
+        (
+            "https://cp.example",
+            Some(""),
+            "control_plane.ca_file",
+            "must not be empty",
+        ),
+        (
+            "ftp://cp.example",
+            None,
+            "control_plane.url",
+            "scheme must be http or https",
+        ),
+    ] {
+        let errs = DataplaneConfig::from_toml(&section(url, ca_file), &env()).unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.path == path && e.message.contains(message)),
+            "{url} {ca_file:?}: want {path}: {message}, got {errs}"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

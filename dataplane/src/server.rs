@@ -47,8 +47,8 @@ pub enum StartError {
     LimitsRuntime(std::io::Error),
     #[error(transparent)]
     Spool(#[from] SpoolError),
-    #[error("control_plane.token_env: the token is not a valid header value")]
-    ControlPlaneToken,
+    #[error(transparent)]
+    ControlPlaneClient(#[from] crate::sync::ClientBuildError),
 }
 
 /// Set up logging to stderr in the configured format. `RUST_LOG` overrides
@@ -171,7 +171,7 @@ pub fn run(config_path: &Path) -> Result<std::convert::Infallible, StartError> {
     server.add_service(proxy_service);
     server.add_service(admin);
     if let (Some(cp), Some(spool)) = (&control_plane, spool) {
-        let client = ControlPlaneClient::new(cp).ok_or(StartError::ControlPlaneToken)?;
+        let client = ControlPlaneClient::new(cp)?;
         let sync = SyncService::new(
             client.clone(),
             reloader.clone(),

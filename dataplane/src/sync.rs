@@ -17,9 +17,12 @@
 //! `molt_control_plane_last_sync_timestamp_seconds` (last answer, 200 or
 //! 304, that left this data plane up to date), `molt_control_plane_errors_total`.
 //!
-//! The [`ControlPlaneClient`] is plain HTTP/1.1 (hyper); the usage shipper
-//! in [`crate::spool`] uses it too. It is the data plane's only connection
-//! to the control plane, and it reaches nothing else.
+//! The [`ControlPlaneClient`] is HTTP/1.1 (hyper) over plain TCP for an
+//! `http://` URL or rustls (`ring`) for `https://`, trusting the platform's
+//! roots (and `SSL_CERT_FILE`/`SSL_CERT_DIR`, like the proxy's upstream
+//! peers) plus the optional `ca_file`; the scheme is never changed. The
+//! usage shipper in [`crate::spool`] uses it too. It is the data plane's
+//! only connection to the control plane, and it reaches nothing else.
 
 use crate::metrics::Metrics;
 use crate::reload::{merge, ConfigReloader};
@@ -27,6 +30,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -50,9 +54,22 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
+/// Why a [`ControlPlaneClient`] cannot be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBuildError {
+    #[error("control_plane.token_env: the token is not a valid header value")]
+    Token,
+    #[error("control_plane.ca_file: {path}: {reason}")]
+    CaFile { path: PathBuf, reason: String },
+    #[error("control_plane: TLS client config: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the control plane: {0}")]
+    /// With the causes: hyper's own text ("client error (Connect)") does
+    /// not say whether the TCP connect or the TLS handshake failed, or why.
+    #[error("cannot reach the control plane: {}", causes(.0))]
     Connect(#[from] hyper_util::client::legacy::Error),
     #[error("control plane answered {0}")]
     Status(StatusCode),
@@ -69,7 +86,7 @@ pub enum ClientError {
 pub struct ControlPlaneClient {
     base: String,
     auth: HeaderValue,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl std::fmt::Debug for ControlPlaneClient {
@@ -81,15 +98,26 @@ impl std::fmt::Debug for ControlPlaneClient {
 }
 
 impl ControlPlaneClient {
-    /// `None` if the token is not a valid header value.
-    pub fn new(cfg: &ControlPlaneConfig) -> Option<Self> {
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", cfg.token.expose())).ok()?;
+    /// A client for `cfg.url` in its own scheme (validated to be `http` or
+    /// `https`); TLS trusts the platform's roots and `cfg.ca_file`.
+    pub fn new(cfg: &ControlPlaneConfig) -> Result<Self, ClientBuildError> {
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", cfg.token.expose()))
+            .map_err(|_| ClientBuildError::Token)?;
         auth.set_sensitive(true);
+        let tls = tls_config(cfg.ca_file.as_deref())?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
-        Some(Self {
-            base: format!("http://{}", cfg.url.authority()),
+        // The HTTPS connector hands `https://` URIs to it for the TCP part.
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        let scheme = if cfg.url.tls { "https" } else { "http" };
+        Ok(Self {
+            base: format!("{scheme}://{}", cfg.url.authority()),
             auth,
             http: Client::builder(TokioExecutor::new()).build(connector),
         })
@@ -143,6 +171,66 @@ impl ControlPlaneClient {
             .await
             .map_err(|_| ClientError::Timeout)?
     }
+}
+
+/// The client's rustls config: the `ring` provider, the platform's roots
+/// (with `SSL_CERT_FILE`/`SSL_CERT_DIR`) and `ca_file`'s certificates.
+fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ClientBuildError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match pingora_rustls::load_native_certs() {
+        // Unparsable platform certificates are skipped, as
+        // rustls-native-certs' own callers do.
+        Ok(certs) => {
+            roots.add_parsable_certificates(certs);
+        }
+        // Not fatal: `ca_file` may be all this data plane needs.
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot load the platform's root certificates for the control plane")
+        }
+    }
+    if let Some(path) = ca_file {
+        use rustls::pki_types::pem::PemObject;
+        let bad = |reason: String| ClientBuildError::CaFile {
+            path: path.to_owned(),
+            reason,
+        };
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            .map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no PEM certificate in it".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// `e` and its causes, `: `-joined. An `io::Error`'s `source` skips the
+/// error it wraps (where rustls' verdict sits), so that one is followed.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        // An `io::Error` wrapping another error displays as that error.
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    parts.join(": ")
 }
 
 /// `min(max, base × 2^(failures-1))`, scaled by a random factor in
@@ -400,6 +488,127 @@ impl BackgroundService for SyncService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::Full;
+    use hyper_util::rt::TokioIo;
+    use molt_config::dataplane::UpstreamUrl;
+    use molt_config::Secret;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    const TOKEN: &str = "dataplane-token-0123";
+    const SNAPSHOT: &str = r#"{"version":5}"#;
+
+    /// A stand-in control plane over TLS with a fresh self-signed
+    /// certificate for 127.0.0.1 (its PEM written to `dir/cp.pem`): config
+    /// and usage for the right token, 401 otherwise. Returns the port.
+    async fn tls_control_plane(dir: &Path) -> (u16, PathBuf) {
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let pem = dir.join("cp.pem");
+        std::fs::write(&pem, ck.cert.pem()).unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+        let acceptor = pingora_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    // A client that refuses the certificate ends here.
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let answer = hyper::service::service_fn(
+                        |req: Request<hyper::body::Incoming>| async move {
+                            let authorized =
+                                req.headers().get(header::AUTHORIZATION).is_some_and(|v| {
+                                    v.as_bytes() == format!("Bearer {TOKEN}").as_bytes()
+                                });
+                            let (status, body) = match (req.method().as_str(), req.uri().path()) {
+                                _ if !authorized => (401, ""),
+                                ("GET", "/internal/v1/config") => (200, SNAPSHOT),
+                                ("POST", "/internal/v1/usage") => (200, "{}"),
+                                _ => (404, ""),
+                            };
+                            http::Response::builder()
+                                .status(status)
+                                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), answer)
+                        .await;
+                });
+            }
+        });
+        (port, pem)
+    }
+
+    fn cp_config(tls: bool, port: u16, ca_file: Option<PathBuf>) -> ControlPlaneConfig {
+        ControlPlaneConfig {
+            url: UpstreamUrl {
+                tls,
+                host: "127.0.0.1".into(),
+                port,
+                path_prefix: String::new(),
+            },
+            ca_file,
+            token: Secret::new(TOKEN.to_owned()),
+            cache_file: PathBuf::from("unused.json"),
+            spool_dir: PathBuf::from("unused"),
+            spool_max_bytes: 1 << 20,
+            ship_interval: Duration::from_secs(1),
+        }
+    }
+
+    fn temp_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("molt-sync-tls-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn https_control_plane_with_its_ca_file() {
+        let dir = temp_dir();
+        let (port, ca) = tls_control_plane(&dir).await;
+        let client = ControlPlaneClient::new(&cp_config(true, port, Some(ca))).unwrap();
+        // The scheme is kept, never downgraded to http.
+        assert!(
+            format!("{client:?}").contains(&format!("\"https://127.0.0.1:{port}\"")),
+            "{client:?}"
+        );
+        let body = client.config(0).await.unwrap().unwrap();
+        assert_eq!(&body[..], SNAPSHOT.as_bytes());
+        client
+            .post_usage(Bytes::from_static(br#"{"events":[]}"#))
+            .await
+            .unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn https_control_plane_with_an_untrusted_certificate_is_refused() {
+        let dir = temp_dir();
+        let (port, _) = tls_control_plane(&dir).await;
+        // The platform's roots do not know a fresh self-signed certificate.
+        let client = ControlPlaneClient::new(&cp_config(true, port, None)).unwrap();
+        let e = client.config(0).await.unwrap_err();
+        assert!(matches!(e, ClientError::Connect(_)), "{e:?}");
+        assert!(e.to_string().contains("certificate"), "{e}");
+
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let e = ControlPlaneClient::new(&cp_config(true, port, Some(junk))).unwrap_err();
+        assert!(matches!(e, ClientBuildError::CaFile { .. }), "{e:?}");
+        assert!(e.to_string().starts_with("control_plane.ca_file: "), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn backoff_grows_caps_and_jitters() {
