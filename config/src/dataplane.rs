@@ -55,6 +55,9 @@ pub struct ControlPlaneConfig {
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
     pub ship_interval: Duration,
+    /// Wait for a response's usage event to be durable before its last
+    /// byte goes out (see `RawControlPlane::hold_response_until_recorded`).
+    pub hold_response_until_recorded: bool,
 }
 
 /// A user's bot gateway.
@@ -742,6 +745,7 @@ fn validate_control_plane(
         spool_dir: PathBuf::from(&raw.spool_dir),
         spool_max_bytes,
         ship_interval,
+        hold_response_until_recorded: raw.hold_response_until_recorded.unwrap_or(true),
     })
 }
 

@@ -74,6 +74,13 @@ pub struct RawControlPlane {
         skip_serializing_if = "Option::is_none"
     )]
     pub ship_interval: Option<Duration>,
+    /// Hold the end of each response until its usage event is fsynced in
+    /// the spool (default true), so a response the client saw complete is
+    /// never lost to a `kill -9`. Costs one group commit at the end of every
+    /// response; `false` ends responses at once and can lose the usage of
+    /// those that ended in the last group commit before a crash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_response_until_recorded: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -14,6 +14,7 @@ fn example_env() -> HashMap<&'static str, &'static str> {
         ("VENICE_API_KEY", "venice-test"),
         ("ANTHROPIC_API_KEY", "sk-ant-test"),
         ("MOLT_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+        ("MOLT_DATAPLANE_TOKEN", "dp-token-test"),
     ])
 }
 

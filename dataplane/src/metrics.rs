@@ -33,6 +33,7 @@ pub struct Metrics {
     pub config_reloads: IntCounter,
     pub config_reload_failures: IntCounter,
     pub usage_events_dropped: IntCounter,
+    pub usage_record_wait_timeouts: IntCounter,
 }
 
 impl Metrics {
@@ -105,6 +106,10 @@ impl Metrics {
             "molt_usage_events_dropped_total",
             "Usage events dropped because the sink could not keep up or failed.",
         )?;
+        let usage_record_wait_timeouts = IntCounter::new(
+            "molt_usage_record_wait_timeouts_total",
+            "Responses ended before their usage event was durable because the spool's commit took too long.",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_ttfb.clone()))?;
@@ -117,6 +122,7 @@ impl Metrics {
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(config_reload_failures.clone()))?;
         registry.register(Box::new(usage_events_dropped.clone()))?;
+        registry.register(Box::new(usage_record_wait_timeouts.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -131,6 +137,7 @@ impl Metrics {
             config_reloads,
             config_reload_failures,
             usage_events_dropped,
+            usage_record_wait_timeouts,
         })
     }
 

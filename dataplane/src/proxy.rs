@@ -38,6 +38,7 @@ use crate::metrics::Metrics;
 use crate::runtime::{ProviderRuntime, Runtime, RuntimeHandle};
 use crate::sink::UsageSink;
 use crate::splice::{self, Edit};
+use crate::spool::MAX_RECORD_WAIT;
 use crate::tokens;
 use crate::usage_reader::{JsonUsageReader, SseUsageReader, StreamKind, TokenUsage};
 use async_trait::async_trait;
@@ -218,14 +219,17 @@ pub struct RequestCtx {
     status: u16,
     outcome: &'static str,
     error_kind: Option<&'static str>,
-    /// The limiter's reservation, settled with the actual usage in
-    /// `logging` (dropping it releases a concurrent-stream slot).
+    /// The limiter's reservation, settled with the actual usage by
+    /// `finish_usage` (dropping it releases a concurrent-stream slot).
     admission: Option<Admission>,
     /// `x-ratelimit-*` values for every response after admission.
     limit_headers: Option<RateLimitHeaders>,
     /// Seconds for `retry-after` on a 429.
     retry_after: Option<u64>,
     anomaly: bool,
+    /// `finish_usage` ran: the admission is settled and the usage event
+    /// handed to the sink (before the response end, or in `logging`).
+    usage_finished: bool,
 }
 
 /// The body as read from the client, with what the scanner found.
@@ -306,6 +310,7 @@ impl ProxyHttp for MoltProxy {
             limit_headers: None,
             retry_after: None,
             anomaly: false,
+            usage_finished: false,
         }
     }
 
@@ -546,6 +551,11 @@ impl ProxyHttp for MoltProxy {
         } else {
             session.response_written().map_or(0, |r| r.status.as_u16())
         };
+        // Failed and broken requests get their event here; successful ones
+        // had it recorded before their last byte (see `attempt`).
+        if let Some(event) = self.finish_usage(ctx, status) {
+            self.sink.record(event);
+        }
         let route = ctx.route.map_or("unknown", Route::name);
         let model = ctx.model.as_deref().unwrap_or("unknown");
         let provider = ctx.provider.as_deref().unwrap_or("none");
@@ -569,14 +579,6 @@ impl ProxyHttp for MoltProxy {
                 .with_label_values(&["output", model, provider])
                 .inc_by(ctx.tokens.output);
         }
-        if let Some(admission) = ctx.admission.take() {
-            // Charge what was really used (refunding or topping up the
-            // estimate admitted against); releases any stream slot.
-            ctx.anomaly |= admission
-                .settle(ctx.tokens.input, ctx.tokens.output)
-                .anomalous;
-        }
-        let user = ctx.principal.as_ref().map_or("", |p| &p.user);
         let key_id = ctx.principal.as_ref().map_or("", |p| &p.key_id);
         let log_access = ctx.rt.as_ref().is_none_or(|rt| rt.config.log.access_log);
         if log_access {
@@ -600,34 +602,50 @@ impl ProxyHttp for MoltProxy {
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
             );
         }
-        // A usage event for every authenticated model request, including
-        // rejected ones (zero tokens), so per-user activity is complete.
-        if ctx.principal.is_some() && ctx.model.is_some() {
-            self.sink.record(UsageEvent {
-                event_id: uuid::Uuid::now_v7().to_string(),
-                request_id: ctx.request_id.clone(),
-                timestamp_ms: ctx.timestamp_ms,
-                key_id: key_id.to_owned(),
-                user_id: user.to_owned(),
-                model: model.to_owned(),
-                provider: provider.to_owned(),
-                route: route.to_owned(),
-                status,
-                input_tokens: ctx.tokens.input,
-                output_tokens: ctx.tokens.output,
-                estimated: ctx.estimated,
-                stream: ctx.stream,
-                attempts: ctx.attempts,
-                duration_ms: elapsed.as_millis() as u64,
-                upstream_ttfb_ms: ctx.upstream_ttfb.map(|d| d.as_millis() as u64),
-                anomaly: ctx.anomaly,
-                outcome: ctx.outcome.to_owned(),
-            });
-        }
     }
 }
 
 impl MoltProxy {
+    /// Settle the request's admission with what it really used (refunding
+    /// or topping up the estimate admitted against; releasing any stream
+    /// slot) and build its usage event. Runs once per request: the first
+    /// call does the work, later ones return `None`.
+    ///
+    /// Every authenticated model request gets an event, including rejected
+    /// ones (zero tokens), so per-user activity is complete.
+    fn finish_usage(&self, ctx: &mut RequestCtx, status: u16) -> Option<UsageEvent> {
+        if std::mem::replace(&mut ctx.usage_finished, true) {
+            return None;
+        }
+        if let Some(admission) = ctx.admission.take() {
+            ctx.anomaly |= admission
+                .settle(ctx.tokens.input, ctx.tokens.output)
+                .anomalous;
+        }
+        let principal = ctx.principal.as_ref()?;
+        let model = ctx.model.as_deref()?;
+        Some(UsageEvent {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            request_id: ctx.request_id.clone(),
+            timestamp_ms: ctx.timestamp_ms,
+            key_id: principal.key_id.as_ref().to_owned(),
+            user_id: principal.user.as_ref().to_owned(),
+            model: model.to_owned(),
+            provider: ctx.provider.as_deref().unwrap_or("none").to_owned(),
+            route: ctx.route.map_or("unknown", Route::name).to_owned(),
+            status,
+            input_tokens: ctx.tokens.input,
+            output_tokens: ctx.tokens.output,
+            estimated: ctx.estimated,
+            stream: ctx.stream,
+            attempts: ctx.attempts,
+            duration_ms: ctx.start.elapsed().as_millis() as u64,
+            upstream_ttfb_ms: ctx.upstream_ttfb.map(|d| d.as_millis() as u64),
+            anomaly: ctx.anomaly,
+            outcome: ctx.outcome.to_owned(),
+        })
+    }
+
     /// Answer with an error in the route's format.
     async fn reject(
         &self,
@@ -800,13 +818,17 @@ impl MoltProxy {
             .with_label_values(&[route.name()])
             .observe(overhead.as_secs_f64());
 
-        // Stream the body.
+        // Stream the body. The end of a response is held back until its
+        // usage event is recorded (see below): for SSE everything from the
+        // chunk holding the terminal event on, for other bodies the last
+        // chunk (a client with a content-length is done at its last byte).
         let _active = is_sse.then(|| ActiveStream::new(&self.metrics));
         let mut sse = is_sse.then(|| SseUsageReader::new(route.stream_kind(), strip_usage_chunk));
         let mut json = (!is_sse).then(JsonUsageReader::default);
         let mut retained: Vec<Bytes> = Vec::new();
         let mut retained_len = 0usize;
         let mut out: Vec<Bytes> = Vec::with_capacity(2);
+        let mut last_chunk: Option<Bytes> = None;
         let result = loop {
             let chunk = tokio::select! {
                 biased;
@@ -823,12 +845,17 @@ impl MoltProxy {
                         retained.push(c.clone());
                     }
                     match &mut sse {
-                        Some(reader) => reader.feed(c, &mut out),
+                        Some(reader) => {
+                            reader.feed(c, &mut out);
+                            if reader.terminal_seen() {
+                                continue;
+                            }
+                        }
                         None => {
                             if let Some(j) = &mut json {
                                 j.feed(&c);
                             }
-                            out.push(c);
+                            out.extend(last_chunk.replace(c));
                         }
                     }
                     if let Err(e) = write_all(session, &mut out).await {
@@ -868,6 +895,18 @@ impl MoltProxy {
         }
         if let Some(r) = &mut sse {
             r.finish(&mut out);
+        }
+        out.extend(last_chunk);
+        // Recorded before the end goes out: a response the client saw
+        // complete has its usage on disk, whatever is killed next.
+        if let Some(event) = self.finish_usage(ctx, status) {
+            let recorded = self.sink.record_durable(event);
+            if tokio::time::timeout(MAX_RECORD_WAIT, recorded.wait())
+                .await
+                .is_err()
+            {
+                self.metrics.usage_record_wait_timeouts.inc();
+            }
         }
         if let Err(e) = write_all(session, &mut out).await {
             ctx.outcome = "client_disconnected";

@@ -104,6 +104,7 @@ pub fn run(config_path: &Path) -> Result<std::convert::Infallible, StartError> {
             let spool = Arc::new(Spool::open(
                 &cp.spool_dir,
                 cp.spool_max_bytes,
+                cp.hold_response_until_recorded,
                 metrics.registry(),
                 move || dropped.inc(),
             )?);

@@ -1,7 +1,10 @@
 //! Where usage events go once a request is done, off the request path.
 //!
 //! [`UsageSink`] is the narrow trait the proxy calls: `record` must never
-//! block or fail the request. [`JsonlFileSink`] hands events to a writer
+//! block or fail the request. `record_durable` hands the event over the same
+//! way and gives back a [`Recorded`] future that resolves once the event is
+//! durable (for the spool: fsynced), so the proxy can hold the end of a
+//! response until then; sinks without durability resolve it at once. [`JsonlFileSink`] hands events to a writer
 //! thread over a bounded channel and appends them as JSON lines (a full
 //! channel drops the event and counts it: losing a line is better than
 //! stalling traffic; durable, lossless shipping to the control plane is
@@ -19,6 +22,39 @@ use std::sync::{Arc, Mutex};
 /// quickly and never panic.
 pub trait UsageSink: Send + Sync + 'static {
     fn record(&self, event: UsageEvent);
+
+    /// Record `event`; the returned future resolves when it is durable, or
+    /// when it never will be (dropped: counted by the sink). The default is
+    /// for sinks that have nothing to wait for.
+    fn record_durable(&self, event: UsageEvent) -> Recorded {
+        self.record(event);
+        Recorded::now()
+    }
+}
+
+/// Resolves once an event handed to [`UsageSink::record_durable`] is
+/// durable or was dropped. Awaiting it never fails.
+#[derive(Debug)]
+pub struct Recorded(Option<tokio::sync::oneshot::Receiver<()>>);
+
+impl Recorded {
+    /// Already resolved.
+    pub fn now() -> Self {
+        Self(None)
+    }
+
+    /// Resolves when the writer sends on (or drops) the paired sender.
+    pub fn on(rx: tokio::sync::oneshot::Receiver<()>) -> Self {
+        Self(Some(rx))
+    }
+
+    /// Wait until the event is durable (`true`) or will not be (`false`).
+    pub async fn wait(self) -> bool {
+        match self.0 {
+            None => true,
+            Some(rx) => rx.await.is_ok(),
+        }
+    }
 }
 
 /// Running totals per (user, model).
@@ -137,12 +173,18 @@ impl UsageSink for TotalsOnlySink {
     }
 }
 
-/// Gives every event to both sinks (the spool, and the file or totals).
+/// Gives every event to both sinks: the first is the durable one (the
+/// spool) whose [`Recorded`] is returned, the second the file or totals.
 pub struct Tee(pub Arc<dyn UsageSink>, pub Arc<dyn UsageSink>);
 
 impl UsageSink for Tee {
     fn record(&self, event: UsageEvent) {
-        self.0.record(event.clone());
-        self.1.record(event);
+        self.1.record(event.clone());
+        self.0.record(event);
+    }
+
+    fn record_durable(&self, event: UsageEvent) -> Recorded {
+        self.1.record(event.clone());
+        self.0.record_durable(event)
     }
 }

@@ -7,10 +7,15 @@
 //! the current segment file with one write, and fsyncs once per batch. An
 //! event is **recorded** when the fsync of its batch has returned; from
 //! then on it survives a `kill -9` of the data plane (and a power cut) and
-//! will be shipped. The request path does not wait for that: the response
-//! has usually reached the client a group commit (well under a millisecond
-//! on an idle disk) before its event is recorded, so a `kill -9` inside
-//! that window can lose the events of responses that had just ended.
+//! will be shipped. The proxy calls [`UsageSink::record_durable`] before
+//! the last bytes of a successful response and, with
+//! `hold_response_until_recorded` (the default), waits for that fsync
+//! before ending the response, so every response a client saw complete has
+//! its event on disk: a `kill -9` can only lose events of responses that
+//! had not ended. The wait is one group commit, shared by every response
+//! ending at that moment (see `molt_usage_spool_commit_seconds`); it is
+//! capped at [`MAX_RECORD_WAIT`], past which the response ends anyway and
+//! the event is recorded a little later.
 //!
 //! **Bounded.** Unshipped bytes (recorded, not yet acknowledged) are capped
 //! at `spool_max_bytes`. When an event would go over, it is **dropped**:
@@ -37,7 +42,7 @@
 //! off, segments wholly before `acked` are deleted, and shipping resumes at
 //! `acked`.
 
-use crate::sink::UsageSink;
+use crate::sink::{Recorded, UsageSink};
 use crate::sync::{backoff, write_atomically, ControlPlaneClient};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -65,6 +70,15 @@ const MAX_COMMIT: usize = 8_192;
 const ACK_FILE: &str = "acked";
 const SEGMENT_EXT: &str = "jsonl";
 const SHIP_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Longest a response end is held for its event's group commit (a stalled
+/// disk must not stall traffic; the event is still written when it can be).
+pub const MAX_RECORD_WAIT: Duration = Duration::from_secs(2);
+
+/// One queued event, with whoever waits for it to be durable.
+struct Entry {
+    event: UsageEvent,
+    durable: Option<tokio::sync::oneshot::Sender<()>>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -170,17 +184,22 @@ fn segment_path(dir: &Path, start: u64) -> PathBuf {
 
 /// The durable spool; see the module docs.
 pub struct Spool {
-    tx: SyncSender<UsageEvent>,
+    tx: SyncSender<Entry>,
     shared: Arc<Shared>,
     on_drop: Box<dyn Fn() + Send + Sync>,
+    /// Whether `record_durable` waits for the fsync (else resolves at once).
+    hold_until_recorded: bool,
 }
 
 impl Spool {
     /// Open (or create) the spool in `dir`, recover it, and start the
     /// group-commit thread. `on_drop` is called for every dropped event.
+    /// With `hold_until_recorded`, [`UsageSink::record_durable`] resolves
+    /// only once the event is fsynced.
     pub fn open(
         dir: &Path,
         max_bytes: u64,
+        hold_until_recorded: bool,
         registry: &Registry,
         on_drop: impl Fn() + Send + Sync + Clone + 'static,
     ) -> Result<Self, SpoolError> {
@@ -257,6 +276,7 @@ impl Spool {
             tx,
             shared,
             on_drop: Box::new(on_drop),
+            hold_until_recorded,
         })
     }
 
@@ -284,12 +304,35 @@ impl Spool {
     }
 }
 
-impl UsageSink for Spool {
-    fn record(&self, event: UsageEvent) {
-        match self.tx.try_send(event) {
+impl Spool {
+    fn enqueue(&self, entry: Entry) {
+        match self.tx.try_send(entry) {
             Ok(()) => {}
+            // Dropping the entry drops its sender: a waiter resolves at once.
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => (self.on_drop)(),
         }
+    }
+}
+
+impl UsageSink for Spool {
+    fn record(&self, event: UsageEvent) {
+        self.enqueue(Entry {
+            event,
+            durable: None,
+        });
+    }
+
+    fn record_durable(&self, event: UsageEvent) -> Recorded {
+        if !self.hold_until_recorded {
+            self.record(event);
+            return Recorded::now();
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.enqueue(Entry {
+            event,
+            durable: Some(tx),
+        });
+        Recorded::on(rx)
     }
 }
 
@@ -357,19 +400,27 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: &Receiver<UsageEvent>) {
+    fn run(mut self, rx: &Receiver<Entry>) {
         let mut buf = Vec::with_capacity(64 * 1024);
+        let mut waiters = Vec::new();
         while let Ok(first) = rx.recv() {
             buf.clear();
             let mut count = 0u64;
-            for event in std::iter::once(first).chain(rx.try_iter().take(MAX_COMMIT)) {
-                if self.append(&mut buf, &event) {
+            for entry in std::iter::once(first).chain(rx.try_iter().take(MAX_COMMIT)) {
+                // A dropped event's waiter is dropped here, resolving it.
+                if self.append(&mut buf, &entry.event) {
                     count += 1;
+                    waiters.extend(entry.durable);
                 }
             }
-            if count > 0 {
-                self.commit(&buf, count);
+            if count > 0 && self.commit(&buf, count) {
+                for w in waiters.drain(..) {
+                    // The response may have ended already (wait capped, or
+                    // client gone): nobody to tell is fine.
+                    let _ = w.send(());
+                }
             }
+            waiters.clear();
         }
     }
 
@@ -406,8 +457,8 @@ impl Writer {
         true
     }
 
-    /// One write and one fsync for the whole batch.
-    fn commit(&mut self, buf: &[u8], count: u64) {
+    /// One write and one fsync for the whole batch; whether it is durable.
+    fn commit(&mut self, buf: &[u8], count: u64) -> bool {
         if self.len >= SEGMENT_BYTES {
             let start = self.start + self.len;
             match create_segment(&self.shared.dir, start) {
@@ -435,6 +486,7 @@ impl Writer {
                     .store(self.start + self.len, Ordering::Release);
                 self.shared.metrics.recorded.inc_by(count);
                 self.shared.update_bytes();
+                true
             }
             Err(e) => {
                 // Disk full or failing: take back any part that was written
@@ -444,6 +496,7 @@ impl Writer {
                 for _ in 0..count {
                     (self.on_drop)();
                 }
+                false
             }
         }
     }
@@ -654,7 +707,7 @@ mod tests {
     #[test]
     fn records_ships_acks_and_resumes_after_restart() {
         let dir = temp_dir();
-        let spool = Spool::open(&dir, 1 << 20, &Registry::new(), || {}).unwrap();
+        let spool = Spool::open(&dir, 1 << 20, true, &Registry::new(), || {}).unwrap();
         for n in 0..5 {
             spool.record(event(n));
         }
@@ -673,7 +726,7 @@ mod tests {
         let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(br#"{"event_id":"torn"#).unwrap();
         drop(f);
-        let spool = Spool::open(&dir, 1 << 20, &Registry::new(), || {}).unwrap();
+        let spool = Spool::open(&dir, 1 << 20, true, &Registry::new(), || {}).unwrap();
         let batch = read_batch(&spool.shared).unwrap().unwrap();
         assert_eq!(batch_ids(&batch), ["ev-2", "ev-3", "ev-4"]);
         commit_ack(&spool.shared, batch.end).unwrap();
@@ -683,13 +736,36 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    #[tokio::test]
+    async fn record_durable_resolves_after_the_fsync_or_the_drop() {
+        let dir = temp_dir();
+        let line = serde_json::to_vec(&event(0)).unwrap().len() as u64 + 1;
+        let spool = Spool::open(&dir, line * 2, true, &Registry::new(), || {}).unwrap();
+        // Resolving true means the line is already in the file on disk.
+        assert!(spool.record_durable(event(0)).wait().await);
+        let on_disk = std::fs::read(segment_path(&dir, 0)).unwrap();
+        assert!(on_disk.ends_with(b"\n") && on_disk.len() as u64 == line);
+        assert_eq!(spool.shared.metrics.recorded.get(), 1);
+        assert!(spool.record_durable(event(1)).wait().await);
+        // Full: the event is dropped, and its waiter is told so at once.
+        assert!(!spool.record_durable(event(2)).wait().await);
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // Not holding: resolves at once, before the commit.
+        let dir = temp_dir();
+        let spool = Spool::open(&dir, 1 << 20, false, &Registry::new(), || {}).unwrap();
+        assert!(spool.record_durable(event(0)).wait().await);
+        wait_durable(&spool, 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[test]
     fn full_spool_drops_and_counts() {
         let dir = temp_dir();
         let dropped = Arc::new(AtomicU64::new(0));
         let d = dropped.clone();
         let line = serde_json::to_vec(&event(0)).unwrap().len() as u64 + 1;
-        let spool = Spool::open(&dir, line * 3, &Registry::new(), move || {
+        let spool = Spool::open(&dir, line * 3, true, &Registry::new(), move || {
             d.fetch_add(1, Ordering::Relaxed);
         })
         .unwrap();
@@ -710,7 +786,7 @@ mod tests {
     #[test]
     fn segments_rotate_and_acked_ones_are_deleted() {
         let dir = temp_dir();
-        let spool = Spool::open(&dir, 1 << 30, &Registry::new(), || {}).unwrap();
+        let spool = Spool::open(&dir, 1 << 30, true, &Registry::new(), || {}).unwrap();
         spool.record(event(0));
         wait_durable(&spool, 1);
         // Pretend the first segment is full so the next commit rotates.

@@ -32,6 +32,8 @@ def referenced_env_vars(example: Path) -> list[str]:
     jwt = config.get("auth", {}).get("jwt", {})
     if "secret_env" in jwt:
         names.append(jwt["secret_env"])
+    if "token_env" in config.get("control_plane", {}):
+        names.append(config["control_plane"]["token_env"])
     return names
 
 

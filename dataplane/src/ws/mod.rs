@@ -246,6 +246,31 @@ impl WsHub {
         Ok(200)
     }
 
+    /// What every upgrade route does first: never reuse the connection
+    /// (nothing after the handshake is HTTP) and refuse while draining.
+    fn begin_upgrade(session: &mut Session) -> Result<(), WsReject> {
+        session.set_keepalive(None);
+        if session.is_process_shutting_down() {
+            return Err(WsReject::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Take a connection slot for `user`, starting the registry's config
+    /// watcher if it is not running yet.
+    fn register(
+        &self,
+        take: impl FnOnce(&Arc<ConnRegistry>) -> Result<ConnGuard, RegisterError>,
+        max_per_user: u32,
+    ) -> Result<ConnGuard, WsReject> {
+        let guard = take(&self.registry).map_err(|e| match e {
+            RegisterError::TooMany => WsReject::TooManyConnections(max_per_user),
+            RegisterError::ShuttingDown => WsReject::ShuttingDown,
+        })?;
+        self.registry.ensure_watcher(self.runtime.clone());
+        Ok(guard)
+    }
+
     /// `GET /ws/chat?bot=<id>`: the whole connection.
     async fn chat(
         &self,
@@ -255,11 +280,7 @@ impl WsHub {
     ) -> Result<u16, WsReject> {
         let start = Instant::now();
         let timestamp_ms = now_ms();
-        // Nothing after the handshake is HTTP; never reuse the connection.
-        session.set_keepalive(None);
-        if session.is_process_shutting_down() {
-            return Err(WsReject::ShuttingDown);
-        }
+        Self::begin_upgrade(session)?;
         let req = session.req_header();
         let up = handshake::parse(req)?;
         let caller = match handshake::credential(req, up.ticket.as_deref()) {
@@ -286,22 +307,9 @@ impl WsHub {
             .find(|b| b.id == bot_id && b.user == caller.user)
             .ok_or_else(|| WsReject::BotNotFound(bot_id.chars().take(100).collect()))?;
         let cfg = &rt.config.websocket;
-        let guard = self
-            .registry
-            .register(&caller.user, bot, cfg.max_connections_per_user)
-            .map_err(|e| match e {
-                RegisterError::TooMany => {
-                    WsReject::TooManyConnections(cfg.max_connections_per_user)
-                }
-                RegisterError::ShuttingDown => WsReject::ShuttingDown,
-            })?;
-        self.registry.ensure_watcher(self.runtime.clone());
-        let limits = Limits {
-            idle_timeout: cfg.idle_timeout,
-            ping_interval: cfg.ping_interval,
-            max_message_bytes: cfg.max_message_bytes,
-            max_frame_bytes: cfg.max_frame_bytes,
-        };
+        let max = cfg.max_connections_per_user;
+        let guard = self.register(|r| r.register(&caller.user, bot, max), max)?;
+        let limits = Limits::from(cfg);
         let mut bot_stream = connect_bot(bot, limits, rt, request_id).await?;
         let protocol = up.offers_molt.then_some(handshake::PROTOCOL);
         let resp = handshake::switching_protocols(&up, request_id, protocol)

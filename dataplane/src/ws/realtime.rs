@@ -64,11 +64,7 @@ impl WsHub {
     ) -> Result<u16, WsReject> {
         let start = Instant::now();
         let timestamp_ms = now_ms();
-        // Nothing after the handshake is HTTP; never reuse the connection.
-        session.set_keepalive(None);
-        if session.is_process_shutting_down() {
-            return Err(WsReject::ShuttingDown);
-        }
+        Self::begin_upgrade(session)?;
         let req = session.req_header();
         let up = handshake::parse(req)?;
         let token = match handshake::credential(req, None) {
@@ -101,22 +97,9 @@ impl WsHub {
                 .then(|| HeaderValue::from_static("realtime=v1"))
         });
         let cfg = &rt.config.websocket;
-        let guard = self
-            .registry
-            .register_session(&principal.user, cfg.max_connections_per_user)
-            .map_err(|e| match e {
-                super::registry::RegisterError::TooMany => {
-                    WsReject::TooManyConnections(cfg.max_connections_per_user)
-                }
-                super::registry::RegisterError::ShuttingDown => WsReject::ShuttingDown,
-            })?;
-        self.registry.ensure_watcher(self.runtime.clone());
-        let limits = Limits {
-            idle_timeout: cfg.idle_timeout,
-            ping_interval: cfg.ping_interval,
-            max_message_bytes: cfg.max_message_bytes,
-            max_frame_bytes: cfg.max_frame_bytes,
-        };
+        let max = cfg.max_connections_per_user;
+        let guard = self.register(|r| r.register_session(&principal.user, max), max)?;
+        let limits = Limits::from(cfg);
         let mut upstream =
             connect_provider(provider, &model.upstream_name, beta, limits, rt, request_id).await?;
         let protocol = if up.offers_realtime {

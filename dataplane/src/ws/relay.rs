@@ -56,6 +56,17 @@ pub struct Limits {
     pub max_frame_bytes: usize,
 }
 
+impl From<&molt_config::dataplane::WebSocketConfig> for Limits {
+    fn from(cfg: &molt_config::dataplane::WebSocketConfig) -> Self {
+        Self {
+            idle_timeout: cfg.idle_timeout,
+            ping_interval: cfg.ping_interval,
+            max_message_bytes: cfg.max_message_bytes,
+            max_frame_bytes: cfg.max_frame_bytes,
+        }
+    }
+}
+
 impl Limits {
     /// Framing config for either side.
     pub fn framing(&self) -> WebSocketConfig {
