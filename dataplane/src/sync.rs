@@ -563,6 +563,7 @@ mod tests {
             cache_file: PathBuf::from("unused.json"),
             spool_dir: PathBuf::from("unused"),
             spool_max_bytes: 1 << 20,
+            hold_response_until_recorded: true,
             ship_interval: Duration::from_secs(1),
         }
     }
