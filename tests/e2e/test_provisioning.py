@@ -17,23 +17,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
 from harness import (
     CONTROLPLANE_TOKEN_ENV,
-    MOLT_BIN,
     SECRETS,
     ControlPlane,
-    Process,
+    FakeFly,
     StartDataplane,
     World,
     assert_no_secrets,
     free_port,
-    new_secret,
-    require_binary,
     wait_until,
 )
 
@@ -42,42 +38,6 @@ FLY_APP = "molt-e2e-bots"
 MOCK_REPLY = "Hello from the Molt mock bot. You said: "
 RUNNING_DEADLINE = 30.0
 ROUTE_DEADLINE = 10.0
-
-
-class FakeFly:
-    """`molt fake-fly --listen` on a free port."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.token = new_secret("fly-token-")
-        self.process = Process(
-            [
-                require_binary(MOLT_BIN, "molt binary"),
-                "fake-fly",
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--token",
-                self.token,
-                "--boot-delay-ms",
-                "200",
-            ],
-            log_dir / "fake_fly.log",
-        )
-        wait_until(self._ready, f"fake fly on {self.port}")
-
-    def _ready(self) -> bool:
-        if not self.process.alive():
-            raise AssertionError(f"fake fly exited:\n{self.process.describe()}")
-        try:
-            return httpx.get(f"{self.url}/_fake/state", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def state(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.url}/_fake/state", timeout=5)
-        response.raise_for_status()
-        return response.json()
 
 
 @pytest.fixture
