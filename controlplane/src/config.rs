@@ -145,7 +145,9 @@ pub struct RawBilling {
     /// How often usage is flushed to Stripe (default 1h).
     #[serde(default, with = "humantime_serde")]
     pub flush_interval: Option<Duration>,
-    /// Billing window width (default 1h).
+    /// Billing window width (default 1h; at least 1s). Each closed window
+    /// is one meter event per customer, so short windows (seconds, for
+    /// tests and `molt dev`) multiply Stripe calls.
     #[serde(default, with = "humantime_serde")]
     pub window: Option<Duration>,
     /// Wait after a window closes for late usage (default 5m).
@@ -342,8 +344,11 @@ impl Settings {
             if f.event_name.is_empty() || f.event_name.len() > 100 {
                 errs.push("billing.meter_event_name: must be 1 to 100 characters".into());
             }
-            if f.window < Duration::from_secs(60) || b.settings.flush_interval.is_zero() {
-                errs.push("billing: window must be at least 1m and flush_interval above 0".into());
+            // The flush works in whole milliseconds and Stripe's timestamps
+            // in whole seconds: a window under a second would give several
+            // windows the same meter event timestamp.
+            if f.window < Duration::from_secs(1) || b.settings.flush_interval.is_zero() {
+                errs.push("billing: window must be at least 1s and flush_interval above 0".into());
             }
         }
         let fleet = raw

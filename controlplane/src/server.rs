@@ -4,7 +4,7 @@
 use crate::api::{router, AppState};
 use crate::billing::stripe_sink::StripeMeterSink;
 use crate::billing::{self, Billing, BillingSettings, MeterSink};
-use crate::config::{FleetConfig, FleetKind, Settings};
+use crate::config::{BillingConfig, FleetConfig, FleetKind, Settings};
 use crate::fleet::fly::FlyFleet;
 use crate::fleet::local::LocalFleet;
 use crate::fleet::Fleet;
@@ -187,6 +187,21 @@ impl App {
         self.jobs.push(billing.spawn());
         Ok(billing)
     }
+
+    /// [`App::enable_billing`] as a `[billing]` section configures it:
+    /// meter events through async-stripe to Stripe or `stripe_base_url`.
+    pub fn enable_configured_billing(
+        &mut self,
+        store: &SqlStore,
+        config: &BillingConfig,
+    ) -> Result<Arc<Billing>, ServerError> {
+        let sink = StripeMeterSink::new(
+            config.stripe_api_key.expose(),
+            config.stripe_base_url.as_deref(),
+        )
+        .map_err(|e| ServerError::Stripe(e.to_string()))?;
+        self.enable_billing(store, config.settings.clone(), Arc::new(sink))
+    }
 }
 
 impl Drop for App {
@@ -230,9 +245,14 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
         tracing::info!(fleet = kind, "bot provisioning enabled");
     }
     if let Some(b) = &settings.billing {
-        let sink = StripeMeterSink::new(b.stripe_api_key.expose(), b.stripe_base_url.as_deref())
-            .map_err(|e| ServerError::Stripe(e.to_string()))?;
-        app.enable_billing(&store, b.settings.clone(), Arc::new(sink))?;
+        app.enable_configured_billing(&store, b)?;
+        tracing::info!(
+            stripe = b
+                .stripe_base_url
+                .as_deref()
+                .unwrap_or("https://api.stripe.com"),
+            "billing enabled"
+        );
     }
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await

@@ -15,6 +15,14 @@
 //! is on with a local fleet: `POST /api/v1/bots` starts a mock bot gateway
 //! in-process, reachable through the data plane's `/ws/chat?bot=`.
 //!
+//! Billing is recorded locally (unless `--no-billing`): a fake Stripe runs
+//! in-process (`molt_loadtest::fake_stripe`, on `--stripe`) and the control
+//! plane's `[billing]` points async-stripe at it, with short windows so a
+//! developer sees meter events within seconds at
+//! `$MOLT_STRIPE_URL/_fake/meter_events`. The dev user gets a Stripe
+//! customer id, and webhooks signed with `MOLT_STRIPE_WEBHOOK_SECRET` are
+//! accepted at the control plane's `/webhooks/stripe`.
+//!
 //! Real OpenAI/Anthropic are used when their keys are in the environment;
 //! they are then stored like any provider key: sealed in the database with
 //! the key from `secrets.env`, and in clear only in the data plane's
@@ -35,7 +43,14 @@ const DATAPLANE_TOKEN_ENV: &str = "MOLT_DEV_DATAPLANE_TOKEN";
 const ENCRYPTION_KEY_ENV: &str = "MOLT_DEV_ENCRYPTION_KEY";
 const JWT_SECRET_ENV: &str = "MOLT_DEV_JWT_SECRET";
 const ADMIN_TOKEN_ENV: &str = "MOLT_ADMIN_TOKEN";
+const STRIPE_WEBHOOK_SECRET_ENV: &str = "MOLT_STRIPE_WEBHOOK_SECRET";
+const STRIPE_API_KEY_ENV: &str = "MOLT_DEV_STRIPE_API_KEY";
 const DEV_EMAIL: &str = "dev@molt.local";
+/// The dev user's customer in the local fake Stripe.
+const DEV_CUSTOMER: &str = "cus_molt_dev";
+/// Billing window and flush period under `molt dev`: short, so meter
+/// events show up while the developer watches (production: 1h).
+const DEV_BILLING_WINDOW: &str = "10s";
 
 #[derive(clap::Args)]
 pub(crate) struct DevArgs {
@@ -53,6 +68,13 @@ pub(crate) struct DevArgs {
     /// The control plane's API (MOLT_ADMIN_URL).
     #[arg(long, default_value = "127.0.0.1:9700")]
     controlplane: SocketAddr,
+    /// The local fake Stripe that billing reports meter events to
+    /// (MOLT_STRIPE_URL).
+    #[arg(long, default_value = "127.0.0.1:12111")]
+    stripe: SocketAddr,
+    /// Do not run the fake Stripe nor bill usage.
+    #[arg(long)]
+    no_billing: bool,
 }
 
 /// A new random API key: `molt_sk_` + 32 random bytes, base64url.
@@ -87,17 +109,28 @@ pub(crate) fn run(args: DevArgs) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", config_path.display()))?;
 
     start_mock(args.mock)?;
+    if !args.no_billing {
+        start_fake_stripe(args.stripe, &secrets[STRIPE_API_KEY_ENV])?;
+    }
     let key = start_controlplane(&args, &secrets, old_key, use_openai, use_anthropic)?;
 
     let url = format!("http://{}/v1", args.http);
     let metrics = format!("http://{}/metrics", args.admin);
-    let env = format!(
+    let mut env = format!(
         "MOLT_URL={url}\nMOLT_TLS_URL=https://{tls}/v1\nMOLT_API_KEY={key}\nMOLT_METRICS_URL={metrics}\nMOLT_CA_CERT={cert}\nMOLT_ADMIN_URL=http://{cp}\nMOLT_ADMIN_TOKEN={admin}\n",
         tls = args.tls,
         cert = abs(&args.dir.join("tls/cert.pem")).display(),
         cp = args.controlplane,
         admin = secrets[ADMIN_TOKEN_ENV],
     );
+    if !args.no_billing {
+        let _ = write!(
+            env,
+            "MOLT_STRIPE_URL=http://{stripe}\nMOLT_STRIPE_WEBHOOK_SECRET={whsec}\n",
+            stripe = args.stripe,
+            whsec = secrets[STRIPE_WEBHOOK_SECRET_ENV],
+        );
+    }
     std::fs::write(&env_file, &env).with_context(|| format!("writing {}", env_file.display()))?;
     let mut banner = String::new();
     let _ = writeln!(
@@ -115,6 +148,21 @@ pub(crate) fn run(args: DevArgs) -> anyhow::Result<()> {
             "mock"
         },
     );
+    if args.no_billing {
+        let _ = writeln!(banner, "Billing: off (--no-billing)");
+    } else {
+        let _ = writeln!(
+            banner,
+            "Billing: usage of {DEV_EMAIL} (customer {DEV_CUSTOMER}) goes to a local fake Stripe in \
+             {DEV_BILLING_WINDOW} windows, flushed every {DEV_BILLING_WINDOW}:\n  \
+             meter events:   curl -s http://{stripe}/_fake/meter_events\n  \
+             flush now:      curl -s -X POST http://{cp}/api/v1/billing/flush -H \"Authorization: Bearer $MOLT_ADMIN_TOKEN\"\n  \
+             reconciliation: curl -s http://{cp}/api/v1/billing/reconciliation -H \"Authorization: Bearer $MOLT_ADMIN_TOKEN\"\n  \
+             webhooks:       POST http://{cp}/webhooks/stripe, signed with MOLT_STRIPE_WEBHOOK_SECRET",
+            stripe = args.stripe,
+            cp = args.controlplane,
+        );
+    }
     let _ = writeln!(
         banner,
         "\nTry it:\n  curl -sN {url}/chat/completions -H \"Authorization: Bearer {key}\" -H 'content-type: application/json' \\\n    -d '{{\"model\":\"gpt-4o-mini\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'\n\nOperate it:\n  source {env_file} && molt ctl users list\n",
@@ -151,6 +199,42 @@ fn start_mock(mock: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The fake Stripe on its own thread and runtime. The port is bound here,
+/// before the thread starts, so a port in use is an error now rather than
+/// a billing flush that fails later.
+fn start_fake_stripe(addr: SocketAddr, api_key: &str) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(addr).with_context(|| {
+        format!("fake Stripe cannot listen on {addr} (see --stripe, --no-billing)")
+    })?;
+    listener.set_nonblocking(true)?;
+    let opts = molt_loadtest::fake_stripe::FakeStripeOptions {
+        api_key: api_key.to_owned(),
+        ..Default::default()
+    };
+    std::thread::Builder::new()
+        .name("fake-stripe".into())
+        .spawn(move || {
+            let run = async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                molt_loadtest::fake_stripe::FakeStripe::new(opts)
+                    .serve(listener)
+                    .await
+            };
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => {
+                    if let Err(e) = rt.block_on(run) {
+                        tracing::error!(error = %e, %addr, "fake stripe stopped");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot start the fake stripe runtime"),
+            }
+        })?;
+    Ok(())
+}
+
 /// Start the control plane on its own thread and runtime, seed it, write
 /// its first snapshot to the data plane's cache, and return the dev key.
 fn start_controlplane(
@@ -168,6 +252,7 @@ fn start_controlplane(
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let settings = molt_controlplane::Settings::load(&cp_config, &env)?;
+    let billing = !args.no_billing;
     let providers = dev_providers(args.mock, use_openai, use_anthropic);
     let cache = args.dir.join("snapshot.json");
     let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<String>>();
@@ -199,13 +284,17 @@ fn start_controlplane(
                         .as_ref()
                         .map(molt_controlplane::server::Provisioning::from_config)
                         .transpose()?;
-                    let app = molt_controlplane::App::start_with(
-                        Arc::new(store),
+                    let mut app = molt_controlplane::App::start_with(
+                        Arc::new(store.clone()),
                         &settings,
                         provisioning,
                     )
                     .await?;
-                    let key = seed(&app.service, &providers, old_key).await?;
+                    // `[billing]` points at the in-process fake Stripe.
+                    if let Some(b) = &settings.billing {
+                        app.enable_configured_billing(&store, b)?;
+                    }
+                    let key = seed(&app.service, &providers, old_key, billing).await?;
                     let published = app.service.publisher().subscribe().borrow().clone();
                     // Version 0 means the state did not compile: the data
                     // plane then starts from its file and waits for a fix.
@@ -274,12 +363,14 @@ fn dev_providers(mock: SocketAddr, use_openai: bool, use_anthropic: bool) -> Vec
 }
 
 /// Make the database hold the dev world (idempotent across restarts):
-/// providers (updated to this run's URLs and keys), models, the dev user,
-/// and a working key, reusing `old_key` when it is still valid.
+/// providers (updated to this run's URLs and keys), models, the dev user
+/// (with a Stripe customer when `billing`), and a working key, reusing
+/// `old_key` when it is still valid.
 async fn seed(
     service: &Service,
     providers: &[DevProvider],
     old_key: Option<String>,
+    billing: bool,
 ) -> anyhow::Result<String> {
     let op = Operator {
         actor: "molt-dev".into(),
@@ -326,9 +417,18 @@ async fn seed(
     };
     let users = service.list_users(&op, &all).await?;
     let user = match users.items.into_iter().find(|u| u.email == DEV_EMAIL) {
+        Some(u) if billing && u.stripe_customer_id.is_none() => {
+            let update = serde_json::json!({"stripe_customer_id": DEV_CUSTOMER});
+            service
+                .update_user(&op, &u.id, serde_json::from_value(update)?)
+                .await?
+        }
         Some(u) => u,
         None => {
-            let create = serde_json::json!({"email": DEV_EMAIL, "plan": "dev"});
+            let mut create = serde_json::json!({"email": DEV_EMAIL, "plan": "dev"});
+            if billing {
+                create["stripe_customer_id"] = DEV_CUSTOMER.into();
+            }
             service
                 .create_user(&op, serde_json::from_value(create)?)
                 .await?
@@ -367,11 +467,16 @@ fn load_secrets(path: &Path) -> anyhow::Result<HashMap<String, String>> {
         DATAPLANE_TOKEN_ENV,
         JWT_SECRET_ENV,
         ADMIN_TOKEN_ENV,
+        STRIPE_WEBHOOK_SECRET_ENV,
+        STRIPE_API_KEY_ENV,
     ] {
         secrets
             .entry(name.to_owned())
             .or_insert_with(|| match name {
                 ADMIN_TOKEN_ENV => format!("molt_admin_{}", random_hex()),
+                // Shaped like Stripe's, so they read as what they are.
+                STRIPE_WEBHOOK_SECRET_ENV => format!("whsec_{}", random_hex()),
+                STRIPE_API_KEY_ENV => format!("sk_test_{}", random_hex()),
                 _ => random_hex(),
             });
     }
@@ -403,6 +508,23 @@ fn existing_key(env_file: &Path) -> Option<String> {
 }
 
 fn controlplane_config(args: &DevArgs) -> String {
+    let billing = if args.no_billing {
+        String::new()
+    } else {
+        format!(
+            r#"
+# Usage is billed to the in-process fake Stripe (GET {stripe}/_fake/meter_events).
+[billing]
+webhook_secret_env = "{STRIPE_WEBHOOK_SECRET_ENV}"
+stripe_api_key_env = "{STRIPE_API_KEY_ENV}"
+stripe_base_url = "http://{stripe}"
+window = "{DEV_BILLING_WINDOW}"
+flush_interval = "{DEV_BILLING_WINDOW}"
+settle = "2s"
+"#,
+            stripe = args.stripe,
+        )
+    };
     format!(
         r#"# Generated by `molt dev`; rewritten on every start. Secrets are in secrets.env.
 listen = "{listen}"
@@ -422,7 +544,7 @@ secret_env = "{JWT_SECRET_ENV}"
 kind = "local"
 proxy_url = "http://{http}/v1"
 health_deadline = "30s"
-"#,
+{billing}"#,
         listen = args.controlplane,
         http = args.http,
         db = abs(&args.dir.join("controlplane.db")).display(),

@@ -78,7 +78,8 @@ enum Command {
         no_rate_limits: bool,
     },
     /// Run the fake Stripe API (meter events, for tests and local billing);
-    /// `GET /_fake/meter_events` lists what it stored.
+    /// `GET /_fake/meter_events` lists what it stored, `POST /_fake/faults`
+    /// injects failures.
     FakeStripe {
         #[arg(long, default_value = "127.0.0.1:12111")]
         listen: SocketAddr,

@@ -795,3 +795,126 @@ class ControlPlane:
         for process in self.processes:
             process.kill()
 
+
+
+# --------------------------------------------------------------------------------------------
+# Fakes of Fly Machines and Stripe (separate `molt` processes)
+# --------------------------------------------------------------------------------------------
+
+
+class FakeFly:
+    """`molt fake-fly --listen` on a free port, with its test hooks: `state()` (machines, volumes), `calls()`,
+    `delay_next(...)`, `set_bots_healthy(...)` and Fly's own list-by-metadata."""
+
+    def __init__(self, log_dir: Path, *, rate_limits: bool = True) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = new_secret("fly-token-")
+        argv: list[str | Path] = [
+            require_binary(MOLT_BIN, "molt binary"),
+            "fake-fly",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--token",
+            self.token,
+            "--boot-delay-ms",
+            "200",
+        ]
+        if not rate_limits:
+            argv.append("--no-rate-limits")
+        self.process = Process(argv, log_dir / "fake_fly.log")
+        wait_until(self._ready, f"fake fly on {self.port}")
+
+    def _ready(self) -> bool:
+        if not self.process.alive():
+            raise AssertionError(f"fake fly exited:\n{self.process.describe()}")
+        try:
+            return httpx.get(f"{self.url}/_fake/state", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def state(self) -> dict[str, Any]:
+        response = httpx.get(f"{self.url}/_fake/state", timeout=5)
+        response.raise_for_status()
+        return response.json()
+
+    def calls(self) -> list[tuple[str, int]]:
+        """Every Fly API call the fake received, in order, as (`METHOD /path`, status)."""
+        response = httpx.get(f"{self.url}/_fake/calls", timeout=5)
+        response.raise_for_status()
+        return [(call, status) for call, status in response.json()]
+
+    def delay_next(self, matching: str, ms: int) -> None:
+        """Act on the next call whose `METHOD /path` contains `matching`, but answer it only `ms` ms later."""
+        fault = {"kind": {"delay": ms}, "times": 1, "matching": matching}
+        httpx.post(f"{self.url}/_fake/faults", json=fault, timeout=5).raise_for_status()
+
+    def set_bots_healthy(self, healthy: bool) -> None:
+        httpx.post(f"{self.url}/_fake/bots_healthy", json={"healthy": healthy}, timeout=5).raise_for_status()
+
+    def machines_of_bot(self, app: str, bot_id: str) -> list[dict[str, Any]]:
+        """Fly's own list-by-metadata (`GET /v1/apps/{app}/machines?metadata.molt_bot_id=`): live machines."""
+        response = httpx.get(
+            f"{self.url}/v1/apps/{app}/machines",
+            params={"metadata.molt_bot_id": bot_id},
+            headers={"authorization": f"Bearer {self.token}"},
+            timeout=5,
+        )
+        response.raise_for_status()
+        return response.json()
+
+
+class FakeStripe:
+    """`molt fake-stripe --listen` on a free port (no rate limit), with its test hooks: `meter_events()`,
+    `calls()` and `inject(kind, ...)` (see loadtest/src/fake_stripe/mod.rs for the fault kinds)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api_key = new_secret("sk_test_")
+        self.process = Process(
+            [
+                require_binary(MOLT_BIN, "molt binary"),
+                "fake-stripe",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--rate-limit",
+                "0",
+            ],
+            log_dir / "fake_stripe.log",
+            extra_env={"STRIPE_API_KEY": self.api_key},
+        )
+        wait_until(self._ready, f"fake stripe on {self.port}")
+
+    def _ready(self) -> bool:
+        if not self.process.alive():
+            raise AssertionError(f"fake stripe exited:\n{self.process.describe()}")
+        try:
+            return httpx.get(f"{self.url}/_fake/meter_events", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def _inspect(self) -> dict[str, Any]:
+        response = httpx.get(f"{self.url}/_fake/meter_events", timeout=5)
+        response.raise_for_status()
+        return response.json()
+
+    def meter_events(self) -> list[dict[str, Any]]:
+        """Every meter event the fake stored, oldest first (`value` is a string, as Stripe returns it)."""
+        return self._inspect()["data"]
+
+    def calls(self) -> int:
+        """Meter event calls that reached the endpoint (faults and replays included)."""
+        return self._inspect()["calls"]
+
+    def inject(self, kind: str, times: int = 1, **extra: Any) -> None:
+        """Queue a fault for the next `times` meter event calls: fail, fail_saved, record_then_drop, slow."""
+        body = {"kind": kind, "times": times, **extra}
+        httpx.post(f"{self.url}/_fake/faults", json=body, timeout=5).raise_for_status()
+
+
+def sign_stripe_webhook(payload: bytes, secret: str, timestamp: int | None = None) -> str:
+    """The `Stripe-Signature` header Stripe sends: `t=<unix>,v1=hex(HMAC-SHA256(secret, "<t>.<payload>"))`."""
+    t = int(time.time()) if timestamp is None else timestamp
+    signature = hmac.new(secret.encode(), f"{t}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={t},v1={signature}"

@@ -31,6 +31,12 @@ bootstrap_admin_token_env = "MOLT_TEST_ADMIN_TOKEN"
 [jwt]
 issuer = "molt-test"
 secret_env = "MOLT_TEST_JWT_SECRET"
+# Billing on, so its operations (reconciliation, flush) are served and fuzzed too. Nothing is ever
+# billed (no usage), so the Stripe URL, where nothing listens, is never called.
+[billing]
+webhook_secret_env = "MOLT_TEST_WEBHOOK_SECRET"
+stripe_api_key_env = "MOLT_TEST_STRIPE_KEY"
+stripe_base_url = "http://127.0.0.1:{free_port()}"
 """
     )
     env = {
@@ -38,6 +44,8 @@ secret_env = "MOLT_TEST_JWT_SECRET"
         "MOLT_TEST_DATAPLANE_TOKEN": "dp-" + secrets.token_urlsafe(24),
         "MOLT_TEST_ADMIN_TOKEN": admin,
         "MOLT_TEST_JWT_SECRET": secrets.token_urlsafe(48),
+        "MOLT_TEST_WEBHOOK_SECRET": "whsec_" + secrets.token_hex(16),
+        "MOLT_TEST_STRIPE_KEY": "sk_test_" + secrets.token_hex(16),
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -55,39 +63,63 @@ secret_env = "MOLT_TEST_JWT_SECRET"
     return proc, url, admin
 
 
+def schemathesis(url: str, admin: str, cwd: Path, *options: str) -> str:
+    """Run schemathesis against the served document; fail with its report unless it passes; return its output."""
+    binary = Path(sys.executable).with_name("schemathesis")
+    result = subprocess.run(
+        [
+            binary,
+            "run",
+            f"{url}/api/v1/openapi.json",
+            "--header",
+            f"Authorization: Bearer {admin}",
+            "--workers",
+            "2",
+            "--request-timeout",
+            "10",
+            "--generation-deterministic",
+            "--no-color",
+            *options,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        cwd=cwd,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    return output
+
+
+def operations_tested(output: str) -> int:
+    tested = re.search(r"Tested:\s*(\d+)", output)
+    assert tested, output[-3000:]
+    return int(tested.group(1))
+
+
 def test_no_generated_request_gets_a_server_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     proc, url, admin = start_control_plane(tmp_path / "cp", monkeypatch)
     try:
-        schemathesis = Path(sys.executable).with_name("schemathesis")
-        result = subprocess.run(
-            [
-                schemathesis,
-                "run",
-                f"{url}/api/v1/openapi.json",
-                "--header",
-                f"Authorization: Bearer {admin}",
-                "--checks",
-                "not_a_server_error",
-                "--max-examples",
-                "15",
-                "--workers",
-                "2",
-                "--request-timeout",
-                "10",
-                "--generation-deterministic",
-                "--no-color",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=240,
-            check=False,
-            cwd=tmp_path,
-        )
-        output = result.stdout + result.stderr
-        assert result.returncode == 0, output[-6000:]
+        paths = httpx.get(f"{url}/api/v1/openapi.json", timeout=5).json()["paths"]
+        for path, method in (("/api/v1/billing/reconciliation", "get"), ("/api/v1/billing/flush", "post")):
+            assert method in paths.get(path, {}), f"{method.upper()} {path} is not in the OpenAPI document"
+        output = schemathesis(url, admin, tmp_path, "--checks", "not_a_server_error", "--max-examples", "15")
         # Guard against a vacuous pass (an empty or unreadable document).
-        tested = re.search(r"Tested:\s*(\d+)", output)
-        assert tested and int(tested.group(1)) >= 15, output[-3000:]
+        assert operations_tested(output) >= 15, output[-3000:]
+    finally:
+        proc.kill()
+    assert "panicked" not in proc.logs()
+
+
+def test_billing_responses_conform_to_the_document(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The billing operations answer only documented statuses, content types and bodies of the documented schema."""
+    proc, url, admin = start_control_plane(tmp_path / "cp", monkeypatch)
+    try:
+        checks = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
+        only_billing = ("--include-path-regex", "^/api/v1/billing/")
+        output = schemathesis(url, admin, tmp_path, *only_billing, "--checks", checks, "--max-examples", "30")
+        assert operations_tested(output) == 2, output[-3000:]
     finally:
         proc.kill()
     assert "panicked" not in proc.logs()

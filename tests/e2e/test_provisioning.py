@@ -29,16 +29,13 @@ from websockets.exceptions import InvalidStatus
 
 from harness import (
     CONTROLPLANE_TOKEN_ENV,
-    MOLT_BIN,
     SECRETS,
     ControlPlane,
-    Process,
+    FakeFly,
     StartDataplane,
     World,
     assert_no_secrets,
     free_port,
-    new_secret,
-    require_binary,
     wait_until,
 )
 
@@ -47,67 +44,6 @@ FLY_APP = "molt-e2e-bots"
 MOCK_REPLY = "Hello from the Molt mock bot. You said: "
 RUNNING_DEADLINE = 30.0
 ROUTE_DEADLINE = 10.0
-
-
-class FakeFly:
-    """`molt fake-fly --listen` on a free port."""
-
-    def __init__(self, log_dir: Path, *, rate_limits: bool = True) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.token = new_secret("fly-token-")
-        argv: list[str | Path] = [
-            require_binary(MOLT_BIN, "molt binary"),
-            "fake-fly",
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            "--token",
-            self.token,
-            "--boot-delay-ms",
-            "200",
-        ]
-        if not rate_limits:
-            argv.append("--no-rate-limits")
-        self.process = Process(argv, log_dir / "fake_fly.log")
-        wait_until(self._ready, f"fake fly on {self.port}")
-
-    def _ready(self) -> bool:
-        if not self.process.alive():
-            raise AssertionError(f"fake fly exited:\n{self.process.describe()}")
-        try:
-            return httpx.get(f"{self.url}/_fake/state", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def state(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.url}/_fake/state", timeout=5)
-        response.raise_for_status()
-        return response.json()
-
-    def calls(self) -> list[tuple[str, int]]:
-        """Every Fly API call the fake received, in order, as (`METHOD /path`, status)."""
-        response = httpx.get(f"{self.url}/_fake/calls", timeout=5)
-        response.raise_for_status()
-        return [(call, status) for call, status in response.json()]
-
-    def delay_next(self, matching: str, ms: int) -> None:
-        """Act on the next call whose `METHOD /path` contains `matching`, but answer it only `ms` ms later."""
-        fault = {"kind": {"delay": ms}, "times": 1, "matching": matching}
-        httpx.post(f"{self.url}/_fake/faults", json=fault, timeout=5).raise_for_status()
-
-    def set_bots_healthy(self, healthy: bool) -> None:
-        httpx.post(f"{self.url}/_fake/bots_healthy", json={"healthy": healthy}, timeout=5).raise_for_status()
-
-    def machines_of_bot(self, bot_id: str) -> list[dict[str, Any]]:
-        """Fly's own list-by-metadata (`GET /v1/apps/{app}/machines?metadata.molt_bot_id=`): live machines."""
-        response = httpx.get(
-            f"{self.url}/v1/apps/{FLY_APP}/machines",
-            params={"metadata.molt_bot_id": bot_id},
-            headers={"authorization": f"Bearer {self.token}"},
-            timeout=5,
-        )
-        response.raise_for_status()
-        return response.json()
 
 
 @pytest.fixture
@@ -321,7 +257,7 @@ def _crash_at_every_boundary(cp: ControlPlane, fly: FakeFly) -> None:
     fly.delay_next(f"POST {API}/machines", HOLD_MS)
     cp.start()
     kill_when("the machine to exist", "volume_created", lambda: new_calls(mark, f"POST {API}/machines"))
-    assert len(fly.machines_of_bot(bot_id)) == 1
+    assert len(fly.machines_of_bot(FLY_APP, bot_id)) == 1
 
     # 4. `machine_created`, Fly answered the boot wait too late.
     mark = len(fly.calls())
@@ -348,7 +284,7 @@ def _crash_at_every_boundary(cp: ControlPlane, fly: FakeFly) -> None:
     # Everything Fly ever held (destroyed machines included) is this bot's one volume and one machine.
     assert [v["id"] for v in state["volumes"]] == [final["volume_id"]], state
     assert [(m["id"], m["state"]) for m in state["machines"]] == [(final["machine_id"], "started")], state
-    assert [m["id"] for m in fly.machines_of_bot(bot_id)] == [final["machine_id"]]
+    assert [m["id"] for m in fly.machines_of_bot(FLY_APP, bot_id)] == [final["machine_id"]]
     # Each create reached Fly exactly once; every later attempt found what it had made.
     calls = fly.calls()
     assert [c for c in calls if c[0] == f"POST {API}/volumes"] == [(f"POST {API}/volumes", 200)], calls

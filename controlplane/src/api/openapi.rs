@@ -4,6 +4,9 @@
 
 use super::error::{ErrorBody, ErrorDetail};
 use super::{bots, v1};
+use crate::billing::{
+    self, CustomerReconciliation, Difference, FlushOutcome, Reconciliation, Totals,
+};
 use crate::domain::{
     AdminToken, ApiKey, AuditEntry, LimitOverrides, Model, Provider, ProviderKind, Role, UsageRow,
     User, UserStatus,
@@ -35,6 +38,7 @@ use utoipa::{Modify, OpenApi};
         v1::mint_token, v1::list_admin_tokens, v1::create_admin_token, v1::revoke_admin_token,
         bots::list_bots, bots::create_bot, bots::get_bot, bots::stop_bot, bots::start_bot,
         bots::retry_bot, bots::delete_bot,
+        billing::reconciliation, billing::flush,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, User, UserStatus, LimitOverrides, CreateUser, UpdateUser,
@@ -42,6 +46,7 @@ use utoipa::{Modify, OpenApi};
         Model, CreateModel, UpdateModel, LimitsDocument, UsageRow, UsageReport, UsageTotals, AuditEntry,
         AdminToken, Role, CreateAdminToken, CreatedAdminToken, MintToken, MintedToken,
         Bot, BotStatus, Desired, CreateBot,
+        Reconciliation, CustomerReconciliation, Difference, Totals, FlushOutcome,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

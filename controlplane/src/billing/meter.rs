@@ -105,13 +105,28 @@ impl Default for FlushSettings {
     }
 }
 
-/// What one flush did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What one flush did (also the body of `POST /api/v1/billing/flush`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 pub struct FlushOutcome {
+    /// Reports made from closed windows' unreported usage.
     pub prepared: u64,
+    /// Reports Stripe confirmed (including ones it already held).
     pub sent: u64,
+    /// Reports still pending after retries (sent again next flush).
     pub left_pending: u64,
+    /// Reports Stripe refused for good.
     pub failed: u64,
+    /// Reports too old for Stripe's 35-day window.
     pub unbillable: u64,
 }
 

@@ -1,5 +1,8 @@
 //! Billing: Stripe webhooks ([`webhook`]), the exactly-once meter flush
-//! ([`meter`]) and reconciliation (`GET /api/v1/billing/reconciliation`).
+//! ([`meter`]; hourly, or on demand with `POST /api/v1/billing/flush`) and
+//! reconciliation (`GET /api/v1/billing/reconciliation`). The two `/api/v1`
+//! operations are in the OpenAPI document (`api::openapi`); the webhook is
+//! Stripe's contract, not the operators', and stays out of it.
 //!
 //! The control plane owns the [`MeterSink`] seam; [`stripe_sink::StripeMeterSink`]
 //! implements it over async-stripe, pointed at Stripe or (by base URL) at
@@ -20,9 +23,10 @@ pub mod webhook;
 
 pub use meter::{FlushOutcome, FlushSettings, Flusher, MeterEvent, MeterSink, SendError};
 
+use crate::api::error::ErrorBody;
 use crate::api::error::{ApiError, ApiQuery};
 use crate::domain::now_ms;
-use crate::service::{Service, ServiceError};
+use crate::service::{Operator, Service, ServiceError};
 use crate::store::{SqlStore, StoreError};
 use axum::body::Bytes;
 use axum::extract::State;
@@ -36,6 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use store::BillingStore;
 use tokio::task::JoinHandle;
+use utoipa::{IntoParams, ToSchema};
 
 /// What billing can fail with. Mapped to HTTP in `api::error` only.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +152,30 @@ impl Billing {
         })
     }
 
+    /// A flush on an operator's demand (admin only, audited): the same
+    /// two phases as the periodic job, so the same exactly-once argument
+    /// holds; it waits for a periodic flush already running.
+    pub async fn flush_as(&self, op: &Operator) -> Result<FlushOutcome, BillingError> {
+        op.require_admin()?;
+        let result = self.flusher.flush().await;
+        let detail = match &result {
+            Ok(o) => serde_json::to_value(o).unwrap_or_default(),
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        };
+        // The flush's effect is in `meter_reports` whatever happens here;
+        // the entry records who asked and what it came to.
+        self.service
+            .audit_action(op, "billing.flush", "meter_reports", &detail)
+            .await?;
+        match &result {
+            Ok(o) => tracing::info!(?o, actor = %op.actor, "meter flush on demand"),
+            Err(e) => {
+                tracing::error!(error = %e, actor = %op.actor, "meter flush on demand failed")
+            }
+        }
+        result
+    }
+
     /// Per user, tokens in usage rows and reported to Stripe.
     pub async fn reconciliation(
         &self,
@@ -243,40 +272,54 @@ fn parse_time(field: &str, s: &str, end_of_day: bool) -> Result<i64, BillingErro
     Ok(secs.saturating_mul(1000))
 }
 
-/// Query of `GET /api/v1/billing/reconciliation`.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Query of `GET /api/v1/billing/reconciliation`: usage rows with
+/// `from <= timestamp < to`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ReconciliationQuery {
+    /// Start, inclusive: `YYYY-MM-DD` (UTC midnight) or an RFC 3339 time.
+    /// Default: the beginning of time.
     pub from: Option<String>,
+    /// End, exclusive: `YYYY-MM-DD` (that whole UTC day is included) or an
+    /// RFC 3339 time. Default: no end.
     pub to: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// Tokens of a user's usage that Stripe does not (yet) hold, for one reason.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct Difference {
     pub tokens: i64,
+    /// `pending`, `unbillable`, `failed` or `unreported`, with an explanation.
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// One user's usage against what Stripe confirmed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct CustomerReconciliation {
     pub user_id: String,
     pub stripe_customer_id: Option<String>,
+    /// Input plus output tokens in the user's usage rows.
     pub usage_tokens: i64,
     /// Tokens in reports Stripe confirmed.
     pub reported_tokens: i64,
+    /// `usage_tokens - reported_tokens`.
     pub difference: i64,
     /// Where the difference is, by reason.
     pub reasons: Vec<Difference>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+/// Sums over every user.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct Totals {
     pub usage_tokens: i64,
     pub reported_tokens: i64,
     pub difference: i64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// `GET /api/v1/billing/reconciliation`: per user, tokens in usage rows
+/// against tokens in meter events Stripe confirmed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct Reconciliation {
     /// Unix ms, inclusive.
     pub from: i64,
@@ -286,12 +329,22 @@ pub struct Reconciliation {
     pub totals: Totals,
 }
 
-/// `POST /webhooks/stripe` and `GET /api/v1/billing/reconciliation`.
+/// `POST /webhooks/stripe`, `GET /api/v1/billing/reconciliation` and
+/// `POST /api/v1/billing/flush`.
 pub fn routes(billing: Arc<Billing>) -> Router {
     Router::new()
         .route("/webhooks/stripe", post(webhook))
         .route("/api/v1/billing/reconciliation", get(reconciliation))
+        .route("/api/v1/billing/flush", post(flush))
         .with_state(billing)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
 async fn webhook(
@@ -308,16 +361,34 @@ async fn webhook(
     ))
 }
 
-async fn reconciliation(
+/// Per user, usage tokens against tokens Stripe confirmed, with the
+/// difference by reason. 404 when the control plane has no `[billing]`.
+#[utoipa::path(get, path = "/api/v1/billing/reconciliation", tag = "billing",
+    params(ReconciliationQuery),
+    responses((status = 200, body = Reconciliation), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "billing is not configured", body = ErrorBody)))]
+pub(crate) async fn reconciliation(
     State(b): State<Arc<Billing>>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<ReconciliationQuery>,
 ) -> Result<Json<Reconciliation>, ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    b.service.authenticate_operator(token).await?;
+    b.service.authenticate_operator(bearer(&headers)).await?;
     Ok(Json(b.reconciliation(q).await?))
+}
+
+/// Run the meter flush now (both phases, as the hourly job does): report
+/// closed windows' unreported usage and send every pending report. Admin
+/// only; audited as `billing.flush`. 404 when the control plane has no
+/// `[billing]`.
+#[utoipa::path(post, path = "/api/v1/billing/flush", tag = "billing",
+    responses((status = 200, body = FlushOutcome), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, description = "billing is not configured", body = ErrorBody)))]
+pub(crate) async fn flush(
+    State(b): State<Arc<Billing>>,
+    headers: HeaderMap,
+) -> Result<Json<FlushOutcome>, ApiError> {
+    let op = b.service.authenticate_operator(bearer(&headers)).await?;
+    Ok(Json(b.flush_as(&op).await?))
 }

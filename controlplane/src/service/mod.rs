@@ -186,6 +186,22 @@ impl Service {
         Ok(deleted?)
     }
 
+    /// Record an admin action that changes nothing the store's other
+    /// writes cover (e.g. a billing flush): `detail` is the entry's diff
+    /// "to" side. Only admins act, so only admins are recorded here.
+    pub async fn audit_action(
+        &self,
+        op: &Operator,
+        action: &str,
+        target: &str,
+        detail: &serde_json::Value,
+    ) -> Result<(), ServiceError> {
+        op.require_admin()?;
+        let entry = audit_entry(op, action, target, None, Some(detail));
+        self.store.insert_audit(&entry).await?;
+        Ok(())
+    }
+
     pub async fn list_audit(
         &self,
         _op: &Operator,

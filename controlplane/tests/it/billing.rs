@@ -31,6 +31,7 @@ crate::on_both_databases!(
     bad_webhooks_change_nothing,
     subscription_deleted_suspends_and_payment_failed_follows_the_grace_policy,
     windows_older_than_35_days_are_unbillable_not_dropped,
+    flush_on_demand_is_admin_only_audited_and_documented,
 );
 
 const WHSEC: &str = "whsec_test_secret_for_molt";
@@ -598,4 +599,85 @@ async fn paid_checkout_provisions_a_running_bot_on_fake_fly(db: TestDb) {
     let tokens = ingest_two_windows(&e.cp, &e.seed.user_id, "fly").await;
     e.billing.flusher().flush().await.unwrap();
     assert_billed_once(&e, tokens, 2).await;
+}
+
+async fn flush_on_demand_is_admin_only_audited_and_documented(db: TestDb) {
+    let e = env(db).await;
+    checkout_user(&e, "cus_now").await;
+    let tokens = ingest_two_windows(&e.cp, &e.seed.user_id, "d").await;
+
+    // A read-only operator may look but not flush.
+    let ro =
+        e.cp.post(
+            "/api/v1/admin-tokens",
+            json!({"name": "viewer", "role": "read_only"}),
+        )
+        .await;
+    assert_eq!(ro.status, StatusCode::CREATED, "{:?}", ro.body);
+    let ro = ro.json()["secret"].as_str().unwrap().to_owned();
+    let r =
+        e.cp.send("POST", "/api/v1/billing/flush", Some(&ro), None)
+            .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
+    let r = e.cp.send("POST", "/api/v1/billing/flush", None, None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(e.fake.events().is_empty(), "a refused flush sent nothing");
+    let r =
+        e.cp.send("GET", "/api/v1/billing/reconciliation", Some(&ro), None)
+            .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["totals"]["reported_tokens"], 0);
+
+    let r = e.cp.admin("POST", "/api/v1/billing/flush", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(
+        r.json(),
+        json!({"prepared": 2, "sent": 2, "left_pending": 0, "failed": 0, "unbillable": 0})
+    );
+    assert_billed_once(&e, tokens, 2).await;
+    let audit = e.cp.get("/api/v1/audit?limit=500").await.json();
+    let flushes: Vec<&Value> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "billing.flush")
+        .collect();
+    assert_eq!(flushes.len(), 1, "{audit}");
+    assert_eq!(flushes[0]["actor"], "bootstrap", "{audit}");
+    assert_eq!(flushes[0]["diff"]["sent"]["to"], 2, "{audit}");
+
+    // Both operations are in the served document, with their schemas.
+    let doc = e.cp.get("/api/v1/openapi.json").await.json();
+    let recon = &doc["paths"]["/api/v1/billing/reconciliation"]["get"];
+    let params: Vec<&str> = recon["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(params, ["from", "to"], "{recon}");
+    assert_eq!(
+        recon["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/Reconciliation"
+    );
+    assert_eq!(
+        doc["paths"]["/api/v1/billing/flush"]["post"]["responses"]["200"]["content"]
+            ["application/json"]["schema"]["$ref"],
+        "#/components/schemas/FlushOutcome"
+    );
+    for schema in [
+        "Reconciliation",
+        "CustomerReconciliation",
+        "Difference",
+        "Totals",
+        "FlushOutcome",
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "{schema} missing"
+        );
+    }
 }

@@ -20,11 +20,14 @@
 //!   429 `rate_limit` with `Stripe-Should-Retry: true`.
 //!
 //! Test hooks (not Stripe's): [`Fault`]s (fail the next N calls with 500
-//! before acting; or record the event and then drop the response, as a
-//! lost connection would), [`FakeStripe::events`] / `GET /_fake/meter_events`
-//! to inspect what was stored, [`FakeStripe::forget_idempotency_keys`] (as
-//! Stripe's pruning after 24 h), and [`sign_webhook`] which signs a payload
-//! exactly as Stripe signs webhook deliveries.
+//! before acting; record the event and then drop the response, as a lost
+//! connection would; or record it and hold the answer, so a client can be
+//! killed while Stripe has acted), injected with [`FakeStripe::inject`] or
+//! `POST /_fake/faults` (a JSON [`Fault`]); [`FakeStripe::events`] /
+//! `GET /_fake/meter_events` to inspect what was stored (with the call
+//! count); [`FakeStripe::forget_idempotency_keys`] (as Stripe's pruning
+//! after 24 h); and [`sign_webhook`] which signs a payload exactly as
+//! Stripe signs webhook deliveries.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -33,7 +36,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hmac::{Hmac, Mac};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use std::collections::{BTreeMap, HashMap};
@@ -63,8 +66,11 @@ impl Default for FakeStripeOptions {
     }
 }
 
-/// A fault for the next `times` meter event calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A fault for the next `times` meter event calls. As JSON (for
+/// `POST /_fake/faults`): `{"kind": "fail", "times": 1}`, `"fail_saved"`,
+/// `"record_then_drop"`, or `{"kind": "slow", "times": 1, "delay_ms": 5000}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Fault {
     /// Answer 500 `api_error` without acting, before the endpoint runs
     /// (so, as on Stripe for such failures, nothing is saved under the
@@ -76,6 +82,39 @@ pub enum Fault {
     /// Store the event (and the idempotent response), then drop the
     /// connection instead of answering.
     RecordThenDrop { times: u32 },
+    /// Act as usual (store the event and the idempotent response), then
+    /// hold the answer for `delay_ms`: a client killed meanwhile never
+    /// learns that Stripe acted.
+    Slow { times: u32, delay_ms: u64 },
+}
+
+impl Fault {
+    fn times(self) -> u32 {
+        match self {
+            Self::Fail { times }
+            | Self::FailSaved { times }
+            | Self::RecordThenDrop { times }
+            | Self::Slow { times, .. } => times,
+        }
+    }
+
+    fn with_times(self, times: u32) -> Self {
+        match self {
+            Self::Fail { .. } => Self::Fail { times },
+            Self::FailSaved { .. } => Self::FailSaved { times },
+            Self::RecordThenDrop { .. } => Self::RecordThenDrop { times },
+            Self::Slow { delay_ms, .. } => Self::Slow { times, delay_ms },
+        }
+    }
+}
+
+/// What a meter event call comes to.
+enum Answer {
+    Now(Response),
+    /// Answer after a delay (a [`Fault::Slow`]).
+    Later(std::time::Duration, Response),
+    /// Drop the connection.
+    Drop,
 }
 
 /// A stored meter event, as Stripe returns it.
@@ -193,6 +232,7 @@ impl FakeStripe {
         Router::new()
             .route("/v1/billing/meter_events", post(create_meter_event))
             .route("/_fake/meter_events", get(inspect))
+            .route("/_fake/faults", post(add_fault))
             .fallback(|| async {
                 let (s, b) = stripe_error(
                     StatusCode::NOT_FOUND,
@@ -206,9 +246,12 @@ impl FakeStripe {
             .with_state(self.clone())
     }
 
-    /// Queue a fault for the next calls (faults apply in order).
+    /// Queue a fault for the next calls (faults apply in order; one with
+    /// `times: 0` does nothing).
     pub fn inject(&self, fault: Fault) {
-        self.lock().faults.push(fault);
+        if fault.times() > 0 {
+            self.lock().faults.push(fault);
+        }
     }
 
     /// Every stored meter event, oldest first.
@@ -234,8 +277,8 @@ impl FakeStripe {
         self.lock().events.push(event);
     }
 
-    /// Handle one call; `None` means "drop the connection".
-    fn meter_event(&self, headers: &HeaderMap, body: &[u8]) -> Option<Response> {
+    /// Handle one call.
+    fn meter_event(&self, headers: &HeaderMap, body: &[u8]) -> Answer {
         let mut st = self.lock();
         st.calls += 1;
         let auth = headers
@@ -250,7 +293,7 @@ impl FakeStripe {
                 "Invalid API Key provided.",
                 None,
             );
-            return Some(respond(s.as_u16(), b, false));
+            return Answer::Now(respond(s.as_u16(), b, false));
         }
         let now = now_secs();
         if self.opts.rate_limit_per_sec > 0 {
@@ -266,7 +309,7 @@ impl FakeStripe {
                     "Request rate limit exceeded.",
                     None,
                 );
-                return Some(respond(s.as_u16(), b, false));
+                return Answer::Now(respond(s.as_u16(), b, false));
             }
         }
         // `form_urlencoded::parse` never fails: junk decodes to odd pairs,
@@ -292,32 +335,23 @@ impl FakeStripe {
                         ),
                         None,
                     );
-                    return Some(respond(s.as_u16(), b, false));
+                    return Answer::Now(respond(s.as_u16(), b, false));
                 }
-                return Some(respond(*status, body.clone(), true));
+                return Answer::Now(respond(*status, body.clone(), true));
             }
         }
         let event = match validate(&params, now) {
             Ok(e) => e,
             // Validation failures save nothing under the key (as Stripe).
-            Err((s, b)) => return Some(respond(s.as_u16(), b, false)),
+            Err((s, b)) => return Answer::Now(respond(s.as_u16(), b, false)),
         };
         let fault = st.faults.first().copied();
         if let Some(f) = fault {
-            let left = match f {
-                Fault::Fail { times }
-                | Fault::FailSaved { times }
-                | Fault::RecordThenDrop { times } => times.saturating_sub(1),
-            };
-            match (f, left) {
-                (_, 0) => {
+            match f.times().saturating_sub(1) {
+                0 => {
                     st.faults.remove(0);
                 }
-                (Fault::Fail { .. }, n) => st.faults[0] = Fault::Fail { times: n },
-                (Fault::FailSaved { .. }, n) => st.faults[0] = Fault::FailSaved { times: n },
-                (Fault::RecordThenDrop { .. }, n) => {
-                    st.faults[0] = Fault::RecordThenDrop { times: n }
-                }
+                n => st.faults[0] = f.with_times(n),
             }
         }
         if matches!(fault, Some(Fault::Fail { .. })) {
@@ -328,7 +362,7 @@ impl FakeStripe {
                 "An unknown error occurred (injected by the fake).",
                 None,
             );
-            return Some(respond(s.as_u16(), b, false));
+            return Answer::Now(respond(s.as_u16(), b, false));
         }
         let (status, body) = if matches!(fault, Some(Fault::FailSaved { .. })) {
             stripe_error(
@@ -366,10 +400,14 @@ impl FakeStripe {
             st.idempotent
                 .insert(key, (params, status.as_u16(), body.clone()));
         }
-        if matches!(fault, Some(Fault::RecordThenDrop { .. })) {
-            return None;
+        let resp = respond(status.as_u16(), body, false);
+        match fault {
+            Some(Fault::RecordThenDrop { .. }) => Answer::Drop,
+            Some(Fault::Slow { delay_ms, .. }) => {
+                Answer::Later(std::time::Duration::from_millis(delay_ms), resp)
+            }
+            _ => Answer::Now(resp),
         }
-        Some(respond(status.as_u16(), body, false))
     }
 }
 
@@ -472,8 +510,12 @@ async fn create_meter_event(
     body: Bytes,
 ) -> Response {
     match fake.meter_event(&headers, &body) {
-        Some(resp) => resp,
-        None => {
+        Answer::Now(resp) => resp,
+        Answer::Later(delay, resp) => {
+            tokio::time::sleep(delay).await;
+            resp
+        }
+        Answer::Drop => {
             // "Lose" the answer: announce a body, then fail its stream, so
             // hyper aborts the connection mid-response and the client sees
             // a transport error after Stripe has acted.
@@ -490,7 +532,12 @@ async fn create_meter_event(
 }
 
 async fn inspect(State(fake): State<FakeStripe>) -> Json<Value> {
-    Json(json!({ "data": fake.events() }))
+    Json(json!({ "data": fake.events(), "calls": fake.calls() }))
+}
+
+async fn add_fault(State(fake): State<FakeStripe>, Json(fault): Json<Fault>) -> StatusCode {
+    fake.inject(fault);
+    StatusCode::NO_CONTENT
 }
 
 /// The `Stripe-Signature` header Stripe would send with `payload` at
@@ -535,7 +582,10 @@ mod tests {
         if let Some(k) = key {
             h.insert("idempotency-key", HeaderValue::from_str(k).unwrap());
         }
-        fake.meter_event(&h, body.as_bytes()).unwrap()
+        match fake.meter_event(&h, body.as_bytes()) {
+            Answer::Now(resp) | Answer::Later(_, resp) => resp,
+            Answer::Drop => panic!("the fake dropped the answer"),
+        }
     }
 
     fn body(identifier: &str, value: u32) -> String {
@@ -610,6 +660,38 @@ mod tests {
             .map(|i| call(&limited, None, &body(&format!("r{i}"), 1)).status())
             .collect();
         assert!(statuses.contains(&StatusCode::TOO_MANY_REQUESTS));
+    }
+
+    #[test]
+    fn slow_faults_record_then_hold_the_answer_and_parse_from_json() {
+        let fault: Fault =
+            serde_json::from_str(r#"{"kind":"slow","times":1,"delay_ms":250}"#).unwrap();
+        assert_eq!(
+            fault,
+            Fault::Slow {
+                times: 1,
+                delay_ms: 250
+            }
+        );
+        let fake = FakeStripe::new(FakeStripeOptions::default());
+        fake.inject(fault);
+        let mut h = HeaderMap::new();
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer sk_test_fake"),
+        );
+        match fake.meter_event(&h, body("slow", 3).as_bytes()) {
+            Answer::Later(delay, resp) => {
+                assert_eq!(delay, std::time::Duration::from_millis(250));
+                assert_eq!(resp.status(), StatusCode::OK);
+            }
+            _ => panic!("a slow fault answers later"),
+        }
+        // Stored before the answer went out; the next call is normal.
+        assert_eq!(fake.events().len(), 1);
+        assert_eq!(call(&fake, None, &body("next", 1)).status(), StatusCode::OK);
+        let bad: Result<Fault, _> = serde_json::from_str(r#"{"kind":"slow","times":1}"#);
+        assert!(bad.is_err(), "delay_ms is required");
     }
 
     #[test]

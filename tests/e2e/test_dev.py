@@ -1,0 +1,131 @@
+"""`molt dev`: the whole product on loopback from one command, billing included. It runs a fake Stripe in-process,
+prints its URL and the webhook signing secret with the rest of what a client needs, and bills the dev user's
+traffic to it in short windows, so meter events show up while a developer watches. `--no-billing` turns that off.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from harness import MOLT_BIN, Process, free_port, require_binary, sign_stripe_webhook, wait_until
+
+PORTS = ("http", "tls", "admin", "mock", "controlplane", "stripe")
+
+
+class Dev:
+    """`molt dev` on free ports, with its `.molt` directory under a temporary directory."""
+
+    def __init__(self, workdir: Path, *extra: str) -> None:
+        self.dir = workdir / ".molt"
+        self.ports = {name: free_port() for name in PORTS}
+        argv: list[str | Path] = [require_binary(MOLT_BIN, "molt binary"), "dev", "--dir", self.dir]
+        for name, port in self.ports.items():
+            argv += [f"--{name}", f"127.0.0.1:{port}"]
+        # Empty provider keys: the mock provider answers, never a real API.
+        self.process = Process(
+            [*argv, *extra], workdir / "dev.log", extra_env={"OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": ""}
+        )
+        wait_until(self._started, "molt dev's banner and .molt/dev.env", timeout=60, interval=0.1)
+        self.env = dict(line.split("=", 1) for line in (self.dir / "dev.env").read_text().splitlines() if "=" in line)
+        self.admin = {"authorization": f"Bearer {self.env['MOLT_ADMIN_TOKEN']}"}
+
+    def _started(self) -> bool:
+        if not self.process.alive():
+            raise AssertionError(f"molt dev exited:\n{self.process.describe()}")
+        return "Operate it:" in self.process.logs() and (self.dir / "dev.env").is_file()
+
+    def chat(self) -> httpx.Response:
+        return httpx.post(
+            f"{self.env['MOLT_URL']}/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]},
+            headers={"authorization": f"Bearer {self.env['MOLT_API_KEY']}"},
+            timeout=10,
+        )
+
+    def wait_serving(self) -> None:
+        def ok() -> bool:
+            try:
+                return self.chat().status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ok, "molt dev's data plane to answer a chat request", timeout=30, interval=0.1)
+
+
+@pytest.fixture
+def dev(tmp_path: Path) -> Iterator[Dev]:
+    running = Dev(tmp_path)
+    try:
+        yield running
+    finally:
+        running.process.kill()
+
+
+def test_molt_dev_bills_usage_to_a_local_fake_stripe(dev: Dev) -> None:
+    stripe_url = f"http://127.0.0.1:{dev.ports['stripe']}"
+    assert dev.env.get("MOLT_STRIPE_URL") == stripe_url, dev.env
+    secret = dev.env.get("MOLT_STRIPE_WEBHOOK_SECRET", "")
+    assert secret.startswith("whsec_") and len(secret) > 20, dev.env
+    banner = dev.process.logs()
+    for line in (f"MOLT_STRIPE_URL={stripe_url}", f"MOLT_STRIPE_WEBHOOK_SECRET={secret}", "/_fake/meter_events"):
+        assert line in banner, f"{line!r} not in molt dev's banner:\n{banner[-3000:]}"
+
+    dev.wait_serving()
+    for _ in range(2):
+        assert dev.chat().status_code == 200
+    # The tokens the provider (molt dev's in-process mock) reported, from its own record.
+    records = httpx.get(f"http://127.0.0.1:{dev.ports['mock']}/_mock/requests", timeout=5).json()
+    tokens = sum(r["usage"]["input_tokens"] + r["usage"]["output_tokens"] for r in records)
+    assert records and tokens > 0, records
+
+    cp = dev.env["MOLT_ADMIN_URL"]
+
+    def billed() -> list[dict[str, Any]] | None:
+        # Windows are 10 s under molt dev: flush until the last one has closed and been reported.
+        flushed = httpx.post(f"{cp}/api/v1/billing/flush", headers=dev.admin, timeout=10)
+        assert flushed.status_code == 200, flushed.text
+        events = httpx.get(f"{stripe_url}/_fake/meter_events", timeout=5).json()["data"]
+        return events if sum(int(e["value"]) for e in events) >= tokens else None
+
+    events = wait_until(billed, "the dev user's usage as meter events in the fake Stripe", timeout=40, interval=0.5)
+    assert sum(int(e["value"]) for e in events) == tokens, f"{events} vs {tokens} tokens the mock reported"
+    assert {e["stripe_customer_id"] for e in events} == {"cus_molt_dev"}, events
+    rec = httpx.get(f"{cp}/api/v1/billing/reconciliation", headers=dev.admin, timeout=5).json()
+    assert rec["totals"] == {"usage_tokens": tokens, "reported_tokens": tokens, "difference": 0}, rec
+
+    # Webhooks signed with the printed secret are accepted.
+    event = json.dumps(
+        {
+            "id": "evt_dev_invoice_paid",
+            "object": "event",
+            "type": "invoice.paid",
+            "created": int(time.time()),
+            "data": {"object": {"id": "in_dev", "object": "invoice", "customer": "cus_molt_dev"}},
+        }
+    ).encode()
+    response = httpx.post(
+        f"{cp}/webhooks/stripe", content=event, headers={"stripe-signature": sign_stripe_webhook(event, secret)}
+    )
+    assert response.status_code == 200 and response.json()["result"] == "handled", response.text
+
+
+def test_molt_dev_no_billing_runs_without_stripe(tmp_path: Path) -> None:
+    dev = Dev(tmp_path, "--no-billing")
+    try:
+        assert "MOLT_STRIPE_URL" not in dev.env, dev.env
+        assert "Billing: off (--no-billing)" in dev.process.logs()
+        dev.wait_serving()
+        cp = dev.env["MOLT_ADMIN_URL"]
+        response = httpx.get(f"{cp}/api/v1/billing/reconciliation", headers=dev.admin, timeout=5)
+        assert response.status_code == 404, response.text
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{dev.ports['stripe']}/_fake/meter_events", timeout=2)
+    finally:
+        dev.process.kill()
