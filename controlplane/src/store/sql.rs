@@ -12,10 +12,12 @@
 //! Optional filters use `''` as "no filter" (`$1 = '' OR col = $1`) instead
 //! of NULL parameters, whose type PostgreSQL cannot always infer.
 
-use super::{IngestCounts, Range, SnapshotSource, Store, StoreError, UsageFilter, UsageSums};
+use super::{
+    IngestCounts, Range, SnapshotSource, Store, StoreError, UsageFilter, UsageSums, UserLimits,
+};
 use crate::domain::{
-    AdminToken, ApiKey, AuditEntry, LimitOverrides, Millis, Model, Provider, ProviderKind, Role,
-    SealedProvider, User, UserStatus,
+    AdminToken, ApiKey, AuditEntry, LimitOverrides, Millis, Model, Plan, Provider, ProviderKind,
+    Role, SealedProvider, User, UserStatus,
 };
 use molt_config::wire::RawLimits;
 use molt_config::UsageEvent;
@@ -196,6 +198,52 @@ impl TryFrom<ModelRow> for Model {
             output_price_per_mtok: r.output_price_per_mtok,
             created_at: r.created_at,
             updated_at: r.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct PlanRow {
+    id: String,
+    name: String,
+    description: String,
+    limits: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+const PLAN_COLS: &str = "id, name, description, limits, created_at, updated_at";
+
+impl TryFrom<PlanRow> for Plan {
+    type Error = StoreError;
+
+    fn try_from(r: PlanRow) -> Result<Self, StoreError> {
+        Ok(Plan {
+            limits: json("plans.limits", &r.limits)?,
+            id: r.id,
+            name: r.name,
+            description: r.description,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct UserLimitsRow {
+    id: String,
+    plan: Option<String>,
+    limits: String,
+}
+
+impl TryFrom<UserLimitsRow> for UserLimits {
+    type Error = StoreError;
+
+    fn try_from(r: UserLimitsRow) -> Result<Self, StoreError> {
+        Ok(UserLimits {
+            overrides: json::<LimitOverrides>("users.limits", &r.limits)?,
+            user_id: r.id,
+            plan: r.plan,
         })
     }
 }
@@ -621,24 +669,104 @@ impl Store for SqlStore {
         let (limits,): (String,) = sqlx::query_as("SELECT body FROM limits_document WHERE id = 1")
             .fetch_one(&mut *tx)
             .await?;
-        let user_limits: Vec<(String, String)> =
-            sqlx::query_as("SELECT id, limits FROM users WHERE limits <> '{}' ORDER BY id")
+        let plans: Vec<PlanRow> =
+            sqlx::query_as(&format!("SELECT {PLAN_COLS} FROM plans ORDER BY id"))
                 .fetch_all(&mut *tx)
                 .await?;
+        // `limits <> '{}'` is a cheap pre-filter; rows whose overrides
+        // parse to nothing are dropped below.
+        let user_limits: Vec<UserLimitsRow> = sqlx::query_as(
+            "SELECT id, plan, limits FROM users WHERE plan IS NOT NULL OR limits <> '{}' \
+             ORDER BY id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(SnapshotSource {
             keys: rows(keys)?,
             providers: rows(providers)?,
             models: rows(models)?,
             limits: parse_limits(&limits)?,
-            user_limits: user_limits
+            plans: rows(plans)?,
+            user_limits: rows::<_, UserLimits>(user_limits)?
                 .into_iter()
-                .map(|(id, l)| Ok((id, json::<LimitOverrides>("users.limits", &l)?)))
-                .collect::<Result<Vec<_>, StoreError>>()?
-                .into_iter()
-                .filter(|(_, o)| *o != LimitOverrides::default())
+                .filter(|u| u.plan.is_some() || !u.overrides.is_empty())
                 .collect(),
         })
+    }
+
+    async fn insert_plan(&self, p: &Plan, audit: &AuditEntry) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let sql = format!("INSERT INTO plans ({PLAN_COLS}) VALUES ($1, $2, $3, $4, $5, $6)");
+        sqlx::query(&sql)
+            .bind(&p.id)
+            .bind(&p.name)
+            .bind(&p.description)
+            .bind(to_json(&p.limits))
+            .bind(p.created_at)
+            .bind(p.updated_at)
+            .execute(&mut *tx)
+            .await?;
+        write_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn update_plan(&self, p: &Plan, audit: &AuditEntry) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE plans SET description = $2, limits = $3, updated_at = $4 WHERE id = $1",
+        )
+        .bind(&p.id)
+        .bind(&p.description)
+        .bind(to_json(&p.limits))
+        .bind(p.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        one_row(done)?;
+        write_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_plan(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("DELETE FROM plans WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        one_row(done)?;
+        write_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_plan(&self, id_or_name: &str) -> Result<Option<Plan>, StoreError> {
+        let sql = format!("SELECT {PLAN_COLS} FROM plans WHERE id = $1 OR name = $1");
+        let row: Option<PlanRow> = sqlx::query_as(&sql)
+            .bind(id_or_name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(Plan::try_from).transpose()
+    }
+
+    async fn list_plans(&self, range: &Range) -> Result<Vec<Plan>, StoreError> {
+        let sql = format!("SELECT {PLAN_COLS} FROM plans WHERE id > $1 ORDER BY id LIMIT $2");
+        let r: Vec<PlanRow> = sqlx::query_as(&sql)
+            .bind(range.after.as_deref().unwrap_or(""))
+            .bind(range.limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows(r)
+    }
+
+    async fn count_plan_users(&self, name: &str) -> Result<i64, StoreError> {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT CAST(COUNT(*) AS BIGINT) FROM users WHERE plan = $1")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(n)
     }
 
     async fn get_limits(&self) -> Result<RawLimits, StoreError> {
