@@ -59,29 +59,37 @@ pub struct RawLimits {
     pub anomaly: Option<RawAnomaly>,
 }
 
-/// The six limit fields of one scope, on their own: what a control-plane
-/// plan and a user's own overrides hold, and what validation checks for
-/// every wire scope. Absent is "no limit of this scope" (the next scope
-/// down applies). The wire structs with a name field (`RawUserLimits`,
-/// `RawModelLimits`) spell the fields out, because serde's `flatten` cannot
-/// be combined with `deny_unknown_fields`; [`limit_fields!`] converts.
+// The wire structs with a name field (`RawUserLimits`, `RawModelLimits`)
+// spell the six fields out, because serde's `flatten` cannot be combined
+// with `deny_unknown_fields`; `limit_fields!` converts between them.
+
+/// The six limit fields of one scope: what a control-plane plan and a
+/// user's own overrides hold. An absent field sets no limit of this scope
+/// (the scope below it applies: the deployment default for a plan); zero
+/// is an error.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = LimitSet))]
 #[serde(deny_unknown_fields)]
 pub struct RawLimitSet {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub requests_per_second: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub requests_per_minute: Option<u64>,
     /// Input plus output tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub tokens_per_minute: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub tokens_per_day: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub concurrent_streams: Option<u64>,
     /// Tokens per calendar month (UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub monthly_token_budget: Option<u64>,
 }
 
@@ -659,6 +667,52 @@ mod tests {
             );
         }
         assert_eq!(errs.len(), want.len(), "{errs:?}");
+    }
+
+    #[test]
+    fn limit_sets_merge_field_by_field_and_validate_with_paths() {
+        let base = RawLimitSet {
+            requests_per_minute: Some(2),
+            tokens_per_day: Some(10),
+            ..RawLimitSet::default()
+        };
+        let over = RawLimitSet {
+            tokens_per_day: Some(20),
+            concurrent_streams: Some(1),
+            ..RawLimitSet::default()
+        };
+        let merged = base.merged(&over);
+        assert_eq!(
+            merged,
+            RawLimitSet {
+                requests_per_minute: Some(2),
+                tokens_per_day: Some(20),
+                concurrent_streams: Some(1),
+                ..RawLimitSet::default()
+            }
+        );
+        let entry = RawUserLimits::new("u", &merged);
+        assert_eq!((entry.user.as_str(), entry.limit_set()), ("u", merged));
+        assert!(RawLimitSet::default().is_empty() && !merged.is_empty());
+        assert!(merged.validate("plan.limits").is_ok());
+
+        let zero = RawLimitSet {
+            monthly_token_budget: Some(0),
+            ..merged
+        };
+        let errs: Vec<String> = zero
+            .validate("plan.limits")
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("plan.limits.monthly_token_budget: must be greater than 0"),
+            "{errs:?}"
+        );
+        let e = serde_json::from_str::<RawLimitSet>(r#"{"tokens_per_hour": 1}"#).unwrap_err();
+        assert!(e.to_string().contains("tokens_per_hour"), "{e}");
     }
 
     #[test]
