@@ -137,11 +137,7 @@ impl Service {
             check_limits(l)?;
         }
         let write = self.write_lock.lock().await;
-        let before = self
-            .store
-            .get_plan(id)
-            .await?
-            .ok_or_else(|| not_found("plan", id))?;
+        let before = self.get_plan(op, id).await?;
         let mut after = before.clone();
         if let Some(d) = req.description {
             after.description = d;
@@ -171,11 +167,7 @@ impl Service {
     pub async fn delete_plan(&self, op: &Operator, id: &str) -> Result<(), ServiceError> {
         op.require_admin()?;
         let write = self.write_lock.lock().await;
-        let before = self
-            .store
-            .get_plan(id)
-            .await?
-            .ok_or_else(|| not_found("plan", id))?;
+        let before = self.get_plan(op, id).await?;
         let users = self.store.count_plan_users(&before.name).await?;
         if users > 0 {
             return Err(ServiceError::Conflict(format!(

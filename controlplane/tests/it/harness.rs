@@ -185,6 +185,15 @@ impl Resp {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
 
+    /// The message of an error body.
+    pub(crate) fn message(&self) -> String {
+        let v = self.json();
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not an error body: {v}"))
+            .to_owned()
+    }
+
     /// The error code of an error body, checking its shape.
     pub(crate) fn code(&self) -> String {
         let v = self.json();
@@ -241,6 +250,18 @@ impl Cp {
 
     pub(crate) async fn post(&self, path: &str, body: Value) -> Resp {
         self.admin("POST", path, Some(body)).await
+    }
+
+    /// The secret of a new read-only operator token.
+    pub(crate) async fn read_only_token(&self) -> String {
+        let r = self
+            .post(
+                "/api/v1/admin-tokens",
+                serde_json::json!({"name": "viewer", "role": "read_only"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        r.json()["secret"].as_str().unwrap().to_owned()
     }
 
     /// `GET /internal/v1/config?after=N` as a data plane.

@@ -147,10 +147,7 @@ async fn bad_plans_are_refused_and_nothing_is_stored(db: TestDb) {
         (r.status, r.code().as_str()),
         (StatusCode::CONFLICT, "conflict")
     );
-    assert!(r.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("\"pro\""));
+    assert!(r.message().contains("\"pro\""));
 
     for bad in ["Pro", "pro plan", "-x", "pro_1", ""] {
         let r = cp.post("/api/v1/plans", json!({"name": bad})).await;
@@ -159,10 +156,7 @@ async fn bad_plans_are_refused_and_nothing_is_stored(db: TestDb) {
             (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             "{bad:?}"
         );
-        assert!(r.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("name:"));
+        assert!(r.message().starts_with("name:"));
     }
 
     // Zero is an error, named by its field path, as in the data plane's file.
@@ -173,7 +167,7 @@ async fn bad_plans_are_refused_and_nothing_is_stored(db: TestDb) {
         )
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
-    let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    let message = r.message();
     assert!(message.contains("limits.requests_per_minute:"), "{message}");
     assert!(message.contains("limits.tokens_per_day:"), "{message}");
     let r = cp
@@ -184,10 +178,7 @@ async fn bad_plans_are_refused_and_nothing_is_stored(db: TestDb) {
         )
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
-    assert!(r.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("limits.concurrent_streams:"));
+    assert!(r.message().contains("limits.concurrent_streams:"));
 
     // Shape errors never reach the service: unknown limit, negative, renaming.
     for body in [
@@ -247,7 +238,7 @@ async fn users_must_name_an_existing_plan(db: TestDb) {
         (r.status, r.code().as_str()),
         (StatusCode::UNPROCESSABLE_ENTITY, "invalid")
     );
-    let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    let message = r.message();
     assert!(
         message.starts_with("plan:") && message.contains("\"gold\""),
         "{message}"
@@ -270,10 +261,7 @@ async fn users_must_name_an_existing_plan(db: TestDb) {
         )
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
-    assert!(r.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .starts_with("plan:"));
+    assert!(r.message().starts_with("plan:"));
 
     assert_eq!(cp.get("/api/v1/users").await.json()["items"], users_before);
     assert_eq!(audit(&cp).await.len(), audit_before);
@@ -301,7 +289,7 @@ async fn users_must_name_an_existing_plan(db: TestDb) {
         (r.status, r.code().as_str()),
         (StatusCode::CONFLICT, "conflict")
     );
-    let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    let message = r.message();
     assert!(message.contains("in use by 2 user"), "{message}");
     assert_eq!(cp.get("/api/v1/plans/pro").await.status, StatusCode::OK);
 
@@ -315,14 +303,7 @@ async fn users_must_name_an_existing_plan(db: TestDb) {
 async fn read_only_operators_cannot_write_plans(db: TestDb) {
     let cp = Cp::start(db).await;
     create_plan(&cp, json!({"name": "pro"})).await;
-    let ro = cp
-        .post(
-            "/api/v1/admin-tokens",
-            json!({"name": "viewer", "role": "read_only"}),
-        )
-        .await;
-    assert_eq!(ro.status, StatusCode::CREATED);
-    let secret = ro.json()["secret"].as_str().unwrap().to_owned();
+    let secret = cp.read_only_token().await;
     let audit_before = audit(&cp).await.len();
 
     for path in ["/api/v1/plans", "/api/v1/plans/pro"] {
