@@ -286,14 +286,22 @@ impl Publisher {
 pub fn apply_user_limits(limits: &mut RawLimits, plans: &[Plan], users: &[UserLimits]) {
     let plans: HashMap<&str, &RawLimitSet> =
         plans.iter().map(|p| (p.name.as_str(), &p.limits)).collect();
+    // The document's own entries by user (the first, should one be
+    // duplicated: validation reports that), so compiling stays linear in
+    // the number of users.
+    let mut in_document: HashMap<String, usize> = HashMap::with_capacity(limits.users.len());
+    for (i, e) in limits.users.iter().enumerate() {
+        in_document.entry(e.user.clone()).or_insert(i);
+    }
     for u in users {
         let plan = u
             .plan
             .as_deref()
             .and_then(|name| plans.get(name))
             .map_or_else(RawLimitSet::default, |l| **l);
-        match limits.users.iter_mut().find(|e| e.user == u.user_id) {
-            Some(entry) => {
+        match in_document.get(u.user_id.as_str()) {
+            Some(&i) => {
+                let entry = &mut limits.users[i];
                 let set = plan.merged(&entry.limit_set()).merged(&u.overrides);
                 *entry = RawUserLimits::new(u.user_id.clone(), &set);
             }
