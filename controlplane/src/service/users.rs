@@ -116,9 +116,7 @@ impl Service {
             .await?;
         Ok(())
     }
-}
 
-impl Service {
     pub async fn create_user(&self, op: &Operator, req: CreateUser) -> Result<User, ServiceError> {
         op.require_admin()?;
         let now = now_ms();
