@@ -29,6 +29,7 @@ pub const DEFAULT_LEASE_FRACTION: f64 = 0.05;
 /// `[limits]` as written. The top-level limit fields are the defaults every
 /// user gets; `users`, `models` and `providers` refine them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,33 +59,79 @@ pub struct RawLimits {
     pub anomaly: Option<RawAnomaly>,
 }
 
-/// The six limit fields of one wire scope, gathered for validation.
-/// (Not a serde type: `flatten` cannot be combined with
-/// `deny_unknown_fields`, so each wire struct spells the fields out.)
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct RawLimitSet {
-    requests_per_second: Option<u64>,
-    requests_per_minute: Option<u64>,
-    tokens_per_minute: Option<u64>,
-    tokens_per_day: Option<u64>,
-    concurrent_streams: Option<u64>,
-    monthly_token_budget: Option<u64>,
+// The wire structs with a name field (`RawUserLimits`, `RawModelLimits`)
+// spell the six fields out, because serde's `flatten` cannot be combined
+// with `deny_unknown_fields`; `limit_fields!` converts between them.
+
+/// The six limit fields of one scope: what a control-plane plan and a
+/// user's own overrides hold. An absent field sets no limit of this scope
+/// (the scope below it applies: the deployment default for a plan); zero
+/// is an error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = LimitSet))]
+#[serde(deny_unknown_fields)]
+pub struct RawLimitSet {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub requests_per_second: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub requests_per_minute: Option<u64>,
+    /// Input plus output tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub tokens_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub concurrent_streams: Option<u64>,
+    /// Tokens per calendar month (UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub monthly_token_budget: Option<u64>,
 }
 
-macro_rules! raw_limit_set {
-    ($r:expr) => {
-        RawLimitSet {
-            requests_per_second: $r.requests_per_second,
-            requests_per_minute: $r.requests_per_minute,
-            tokens_per_minute: $r.tokens_per_minute,
-            tokens_per_day: $r.tokens_per_day,
-            concurrent_streams: $r.concurrent_streams,
-            monthly_token_budget: $r.monthly_token_budget,
+/// Build a struct with the six limit fields, each computed by the macro
+/// `$per_field!(field $(, $arg)*)`, plus any other fields given in braces.
+/// The one place the six field names are listed for conversions.
+macro_rules! limit_fields {
+    ($ty:ident { $($k:ident: $v:expr),* $(,)? }, $per_field:ident $(, $arg:expr)*) => {
+        $ty {
+            $($k: $v,)*
+            requests_per_second: $per_field!(requests_per_second $(, $arg)*),
+            requests_per_minute: $per_field!(requests_per_minute $(, $arg)*),
+            tokens_per_minute: $per_field!(tokens_per_minute $(, $arg)*),
+            tokens_per_day: $per_field!(tokens_per_day $(, $arg)*),
+            concurrent_streams: $per_field!(concurrent_streams $(, $arg)*),
+            monthly_token_budget: $per_field!(monthly_token_budget $(, $arg)*),
         }
     };
 }
 
+/// `$from.field`: copy a field between limit structs.
+macro_rules! copied {
+    ($f:ident, $from:expr) => {
+        $from.$f
+    };
+}
+
+/// `$over.field`, or `$base.field` where `$over` sets none.
+macro_rules! overlaid {
+    ($f:ident, $base:expr, $over:expr) => {
+        $over.$f.or($base.$f)
+    };
+}
+
+macro_rules! raw_limit_set {
+    ($r:expr) => {
+        limit_fields!(RawLimitSet {}, copied, $r)
+    };
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawUserLimits {
     pub user: String,
@@ -105,6 +152,7 @@ pub struct RawUserLimits {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawModelLimits {
     /// Canonical model name or alias.
@@ -128,6 +176,7 @@ pub struct RawModelLimits {
 /// Ceilings on one provider across all users. Only rates: concurrency and
 /// budgets are per user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawProviderLimits {
     pub provider: String,
@@ -142,6 +191,7 @@ pub struct RawProviderLimits {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawRedisLimits {
     /// `redis://` or `rediss://`; may carry a password, so it is a secret
@@ -156,6 +206,7 @@ pub struct RawRedisLimits {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawAnomaly {
     #[serde(
@@ -163,12 +214,14 @@ pub struct RawAnomaly {
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "30s"))]
     pub window: Option<Duration>,
     #[serde(
         default,
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "30s"))]
     pub baseline_half_life: Option<Duration>,
     pub multiple: Option<f64>,
     pub floor_tokens_per_minute: Option<u64>,
@@ -227,14 +280,7 @@ pub struct AnomalyConfig {
 impl LimitSet {
     /// `self` with every field `over` sets replaced.
     pub fn merged(self, over: &LimitSet) -> LimitSet {
-        LimitSet {
-            requests_per_second: over.requests_per_second.or(self.requests_per_second),
-            requests_per_minute: over.requests_per_minute.or(self.requests_per_minute),
-            tokens_per_minute: over.tokens_per_minute.or(self.tokens_per_minute),
-            tokens_per_day: over.tokens_per_day.or(self.tokens_per_day),
-            concurrent_streams: over.concurrent_streams.or(self.concurrent_streams),
-            monthly_token_budget: over.monthly_token_budget.or(self.monthly_token_budget),
-        }
+        limit_fields!(LimitSet {}, overlaid, self, over)
     }
 
     pub fn is_unlimited(&self) -> bool {
@@ -242,17 +288,52 @@ impl LimitSet {
     }
 
     fn from_raw(raw: &RawLimitSet, at: &str, errs: &mut ConfigErrors) -> LimitSet {
-        let f = |v: Option<u64>, field: &str, errs: &mut ConfigErrors| {
-            positive(v, &format!("{at}.{field}"), errs)
-        };
-        LimitSet {
-            requests_per_second: f(raw.requests_per_second, "requests_per_second", errs),
-            requests_per_minute: f(raw.requests_per_minute, "requests_per_minute", errs),
-            tokens_per_minute: f(raw.tokens_per_minute, "tokens_per_minute", errs),
-            tokens_per_day: f(raw.tokens_per_day, "tokens_per_day", errs),
-            concurrent_streams: f(raw.concurrent_streams, "concurrent_streams", errs),
-            monthly_token_budget: f(raw.monthly_token_budget, "monthly_token_budget", errs),
+        macro_rules! checked {
+            ($f:ident) => {
+                positive(raw.$f, &format!("{at}.{}", stringify!($f)), errs)
+            };
         }
+        limit_fields!(LimitSet {}, checked)
+    }
+}
+
+// === impl RawLimitSet ===
+
+impl RawLimitSet {
+    /// `self` with every field `over` sets replaced.
+    pub fn merged(self, over: &RawLimitSet) -> RawLimitSet {
+        limit_fields!(RawLimitSet {}, overlaid, self, over)
+    }
+
+    /// Sets no limit at all.
+    pub fn is_empty(&self) -> bool {
+        *self == RawLimitSet::default()
+    }
+
+    /// Check the fields as `[limits]` validation does (a zero is an
+    /// error), reporting each problem at `{at}.{field}`.
+    pub fn validate(&self, at: &str) -> Result<(), ConfigErrors> {
+        let mut errs = ConfigErrors::default();
+        LimitSet::from_raw(self, at, &mut errs);
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+}
+
+// === impl RawUserLimits ===
+
+impl RawUserLimits {
+    /// `user`'s entry with the limits of `set`.
+    pub fn new(user: impl Into<String>, set: &RawLimitSet) -> RawUserLimits {
+        limit_fields!(RawUserLimits { user: user.into() }, copied, set)
+    }
+
+    /// The entry's limits without the user.
+    pub fn limit_set(&self) -> RawLimitSet {
+        raw_limit_set!(self)
     }
 }
 
@@ -586,6 +667,52 @@ mod tests {
             );
         }
         assert_eq!(errs.len(), want.len(), "{errs:?}");
+    }
+
+    #[test]
+    fn limit_sets_merge_field_by_field_and_validate_with_paths() {
+        let base = RawLimitSet {
+            requests_per_minute: Some(2),
+            tokens_per_day: Some(10),
+            ..RawLimitSet::default()
+        };
+        let over = RawLimitSet {
+            tokens_per_day: Some(20),
+            concurrent_streams: Some(1),
+            ..RawLimitSet::default()
+        };
+        let merged = base.merged(&over);
+        assert_eq!(
+            merged,
+            RawLimitSet {
+                requests_per_minute: Some(2),
+                tokens_per_day: Some(20),
+                concurrent_streams: Some(1),
+                ..RawLimitSet::default()
+            }
+        );
+        let entry = RawUserLimits::new("u", &merged);
+        assert_eq!((entry.user.as_str(), entry.limit_set()), ("u", merged));
+        assert!(RawLimitSet::default().is_empty() && !merged.is_empty());
+        assert!(merged.validate("plan.limits").is_ok());
+
+        let zero = RawLimitSet {
+            monthly_token_budget: Some(0),
+            ..merged
+        };
+        let errs: Vec<String> = zero
+            .validate("plan.limits")
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("plan.limits.monthly_token_budget: must be greater than 0"),
+            "{errs:?}"
+        );
+        let e = serde_json::from_str::<RawLimitSet>(r#"{"tokens_per_hour": 1}"#).unwrap_err();
+        assert!(e.to_string().contains("tokens_per_hour"), "{e}");
     }
 
     #[test]

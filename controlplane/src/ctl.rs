@@ -73,6 +73,11 @@ pub enum CtlCommand {
         #[command(subcommand)]
         command: ProvidersCmd,
     },
+    /// Plans: named limit sets users are on.
+    Plans {
+        #[command(subcommand)]
+        command: PlansCmd,
+    },
     /// The deployment-wide limits document the data planes enforce.
     Limits {
         #[command(subcommand)]
@@ -107,6 +112,45 @@ pub enum LimitsCmd {
     Set {
         #[arg(long)]
         file: std::path::PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlansCmd {
+    List(ListArgs),
+    /// Create a plan.
+    Create {
+        /// A slug: lower-case letters, digits and '-'.
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// A limit as FIELD=N, e.g. requests_per_minute=60 (repeatable;
+        /// fields as in the limits document).
+        #[arg(long = "limit", value_name = "FIELD=N")]
+        limits: Vec<String>,
+    },
+    /// Show one plan, by id or name.
+    Get {
+        id: String,
+    },
+    /// Change a plan's description or limits.
+    Update {
+        /// Id or name.
+        id: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// The plan's new limits as FIELD=N (repeatable); they replace all
+        /// of its limits.
+        #[arg(long = "limit", value_name = "FIELD=N")]
+        limits: Vec<String>,
+        /// Remove all of the plan's limits.
+        #[arg(long, conflicts_with = "limits")]
+        clear_limits: bool,
+    },
+    /// Delete a plan no user is on.
+    Delete {
+        id: String,
     },
 }
 
@@ -317,6 +361,51 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 )
             }
         },
+        CtlCommand::Plans { command } => {
+            const COLUMNS: &[&str] = &["id", "name", "limits", "description"];
+            match command {
+                PlansCmd::List(p) => (
+                    api.call(Method::GET, &format!("/api/v1/plans{}", p.query()), None).await?,
+                    COLUMNS,
+                ),
+                PlansCmd::Create {
+                    name,
+                    description,
+                    limits,
+                } => {
+                    let body = json!({"name": name, "description": description, "limits": limit_set(&limits)?});
+                    (api.call(Method::POST, "/api/v1/plans", Some(body)).await?, COLUMNS)
+                }
+                PlansCmd::Get { id } => (
+                    api.call(Method::GET, &format!("/api/v1/plans/{}", encode(&id)), None).await?,
+                    COLUMNS,
+                ),
+                PlansCmd::Update {
+                    id,
+                    description,
+                    limits,
+                    clear_limits,
+                } => {
+                    let mut body = serde_json::Map::new();
+                    if let Some(d) = description {
+                        body.insert("description".into(), Value::String(d));
+                    }
+                    if clear_limits || !limits.is_empty() {
+                        body.insert("limits".into(), limit_set(&limits)?);
+                    }
+                    let path = format!("/api/v1/plans/{}", encode(&id));
+                    (api.call(Method::PATCH, &path, Some(Value::Object(body))).await?, COLUMNS)
+                }
+                PlansCmd::Delete { id } => {
+                    api.call(Method::DELETE, &format!("/api/v1/plans/{}", encode(&id)), None)
+                        .await?;
+                    if !args.json {
+                        writeln!(out, "deleted plan {id}")?;
+                    }
+                    return Ok(());
+                }
+            }
+        }
         CtlCommand::Usage {
             user_id,
             model,
@@ -403,7 +492,26 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
     write_table(out, &rows, columns)
 }
 
-/// Aligned columns; strings unquoted, `null` as `-`.
+/// `FIELD=N` arguments as a limit set object. Field names are checked by
+/// the server, which knows them (and names an unknown one in its error).
+fn limit_set(args: &[String]) -> Result<Value, CtlError> {
+    let mut set = serde_json::Map::new();
+    for arg in args {
+        let (field, n) = arg
+            .split_once('=')
+            .ok_or_else(|| CtlError::Input(format!("--limit {arg:?}: expected FIELD=N")))?;
+        let n: u64 = n.trim().parse().map_err(|_| {
+            CtlError::Input(format!("--limit {arg:?}: {n:?} is not a whole number"))
+        })?;
+        if set.insert(field.trim().to_owned(), n.into()).is_some() {
+            return Err(CtlError::Input(format!("--limit {field}: given twice")));
+        }
+    }
+    Ok(Value::Object(set))
+}
+
+/// Aligned columns; strings unquoted, `null` as `-`, objects as compact
+/// JSON.
 fn write_table(out: &mut dyn Write, rows: &[Value], columns: &[&str]) -> Result<(), CtlError> {
     let cell = |v: &Value| match v {
         Value::Null => "-".to_owned(),

@@ -1,4 +1,4 @@
-//! The control plane's records as the API shows them: users, keys,
+//! The control plane's records as the API shows them: users, plans, keys,
 //! providers, models, usage, audit entries and operator roles.
 //!
 //! These types are what the store returns and what handlers serialise, so
@@ -56,16 +56,22 @@ impl UserStatus {
     }
 }
 
-/// Per-user overrides of the plan's limits; absent fields use the plan's.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LimitOverrides {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests_per_minute: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens_per_minute: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens_per_day: Option<u64>,
+/// A user's own limits, each field overriding the plan's (the contract's
+/// six-field limit set; absent fields use the plan's, then the defaults).
+pub type LimitOverrides = molt_config::limits::RawLimitSet;
+
+/// A named limit set users are on. Its limits apply to each of its users
+/// over the deployment defaults, field by field; a user's own overrides
+/// win over them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Plan {
+    pub id: String,
+    /// A slug (`pro`, `team-2025`); what `users.plan` names.
+    pub name: String,
+    pub description: String,
+    pub limits: molt_config::limits::RawLimitSet,
+    pub created_at: Millis,
+    pub updated_at: Millis,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -73,6 +79,8 @@ pub struct User {
     pub id: String,
     pub email: String,
     pub status: UserStatus,
+    /// The name of the plan the user is on; `null` means the deployment
+    /// defaults.
     pub plan: Option<String>,
     pub stripe_customer_id: Option<String>,
     pub limits: LimitOverrides,

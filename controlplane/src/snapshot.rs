@@ -13,11 +13,11 @@
 //! behind a version a data plane already has).
 
 use crate::crypto::Cipher;
-use crate::domain::{now_ms, LimitOverrides, Millis, SealedProvider};
+use crate::domain::{now_ms, Millis, Plan, SealedProvider};
 use crate::metrics::Metrics;
-use crate::store::{SnapshotSource, Store, StoreError};
+use crate::store::{SnapshotSource, Store, StoreError, UserLimits};
 use bytes::Bytes;
-use molt_config::limits::RawUserLimits;
+use molt_config::limits::{RawLimitSet, RawUserLimits};
 use molt_config::wire::{
     RawAuth, RawBot, RawDataplaneConfig, RawJwt, RawKey, RawLimits, RawModel, RawProvider,
     RawSnapshot, CONFIG_VERSION,
@@ -158,36 +158,40 @@ impl Publisher {
         validate(&snap).map_err(SnapshotError::Invalid)
     }
 
-    /// Would the current state with `limits` as the limits document still
-    /// validate? Used before the document is replaced.
-    pub async fn check_limits(&self, limits: RawLimits) -> Result<(), SnapshotError> {
-        let snap = self.compile_with(now_ms(), Some(limits)).await?;
+    /// Would the current state with `change` applied to what the snapshot
+    /// is compiled from still validate? For changes below the compiled
+    /// form: the limits document, plans, users' plans and overrides.
+    pub async fn check_source(
+        &self,
+        change: impl FnOnce(&mut SnapshotSource),
+    ) -> Result<(), SnapshotError> {
+        let snap = self.compile_with(now_ms(), change).await?;
         validate(&snap).map_err(SnapshotError::Invalid)
     }
 
     async fn compile_unchecked(&self, now: Millis) -> Result<RawSnapshot, SnapshotError> {
-        self.compile_with(now, None).await
+        self.compile_with(now, |_| {}).await
     }
 
-    /// Compile, with `limits` instead of the stored limits document if given.
+    /// Compile from the stored state with `change` applied to it.
     async fn compile_with(
         &self,
         now: Millis,
-        limits: Option<RawLimits>,
+        change: impl FnOnce(&mut SnapshotSource),
     ) -> Result<RawSnapshot, SnapshotError> {
+        let mut source = self.store.snapshot_source(now).await?;
+        change(&mut source);
         let SnapshotSource {
             keys,
             providers,
             models,
-            limits: stored_limits,
+            mut limits,
+            plans,
             user_limits,
-        } = self.store.snapshot_source(now).await?;
-        let mut limits = limits.unwrap_or(stored_limits);
+        } = source;
         // Redis is each data plane's own; a snapshot never carries it.
         limits.redis = None;
-        for (user, o) in &user_limits {
-            apply_user_overrides(&mut limits, user, o);
-        }
+        apply_user_limits(&mut limits, &plans, &user_limits);
         let providers = providers
             .iter()
             .map(|p| self.raw_provider(p))
@@ -272,34 +276,44 @@ impl Publisher {
     }
 }
 
-/// Layer a user's own overrides (`users.limits`) over the limits document's
-/// entry for that user (added if there is none): each field the user sets
-/// wins over the document's.
-pub fn apply_user_overrides(limits: &mut RawLimits, user: &str, o: &LimitOverrides) {
-    let entry = match limits.users.iter_mut().position(|u| u.user == user) {
-        Some(i) => &mut limits.users[i],
-        None => {
-            limits.users.push(RawUserLimits {
-                user: user.to_owned(),
-                requests_per_second: None,
-                requests_per_minute: None,
-                tokens_per_minute: None,
-                tokens_per_day: None,
-                concurrent_streams: None,
-                monthly_token_budget: None,
-            });
-            let last = limits.users.len() - 1;
-            &mut limits.users[last]
+/// Compile each user's effective limits into the document's `users`
+/// entries. Layers, each field of a later one winning: the user's plan,
+/// the document's own entry for the user (an operator's per-user line in
+/// the limits document), the user's own overrides (`users.limits`). The
+/// data plane merges an entry over the document's defaults, so a field no
+/// layer sets is the deployment default, and a user with neither plan nor
+/// overrides gets no entry (the defaults).
+pub fn apply_user_limits(limits: &mut RawLimits, plans: &[Plan], users: &[UserLimits]) {
+    let plans: HashMap<&str, &RawLimitSet> =
+        plans.iter().map(|p| (p.name.as_str(), &p.limits)).collect();
+    // The document's own entries by user (the first, should one be
+    // duplicated: validation reports that), so compiling stays linear in
+    // the number of users.
+    let mut in_document: HashMap<String, usize> = HashMap::with_capacity(limits.users.len());
+    for (i, e) in limits.users.iter().enumerate() {
+        in_document.entry(e.user.clone()).or_insert(i);
+    }
+    for u in users {
+        let plan = u
+            .plan
+            .as_deref()
+            .and_then(|name| plans.get(name))
+            .map_or_else(RawLimitSet::default, |l| **l);
+        match in_document.get(u.user_id.as_str()) {
+            Some(&i) => {
+                let entry = &mut limits.users[i];
+                let set = plan.merged(&entry.limit_set()).merged(&u.overrides);
+                *entry = RawUserLimits::new(u.user_id.clone(), &set);
+            }
+            None => {
+                let set = plan.merged(&u.overrides);
+                if !set.is_empty() {
+                    limits
+                        .users
+                        .push(RawUserLimits::new(u.user_id.clone(), &set));
+                }
+            }
         }
-    };
-    if let Some(v) = o.requests_per_minute {
-        entry.requests_per_minute = Some(u64::from(v));
-    }
-    if let Some(v) = o.tokens_per_minute {
-        entry.tokens_per_minute = Some(v);
-    }
-    if let Some(v) = o.tokens_per_day {
-        entry.tokens_per_day = Some(v);
     }
 }
 

@@ -415,6 +415,16 @@ async fn seed(
         cursor: None,
         limit: molt_controlplane::service::MAX_PAGE,
     };
+    // The dev user's plan: no limits of its own (the deployment defaults),
+    // there to be tried with `molt ctl plans update dev --limit ...`.
+    let plan = serde_json::json!({"name": "dev", "description": "molt dev's user"});
+    match service
+        .create_plan(&op, serde_json::from_value(plan)?)
+        .await
+    {
+        Ok(_) | Err(ServiceError::Conflict(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
     let users = service.list_users(&op, &all).await?;
     let user = match users.items.into_iter().find(|u| u.email == DEV_EMAIL) {
         Some(u) if billing && u.stripe_customer_id.is_none() => {

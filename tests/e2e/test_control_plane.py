@@ -1,5 +1,5 @@
-"""A data plane fed by a real control plane: API changes reach it within a second, and usage lands in the
-control plane's database exactly once, even when either side is killed with SIGKILL."""
+"""A data plane fed by a real control plane: API changes (plans' limits among them) reach it within a second, and
+usage lands in the control plane's database exactly once, even when either side is killed with SIGKILL."""
 
 from __future__ import annotations
 
@@ -59,8 +59,9 @@ class Tenant:
     secret: str
 
 
-def provision(cp: ControlPlane, world: World, mock: MockProvider) -> Tenant:
-    """Provider, model, user and key through the API; returns the key (not yet known to be live)."""
+def provision(cp: ControlPlane, world: World, mock: MockProvider, plan: str | None = None) -> Tenant:
+    """Provider, model, user (on `plan`, if given) and key through the API; returns the key (not yet known to be
+    live)."""
     cp.api(
         "POST",
         "/providers",
@@ -73,7 +74,7 @@ def provision(cp: ControlPlane, world: World, mock: MockProvider) -> Tenant:
         {"name": CHAT_MODEL, "provider": "mock-openai", "input_price_per_mtok": 1.0, "output_price_per_mtok": 2.0},
         expect=201,
     )
-    user = cp.api("POST", "/users", {"email": f"e2e-{uuid.uuid4().hex[:8]}@example.com"}, expect=201)
+    user = cp.api("POST", "/users", {"email": f"e2e-{uuid.uuid4().hex[:8]}@example.com", "plan": plan}, expect=201)
     created = cp.api("POST", "/keys", {"user_id": user["id"]}, expect=201)
     SECRETS.add(created["secret"])
     return Tenant(user["id"], created["key"]["id"], created["secret"])
@@ -146,6 +147,44 @@ def test_api_changes_reach_the_dataplane_within_a_second(
     assert totals["cost_usd"] == pytest.approx((expected["input_tokens"] + 2 * expected["output_tokens"]) / 1e6)
     assert dataplane.metric_value("molt_control_plane_snapshot_version") > 0
     assert dataplane.metric_value("molt_config_reload_failures_total") == 0
+
+
+def test_plan_limits_reach_the_dataplane_within_a_second(
+    world: World, mock: MockProvider, start_dataplane: StartDataplane, controlplane: ControlPlane, tmp_path: Path
+) -> None:
+    dataplane = start_dataplane(dataplane_config(world, controlplane, tmp_path / "dp"))
+    plan = controlplane.api("POST", "/plans", {"name": "starter", "limits": {"requests_per_minute": 2}}, expect=201)
+    assert plan["limits"] == {"requests_per_minute": 2}
+    tenant = provision(controlplane, world, mock, plan="starter")
+
+    # The user is on the plan before their key exists, so the key goes live with the plan's limit: the first 200
+    # is the first of the two requests a minute.
+    took = wait_for_status(dataplane, tenant.secret, 200)
+    assert took < PROPAGATION_DEADLINE
+    with httpx.Client(timeout=5) as client:
+        second = chat(client, dataplane, tenant.secret)
+        assert second.status_code == 200, second.text
+        assert second.headers["x-ratelimit-limit-requests"] == "2"
+        assert second.headers["x-ratelimit-remaining-requests"] == "0"
+        third = chat(client, dataplane, tenant.secret)
+    assert third.status_code == 429, third.text
+    assert third.json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(third.headers["retry-after"]) >= 1
+    assert third.headers["x-ratelimit-limit-requests"] == "2"
+    assert third.headers["x-ratelimit-remaining-requests"] == "0"
+
+    # Raising the plan's limit lifts it within a second, for every user on the plan.
+    controlplane.api("PATCH", "/plans/starter", {"limits": {"requests_per_minute": 100}}, expect=200)
+    took = wait_for_status(dataplane, tenant.secret, 200)
+    assert took < PROPAGATION_DEADLINE
+    with httpx.Client(timeout=5) as client:
+        lifted = chat(client, dataplane, tenant.secret)
+    assert lifted.status_code == 200, lifted.text
+    assert lifted.headers["x-ratelimit-limit-requests"] == "100"
+
+    # The plan cannot go while the user is on it.
+    refused = controlplane.api("DELETE", "/plans/starter", expect=409)
+    assert "in use" in refused["error"]["message"]
 
 
 @dataclass

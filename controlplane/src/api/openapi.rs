@@ -8,8 +8,8 @@ use crate::billing::{
     self, CustomerReconciliation, Difference, FlushOutcome, Reconciliation, Totals,
 };
 use crate::domain::{
-    AdminToken, ApiKey, AuditEntry, LimitOverrides, Model, Provider, ProviderKind, Role, UsageRow,
-    User, UserStatus,
+    AdminToken, ApiKey, AuditEntry, LimitOverrides, Model, Plan, Provider, ProviderKind, Role,
+    UsageRow, User, UserStatus,
 };
 use crate::provision::{Bot, BotStatus, Desired};
 use crate::service::auth::{CreateAdminToken, CreatedAdminToken, MintToken, MintedToken};
@@ -17,6 +17,7 @@ use crate::service::bots::CreateBot;
 use crate::service::keys::{CreateKey, CreatedKey};
 use crate::service::limits::LimitsDocument;
 use crate::service::models::{CreateModel, UpdateModel};
+use crate::service::plans::{CreatePlan, UpdatePlan};
 use crate::service::providers::{CreateProvider, UpdateProvider};
 use crate::service::usage::{UsageReport, UsageTotals};
 use crate::service::users::{CreateUser, UpdateUser};
@@ -33,6 +34,7 @@ use utoipa::{Modify, OpenApi};
         v1::list_keys, v1::create_key, v1::get_key, v1::revoke_key,
         v1::list_providers, v1::create_provider, v1::get_provider, v1::update_provider,
         v1::list_models, v1::create_model, v1::get_model, v1::update_model, v1::delete_model,
+        v1::list_plans, v1::create_plan, v1::get_plan, v1::update_plan, v1::delete_plan,
         v1::get_limits, v1::set_limits,
         v1::usage, v1::audit,
         v1::mint_token, v1::list_admin_tokens, v1::create_admin_token, v1::revoke_admin_token,
@@ -43,7 +45,7 @@ use utoipa::{Modify, OpenApi};
     components(schemas(
         ErrorBody, ErrorDetail, User, UserStatus, LimitOverrides, CreateUser, UpdateUser,
         ApiKey, CreateKey, CreatedKey, Provider, ProviderKind, CreateProvider, UpdateProvider,
-        Model, CreateModel, UpdateModel, LimitsDocument, UsageRow, UsageReport, UsageTotals, AuditEntry,
+        Model, CreateModel, UpdateModel, Plan, CreatePlan, UpdatePlan, LimitsDocument, UsageRow, UsageReport, UsageTotals, AuditEntry,
         AdminToken, Role, CreateAdminToken, CreatedAdminToken, MintToken, MintedToken,
         Bot, BotStatus, Desired, CreateBot,
         Reconciliation, CustomerReconciliation, Difference, Totals, FlushOutcome,

@@ -4,11 +4,14 @@
 
 use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
 use super::{AppState, Op};
-use crate::domain::{AdminToken, ApiKey, AuditEntry, Model, Page, PageRequest, Provider, User};
+use crate::domain::{
+    AdminToken, ApiKey, AuditEntry, Model, Page, PageRequest, Plan, Provider, User,
+};
 use crate::service::auth::{CreateAdminToken, CreatedAdminToken, MintToken, MintedToken};
 use crate::service::keys::{CreateKey, CreatedKey};
 use crate::service::limits::LimitsDocument;
 use crate::service::models::{CreateModel, UpdateModel};
+use crate::service::plans::{CreatePlan, UpdatePlan};
 use crate::service::providers::{CreateProvider, UpdateProvider};
 use crate::service::usage::{UsageQuery, UsageReport};
 use crate::service::users::{CreateUser, UpdateUser};
@@ -69,6 +72,11 @@ pub(super) fn routes() -> Router<AppState> {
         .route(
             "/api/v1/models/{id}",
             get(get_model).patch(update_model).delete(delete_model),
+        )
+        .route("/api/v1/plans", get(list_plans).post(create_plan))
+        .route(
+            "/api/v1/plans/{id}",
+            get(get_plan).patch(update_plan).delete(delete_plan),
         )
         .route("/api/v1/limits", get(get_limits).put(set_limits))
         .route("/api/v1/usage", get(usage))
@@ -299,6 +307,71 @@ pub(super) async fn delete_model(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     st.service.delete_model(&op, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// === plans ===
+
+#[utoipa::path(get, path = "/api/v1/plans", tag = "plans", params(ListQuery),
+    responses((status = 200, body = Page<Plan>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub(super) async fn list_plans(
+    State(st): State<AppState>,
+    Op(op): Op,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Page<Plan>>> {
+    Ok(Json(st.service.list_plans(&op, &q.page()).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/plans", tag = "plans", request_body = CreatePlan,
+    responses((status = 201, body = Plan), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, description = "A plan with this name exists", body = ErrorBody),
+        (status = 422, description = "Invalid name or limits; the message names each field path", body = ErrorBody)))]
+pub(super) async fn create_plan(
+    State(st): State<AppState>,
+    Op(op): Op,
+    ApiJson(req): ApiJson<CreatePlan>,
+) -> ApiResult<(StatusCode, Json<Plan>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(st.service.create_plan(&op, req).await?),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/plans/{id}", tag = "plans",
+    params(("id" = String, Path, description = "Id or name")),
+    responses((status = 200, body = Plan), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn get_plan(
+    State(st): State<AppState>,
+    Op(op): Op,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Plan>> {
+    Ok(Json(st.service.get_plan(&op, &id).await?))
+}
+
+#[utoipa::path(patch, path = "/api/v1/plans/{id}", tag = "plans",
+    params(("id" = String, Path, description = "Id or name")), request_body = UpdatePlan,
+    responses((status = 200, body = Plan), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, description = "Invalid limits; the message names each field path", body = ErrorBody)))]
+pub(super) async fn update_plan(
+    State(st): State<AppState>,
+    Op(op): Op,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<UpdatePlan>,
+) -> ApiResult<Json<Plan>> {
+    Ok(Json(st.service.update_plan(&op, &id, req).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/plans/{id}", tag = "plans",
+    params(("id" = String, Path, description = "Id or name")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "Users are on the plan", body = ErrorBody)))]
+pub(super) async fn delete_plan(
+    State(st): State<AppState>,
+    Op(op): Op,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    st.service.delete_plan(&op, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

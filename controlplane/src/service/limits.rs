@@ -1,7 +1,7 @@
-//! Plans and limits: the deployment-wide `[limits]` document the data
-//! planes enforce (defaults, per-user, per-model and per-provider limits,
-//! anomaly detection). Users' own overrides live on the user record and
-//! are layered over it when the snapshot is compiled.
+//! The deployment-wide `[limits]` document the data planes enforce
+//! (defaults, per-user, per-model and per-provider limits, anomaly
+//! detection). Plans (`service::plans`) and users' own overrides are
+//! layered over it when the snapshot is compiled.
 //!
 //! A new document is validated by the data plane's own code through a
 //! compiled snapshot before it is stored; `redis` is refused, as each data
@@ -14,13 +14,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// The `[limits]` section of the data plane's config
-/// (`molt_config::limits::RawLimits`) as JSON, without `redis`: top-level
-/// limits are every user's defaults; `users`, `models` and `providers`
-/// refine them; `anomaly` tunes anomaly detection. Durations are written
-/// as `"30s"`, `"1h"`.
+/// (`molt_config::limits::RawLimits`) as JSON, without `redis` (refused
+/// here: each data plane sets its own): top-level limits are every user's
+/// defaults; `users`, `models` and `providers` refine them; `anomaly` tunes
+/// anomaly detection. Durations are written as `"30s"`, `"1h"`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(transparent)]
-#[schema(value_type = Object)]
 pub struct LimitsDocument(pub RawLimits);
 
 // === impl Service ===
@@ -45,7 +44,10 @@ impl Service {
         }
         let write = self.write_lock.lock().await;
         let before = self.store.get_limits().await?;
-        self.publisher.check_limits(after.clone()).await?;
+        let checked = after.clone();
+        self.publisher
+            .check_source(|src| src.limits = checked)
+            .await?;
         let audit = audit_entry(op, "limits.update", "limits", Some(&before), Some(&after));
         self.store.set_limits(&after, now_ms(), &audit).await?;
         drop(write);

@@ -1,4 +1,4 @@
-//! The control plane's business logic: every rule about users, keys,
+//! The control plane's business logic: every rule about users, plans, keys,
 //! providers, models, usage, audit and operator auth lives here, between
 //! the thin HTTP handlers and the [`Store`].
 //!
@@ -17,6 +17,7 @@ pub mod bots;
 pub mod keys;
 pub mod limits;
 pub mod models;
+pub mod plans;
 pub mod providers;
 pub mod usage;
 pub mod users;
@@ -280,6 +281,20 @@ fn paginate<T>(mut items: Vec<T>, page: &PageRequest, id: impl Fn(&T) -> String)
         None
     };
     Page { items, next_cursor }
+}
+
+/// The contract's own check of a limit set (a plan's, a user's overrides),
+/// each error under its field path `limits.<field>`.
+fn check_limits(limits: &molt_config::limits::RawLimitSet) -> Result<(), ServiceError> {
+    limits.validate("limits").map_err(|errors| {
+        ServiceError::Invalid(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })
 }
 
 fn not_found(kind: &'static str, id: &str) -> ServiceError {

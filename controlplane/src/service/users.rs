@@ -1,10 +1,14 @@
 //! Users: create, read, list and update (status, plan, Stripe customer,
 //! limit overrides). A user's status decides whether their keys reach the
-//! data planes, so every change refreshes the snapshot.
+//! data planes, and their plan and overrides what limits they get there, so
+//! a change to any of those refreshes the snapshot. `plan` must name an
+//! existing plan (`service::plans`).
 
-use super::{audit_entry, not_found, paginate, range, Operator, Service, ServiceError};
+use super::{
+    audit_entry, check_limits, not_found, paginate, range, Operator, Service, ServiceError,
+};
 use crate::domain::{new_id, now_ms, LimitOverrides, Page, PageRequest, User, UserStatus};
-use crate::snapshot::apply_user_overrides;
+use crate::store::{StoreError, UserLimits};
 use serde::{Deserialize, Deserializer};
 use utoipa::ToSchema;
 
@@ -15,10 +19,12 @@ pub struct CreateUser {
     /// Defaults to `active`.
     #[serde(default)]
     pub status: Option<UserStatus>,
+    /// The name of an existing plan; `null` or absent for none.
     #[serde(default)]
     pub plan: Option<String>,
     #[serde(default)]
     pub stripe_customer_id: Option<String>,
+    /// The user's own limits, each winning over the plan's.
     #[serde(default)]
     pub limits: LimitOverrides,
 }
@@ -32,12 +38,14 @@ pub struct UpdateUser {
     pub email: Option<String>,
     #[serde(default)]
     pub status: Option<UserStatus>,
+    /// The name of an existing plan, or `null` for none.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub plan: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub stripe_customer_id: Option<Option<String>>,
+    /// Replaces the user's whole set of overrides.
     #[serde(default)]
     pub limits: Option<LimitOverrides>,
 }
@@ -77,41 +85,65 @@ fn optional_text(field: &str, value: Option<String>) -> Result<Option<String>, S
     }
 }
 
+/// A store error on a user write in the API's terms.
+fn user_write_error(e: StoreError, user: &User) -> ServiceError {
+    match e {
+        StoreError::Duplicate => {
+            ServiceError::Conflict(format!("a user with email {:?} exists", user.email))
+        }
+        // Only `plan` refers to another record; the service checked it
+        // under the write lock, so this is the foreign key's backstop.
+        StoreError::Reference => ServiceError::Invalid(format!(
+            "plan: no plan named {:?}",
+            user.plan.as_deref().unwrap_or_default()
+        )),
+        e => e.into(),
+    }
+}
+
 // === impl Service ===
 
 impl Service {
+    /// Would the snapshot still validate with `user`'s plan and overrides?
+    async fn check_user_limits(&self, user: &User) -> Result<(), ServiceError> {
+        let entry = UserLimits {
+            user_id: user.id.clone(),
+            plan: user.plan.clone(),
+            overrides: user.limits,
+        };
+        self.publisher
+            .check_source(|src| src.set_user_limits(entry))
+            .await?;
+        Ok(())
+    }
+
     pub async fn create_user(&self, op: &Operator, req: CreateUser) -> Result<User, ServiceError> {
         op.require_admin()?;
         let now = now_ms();
-        let user = User {
+        let mut user = User {
             id: new_id("usr"),
             email: normalise_email(&req.email)?,
             status: req.status.unwrap_or(UserStatus::Active),
-            plan: optional_text("plan", req.plan)?,
+            plan: None,
             stripe_customer_id: optional_text("stripe_customer_id", req.stripe_customer_id)?,
             limits: req.limits,
             created_at: now,
             updated_at: now,
         };
+        check_limits(&user.limits)?;
         let write = self.write_lock.lock().await;
-        let overrides = user.limits != LimitOverrides::default();
-        if overrides {
-            self.publisher
-                .check(|snap| apply_user_overrides(&mut snap.limits, &user.id, &user.limits))
-                .await?;
+        user.plan = self.existing_plan(req.plan).await?;
+        let limited = user.plan.is_some() || !user.limits.is_empty();
+        if limited {
+            self.check_user_limits(&user).await?;
         }
         let audit = audit_entry(op, "user.create", &user.id, None, Some(&user));
         self.store
             .insert_user(&user, &audit)
             .await
-            .map_err(|e| match e {
-                crate::store::StoreError::Duplicate => {
-                    ServiceError::Conflict(format!("a user with email {:?} exists", user.email))
-                }
-                e => e.into(),
-            })?;
+            .map_err(|e| user_write_error(e, &user))?;
         drop(write);
-        if overrides {
+        if limited {
             self.refresh_snapshot().await;
         }
         Ok(user)
@@ -141,11 +173,13 @@ impl Service {
     ) -> Result<User, ServiceError> {
         op.require_admin()?;
         let email = req.email.as_deref().map(normalise_email).transpose()?;
-        let plan = req.plan.map(|p| optional_text("plan", p)).transpose()?;
         let stripe = req
             .stripe_customer_id
             .map(|s| optional_text("stripe_customer_id", s))
             .transpose()?;
+        if let Some(limits) = &req.limits {
+            check_limits(limits)?;
+        }
         let write = self.write_lock.lock().await;
         let before = self
             .store
@@ -159,8 +193,8 @@ impl Service {
         if let Some(status) = req.status {
             after.status = status;
         }
-        if let Some(plan) = plan {
-            after.plan = plan;
+        if let Some(plan) = req.plan {
+            after.plan = self.existing_plan(plan).await?;
         }
         if let Some(stripe) = stripe {
             after.stripe_customer_id = stripe;
@@ -169,23 +203,17 @@ impl Service {
             after.limits = limits;
         }
         after.updated_at = now_ms();
-        if after.limits != before.limits {
-            self.publisher
-                .check(|snap| apply_user_overrides(&mut snap.limits, &after.id, &after.limits))
-                .await?;
+        let limits_changed = after.limits != before.limits || after.plan != before.plan;
+        if limits_changed {
+            self.check_user_limits(&after).await?;
         }
         let audit = audit_entry(op, "user.update", id, Some(&before), Some(&after));
         self.store
             .update_user(&after, &audit)
             .await
-            .map_err(|e| match e {
-                crate::store::StoreError::Duplicate => {
-                    ServiceError::Conflict(format!("a user with email {:?} exists", after.email))
-                }
-                e => e.into(),
-            })?;
+            .map_err(|e| user_write_error(e, &after))?;
         drop(write);
-        if before.status != after.status || before.limits != after.limits {
+        if before.status != after.status || limits_changed {
             self.refresh_snapshot().await;
         }
         Ok(after)

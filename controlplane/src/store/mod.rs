@@ -13,7 +13,7 @@ pub(crate) use sql::write_audit;
 pub use sql::SqlStore;
 
 use crate::domain::{
-    AdminToken, ApiKey, AuditEntry, LimitOverrides, Millis, Model, SealedProvider, User,
+    AdminToken, ApiKey, AuditEntry, LimitOverrides, Millis, Model, Plan, SealedProvider, User,
 };
 use molt_config::wire::RawLimits;
 use molt_config::UsageEvent;
@@ -89,8 +89,28 @@ pub struct SnapshotSource {
     pub models: Vec<Model>,
     /// The deployment-wide limits document.
     pub limits: RawLimits,
-    /// Users' own limit overrides (only users that have some), by user id.
-    pub user_limits: Vec<(String, LimitOverrides)>,
+    /// Every plan, by id.
+    pub plans: Vec<Plan>,
+    /// The users on a plan or with overrides of their own, by id.
+    pub user_limits: Vec<UserLimits>,
+}
+
+impl SnapshotSource {
+    /// Replace (or add) one user's entry: what the snapshot would hold if
+    /// that user's plan and overrides were `u`.
+    pub fn set_user_limits(&mut self, u: UserLimits) {
+        self.user_limits.retain(|e| e.user_id != u.user_id);
+        self.user_limits.push(u);
+    }
+}
+
+/// What a user's limits are compiled from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserLimits {
+    pub user_id: String,
+    /// The plan's name.
+    pub plan: Option<String>,
+    pub overrides: LimitOverrides,
 }
 
 /// Result of an ingest batch.
@@ -144,6 +164,17 @@ pub trait Store: crate::provision::BotStore + std::fmt::Debug + Send + Sync + 's
     /// By id or by name.
     async fn get_model(&self, id_or_name: &str) -> Result<Option<Model>, StoreError>;
     async fn list_models(&self, range: &Range) -> Result<Vec<Model>, StoreError>;
+
+    async fn insert_plan(&self, plan: &Plan, audit: &AuditEntry) -> Result<(), StoreError>;
+    /// Change a plan's description and limits (the name is fixed).
+    async fn update_plan(&self, plan: &Plan, audit: &AuditEntry) -> Result<(), StoreError>;
+    /// `Reference` while users are on it.
+    async fn delete_plan(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError>;
+    /// By id or by name.
+    async fn get_plan(&self, id_or_name: &str) -> Result<Option<Plan>, StoreError>;
+    async fn list_plans(&self, range: &Range) -> Result<Vec<Plan>, StoreError>;
+    /// How many users are on the plan named `name`.
+    async fn count_plan_users(&self, name: &str) -> Result<i64, StoreError>;
 
     /// The deployment-wide limits document.
     async fn get_limits(&self) -> Result<RawLimits, StoreError>;

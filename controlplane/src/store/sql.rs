@@ -12,10 +12,12 @@
 //! Optional filters use `''` as "no filter" (`$1 = '' OR col = $1`) instead
 //! of NULL parameters, whose type PostgreSQL cannot always infer.
 
-use super::{IngestCounts, Range, SnapshotSource, Store, StoreError, UsageFilter, UsageSums};
+use super::{
+    IngestCounts, Range, SnapshotSource, Store, StoreError, UsageFilter, UsageSums, UserLimits,
+};
 use crate::domain::{
-    AdminToken, ApiKey, AuditEntry, LimitOverrides, Millis, Model, Provider, ProviderKind, Role,
-    SealedProvider, User, UserStatus,
+    AdminToken, ApiKey, AuditEntry, LimitOverrides, Millis, Model, Plan, Provider, ProviderKind,
+    Role, SealedProvider, User, UserStatus,
 };
 use molt_config::wire::RawLimits;
 use molt_config::UsageEvent;
@@ -201,6 +203,52 @@ impl TryFrom<ModelRow> for Model {
 }
 
 #[derive(sqlx::FromRow)]
+struct PlanRow {
+    id: String,
+    name: String,
+    description: String,
+    limits: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+const PLAN_COLS: &str = "id, name, description, limits, created_at, updated_at";
+
+impl TryFrom<PlanRow> for Plan {
+    type Error = StoreError;
+
+    fn try_from(r: PlanRow) -> Result<Self, StoreError> {
+        Ok(Plan {
+            limits: json("plans.limits", &r.limits)?,
+            id: r.id,
+            name: r.name,
+            description: r.description,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct UserLimitsRow {
+    id: String,
+    plan: Option<String>,
+    limits: String,
+}
+
+impl TryFrom<UserLimitsRow> for UserLimits {
+    type Error = StoreError;
+
+    fn try_from(r: UserLimitsRow) -> Result<Self, StoreError> {
+        Ok(UserLimits {
+            overrides: json::<LimitOverrides>("users.limits", &r.limits)?,
+            user_id: r.id,
+            plan: r.plan,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
 struct AuditRow {
     id: String,
     at: i64,
@@ -318,13 +366,73 @@ fn one_row(result: sqlx::any::AnyQueryResult) -> Result<(), StoreError> {
     }
 }
 
+/// How many rows an audited write must change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    /// Any number (an insert: a failure is an error from the database).
+    Any,
+    /// Exactly one; none is `NotFound`, and nothing is written.
+    One,
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+impl SqlStore {
+    /// Run `query` and write `audit` in one transaction: the change is never
+    /// stored without its audit entry, and a failed change leaves neither.
+    async fn audited(
+        &self,
+        query: AnyQuery<'_>,
+        rows: Rows,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = query.execute(&mut *tx).await?;
+        if rows == Rows::One {
+            one_row(done)?;
+        }
+        write_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The record `sql` selects with `key` as `$1`, if any.
+    async fn find<R, T>(&self, sql: &str, key: &str) -> Result<Option<T>, StoreError>
+    where
+        R: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+        T: TryFrom<R, Error = StoreError>,
+    {
+        let row: Option<R> = sqlx::query_as(sql)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(T::try_from).transpose()
+    }
+
+    /// One page of `cols` from `table` in id order (ids after the range's
+    /// cursor).
+    async fn page<R, T>(&self, cols: &str, table: &str, range: &Range) -> Result<Vec<T>, StoreError>
+    where
+        R: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+        T: TryFrom<R, Error = StoreError>,
+    {
+        // `cols` and `table` are constants of this module, never input.
+        let sql = format!("SELECT {cols} FROM {table} WHERE id > $1 ORDER BY id LIMIT $2");
+        let r: Vec<R> = sqlx::query_as(&sql)
+            .bind(range.after.as_deref().unwrap_or(""))
+            .bind(range.limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows(r)
+    }
+}
+
 // === impl Store for SqlStore ===
 
 #[async_trait::async_trait]
 impl Store for SqlStore {
     async fn insert_user(&self, u: &User, audit: &AuditEntry) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO users (id, email, status, plan, stripe_customer_id, limits, \
              created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
@@ -335,17 +443,12 @@ impl Store for SqlStore {
         .bind(&u.stripe_customer_id)
         .bind(to_json(&u.limits))
         .bind(u.created_at)
-        .bind(u.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        write_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        .bind(u.updated_at);
+        self.audited(query, Rows::Any, audit).await
     }
 
     async fn update_user(&self, u: &User, audit: &AuditEntry) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
+        let query = sqlx::query(
             "UPDATE users SET email = $2, status = $3, plan = $4, stripe_customer_id = $5, \
              limits = $6, updated_at = $7 WHERE id = $1",
         )
@@ -355,37 +458,21 @@ impl Store for SqlStore {
         .bind(&u.plan)
         .bind(&u.stripe_customer_id)
         .bind(to_json(&u.limits))
-        .bind(u.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        one_row(done)?;
-        write_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        .bind(u.updated_at);
+        self.audited(query, Rows::One, audit).await
     }
 
     async fn get_user(&self, id: &str) -> Result<Option<User>, StoreError> {
         let sql = format!("SELECT {USER_COLS} FROM users WHERE id = $1");
-        let row: Option<UserRow> = sqlx::query_as(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(User::try_from).transpose()
+        self.find::<UserRow, _>(&sql, id).await
     }
 
     async fn list_users(&self, range: &Range) -> Result<Vec<User>, StoreError> {
-        let sql = format!("SELECT {USER_COLS} FROM users WHERE id > $1 ORDER BY id LIMIT $2");
-        let r: Vec<UserRow> = sqlx::query_as(&sql)
-            .bind(range.after.as_deref().unwrap_or(""))
-            .bind(range.limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows(r)
+        self.page::<UserRow, _>(USER_COLS, "users", range).await
     }
 
     async fn insert_api_key(&self, k: &ApiKey, audit: &AuditEntry) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO api_keys (id, user_id, name, prefix, sha256, models, expires_at, \
              revoked_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
@@ -397,12 +484,8 @@ impl Store for SqlStore {
         .bind(k.models.as_ref().map(to_json))
         .bind(k.expires_at)
         .bind(k.revoked_at)
-        .bind(k.created_at)
-        .execute(&mut *tx)
-        .await?;
-        write_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        .bind(k.created_at);
+        self.audited(query, Rows::Any, audit).await
     }
 
     async fn revoke_api_key(
@@ -411,26 +494,16 @@ impl Store for SqlStore {
         at: Millis,
         audit: &AuditEntry,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let done =
+        let query =
             sqlx::query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
                 .bind(id)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-        one_row(done)?;
-        write_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+                .bind(at);
+        self.audited(query, Rows::One, audit).await
     }
 
     async fn get_api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
         let sql = format!("SELECT {KEY_COLS} FROM api_keys WHERE id = $1");
-        let row: Option<KeyRow> = sqlx::query_as(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(ApiKey::try_from).transpose()
+        self.find::<KeyRow, _>(&sql, id).await
     }
 
     async fn list_api_keys(
@@ -456,9 +529,8 @@ impl Store for SqlStore {
         p: &SealedProvider,
         audit: &AuditEntry,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
         let v = &p.provider;
-        sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO providers (id, name, kind, base_url, keys_sealed, key_count, \
              created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
@@ -469,12 +541,8 @@ impl Store for SqlStore {
         .bind(&p.keys_sealed)
         .bind(v.key_count)
         .bind(v.created_at)
-        .bind(v.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        write_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        .bind(v.updated_at);
+        self.audited(query, Rows::Any, audit).await
     }
 
     async fn update_provider(
@@ -482,9 +550,8 @@ impl Store for SqlStore {
         p: &SealedProvider,
         audit: &AuditEntry,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
         let v = &p.provider;
-        let done = sqlx::query(
+        let query = sqlx::query(
             "UPDATE providers SET base_url = $2, keys_sealed = $3, key_count = $4, \
              updated_at = $5 WHERE id = $1",
         )
@@ -492,38 +559,22 @@ impl Store for SqlStore {
         .bind(&v.base_url)
         .bind(&p.keys_sealed)
         .bind(v.key_count)
-        .bind(v.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        one_row(done)?;
-        write_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        .bind(v.updated_at);
+        self.audited(query, Rows::One, audit).await
     }
 
     async fn get_provider(&self, id_or_name: &str) -> Result<Option<SealedProvider>, StoreError> {
         let sql = format!("SELECT {PROVIDER_COLS} FROM providers WHERE id = $1 OR name = $1");
-        let row: Option<ProviderRow> = sqlx::query_as(&sql)
-            .bind(id_or_name)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(SealedProvider::try_from).transpose()
+        self.find::<ProviderRow, _>(&sql, id_or_name).await
     }
 
     async fn list_providers(&self, range: &Range) -> Result<Vec<SealedProvider>, StoreError> {
-        let sql =
-            format!("SELECT {PROVIDER_COLS} FROM providers WHERE id > $1 ORDER BY id LIMIT $2");
-        let r: Vec<ProviderRow> = sqlx::query_as(&sql)
-            .bind(range.after.as_deref().unwrap_or(""))
-            .bind(range.limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows(r)
+        self.page::<ProviderRow, _>(PROVIDER_COLS, "providers", range)
+            .await
     }
 
     async fn insert_model(&self, m: &Model, audit: &AuditEntry) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO models (id, name, provider, upstream_name, aliases, fallbacks, \
              input_price_per_mtok, output_price_per_mtok, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -537,17 +588,12 @@ impl Store for SqlStore {
         .bind(m.input_price_per_mtok)
         .bind(m.output_price_per_mtok)
         .bind(m.created_at)
-        .bind(m.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        write_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        .bind(m.updated_at);
+        self.audited(query, Rows::Any, audit).await
     }
 
     async fn update_model(&self, m: &Model, audit: &AuditEntry) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
+        let query = sqlx::query(
             "UPDATE models SET provider = $2, upstream_name = $3, aliases = $4, fallbacks = $5, \
              input_price_per_mtok = $6, output_price_per_mtok = $7, updated_at = $8 WHERE id = $1",
         )
@@ -558,44 +604,22 @@ impl Store for SqlStore {
         .bind(to_json(&m.fallbacks))
         .bind(m.input_price_per_mtok)
         .bind(m.output_price_per_mtok)
-        .bind(m.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        one_row(done)?;
-        write_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        .bind(m.updated_at);
+        self.audited(query, Rows::One, audit).await
     }
 
     async fn delete_model(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("DELETE FROM models WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        one_row(done)?;
-        write_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        let query = sqlx::query("DELETE FROM models WHERE id = $1").bind(id);
+        self.audited(query, Rows::One, audit).await
     }
 
     async fn get_model(&self, id_or_name: &str) -> Result<Option<Model>, StoreError> {
         let sql = format!("SELECT {MODEL_COLS} FROM models WHERE id = $1 OR name = $1");
-        let row: Option<ModelRow> = sqlx::query_as(&sql)
-            .bind(id_or_name)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(Model::try_from).transpose()
+        self.find::<ModelRow, _>(&sql, id_or_name).await
     }
 
     async fn list_models(&self, range: &Range) -> Result<Vec<Model>, StoreError> {
-        let sql = format!("SELECT {MODEL_COLS} FROM models WHERE id > $1 ORDER BY id LIMIT $2");
-        let r: Vec<ModelRow> = sqlx::query_as(&sql)
-            .bind(range.after.as_deref().unwrap_or(""))
-            .bind(range.limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows(r)
+        self.page::<ModelRow, _>(MODEL_COLS, "models", range).await
     }
 
     async fn snapshot_source(&self, now: Millis) -> Result<SnapshotSource, StoreError> {
@@ -621,24 +645,76 @@ impl Store for SqlStore {
         let (limits,): (String,) = sqlx::query_as("SELECT body FROM limits_document WHERE id = 1")
             .fetch_one(&mut *tx)
             .await?;
-        let user_limits: Vec<(String, String)> =
-            sqlx::query_as("SELECT id, limits FROM users WHERE limits <> '{}' ORDER BY id")
+        let plans: Vec<PlanRow> =
+            sqlx::query_as(&format!("SELECT {PLAN_COLS} FROM plans ORDER BY id"))
                 .fetch_all(&mut *tx)
                 .await?;
+        // `limits <> '{}'` is a cheap pre-filter; rows whose overrides
+        // parse to nothing are dropped below.
+        let user_limits: Vec<UserLimitsRow> = sqlx::query_as(
+            "SELECT id, plan, limits FROM users WHERE plan IS NOT NULL OR limits <> '{}' \
+             ORDER BY id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(SnapshotSource {
             keys: rows(keys)?,
             providers: rows(providers)?,
             models: rows(models)?,
             limits: parse_limits(&limits)?,
-            user_limits: user_limits
+            plans: rows(plans)?,
+            user_limits: rows::<_, UserLimits>(user_limits)?
                 .into_iter()
-                .map(|(id, l)| Ok((id, json::<LimitOverrides>("users.limits", &l)?)))
-                .collect::<Result<Vec<_>, StoreError>>()?
-                .into_iter()
-                .filter(|(_, o)| *o != LimitOverrides::default())
+                .filter(|u| u.plan.is_some() || !u.overrides.is_empty())
                 .collect(),
         })
+    }
+
+    async fn insert_plan(&self, p: &Plan, audit: &AuditEntry) -> Result<(), StoreError> {
+        let sql = format!("INSERT INTO plans ({PLAN_COLS}) VALUES ($1, $2, $3, $4, $5, $6)");
+        let query = sqlx::query(&sql)
+            .bind(&p.id)
+            .bind(&p.name)
+            .bind(&p.description)
+            .bind(to_json(&p.limits))
+            .bind(p.created_at)
+            .bind(p.updated_at);
+        self.audited(query, Rows::Any, audit).await
+    }
+
+    async fn update_plan(&self, p: &Plan, audit: &AuditEntry) -> Result<(), StoreError> {
+        let query = sqlx::query(
+            "UPDATE plans SET description = $2, limits = $3, updated_at = $4 WHERE id = $1",
+        )
+        .bind(&p.id)
+        .bind(&p.description)
+        .bind(to_json(&p.limits))
+        .bind(p.updated_at);
+        self.audited(query, Rows::One, audit).await
+    }
+
+    async fn delete_plan(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError> {
+        let query = sqlx::query("DELETE FROM plans WHERE id = $1").bind(id);
+        self.audited(query, Rows::One, audit).await
+    }
+
+    async fn get_plan(&self, id_or_name: &str) -> Result<Option<Plan>, StoreError> {
+        let sql = format!("SELECT {PLAN_COLS} FROM plans WHERE id = $1 OR name = $1");
+        self.find::<PlanRow, _>(&sql, id_or_name).await
+    }
+
+    async fn list_plans(&self, range: &Range) -> Result<Vec<Plan>, StoreError> {
+        self.page::<PlanRow, _>(PLAN_COLS, "plans", range).await
+    }
+
+    async fn count_plan_users(&self, name: &str) -> Result<i64, StoreError> {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT CAST(COUNT(*) AS BIGINT) FROM users WHERE plan = $1")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(n)
     }
 
     async fn get_limits(&self) -> Result<RawLimits, StoreError> {
@@ -654,17 +730,11 @@ impl Store for SqlStore {
         at: Millis,
         audit: &AuditEntry,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let done =
+        let query =
             sqlx::query("UPDATE limits_document SET body = $1, updated_at = $2 WHERE id = 1")
                 .bind(to_json(limits))
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-        one_row(done)?;
-        write_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+                .bind(at);
+        self.audited(query, Rows::One, audit).await
     }
 
     async fn bump_config_version(&self) -> Result<u64, StoreError> {
@@ -781,8 +851,7 @@ impl Store for SqlStore {
         t: &AdminToken,
         audit: &AuditEntry,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO admin_tokens (id, name, role, sha256, created_at, revoked_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -791,12 +860,8 @@ impl Store for SqlStore {
         .bind(t.role.as_str())
         .bind(&t.sha256)
         .bind(t.created_at)
-        .bind(t.revoked_at)
-        .execute(&mut *tx)
-        .await?;
-        write_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        .bind(t.revoked_at);
+        self.audited(query, Rows::Any, audit).await
     }
 
     async fn revoke_admin_token(
@@ -805,18 +870,12 @@ impl Store for SqlStore {
         at: Millis,
         audit: &AuditEntry,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
+        let query = sqlx::query(
             "UPDATE admin_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
         )
         .bind(id)
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
-        one_row(done)?;
-        write_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        .bind(at);
+        self.audited(query, Rows::One, audit).await
     }
 
     async fn admin_token_by_hash(&self, sha256: &str) -> Result<Option<AdminToken>, StoreError> {

@@ -629,12 +629,16 @@ async fn lists_paginate_and_mutations_are_audited(db: TestDb) {
         .as_str()
         .unwrap()
         .to_owned();
-    cp.admin(
-        "PATCH",
-        &format!("/api/v1/users/{id}"),
-        Some(json!({"plan": "pro"})),
-    )
-    .await;
+    let r = cp.post("/api/v1/plans", json!({"name": "pro"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = cp
+        .admin(
+            "PATCH",
+            &format!("/api/v1/users/{id}"),
+            Some(json!({"plan": "pro"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let audit = cp.get("/api/v1/audit?limit=1").await.json();
     let e = &audit["items"][0];
     assert_eq!(e["action"], json!("user.update"));
@@ -646,7 +650,7 @@ async fn lists_paginate_and_mutations_are_audited(db: TestDb) {
             .as_array()
             .unwrap()
             .len(),
-        6
+        7
     );
     let doc = cp.get("/api/v1/openapi.json").await.json();
     assert!(doc["paths"]["/api/v1/users/{id}"]["patch"].is_object());

@@ -56,8 +56,7 @@ pub(crate) struct TestDb {
 
 impl TestDb {
     pub(crate) async fn sqlite() -> Self {
-        let path = std::env::temp_dir().join(format!("molt-cp-{}.db", uuid::Uuid::now_v7()));
-        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let (url, _) = empty_database(false).await;
         let store = SqlStore::connect(&url, 4).await.expect("sqlite store");
         Self {
             url,
@@ -69,7 +68,7 @@ impl TestDb {
     /// A fresh database on the server `DATABASE_URL` names; `None` (with a
     /// loud note) when it is unset, a failure when it is unset under CI.
     pub(crate) async fn postgres() -> Option<Self> {
-        let Ok(base) = std::env::var("DATABASE_URL") else {
+        if std::env::var("DATABASE_URL").is_err() {
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("DATABASE_URL must be set when CI=true: PostgreSQL tests cannot be skipped");
             }
@@ -77,30 +76,42 @@ impl TestDb {
                 "\n!!! DATABASE_URL is not set: SKIPPING the PostgreSQL half of this test !!!\n"
             );
             return None;
-        };
-        use sqlx::Connection;
-        sqlx::any::install_default_drivers();
-        let name = format!("molt_cp_{}", uuid::Uuid::now_v7().simple());
-        let mut admin = sqlx::AnyConnection::connect(&base)
-            .await
-            .expect("connect to DATABASE_URL");
-        // A database name cannot be a bind parameter; `name` is generated
-        // above from a UUID, never from input.
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .expect("create test database");
-        admin.close().await.ok();
-        let mut url = url::Url::parse(&base).expect("DATABASE_URL is a URL");
-        url.set_path(&name);
-        let url = url.to_string();
+        }
+        let (url, pg_name) = empty_database(true).await;
         let store = SqlStore::connect(&url, 4).await.expect("postgres store");
         Some(Self {
             url,
-            pg_name: Some(name),
+            pg_name,
             store: Arc::new(store),
         })
     }
+}
+
+/// A new, empty (unmigrated) database: a SQLite file, or a PostgreSQL
+/// database on the server `DATABASE_URL` names (which must be set). Its URL,
+/// and the PostgreSQL database's name to drop afterwards.
+pub(crate) async fn empty_database(postgres: bool) -> (String, Option<String>) {
+    if !postgres {
+        let path = std::env::temp_dir().join(format!("molt-cp-{}.db", uuid::Uuid::now_v7()));
+        return (format!("sqlite://{}?mode=rwc", path.display()), None);
+    }
+    use sqlx::Connection;
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set");
+    sqlx::any::install_default_drivers();
+    let name = format!("molt_cp_{}", uuid::Uuid::now_v7().simple());
+    let mut admin = sqlx::AnyConnection::connect(&base)
+        .await
+        .expect("connect to DATABASE_URL");
+    // A database name cannot be a bind parameter; `name` is generated
+    // above from a UUID, never from input.
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    admin.close().await.ok();
+    let mut url = url::Url::parse(&base).expect("DATABASE_URL is a URL");
+    url.set_path(&name);
+    (url.to_string(), Some(name))
 }
 
 /// Drop a test's PostgreSQL database (forcing out pooled connections).
@@ -174,6 +185,15 @@ impl Resp {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
 
+    /// The message of an error body.
+    pub(crate) fn message(&self) -> String {
+        let v = self.json();
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not an error body: {v}"))
+            .to_owned()
+    }
+
     /// The error code of an error body, checking its shape.
     pub(crate) fn code(&self) -> String {
         let v = self.json();
@@ -230,6 +250,18 @@ impl Cp {
 
     pub(crate) async fn post(&self, path: &str, body: Value) -> Resp {
         self.admin("POST", path, Some(body)).await
+    }
+
+    /// The secret of a new read-only operator token.
+    pub(crate) async fn read_only_token(&self) -> String {
+        let r = self
+            .post(
+                "/api/v1/admin-tokens",
+                serde_json::json!({"name": "viewer", "role": "read_only"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        r.json()["secret"].as_str().unwrap().to_owned()
     }
 
     /// `GET /internal/v1/config?after=N` as a data plane.

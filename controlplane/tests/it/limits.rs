@@ -184,14 +184,7 @@ async fn invalid_limits_are_refused_and_nothing_is_stored(db: TestDb) {
 
 async fn read_only_operators_cannot_set_limits(db: TestDb) {
     let cp = Cp::start(db).await;
-    let ro = cp
-        .post(
-            "/api/v1/admin-tokens",
-            json!({"name": "viewer", "role": "read_only"}),
-        )
-        .await;
-    assert_eq!(ro.status, StatusCode::CREATED);
-    let secret = ro.json()["secret"].as_str().unwrap().to_owned();
+    let secret = cp.read_only_token().await;
     let audit_before = audit_len(&cp).await;
 
     let r = cp.send("GET", "/api/v1/limits", Some(&secret), None).await;

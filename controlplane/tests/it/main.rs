@@ -15,4 +15,5 @@ mod bots;
 mod fleet;
 mod harness;
 mod limits;
+mod plans;
 mod store;

@@ -1,10 +1,11 @@
 //! Repository tests: [`SqlStore`] behaves the same on SQLite and
-//! PostgreSQL (constraints, transactions, idempotent ingest, sums).
+//! PostgreSQL (constraints, transactions, idempotent ingest, sums, and the
+//! migration of users' free-text plans to plan records).
 
 use crate::harness::TestDb;
 use molt_config::UsageEvent;
-use molt_controlplane::domain::{new_id, AuditEntry, LimitOverrides, User, UserStatus};
-use molt_controlplane::store::{Range, Store, StoreError, UsageFilter};
+use molt_controlplane::domain::{new_id, AuditEntry, LimitOverrides, Plan, User, UserStatus};
+use molt_controlplane::store::{Range, Store, StoreError, UsageFilter, UserLimits};
 
 crate::on_both_databases!(
     users_round_trip_and_emails_are_unique,
@@ -12,6 +13,8 @@ crate::on_both_databases!(
     usage_ingest_is_idempotent_and_summed,
     config_version_is_monotonic_and_persisted,
     audit_retention_deletes_only_old_entries,
+    plans_are_unique_and_users_must_name_one,
+    migration_turns_free_text_plans_into_plans,
 );
 
 fn audit(action: &str, at: i64) -> AuditEntry {
@@ -30,7 +33,7 @@ fn user(email: &str) -> User {
         id: new_id("usr"),
         email: email.into(),
         status: UserStatus::Active,
-        plan: Some("pro".into()),
+        plan: None,
         stripe_customer_id: None,
         limits: LimitOverrides {
             requests_per_minute: Some(60),
@@ -152,4 +155,158 @@ async fn audit_retention_deletes_only_old_entries(db: TestDb) {
     let left = s.list_audit(&all()).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].action, "new");
+}
+
+fn plan(name: &str) -> Plan {
+    Plan {
+        id: new_id("pln"),
+        name: name.into(),
+        description: "for tests".into(),
+        limits: LimitOverrides {
+            requests_per_minute: Some(2),
+            ..Default::default()
+        },
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+async fn plans_are_unique_and_users_must_name_one(db: TestDb) {
+    let s = &db.store;
+    let pro = plan("pro");
+    s.insert_plan(&pro, &audit("plan.create", 1)).await.unwrap();
+    assert_eq!(s.get_plan("pro").await.unwrap(), Some(pro.clone()));
+    assert_eq!(s.get_plan(&pro.id).await.unwrap(), Some(pro.clone()));
+    assert!(matches!(
+        s.insert_plan(&plan("pro"), &audit("plan.create", 1)).await,
+        Err(StoreError::Duplicate)
+    ));
+
+    // The foreign key: a user names an existing plan or none.
+    let mut a = user("a@x.io");
+    a.plan = Some("nope".into());
+    let audits = s.list_audit(&all()).await.unwrap().len();
+    assert!(matches!(
+        s.insert_user(&a, &audit("user.create", 1)).await,
+        Err(StoreError::Reference)
+    ));
+    assert_eq!(s.get_user(&a.id).await.unwrap(), None);
+    assert_eq!(s.list_audit(&all()).await.unwrap().len(), audits);
+    a.plan = Some("pro".into());
+    s.insert_user(&a, &audit("user.create", 1)).await.unwrap();
+    assert_eq!(s.get_user(&a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(s.count_plan_users("pro").await.unwrap(), 1);
+
+    // In use: the delete is refused and leaves no audit entry.
+    assert!(matches!(
+        s.delete_plan(&pro.id, &audit("plan.delete", 1)).await,
+        Err(StoreError::Reference)
+    ));
+    assert_eq!(s.list_audit(&all()).await.unwrap().len(), audits + 1);
+
+    // The snapshot source carries the plan and who is on it.
+    let src = s.snapshot_source(0).await.unwrap();
+    assert_eq!(src.plans, vec![pro.clone()]);
+    assert_eq!(
+        src.user_limits,
+        vec![UserLimits {
+            user_id: a.id.clone(),
+            plan: Some("pro".into()),
+            overrides: a.limits,
+        }]
+    );
+
+    let mut changed = pro.clone();
+    changed.limits = LimitOverrides::default();
+    changed.description = "changed".into();
+    s.update_plan(&changed, &audit("plan.update", 1))
+        .await
+        .unwrap();
+    assert_eq!(s.get_plan("pro").await.unwrap(), Some(changed));
+
+    a.plan = None;
+    s.update_user(&a, &audit("user.update", 1)).await.unwrap();
+    s.delete_plan(&pro.id, &audit("plan.delete", 1))
+        .await
+        .unwrap();
+    assert_eq!(s.get_plan("pro").await.unwrap(), None);
+    assert!(s.list_plans(&all()).await.unwrap().is_empty());
+}
+
+/// A database at migration 0004 with users on free-text plans, then
+/// migrated: each value in use becomes a plan with no limits, users keep
+/// their label, empty strings become no plan.
+async fn migration_turns_free_text_plans_into_plans(db: TestDb) {
+    // Another, empty database of the same kind, migrated only up to 0004
+    // from a copy of the first four migrations.
+    let (url, pg_name) = crate::harness::empty_database(db.pg_name.is_some()).await;
+    let dir = std::env::temp_dir().join(format!("molt-mig-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.as_str() < "0005" {
+            std::fs::copy(&path, dir.join(&name)).unwrap();
+        }
+    }
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let old = sqlx::migrate::Migrator::new(dir.as_path()).await.unwrap();
+    old.run(&pool).await.unwrap();
+    for (id, email, plan) in [
+        ("usr_1", "a@x.io", Some("pro")),
+        ("usr_2", "b@x.io", Some("pro")),
+        ("usr_3", "c@x.io", Some("Legacy Gold")),
+        ("usr_4", "d@x.io", Some("")),
+        ("usr_5", "e@x.io", None),
+    ] {
+        sqlx::query(
+            "INSERT INTO users (id, email, status, plan, stripe_customer_id, limits, \
+             created_at, updated_at) VALUES ($1, $2, 'active', $3, NULL, '{}', 1, 1)",
+        )
+        .bind(id)
+        .bind(email)
+        .bind(plan)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+    std::fs::remove_dir_all(&dir).ok();
+
+    let store = molt_controlplane::store::SqlStore::connect(&url, 2)
+        .await
+        .unwrap();
+    let plans: Vec<String> = store
+        .list_plans(&all())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| {
+            assert!(p.limits.is_empty(), "{p:?}");
+            p.name
+        })
+        .collect();
+    assert_eq!(plans, vec!["Legacy Gold", "pro"]);
+    let users: Vec<Option<String>> = store
+        .list_users(&all())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.plan)
+        .collect();
+    assert_eq!(
+        users,
+        vec![
+            Some("pro".into()),
+            Some("pro".into()),
+            Some("Legacy Gold".into()),
+            None,
+            None
+        ]
+    );
+    assert_eq!(store.count_plan_users("pro").await.unwrap(), 2);
+    store.close().await;
+    crate::harness::drop_pg_database(pg_name).await;
 }
