@@ -4,20 +4,25 @@
 //! Provider master keys are read from environment variables named on the
 //! command line (`--key-env`), never from arguments, which leak into shell
 //! history and process listings.
+//!
+//! The control plane is reached over `http://` or `https://` (through
+//! [`crate::https`]; `--ca-file` adds a private CA).
 
+use crate::https::{HttpsClient, TlsSetupError};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use std::io::Write;
+use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
-    #[error("bad URL {0:?} (only http:// is supported)")]
+    #[error("bad URL {0:?} (expected http:// or https://)")]
     Url(String),
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
     #[error("request failed: {0}")]
     Http(String),
     #[error("{status}: {code}: {message}")]
@@ -44,6 +49,9 @@ pub struct CtlArgs {
     /// Operator token.
     #[arg(long, env = "MOLT_ADMIN_TOKEN", hide_env_values = true)]
     pub token: String,
+    /// PEM file of extra CA certificates to trust for an https:// URL.
+    #[arg(long, env = "MOLT_ADMIN_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -72,6 +80,11 @@ pub enum CtlCommand {
     Providers {
         #[command(subcommand)]
         command: ProvidersCmd,
+    },
+    /// Bots: one per user, provisioned on the fleet in the background.
+    Bots {
+        #[command(subcommand)]
+        command: BotsCmd,
     },
     /// Plans: named limit sets users are on.
     Plans {
@@ -195,6 +208,44 @@ pub enum KeysCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum BotsCmd {
+    List {
+        #[arg(long)]
+        user_id: Option<String>,
+        #[command(flatten)]
+        page: ListArgs,
+    },
+    /// Request a user's bot; `get` shows it move to `running`.
+    Create {
+        #[arg(long)]
+        user_id: String,
+        /// Fly region; absent means the fleet's default.
+        #[arg(long)]
+        region: Option<String>,
+        /// The bot's primary model; absent means the provisioner's default.
+        #[arg(long)]
+        model: Option<String>,
+    },
+    Get {
+        id: String,
+    },
+    Stop {
+        id: String,
+    },
+    Start {
+        id: String,
+    },
+    /// Try a failed bot's provisioning again.
+    Retry {
+        id: String,
+    },
+    /// Destroy the bot's machine and volume.
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ModelsCmd {
     List(ListArgs),
     Create {
@@ -255,7 +306,7 @@ impl ListArgs {
 
 /// Run one `molt ctl` command, writing its output to `out`.
 pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
-    let api = Api::new(&args.url, &args.token)?;
+    let api = Api::new(&args.url, &args.token, args.ca_file.as_deref())?;
     let (value, columns): (Value, &[&str]) = match args.command {
         CtlCommand::Users { command } => match command {
             UsersCmd::List(p) => (
@@ -361,6 +412,34 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 )
             }
         },
+        CtlCommand::Bots { command } => {
+            const COLUMNS: &[&str] = &["id", "user_id", "status", "desired", "machine_id", "error"];
+            let bot = |id: &str, action: &str| format!("/api/v1/bots/{}{action}", encode(id));
+            let v = match command {
+                BotsCmd::List { user_id, page } => {
+                    let mut path = format!("/api/v1/bots{}", page.query());
+                    if let Some(u) = user_id {
+                        path.push_str("&user_id=");
+                        path.push_str(&encode(&u));
+                    }
+                    api.call(Method::GET, &path, None).await?
+                }
+                BotsCmd::Create {
+                    user_id,
+                    region,
+                    model,
+                } => {
+                    let body = json!({"user_id": user_id, "region": region, "model": model});
+                    api.call(Method::POST, "/api/v1/bots", Some(body)).await?
+                }
+                BotsCmd::Get { id } => api.call(Method::GET, &bot(&id, ""), None).await?,
+                BotsCmd::Stop { id } => api.call(Method::POST, &bot(&id, "/stop"), None).await?,
+                BotsCmd::Start { id } => api.call(Method::POST, &bot(&id, "/start"), None).await?,
+                BotsCmd::Retry { id } => api.call(Method::POST, &bot(&id, "/retry"), None).await?,
+                BotsCmd::Delete { id } => api.call(Method::DELETE, &bot(&id, ""), None).await?,
+            };
+            (v, COLUMNS)
+        }
         CtlCommand::Plans { command } => {
             const COLUMNS: &[&str] = &["id", "name", "limits", "description"];
             match command {
@@ -577,19 +656,19 @@ fn encode(s: &str) -> String {
 struct Api {
     base: String,
     token: String,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: HttpsClient,
 }
 
 impl Api {
-    fn new(url: &str, token: &str) -> Result<Self, CtlError> {
+    fn new(url: &str, token: &str, ca_file: Option<&std::path::Path>) -> Result<Self, CtlError> {
         let base = url.trim_end_matches('/').to_owned();
-        if !base.starts_with("http://") {
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(CtlError::Url(url.to_owned()));
         }
         Ok(Self {
             base,
             token: token.to_owned(),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: crate::https::client(ca_file)?,
         })
     }
 

@@ -31,6 +31,7 @@ pub mod crypto;
 pub mod ctl;
 pub mod domain;
 pub mod fleet;
+pub mod https;
 pub mod metrics;
 pub mod provision;
 pub mod server;

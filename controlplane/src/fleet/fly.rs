@@ -15,27 +15,20 @@
 //! Base URLs: `http://` for the internal API endpoint
 //! `http://_api.internal:4280` (the default on Fly, over the private
 //! network), or `https://` for the public `https://api.machines.dev` (or
-//! anything in front of it). HTTPS is rustls on the `ring` provider,
-//! trusting the bundled webpki roots (so hosts without CA files work) plus
+//! anything in front of it), through [`crate::https`]: webpki roots plus
 //! `ca_file`, an optional PEM bundle for private CAs and tests. A refused
 //! certificate is a [`FleetError::Tls`], which no retry can fix.
 
 use super::{Fleet, FleetError, Machine, MachineSpec, Volume, VolumeSpec};
+use crate::https::HttpsClient;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use molt_config::Secret;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::error::Error as StdError;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The bots' internal port (the seed's gateway port).
@@ -93,7 +86,7 @@ impl FlySettings {
 #[derive(Debug, Clone)]
 pub struct FlyFleet {
     s: FlySettings,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: HttpsClient,
 }
 
 /// Whether a call may be sent again after a 5xx or a lost response.
@@ -162,22 +155,11 @@ impl FlyFleet {
                 s.base_url
             )));
         }
-        let tls = tls_config(s.ca_file.as_deref())?;
-        let mut http = HttpConnector::new();
-        // The HTTPS connector hands `https://` URIs to it for the TCP part.
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let client = crate::https::client(s.ca_file.as_deref())
+            .map_err(|e| FleetError::Config(e.to_string()))?;
         let mut s = s;
         s.base_url = s.base_url.trim_end_matches('/').to_owned();
-        Ok(Self {
-            s,
-            client: Client::builder(TokioExecutor::new()).build(connector),
-        })
+        Ok(Self { s, client })
     }
 
     fn path(&self, rest: &str) -> String {
@@ -364,32 +346,6 @@ impl FlyFleet {
         }
         body
     }
-}
-
-/// The rustls client config: `ring`, webpki roots, plus `ca_file`'s
-/// certificates.
-fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, FleetError> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(path) = ca_file {
-        let bad = |why: String| FleetError::Config(format!("ca_file {}: {why}", path.display()));
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-            .map_err(|e| bad(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(bad("no PEM certificate in it".into()));
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|e| bad(e.to_string()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| FleetError::Config(format!("TLS client config: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }
 
 /// A failed exchange as a [`FleetError`]: [`FleetError::Tls`] when rustls
