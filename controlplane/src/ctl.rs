@@ -302,6 +302,16 @@ impl ListArgs {
         }
         q
     }
+
+    /// `resource` with this page's query, narrowed to one user's items.
+    fn path_for_user(&self, resource: &str, user_id: Option<&str>) -> String {
+        let mut path = format!("{resource}{}", self.query());
+        if let Some(u) = user_id {
+            path.push_str("&user_id=");
+            path.push_str(&encode(u));
+        }
+        path
+    }
 }
 
 /// Run one `molt ctl` command, writing its output to `out`.
@@ -329,11 +339,7 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
         },
         CtlCommand::Keys { command } => match command {
             KeysCmd::List { user_id, page } => {
-                let mut path = format!("/api/v1/keys{}", page.query());
-                if let Some(u) = user_id {
-                    path.push_str("&user_id=");
-                    path.push_str(&encode(&u));
-                }
+                let path = page.path_for_user("/api/v1/keys", user_id.as_deref());
                 (
                     api.call(Method::GET, &path, None).await?,
                     &["id", "user_id", "name", "prefix", "models", "expires_at", "revoked_at"],
@@ -417,11 +423,7 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
             let bot = |id: &str, action: &str| format!("/api/v1/bots/{}{action}", encode(id));
             let v = match command {
                 BotsCmd::List { user_id, page } => {
-                    let mut path = format!("/api/v1/bots{}", page.query());
-                    if let Some(u) = user_id {
-                        path.push_str("&user_id=");
-                        path.push_str(&encode(&u));
-                    }
+                    let path = page.path_for_user("/api/v1/bots", user_id.as_deref());
                     api.call(Method::GET, &path, None).await?
                 }
                 BotsCmd::Create {
