@@ -283,7 +283,7 @@ EOF
             gens+=($!)
         done
         local open=0 t0=$SECONDS
-        while ((SECONDS - t0 < 120)); do
+        while ((SECONDS - t0 < 25)); do
             open=$(established "${ports[@]}")
             ((open >= STREAMS)) && break
             sleep 0.5
