@@ -14,9 +14,10 @@
 # as in compare.sh. aiperf runs ROUNDS times against each target, the
 # targets taking turns (direct, molt, direct, molt, ...).
 #
-# The mock is asked (x-mock-* headers, which aiperf sends with every
-# request and the data plane forwards) for CHUNKS chunks DELAY_MS apart, so
-# ITL should read DELAY_MS; `--use-server-token-count` makes aiperf take
+# The mock is started with CHUNKS chunks DELAY_MS apart as its defaults
+# (aiperf 0.13.0 parses `--header` values as JSON, so a numeric x-mock-*
+# header fails its validation), so ITL should read DELAY_MS;
+# `--use-server-token-count` makes aiperf take
 # token counts from the usage the stream reports, so through the data plane
 # it also checks the usage chunk reaches the client when asked for.
 #
@@ -109,7 +110,7 @@ wait_for() {
     done
     die "$what did not come up; see $WORK/*.log"
 }
-"$MOLT" mock-provider --listen 127.0.0.1:$MOCK_PORT >"$WORK/mock.log" 2>&1 &
+"$MOLT" mock-provider --listen 127.0.0.1:$MOCK_PORT --chunks "$CHUNKS" --chunk-delay-ms "$DELAY_MS" >"$WORK/mock.log" 2>&1 &
 PIDS+=($!)
 wait_for "mock provider" curl -sf http://127.0.0.1:$MOCK_PORT/_mock/health
 key_out=$("$MOLT" key new)
@@ -154,12 +155,12 @@ profile() { # name url round
     log "round $round: $name ($REQUESTS streams, concurrency $CONCURRENCY)"
     "$VENV/bin/aiperf" profile --model gpt-4o-mini --url "$url" --endpoint-type chat --streaming \
         --api-key "$CLIENT_KEY" --tokenizer builtin --use-server-token-count \
-        --header "x-mock-chunks:$CHUNKS" --header "x-mock-chunk-delay-ms:$DELAY_MS" \
         --concurrency "$CONCURRENCY" --request-count "$REQUESTS" --warmup-request-count 20 \
         --prompt-input-tokens-mean 64 --prompt-output-tokens-mean "$CHUNKS" \
         --ui-type none --output-artifact-dir "$out" >"$out.log" 2>&1 ||
         die "aiperf failed against $name; see $out.log"
-    find "$out" -name '*aiperf*.json' -not -name '*input*' | head -1
+    [[ -s $out/profile_export_aiperf.json ]] || die "no profile_export_aiperf.json from the $name run; see $out.log"
+    echo "$out/profile_export_aiperf.json"
 }
 REPORTS=()
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -171,7 +172,7 @@ done
 for entry in "${REPORTS[@]}"; do
     jq -c --arg name "${entry%%=*}" '{name: $name,
         ttft: .time_to_first_token, itl: .inter_token_latency,
-        count: (.request_count.avg // .request_count), errors: (.error_request_count.avg // 0),
+        count: .request_count.avg, errors: (.error_request_count.avg // 0),
         osl: .output_sequence_length}' "${entry#*=}"
 done >"$WORK/rows.jsonl"
 cat <<EOF
