@@ -133,7 +133,11 @@ async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S) {
         io.read_exact(&mut byte).await.unwrap();
         head.push(byte[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{:?}", String::from_utf8_lossy(&head));
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
 }
 
 /// The bot side of a relay: a tokio-tungstenite client over TCP.

@@ -313,7 +313,10 @@ fn take_stream(session: &mut Session) -> Result<(Stream, Option<Bytes>), CloseRe
     }
     let stand_in = HttpSession::new_http1(Box::new(Cursor::new(Vec::new())));
     match std::mem::replace(&mut *session.downstream_session, stand_in) {
-        HttpSession::H1(h1) => Ok((h1.into_inner(), (!preread.is_empty()).then(|| preread.into()))),
+        HttpSession::H1(h1) => Ok((
+            h1.into_inner(),
+            (!preread.is_empty()).then(|| preread.into()),
+        )),
         other => {
             // Only HTTP/1.1 upgrades reach the relay (the handshake refuses
             // h2); keep the session as it was if that ever changes.
