@@ -16,13 +16,14 @@
 //! connection as opaque bytes and its body filters cannot add frames, so it
 //! could send no pings, no close codes (1001 on shutdown, 1012 on a moved
 //! bot, 1009 on an oversized message) and could not count messages or
-//! `brain_event`s without a parser anyway. After a `101` written from
-//! `request_filter`, Pingora 0.9.1's HTTP/1 session switches its reader and
-//! writer to close-delimited mode (`v1/server.rs`, `prepare_response_header`
-//! → `upgraded = true`), so `read_request_body` returns the raw upgraded
-//! bytes and `write_response_body` writes raw bytes; TLS, the socket and
-//! the connection's lifetime stay Pingora's. HTTP/2 has no WebSocket in
-//! Pingora (no RFC 8441), so a WebSocket request over h2 gets a 400.
+//! `brain_event`s without a parser anyway. The `101` is written from
+//! `request_filter` with Pingora's session API (Pingora 0.9.1's HTTP/1
+//! session then marks itself upgraded: `v1/server.rs`,
+//! `prepare_response_header`); then the relay takes the client's socket
+//! (TCP or TLS) out of the session and reads and writes it directly, so
+//! Pingora's 64 KiB body-reader buffer is not held for the life of every
+//! idle connection (see [`relay`]). HTTP/2 has no WebSocket in Pingora (no
+//! RFC 8441), so a WebSocket request over h2 gets a 400.
 //!
 //! `permessage-deflate` is never negotiated: the offer is ignored and the
 //! `101` carries no `Sec-WebSocket-Extensions` (and none is asked of the

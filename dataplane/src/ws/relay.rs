@@ -1,15 +1,24 @@
 //! The relay loop of one open connection: client frames in and out through
-//! Pingora's downstream session, bot frames through a tokio-tungstenite
+//! the upgraded client stream, bot frames through a tokio-tungstenite
 //! client, one message at a time.
 //!
 //! Client-side framing is tungstenite's sans-I/O [`WebSocketContext`]
-//! (server role) over an in-memory buffer pair ([`MemIo`]): the bytes
-//! Pingora reads from the upgraded connection are fed in, the frames it
-//! produces are written out with `write_response_body`. That gives RFC 6455
-//! in full (masking enforced, fragmentation, control frames of at most 125
-//! bytes, close codes, UTF-8 checks of text, frame and message limits)
-//! from a well-tested library, while Pingora keeps the socket, TLS and the
-//! connection's accounting. A codec of our own would duplicate all that.
+//! (server role) over an in-memory buffer pair ([`MemIo`]): the bytes read
+//! from the upgraded connection are fed in, the frames it produces are
+//! written out. That gives RFC 6455 in full (masking enforced,
+//! fragmentation, control frames of at most 125 bytes, close codes, UTF-8
+//! checks of text, frame and message limits) from a well-tested library. A
+//! codec of our own would duplicate all that.
+//!
+//! Memory: once the `101` is written, the relay takes the client's stream
+//! (TCP or TLS) out of Pingora's HTTP/1 session ([`take_stream`]) and reads
+//! it with its own [`READ_BUFFER`]-byte buffer. Reading through the session
+//! instead (`read_request_body`) would keep Pingora's body reader buffer of
+//! a fixed 64 KiB (`BODY_BUFFER_SIZE` in pingora-core's `v1/body.rs`,
+//! reserved before every read of a close-delimited body) alive for the
+//! connection's whole life, several times the per-connection budget of an
+//! idle WebSocket. The session gets a stand-in holding only the request
+//! line, so Pingora's `logging` and `finish` still see a request.
 //!
 //! Backpressure: the loop waits on the client, the bot, a kick and a timer
 //! at once, and handles one event to completion before waiting again. A
@@ -28,10 +37,13 @@ use crate::ws::error::CloseReason;
 use crate::ws::metrics::WsMetrics;
 use crate::ws::registry::{ConnRegistry, Kick, KickSignal};
 use bytes::{Buf, Bytes};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
+use pingora_core::protocols::http::ServerSession as HttpSession;
+use pingora_core::protocols::Stream;
 use pingora_proxy::Session;
-use std::io::{self, Read, Write};
+use std::io::{self, Cursor, Read, Write};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -43,9 +55,13 @@ pub type BotStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// How long the close handshake may take on either side before the
 /// connection is simply dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-/// Read buffer of each side's framing state. Small, because an idle
-/// connection should cost little; a large message grows it as needed.
+/// Read buffer of each side's framing state, and of the client socket.
+/// Small, because an idle connection should cost little; a large message
+/// grows the framing buffer as needed and is read in several socket reads.
 pub const READ_BUFFER: usize = 4096;
+/// At most this much of what Pingora already read from the client (frames
+/// sent right behind the upgrade request) is carried over to the relay.
+const MAX_PREREAD: usize = 64 * 1024;
 
 /// The limits one relay runs under.
 #[derive(Debug, Clone, Copy)]
@@ -143,19 +159,30 @@ impl Write for MemIo {
 /// One event the loop reacts to.
 enum Event {
     Kick(Kick),
-    Client(pingora_error::Result<Option<Bytes>>),
+    Client(io::Result<Option<Bytes>>),
     Bot(Option<Result<Message, tungstenite::Error>>),
     Timer,
 }
 
-/// The client side: framing state, pending output, and the session.
+/// The client side: framing state, pending output, the upgraded stream
+/// (taken out of the session), and the session (for the shutdown flag).
 struct Client<'a> {
     session: &'a mut Session,
+    stream: Stream,
+    /// Socket read buffer, [`READ_BUFFER`] bytes.
+    buf: Box<[u8]>,
     ws: WebSocketContext,
     io: MemIo,
 }
 
 impl Client<'_> {
+    /// One socket read: `Ok(None)` at end of stream. Cancel-safe (nothing is
+    /// consumed unless the read completes), so it can sit in `select!`.
+    async fn read(&mut self) -> io::Result<Option<Bytes>> {
+        let n = self.stream.read(&mut self.buf).await?;
+        Ok((n > 0).then(|| Bytes::copy_from_slice(&self.buf[..n])))
+    }
+
     /// Write whatever framing produced, bounded by `limit`.
     async fn flush(&mut self, limit: Duration) -> Result<(), CloseReason> {
         // Pongs and close replies tungstenite queued while reading.
@@ -163,9 +190,13 @@ impl Client<'_> {
         if self.io.tx.is_empty() {
             return Ok(());
         }
-        let data = Bytes::from(std::mem::take(&mut self.io.tx));
-        match tokio::time::timeout(limit, self.session.write_response_body(Some(data), false)).await
-        {
+        let data = std::mem::take(&mut self.io.tx);
+        let stream = &mut self.stream;
+        let write = async move {
+            stream.write_all(&data).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(limit, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(CloseReason::ClientGone),
             Err(_) => Err(CloseReason::ClientStalled),
@@ -187,9 +218,7 @@ impl Client<'_> {
         // RFC 6455 §7.1.1: the server closes TCP after the close exchange;
         // give the client a moment to answer so its side ends cleanly.
         let deadline = Instant::now() + CLOSE_GRACE;
-        while let Ok(Ok(Some(chunk))) =
-            tokio::time::timeout_at(deadline, self.session.read_request_body()).await
-        {
+        while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, self.read()).await {
             self.io.rx = chunk;
             loop {
                 match self.ws.read(&mut self.io) {
@@ -216,12 +245,37 @@ pub async fn run(
     metrics: &WsMetrics,
     stats: &mut RelayStats,
 ) -> CloseReason {
+    let path = session.req_header().uri.path().to_owned();
+    let (stream, preread) = match take_stream(session) {
+        Ok(taken) => taken,
+        Err(reason) => {
+            let frame = CloseFrame {
+                code: CloseReason::close_code(reason.bot_code()),
+                reason: reason.label().into(),
+            };
+            let _ = tokio::time::timeout(CLOSE_GRACE, bot.close(Some(frame))).await;
+            restore_session(session, &path).await;
+            return reason;
+        }
+    };
     let mut client = Client {
         session,
+        stream,
+        buf: vec![0; READ_BUFFER].into_boxed_slice(),
         ws: WebSocketContext::new(Role::Server, Some(limits.framing())),
         io: MemIo::default(),
     };
-    let reason = relay(&mut client, bot, limits, signal, registry, metrics, stats).await;
+    let reason = relay(
+        &mut client,
+        preread,
+        bot,
+        limits,
+        signal,
+        registry,
+        metrics,
+        stats,
+    )
+    .await;
     // Tell each side that is still there.
     let (to_client, to_bot) = match reason {
         CloseReason::ClientGone | CloseReason::ClientStalled => (None, Some(reason.bot_code())),
@@ -246,11 +300,66 @@ pub async fn run(
         }
     };
     tokio::join!(close_bot, close_client);
+    // FIN (or TLS close_notify) to the client, best effort; dropping the
+    // stream closes the socket either way.
+    let _ = tokio::time::timeout(CLOSE_GRACE, AsyncWriteExt::shutdown(&mut client.stream)).await;
+    restore_session(client.session, &path).await;
     reason
 }
 
+/// Take the upgraded client stream out of `session` (see the module doc),
+/// with whatever Pingora already read from it past the upgrade request.
+/// The session is left holding a stand-in with no socket.
+fn take_stream(session: &mut Session) -> Result<(Stream, Option<Bytes>), CloseReason> {
+    // Bytes Pingora buffered past the request head come out of the body
+    // reader without touching the socket; after that, one poll finds out
+    // whether more is waiting, and a pending read is dropped unconsumed.
+    let mut preread: Vec<u8> = Vec::new();
+    while preread.len() < MAX_PREREAD {
+        match session.read_request_body().now_or_never() {
+            Some(Ok(Some(chunk))) => preread.extend_from_slice(&chunk),
+            Some(Ok(None) | Err(_)) => return Err(CloseReason::ClientGone),
+            None => break,
+        }
+    }
+    let stand_in = HttpSession::new_http1(Box::new(Cursor::new(Vec::new())));
+    match std::mem::replace(&mut *session.downstream_session, stand_in) {
+        HttpSession::H1(h1) => Ok((
+            h1.into_inner(),
+            (!preread.is_empty()).then(|| preread.into()),
+        )),
+        other => {
+            // Only HTTP/1.1 upgrades reach the relay (the handshake refuses
+            // h2); keep the session as it was if that ever changes.
+            *session.downstream_session = other;
+            tracing::error!("WebSocket relay: the client session is not HTTP/1");
+            Err(CloseReason::Protocol)
+        }
+    }
+}
+
+/// Give `session` a stand-in that holds the request line (`GET path`), so
+/// Pingora's `logging` and `finish` after the relay see a request; it has
+/// no socket and is never reused.
+async fn restore_session(session: &mut Session, path: &str) {
+    let head = format!("GET {path} HTTP/1.1\r\nHost: molt\r\n\r\n").into_bytes();
+    let mut stand_in = HttpSession::new_http1(Box::new(Cursor::new(head)));
+    // An in-memory read of a well-formed head (the path came from a parsed
+    // request); if it ever failed, `req_header` would panic in logging, so
+    // the session keeps what it has.
+    match stand_in.read_request().await {
+        Ok(true) => {
+            stand_in.set_keepalive(None);
+            *session.downstream_session = stand_in;
+        }
+        _ => tracing::error!("WebSocket relay: cannot build the session stand-in"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn relay(
     client: &mut Client<'_>,
+    preread: Option<Bytes>,
     bot: &mut BotStream,
     limits: Limits,
     signal: &KickSignal,
@@ -264,6 +373,7 @@ async fn relay(
     let to_client_bytes = metrics.bytes.with_label_values(&["bot_to_client"]);
     let mut last_heard = Instant::now();
     let mut pinged = false;
+    let mut preread = preread;
     loop {
         let idle_at = last_heard + limits.idle_timeout;
         let wake = if pinged {
@@ -274,7 +384,8 @@ async fn relay(
         let event = tokio::select! {
             biased;
             k = signal.kicked() => Event::Kick(k),
-            r = client.session.read_request_body() => Event::Client(r),
+            r = async { preread.take() }, if preread.is_some() => Event::Client(Ok(r)),
+            r = client.read() => Event::Client(r),
             m = bot.next() => Event::Bot(m),
             () = tokio::time::sleep_until(wake) => Event::Timer,
         };

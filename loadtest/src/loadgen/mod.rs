@@ -206,6 +206,7 @@ fn target_report(t: &scenario::Target, r: &TargetRun, sse: bool) -> TargetReport
         ttft: sse.then(|| s.ttft()),
         chunk_gap: sse.then(|| s.gap()),
         events_per_frame: if sse { s.events_per_read() } else { None },
+        events_per_stream: if sse { s.events_per_stream() } else { None },
     }
 }
 

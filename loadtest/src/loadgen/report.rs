@@ -60,6 +60,8 @@ pub struct TargetReport {
     pub chunk_gap: Option<Percentiles>,
     /// SSE only: events per body frame (1.0 = no coalescing).
     pub events_per_frame: Option<f64>,
+    /// SSE: fewest and most data events in one successful stream.
+    pub events_per_stream: Option<[u64; 2]>,
 }
 
 impl fmt::Display for Report {

@@ -78,6 +78,9 @@ pub(crate) struct Stats {
     errors: BTreeMap<ErrorKind, u64>,
     events: u64,
     reads: u64,
+    /// Fewest and most events seen in one successful SSE stream.
+    events_min: u64,
+    events_max: u64,
 }
 
 // The bounds are constants that satisfy `new_with_bounds`'s contract
@@ -103,6 +106,8 @@ impl Default for Stats {
             errors: BTreeMap::new(),
             events: 0,
             reads: 0,
+            events_min: u64::MAX,
+            events_max: 0,
         }
     }
 }
@@ -123,6 +128,15 @@ impl Stats {
         }
         self.events += s.events;
         self.reads += s.reads;
+        self.events_min = self.events_min.min(s.events);
+        self.events_max = self.events_max.max(s.events);
+    }
+
+    /// SSE: the fewest and most data events one successful stream carried
+    /// (equal when every stream was complete and alike); `None` before any
+    /// success.
+    pub(crate) fn events_per_stream(&self) -> Option<[u64; 2]> {
+        (self.ok > 0).then_some([self.events_min, self.events_max])
     }
 
     pub(crate) fn error(&mut self, kind: ErrorKind) {
