@@ -259,6 +259,31 @@ impl FlyFleet {
             .map_err(|_| FleetError::Transport(format!("{method} {url}: timed out")))?
     }
 
+    /// One mutation of machine `id` under its lease (safe to repeat: the
+    /// lease makes it ours alone), answer discarded.
+    async fn leased(
+        &self,
+        id: &str,
+        release: bool,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(), FleetError> {
+        self.with_lease(id, release, |nonce| async move {
+            self.call(
+                method,
+                path,
+                body,
+                Some(&nonce),
+                Repeat::Safe,
+                Duration::ZERO,
+            )
+            .await
+            .map(drop)
+        })
+        .await
+    }
+
     /// Run `op` holding the machine's lease; the lease is released after
     /// (best effort: it expires on its own anyway).
     async fn with_lease<F, Fut>(&self, id: &str, release: bool, op: F) -> Result<(), FleetError>
@@ -551,52 +576,21 @@ impl Fleet for FlyFleet {
     }
 
     async fn start_machine(&self, id: &str) -> Result<(), FleetError> {
-        self.with_lease(id, true, |nonce| async move {
-            self.call(
-                Method::POST,
-                &format!("/machines/{id}/start"),
-                None,
-                Some(&nonce),
-                Repeat::Safe,
-                Duration::ZERO,
-            )
-            .await
-            .map(drop)
-        })
-        .await
+        let path = format!("/machines/{id}/start");
+        self.leased(id, true, Method::POST, &path, None).await
     }
 
     async fn stop_machine(&self, id: &str) -> Result<(), FleetError> {
-        self.with_lease(id, true, |nonce| async move {
-            self.call(
-                Method::POST,
-                &format!("/machines/{id}/stop"),
-                Some(&json!({"signal": "SIGTERM", "timeout": "10s"})),
-                Some(&nonce),
-                Repeat::Safe,
-                Duration::ZERO,
-            )
+        let path = format!("/machines/{id}/stop");
+        let body = json!({"signal": "SIGTERM", "timeout": "10s"});
+        self.leased(id, true, Method::POST, &path, Some(&body))
             .await
-            .map(drop)
-        })
-        .await
     }
 
     async fn delete_machine(&self, id: &str) -> Result<(), FleetError> {
-        let result = self
-            .with_lease(id, false, |nonce| async move {
-                self.call(
-                    Method::DELETE,
-                    &format!("/machines/{id}?force=true"),
-                    None,
-                    Some(&nonce),
-                    Repeat::Safe,
-                    Duration::ZERO,
-                )
-                .await
-                .map(drop)
-            })
-            .await;
+        // A deleted machine's lease goes with it: nothing to release.
+        let path = format!("/machines/{id}?force=true");
+        let result = self.leased(id, false, Method::DELETE, &path, None).await;
         match result {
             Err(e) if not_found(&e) => Ok(()),
             other => other,
