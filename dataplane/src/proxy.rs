@@ -901,10 +901,7 @@ impl MoltProxy {
         // complete has its usage on disk, whatever is killed next.
         if let Some(event) = self.finish_usage(ctx, status) {
             let recorded = self.sink.record_durable(event);
-            if tokio::time::timeout(MAX_RECORD_WAIT, recorded.wait())
-                .await
-                .is_err()
-            {
+            if recorded.wait_at_most(MAX_RECORD_WAIT).await.is_none() {
                 self.metrics.usage_record_wait_timeouts.inc();
             }
         }

@@ -55,6 +55,15 @@ impl Recorded {
             Some(rx) => rx.await.is_ok(),
         }
     }
+
+    /// [`Self::wait`], giving up after `max` (`None`). A sink with nothing
+    /// to wait for answers at once, without arming a timer.
+    pub async fn wait_at_most(self, max: std::time::Duration) -> Option<bool> {
+        match self.0 {
+            None => Some(true),
+            Some(rx) => tokio::time::timeout(max, rx).await.ok().map(|r| r.is_ok()),
+        }
+    }
 }
 
 /// Running totals per (user, model).
