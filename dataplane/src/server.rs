@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use molt_config::{ConfigErrors, LogFormat};
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
@@ -25,6 +26,25 @@ use pingora_proxy::ProxyServiceBuilder;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+
+/// Socket buffers of every client connection: no read buffer, Pingora's
+/// default 1460-byte write buffer.
+///
+/// Pingora's default read buffer is a 64 KiB zero-filled `BufReader` per
+/// accepted connection, resident for the connection's whole life: it was
+/// nearly all of what an idle WebSocket or a held SSE stream cost (65 KiB of
+/// the measured 69 KiB; `loadtest/scale.sh`). Nothing here needs it. Pingora
+/// reads request heads into its own 4 KiB header buffer and bodies into its
+/// body reader's buffer, so without the read buffer those reads go straight
+/// from the socket into the buffer that keeps the bytes (one copy fewer), and
+/// the WebSocket relay reads through its own 4 KiB buffer. Under TLS, rustls
+/// reads up to 4 KiB per call, so a large upload costs more `read` calls
+/// (about 500 for a 2 MiB body instead of 32): a small price next to the
+/// body's own transfer, for 64 KiB less per connection.
+const CLIENT_SOCKET_BUFFERS: L4BufferSettings = L4BufferSettings {
+    read: Some(0),
+    write: None,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -144,9 +164,15 @@ pub fn run(config_path: &Path) -> Result<std::convert::Infallible, StartError> {
         .name("molt-proxy")
         .server_options(options)
         .build();
-    proxy_service.add_tcp(&server_cfg.listen.to_string());
+    proxy_service.add_listener(
+        ListenerConfig::tcp(server_cfg.listen.to_string()).l4_buffer(CLIENT_SOCKET_BUFFERS),
+    );
     if let (Some(tls_cfg), Some(settings)) = (&server_cfg.tls, tls_settings) {
-        proxy_service.add_tls_with_settings(&tls_cfg.listen.to_string(), None, settings);
+        proxy_service.add_listener(
+            ListenerConfig::tcp(tls_cfg.listen.to_string())
+                .tls(settings)
+                .l4_buffer(CLIENT_SOCKET_BUFFERS),
+        );
     }
 
     let ready = Arc::new(AtomicBool::new(true));
