@@ -26,9 +26,9 @@
 # Knobs: CONCURRENCY (8), REQUESTS (400 per run), CHUNKS (20), DELAY_MS (5),
 # ROUNDS (2), MOLT (a prebuilt binary), KEEP=1.
 set -euo pipefail
+# shellcheck source=loadtest/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/root/.cache/molt/target}
 AIPERF_VERSION=0.13.0
 CONCURRENCY=${CONCURRENCY:-8}
 REQUESTS=${REQUESTS:-400}
@@ -41,44 +41,16 @@ DP_ADMIN=17320
 MASTER_KEY=sk-master-aiperf
 O200K_URL=https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken
 
-log() { printf '%s\n' "aiperf: $*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
-
-WORK=$(mktemp -d /tmp/molt-aiperf.XXXXXX)
-PIDS=()
-cleanup() {
-    local status=$? pid
-    for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-    sleep 0.5
-    for pid in "${PIDS[@]}"; do
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ ${KEEP:-0} == 1 || $status -ne 0 ]]; then
-        log "logs and aiperf artifacts kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-missing=()
-for tool in jq curl python3; do command -v $tool >/dev/null || missing+=("$tool"); done
-if ((${#missing[@]})); then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]/python3/python3-venv}" >/dev/null
-fi
+need_tools jq curl python3
+ports_free $MOCK_PORT $DP_PORT $DP_ADMIN
 
 # --- aiperf, pinned, in its own venv -----------------------------------------------
-VENV=$HOME/.cache/molt/aiperf-$AIPERF_VERSION
-if ! "$VENV/bin/aiperf" --version 2>/dev/null | grep -qx "$AIPERF_VERSION"; then
-    log "installing aiperf==$AIPERF_VERSION into $VENV (one time, ~1.2 GB)"
-    rm -rf "$VENV"
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "aiperf==$AIPERF_VERSION"
+AIPERF_VENV=$HOME/.cache/molt/aiperf-$AIPERF_VERSION
+if ! "$AIPERF_VENV/bin/aiperf" --version 2>/dev/null | grep -qx "$AIPERF_VERSION"; then
+    log "installing aiperf==$AIPERF_VERSION into $AIPERF_VENV (one time, ~1.2 GB)"
+    rm -rf "$AIPERF_VENV"
+    python3 -m venv "$AIPERF_VENV"
+    "$AIPERF_VENV/bin/pip" install --quiet --disable-pip-version-check "aiperf==$AIPERF_VERSION"
 fi
 
 # --- the o200k_base tokenizer file, offline ----------------------------------------
@@ -94,66 +66,16 @@ fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 # --- molt, the mock and a data plane -------------------------------------------------
-if [[ -n ${MOLT:-} ]]; then
-    [[ -x $MOLT ]] || die "MOLT=$MOLT is not executable"
-else
-    log "building molt (release)"
-    (cd "$ROOT" && cargo build -p molt --release --quiet)
-    MOLT=$CARGO_TARGET_DIR/release/molt
-fi
-wait_for() {
-    local what=$1
-    shift
-    for _ in $(seq 1 200); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        sleep 0.05
-    done
-    die "$what did not come up; see $WORK/*.log"
-}
-"$MOLT" mock-provider --listen 127.0.0.1:$MOCK_PORT --chunks "$CHUNKS" --chunk-delay-ms "$DELAY_MS" >"$WORK/mock.log" 2>&1 &
-PIDS+=($!)
-wait_for "mock provider" curl -sf http://127.0.0.1:$MOCK_PORT/_mock/health
-key_out=$("$MOLT" key new)
-CLIENT_KEY=$(sed -n 's/^key: //p' <<<"$key_out")
-CLIENT_SHA=$(sed -n 's/^sha256: //p' <<<"$key_out")
-cat >"$WORK/dataplane.toml" <<EOF
-version = 1
-
-[server]
-listen = "127.0.0.1:$DP_PORT"
-threads = 1
-grace_period = "1s"
-
-[admin]
-listen = "127.0.0.1:$DP_ADMIN"
-
-[log]
-access_log = false
-
-[[keys]]
-id = "load"
-user = "load"
-sha256 = "$CLIENT_SHA"
-
-[[providers]]
-name = "mock"
-kind = "openai"
-base_url = "http://127.0.0.1:$MOCK_PORT/v1"
-keys = ["$MASTER_KEY"]
-
-[[models]]
-name = "gpt-4o-mini"
-provider = "mock"
-EOF
-"$MOLT" dataplane --config "$WORK/dataplane.toml" >"$WORK/dataplane.log" 2>&1 &
-PIDS+=($!)
-wait_for "data plane" curl -sf http://127.0.0.1:$DP_ADMIN/readyz
+build_molt
+start_mock $MOCK_PORT --chunks "$CHUNKS" --chunk-delay-ms "$DELAY_MS"
+new_client_key
+start_dataplane dataplane $DP_PORT $DP_ADMIN $MOCK_PORT $MASTER_KEY
 
 # --- runs -----------------------------------------------------------------------------
 profile() { # name url round
     local name=$1 url=$2 round=$3 out=$WORK/$1-$3
     log "round $round: $name ($REQUESTS streams, concurrency $CONCURRENCY)"
-    "$VENV/bin/aiperf" profile --model gpt-4o-mini --url "$url" --endpoint-type chat --streaming \
+    "$AIPERF_VENV/bin/aiperf" profile --model gpt-4o-mini --url "$url" --endpoint-type chat --streaming \
         --api-key "$CLIENT_KEY" --tokenizer builtin --use-server-token-count \
         --concurrency "$CONCURRENCY" --request-count "$REQUESTS" --warmup-request-count 20 \
         --prompt-input-tokens-mean 64 --prompt-output-tokens-mean "$CHUNKS" \

@@ -12,12 +12,11 @@
 #
 # Usage: loadtest/compare.sh            (about 3 minutes after the build)
 # Knobs (environment): RATE, DURATION, WARMUP, ROUNDS, PROXY_WORKERS,
-# KEEP=1 (keep the work directory with logs, configs and JSON reports).
+# MOLT (a prebuilt binary, skips the build), KEEP=1 (keep the work directory
+# with logs, configs and JSON reports).
 set -euo pipefail
-
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SCENARIOS=${SCENARIOS:-$ROOT/loadtest/scenarios}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/root/.cache/molt/target}
+# shellcheck source=loadtest/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 MOCK_PORT=17001
 MOLT_PORT=17080
@@ -36,173 +35,15 @@ PROXY_WORKERS=${PROXY_WORKERS:-1}
 # molt key. The mock accepts any credential and records what it got.
 MASTER_KEY=sk-master-compare
 
-log() { printf '%s\n' "compare: $*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
-
-WORK=$(mktemp -d /tmp/molt-compare.XXXXXX)
-# nginx workers drop privileges; they must be able to enter the directory.
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-    local status=$? pid alive
-    # Each process gets the signal it treats as "stop now": the data plane
-    # (Pingora) drains on SIGTERM but stops at once on SIGINT; the mock and
-    # nginx stop on SIGTERM (a script's background jobs ignore SIGINT).
-    for pid in "${PIDS[@]}"; do
-        if [[ $pid == "${DP_PID:-}" ]]; then
-            kill -INT "$pid" 2>/dev/null || true
-        else
-            kill -TERM "$pid" 2>/dev/null || true
-        fi
-    done
-    # Whatever is still there after 5 s is killed.
-    for _ in $(seq 1 50); do
-        alive=0
-        for pid in "${PIDS[@]}"; do
-            if kill -0 "$pid" 2>/dev/null; then alive=1; fi
-        done
-        ((alive)) || break
-        sleep 0.1
-    done
-    for pid in "${PIDS[@]}"; do
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ ${KEEP:-0} == 1 || $status -ne 0 ]]; then
-        log "logs, configs and reports kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# --- tools ------------------------------------------------------------------
-missing=()
-command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
-command -v jq >/dev/null || missing+=(jq)
-command -v curl >/dev/null || missing+=(curl)
-if ((${#missing[@]})); then
-    log "installing ${missing[*]}"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+need_tools nginx jq curl
 CLK_TCK=$(getconf CLK_TCK)
+ports_free $MOCK_PORT $MOLT_PORT $MOLT_ADMIN_PORT $NGINX_PORT
+build_molt
 
-for port in $MOCK_PORT $MOLT_PORT $MOLT_ADMIN_PORT $NGINX_PORT; do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-        die "port $port on 127.0.0.1 is in use; stop what listens there"
-    fi
-done
-
-# --- build --------------------------------------------------------------------
-log "building molt (release)"
-(cd "$ROOT" && cargo build -p molt --release --quiet)
-MOLT=$CARGO_TARGET_DIR/release/molt
-
-# --- processes ----------------------------------------------------------------
-wait_for() { # what, command...
-    local what=$1
-    shift
-    for _ in $(seq 1 200); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        sleep 0.05
-    done
-    die "$what did not come up; see $WORK/*.log"
-}
-
-"$MOLT" mock-provider --listen 127.0.0.1:$MOCK_PORT >"$WORK/mock.log" 2>&1 &
-PIDS+=($!)
-wait_for "mock provider" curl -sf http://127.0.0.1:$MOCK_PORT/_mock/health
-
-# A fresh client key; the data plane stores only its SHA-256.
-KEY_OUT=$("$MOLT" key new)
-CLIENT_KEY=$(sed -n 's/^key: //p' <<<"$KEY_OUT")
-CLIENT_SHA=$(sed -n 's/^sha256: //p' <<<"$KEY_OUT")
-[[ $CLIENT_KEY == molt_sk_* && ${#CLIENT_SHA} == 64 ]] || die "unexpected 'molt key new' output"
-
-cat >"$WORK/dataplane.toml" <<EOF
-version = 1
-
-[server]
-listen = "127.0.0.1:$MOLT_PORT"
-threads = $PROXY_WORKERS
-grace_period = "1s"
-
-[admin]
-listen = "127.0.0.1:$MOLT_ADMIN_PORT"
-
-[log]
-access_log = false
-
-[[keys]]
-id = "load"
-user = "load"
-sha256 = "$CLIENT_SHA"
-
-[[providers]]
-name = "mock"
-kind = "openai"
-base_url = "http://127.0.0.1:$MOCK_PORT/v1"
-keys = ["$MASTER_KEY"]
-
-[[models]]
-name = "gpt-4o-mini"
-provider = "mock"
-EOF
-"$MOLT" dataplane --config "$WORK/dataplane.toml" --validate >/dev/null
-"$MOLT" dataplane --config "$WORK/dataplane.toml" >"$WORK/dataplane.log" 2>&1 &
-DP_PID=$!
-PIDS+=($DP_PID)
-wait_for "data plane" curl -sf http://127.0.0.1:$MOLT_ADMIN_PORT/readyz
-
-mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx/nginx.conf" <<EOF
-worker_processes $PROXY_WORKERS;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/nginx/client_body;
-    proxy_temp_path $WORK/nginx/proxy;
-    fastcgi_temp_path $WORK/nginx/fastcgi;
-    uwsgi_temp_path $WORK/nginx/uwsgi;
-    scgi_temp_path $WORK/nginx/scgi;
-    upstream mock {
-        server 127.0.0.1:$MOCK_PORT;
-        keepalive 128;
-        keepalive_requests 1000000;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        keepalive_requests 1000000;
-        client_max_body_size 16m;
-        location /v1/ {
-            proxy_pass http://mock;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            # The same key injection the data plane does.
-            proxy_set_header Authorization "Bearer $MASTER_KEY";
-            # Stream answers as they arrive (SSE), as the data plane does.
-            proxy_buffering off;
-        }
-    }
-}
-EOF
-"$NGINX" -t -q -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" 2>>"$WORK/nginx/error.log" || die "nginx config rejected; see $WORK/nginx/error.log"
-"$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -g 'daemon off;' >"$WORK/nginx.log" 2>&1 &
-NGINX_PID=$!
-PIDS+=($NGINX_PID)
-
-CHAT=/v1/chat/completions
-chat_ok() { # url: one non-streaming request answered 200
-    curl -sf -o /dev/null -H "authorization: Bearer $CLIENT_KEY" -H 'content-type: application/json' \
-        --data-binary @"$SCENARIOS/bodies/chat.json" "$1"
-}
+start_mock $MOCK_PORT
+new_client_key
+start_dataplane dataplane $MOLT_PORT $MOLT_ADMIN_PORT $MOCK_PORT $MASTER_KEY
+start_nginx $NGINX_PORT $MOCK_PORT $MASTER_KEY "$PROXY_WORKERS" 4096
 wait_for "nginx" chat_ok http://127.0.0.1:$NGINX_PORT$CHAT
 wait_for "data plane route" chat_ok http://127.0.0.1:$MOLT_PORT$CHAT
 
@@ -211,28 +52,6 @@ injected=$(curl -sf http://127.0.0.1:$MOCK_PORT/_mock/requests |
     jq --arg k "Bearer $MASTER_KEY" '[.[-2:][] | select(.authorization == $k)] | length')
 [[ $injected == 2 ]] || die "a proxy did not inject the master key"
 curl -sf -X DELETE http://127.0.0.1:$MOCK_PORT/_mock/requests >/dev/null
-
-# --- measurement helpers -------------------------------------------------------
-cpu_ticks() { # pids...: utime+stime summed (fields 14 and 15 of /proc/PID/stat)
-    local total=0 pid stat
-    for pid in "$@"; do
-        stat=$(<"/proc/$pid/stat")
-        # The command name (field 2) may hold spaces; count from after ')'.
-        read -r -a f <<<"${stat##*) }"
-        total=$((total + f[11] + f[12]))
-    done
-    echo "$total"
-}
-rss_kib() { # field pids...: VmRSS or VmHWM summed, KiB
-    local field=$1 total=0 pid v
-    shift
-    for pid in "$@"; do
-        v=$(awk -v f="$field:" '$1 == f { print $2 }' "/proc/$pid/status")
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
-nginx_pids() { echo "$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"; }
 
 TARGETS=(
     --target "direct=http://127.0.0.1:$MOCK_PORT$CHAT"

@@ -11,10 +11,11 @@
 #   all streams are open it reads each proxy's resident memory (VmRSS); then
 #   it checks that every stream completed with the same number of events
 #   and that molt counted exactly 60 output tokens per stream.
-# - `ws`: idle /ws/chat WebSockets through the data plane to mock bots with
-#   loadtest/ws_load.py: one data plane at each of WS_STEPS connections (the
-#   slope is the marginal cost of a connection), then WS_CONNS (50,000)
-#   across as many data planes as the open-file limit needs.
+# - `ws`: idle /ws/chat WebSockets to mock bots with loadtest/ws_load.py,
+#   through the data plane and then through nginx doing the same job (client
+#   key out, bot token in): one proxy process at each of WS_STEPS
+#   connections (the slope is the marginal cost of a connection), then
+#   WS_CONNS (50,000) across as many processes as the open-file limit needs.
 #
 # Open files: a proxied connection holds two sockets in the proxy, one in
 # the upstream and one in the client. The script raises its soft limit to
@@ -29,15 +30,14 @@
 # source address (IP_BIND_ADDRESS_NO_PORT) and spreads data planes and
 # bots over several ports.
 #
-# Usage: loadtest/scale.sh [sse|ws|all]      (default all: ~6 minutes)
+# Usage: loadtest/scale.sh [sse|ws|all]      (default all: ~9 minutes)
 # Knobs: STREAMS (10000), WS_CONNS (50000), WS_STEPS ("1000 5000 9000"),
 # SETTLE (seconds to wait before reading RSS, 3), MOLT (a prebuilt binary,
 # skips the build), KEEP=1 (keep the work directory).
 set -euo pipefail
+# shellcheck source=loadtest/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SCENARIOS=$ROOT/loadtest/scenarios
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/root/.cache/molt/target}
 WHAT=${1:-all}
 STREAMS=${STREAMS:-10000}
 WS_CONNS=${WS_CONNS:-50000}
@@ -49,88 +49,18 @@ DP_PORT=17210
 DP_ADMIN=17220
 NGINX_PORT=17230
 MASTER_KEY=sk-master-scale
-CHAT=/v1/chat/completions
 
-log() { printf '%s\n' "scale: $*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
 case $WHAT in sse | ws | all) ;; *) die "usage: $0 [sse|ws|all]" ;; esac
 
-WORK=$(mktemp -d /tmp/molt-scale.XXXXXX)
-chmod 755 "$WORK"
-PIDS=()
-stop_all() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-    for _ in $(seq 1 50); do
-        local alive=0
-        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        ((alive)) || break
-        sleep 0.1
-    done
-    for pid in "${PIDS[@]}"; do
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    PIDS=()
-}
-cleanup() {
-    local status=$?
-    stop_all
-    if [[ ${KEEP:-0} == 1 || $status -ne 0 ]]; then
-        log "logs, configs and reports kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
 # --- tools, limits, build ---------------------------------------------------------
-missing=()
-command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
-command -v jq >/dev/null || missing+=(jq)
-command -v curl >/dev/null || missing+=(curl)
-command -v ss >/dev/null || missing+=(iproute2)
-if ((${#missing[@]})); then
-    log "installing ${missing[*]}"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-
+need_tools nginx jq curl ss
 HARD=$(ulimit -Hn)
 [[ $HARD == unlimited ]] && HARD=1048576
 ulimit -n "$HARD"
 log "open-file limit $HARD; ephemeral ports $(tr '\t' - </proc/sys/net/ipv4/ip_local_port_range); load $(cut -d' ' -f1-3 /proc/loadavg)"
 
-if [[ -n ${MOLT:-} ]]; then
-    [[ -x $MOLT ]] || die "MOLT=$MOLT is not executable"
-else
-    log "building molt (release)"
-    (cd "$ROOT" && cargo build -p molt --release --quiet)
-    MOLT=$CARGO_TARGET_DIR/release/molt
-fi
+build_molt
 
-wait_for() { # what, command...
-    local what=$1
-    shift
-    for _ in $(seq 1 400); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        sleep 0.05
-    done
-    die "$what did not come up; see $WORK/*.log"
-}
-rss_kib() { # field pids...: VmRSS or VmHWM summed, KiB
-    local field=$1 total=0 pid v
-    shift
-    for pid in "$@"; do
-        v=$(awk -v f="$field:" '$1 == f { print $2 }' "/proc/$pid/status")
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
 established() { # ports...: established TCP connections whose local port is one of them
     local filter="" p
     for p in "$@"; do filter+="${filter:+ or }sport = :$p"; done
@@ -147,106 +77,28 @@ sse() {
     ((STREAMS + 500 < HARD)) || die "the mock provider alone needs $STREAMS sockets; the hard open-file limit is $HARD"
     log "SSE: $STREAMS streams, $shards shard(s) of $per (data planes, nginx workers, generator processes)"
 
-    "$MOLT" mock-provider --listen 127.0.0.1:$MOCK_PORT >"$WORK/mock.log" 2>&1 &
-    MOCK_PID=$!
-    PIDS+=($MOCK_PID)
-    wait_for "mock provider" curl -sf http://127.0.0.1:$MOCK_PORT/_mock/health
-
-    local key_out client_key client_sha
-    key_out=$("$MOLT" key new)
-    client_key=$(sed -n 's/^key: //p' <<<"$key_out")
-    client_sha=$(sed -n 's/^sha256: //p' <<<"$key_out")
-    [[ $client_key == molt_sk_* && ${#client_sha} == 64 ]] || die "unexpected 'molt key new' output"
+    start_mock $MOCK_PORT
+    new_client_key
 
     DP_PIDS=()
     local i
+    # Thousands of connects at once overflow the mock's accept queue (backlog
+    # 1024); SYN retries take 1 s, 3 s, 7 s. This run measures holding
+    # streams, not a connect storm, so give connects time (nginx's default is
+    # 60 s).
     for ((i = 0; i < shards; i++)); do
-        cat >"$WORK/dataplane-$i.toml" <<EOF
-version = 1
-
-[server]
-listen = "127.0.0.1:$((DP_PORT + i))"
-threads = 1
-grace_period = "1s"
-# Thousands of connects at once overflow the mock's accept queue (backlog
-# 1024); SYN retries take 1 s, 3 s, 7 s. This run measures holding streams,
-# not a connect storm, so give connects time (nginx's default is 60 s).
-upstream_connect_timeout = "30s"
-
-[admin]
-listen = "127.0.0.1:$((DP_ADMIN + i))"
-
-[log]
-access_log = false
-
-[[keys]]
-id = "load"
-user = "load"
-sha256 = "$client_sha"
-
-[[providers]]
-name = "mock"
-kind = "openai"
-base_url = "http://127.0.0.1:$MOCK_PORT/v1"
-keys = ["$MASTER_KEY"]
-
-[[models]]
-name = "gpt-4o-mini"
-provider = "mock"
-EOF
-        "$MOLT" dataplane --config "$WORK/dataplane-$i.toml" >"$WORK/dataplane-$i.log" 2>&1 &
-        DP_PIDS+=($!)
-        PIDS+=($!)
-        wait_for "data plane $i" curl -sf http://127.0.0.1:$((DP_ADMIN + i))/readyz
+        start_dataplane "dataplane-$i" $((DP_PORT + i)) $((DP_ADMIN + i)) $MOCK_PORT $MASTER_KEY \
+            'upstream_connect_timeout = "30s"'
+        DP_PIDS+=("$DP_PID")
     done
 
-    mkdir -p "$WORK/nginx"
-    cat >"$WORK/nginx/nginx.conf" <<EOF
-worker_processes $shards;
-worker_rlimit_nofile $HARD;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections $((HARD - 100)); }
-http {
-    access_log off;
-    client_body_temp_path $WORK/nginx/client_body;
-    proxy_temp_path $WORK/nginx/proxy;
-    fastcgi_temp_path $WORK/nginx/fastcgi;
-    uwsgi_temp_path $WORK/nginx/uwsgi;
-    scgi_temp_path $WORK/nginx/scgi;
-    upstream mock {
-        server 127.0.0.1:$MOCK_PORT;
-        keepalive 128;
-    }
-    server {
-        # reuseport: the kernel spreads connections evenly over the workers.
-        listen 127.0.0.1:$NGINX_PORT reuseport backlog=4096;
-        location /v1/ {
-            proxy_pass http://mock;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Authorization "Bearer $MASTER_KEY";
-            proxy_buffering off;
-            proxy_read_timeout 300s;
-        }
-    }
-}
-EOF
-    "$NGINX" -t -q -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" 2>>"$WORK/nginx/error.log" || die "nginx config rejected; see $WORK/nginx/error.log"
-    "$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -g 'daemon off;' >"$WORK/nginx.log" 2>&1 &
-    NGINX_PID=$!
-    PIDS+=($NGINX_PID)
-    local chat_ok
-    chat_ok() {
-        curl -sf -o /dev/null -H "authorization: Bearer $client_key" -H 'content-type: application/json' \
-            --data-binary @"$SCENARIOS/bodies/chat.json" "$1"
-    }
+    start_nginx $NGINX_PORT $MOCK_PORT $MASTER_KEY "$shards" $((HARD - 100))
     wait_for "nginx" chat_ok http://127.0.0.1:$NGINX_PORT$CHAT
     for ((i = 0; i < shards; i++)); do
         wait_for "data plane $i route" chat_ok http://127.0.0.1:$((DP_PORT + i))$CHAT
     done
-    local nginx_pids
-    nginx_pids="$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
+    local nginx_procs
+    nginx_procs=$(nginx_pids)
 
     output_tokens() { # sum of molt_tokens_total{direction="output"} over the data planes
         local total=0 v
@@ -279,7 +131,7 @@ EOF
             port=${ports[$((s % ${#ports[@]}))]}
             "$MOLT" load --scenario "$SCENARIOS/scale-sse.toml" --connections "$per" \
                 --target "$name=http://127.0.0.1:$port$CHAT" \
-                --header "authorization: Bearer $client_key" --json >"$WORK/sse-$name-$s.json" 2>"$WORK/sse-$name-$s.log" &
+                --header "authorization: Bearer $CLIENT_KEY" --json >"$WORK/sse-$name-$s.json" 2>"$WORK/sse-$name-$s.log" &
             gens+=($!)
         done
         local open=0 t0=$SECONDS
@@ -318,11 +170,11 @@ EOF
 
     local dp_ports=()
     for ((i = 0; i < shards; i++)); do dp_ports+=($((DP_PORT + i))); done
-    # shellcheck disable=SC2086 # nginx_pids is a list
+    # shellcheck disable=SC2086 # nginx_procs is a list
     {
         hold direct "$MOCK_PID" -- $MOCK_PORT
         hold molt "${DP_PIDS[@]}" -- "${dp_ports[@]}"
-        hold nginx $nginx_pids -- $NGINX_PORT
+        hold nginx $nginx_procs -- $NGINX_PORT
     }
 
     cat <<EOF
@@ -350,46 +202,48 @@ EOF
     stop_all
 }
 
-# --- WebSockets: idle connections through the data plane ----------------------------
+# --- WebSockets: idle connections through the data plane, and through nginx ------------
 ws() {
-    local req=$ROOT/tests/e2e/requirements.txt venv
-    venv="$HOME/.cache/molt/venv-$(sha256sum "$req" | cut -c1-12)"
-    if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import websockets' 2>/dev/null; then
-        log "creating the Python venv $venv (pinned: tests/e2e/requirements.txt)"
-        rm -rf "$venv"
-        python3 -m venv "$venv"
-        "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
-    fi
-    local n rows=()
-    for n in $WS_STEPS; do
-        log "WebSocket: $n idle connections through one data plane"
-        "$venv/bin/python" "$ROOT/loadtest/ws_load.py" --molt "$MOLT" --conns "$n" --dataplanes 1 \
-            --messages 1000 --settle "$SETTLE" --json >"$WORK/ws-$n.json"
-        rows+=("$WORK/ws-$n.json")
+    e2e_venv
+    local via n rows=()
+    for via in molt nginx; do
+        for n in $WS_STEPS; do
+            log "WebSocket: $n idle connections through one $via process"
+            "$VENV/bin/python" "$ROOT/loadtest/ws_load.py" --via $via --molt "$MOLT" --nginx "$NGINX" \
+                --conns "$n" --dataplanes 1 --messages 1000 --settle "$SETTLE" --json >"$WORK/ws-$via-$n.json"
+            rows+=("$WORK/ws-$via-$n.json")
+        done
+        log "WebSocket: $WS_CONNS idle connections through $via"
+        "$VENV/bin/python" "$ROOT/loadtest/ws_load.py" --via $via --molt "$MOLT" --nginx "$NGINX" \
+            --conns "$WS_CONNS" --messages 2000 --settle "$SETTLE" --json >"$WORK/ws-$via-$WS_CONNS.json"
+        rows+=("$WORK/ws-$via-$WS_CONNS.json")
     done
-    log "WebSocket: $WS_CONNS idle connections"
-    "$venv/bin/python" "$ROOT/loadtest/ws_load.py" --molt "$MOLT" --conns "$WS_CONNS" \
-        --messages 2000 --settle "$SETTLE" --json >"$WORK/ws-$WS_CONNS.json"
-    rows+=("$WORK/ws-$WS_CONNS.json")
     cat <<EOF
 
-## Idle WebSocket connections through the data plane ($(date -u +%Y-%m-%dT%H:%MZ), load $(cut -d' ' -f1-3 /proc/loadavg))
+## Idle WebSocket connections through the data plane and through nginx ($(date -u +%Y-%m-%dT%H:%MZ), load $(cut -d' ' -f1-3 /proc/loadavg))
+
+Proxy processes: molt data planes (2 threads each), or nginx worker processes (same key-for-token swap).
+RSS is summed over them (nginx: master included), read $SETTLE s after the last connection opened.
 
 EOF
     jq -r -s '
         def f1: (. * 10 | round) / 10 | tostring;
         def ms: (. / 10 | round) / 100 | tostring;
-        "| connections | data planes | opened (errors) | RSS before → held MiB, all data planes | KiB per connection | echo RTT p50 / p99 via molt ms | direct ms | added p50 / p99 ms |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
-        (.[] | "| \(.connections_requested) | \(.dataplanes) | \(.connections_opened) (\(.errors | length)) | \(.rss_kib_before | add / 1024 | f1) → \(.rss_kib_after | add / 1024 | f1) | \(.rss_bytes_per_connection / 1024 | f1) | \(.rtt_us.proxied.p50 | ms) / \(.rtt_us.proxied.p99 | ms) | \(.rtt_us.direct.p50 | ms) / \(.rtt_us.direct.p99 | ms) | \(.added_us.p50_of_difference | ms) / \(.added_us.p99_of_difference | ms) |")
+        "| via | connections | proxy processes | opened (errors) | RSS before → held MiB | KiB per connection | echo RTT p50 / p99 via proxy ms | direct ms | added p50 / p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        (.[] | "| \(.via) | \(.connections_requested) | \(.dataplanes) | \(.connections_opened) (\(.errors | length)) | \(.rss_kib_before | add / 1024 | f1) → \(.rss_kib_after | add / 1024 | f1) | \(.rss_bytes_per_connection / 1024 | f1) | \(.rtt_us.proxied.p50 | ms) / \(.rtt_us.proxied.p99 | ms) | \(.rtt_us.direct.p50 | ms) / \(.rtt_us.direct.p99 | ms) | \(.added_us.p50_of_difference | ms) / \(.added_us.p99_of_difference | ms) |")
     ' "${rows[@]}"
-    # The marginal cost: slope of RSS over the single-data-plane steps.
+    # The marginal cost: slope of RSS over the single-process steps, per proxy.
     jq -r -s '
-        [.[] | select(.dataplanes == 1) | {x: .connections_opened, y: (.rss_kib_after | add)}] as $p
-        | if ($p | length) < 2 then empty else
-          ($p | length) as $n | ($p | map(.x) | add / $n) as $mx | ($p | map(.y) | add / $n) as $my
-          | ($p | map((.x - $mx) * (.y - $my)) | add) / ($p | map((.x - $mx) * (.x - $mx)) | add)
-          | "\nMarginal resident memory per idle connection (least-squares slope of RSS over the one-data-plane steps): \((. * 10 | round) / 10) KiB."
+        def slope: length as $n | (map(.x) | add / $n) as $mx | (map(.y) | add / $n) as $my
+          | (map((.x - $mx) * (.y - $my)) | add) / (map((.x - $mx) * (.x - $mx)) | add);
+        (group_by(.via) | map({via: .[0].via,
+            p: [.[] | select(.dataplanes == 1) | {x: .connections_opened, y: (.rss_kib_after | add)}]})
+         | map(select(.p | length >= 2) | {via, kib: (.p | slope)})) as $s
+        | if ($s | length) == 0 then empty else
+          "\nMarginal resident memory per idle connection (least-squares slope of RSS over the one-process steps): " +
+          ($s | map("\(.via) \((.kib * 10 | round) / 10) KiB") | join(", ")) +
+          (if ($s | length) == 2 then "; molt ÷ nginx \(((($s[0].kib / $s[1].kib) * 100) | round) / 100)." else "." end)
           end' "${rows[@]}"
 }
 

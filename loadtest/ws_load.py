@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Idle WebSocket connections through the data plane, and the latency it adds per message.
+"""Idle WebSocket connections through the data plane (or nginx), and the latency it adds per message.
 
 What it does, all on loopback:
 1. starts `--bots` mock bot gateways (`molt mock-bot`) and `--dataplanes` data planes (`molt dataplane`),
-   each data plane routing bots `bot-0..` to the mock bots;
+   each data plane routing bots `bot-0..` to the mock bots; with `--via nginx`, one nginx with
+   `--dataplanes` worker processes instead, doing the same job (the bot token injected in place of the
+   client's key, `Upgrade` passed through, the bots round-robin), as the baseline;
 2. opens `--conns` idle `/ws/chat` connections, spread over `--clients` client processes, data planes and
    bots round-robin, each client process on its own 127.0.0.x source address (so the client side does not
    run out of ephemeral ports towards one data plane port);
-3. reports every data plane's resident memory (VmRSS) before and after, and per held connection;
+3. reports every proxy process's resident memory (VmRSS) before and after, and per held connection;
 4. with every connection still open, measures echo round trips (`{"type":"echo"}` answered by the mock bot)
    through the data plane and directly to the mock bot, interleaved one for one, and reports p50/p99 of
    each and of the difference.
@@ -143,6 +145,51 @@ provider = "none"
 TOKEN = "gw-" + secrets.token_urlsafe(16)
 
 
+def nginx_config(workdir: Path, workers: int, limit: int, bot_ports: list[int]) -> tuple[Path, str]:
+    """nginx as a WebSocket proxy doing the data plane's job: client key out, bot token in."""
+    listen = f"127.0.0.1:{free_port()}"
+    servers = "".join(f"        server 127.0.0.1:{p};\n" for p in bot_ports)
+    text = f"""worker_processes {workers};
+worker_rlimit_nofile {limit};
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections {limit - 100}; }}
+http {{
+    access_log off;
+    client_body_temp_path {workdir}/client_body;
+    proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fastcgi;
+    uwsgi_temp_path {workdir}/uwsgi;
+    scgi_temp_path {workdir}/scgi;
+    upstream bots {{
+{servers}    }}
+    server {{
+        listen {listen} reuseport backlog=4096;
+        location = /ws/chat {{
+            proxy_pass http://bots/ws;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_set_header Authorization "Bearer {TOKEN}";
+            proxy_read_timeout 1h;
+            proxy_send_timeout 1h;
+        }}
+        location = /healthz {{ return 200; }}
+    }}
+}}
+"""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "nginx.conf"
+    path.write_text(text)
+    return path, listen
+
+
+def with_children(pid: int) -> list[int]:
+    """`pid` and its direct children (nginx's master and workers)."""
+    kids = Path(f"/proc/{pid}/task/{pid}/children")
+    return [pid, *(int(k) for k in kids.read_text().split())] if kids.exists() else [pid]
+
+
 # ------------------------------------------------------------------------------------------------
 # Client processes
 # ------------------------------------------------------------------------------------------------
@@ -228,6 +275,8 @@ def pct(xs: list[float], p: float) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--molt", default=os.environ.get("MOLT_BIN", "target/release/molt"))
+    ap.add_argument("--via", choices=["molt", "nginx"], default="molt", help="the proxy under test")
+    ap.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     ap.add_argument("--conns", type=int, default=10000)
     ap.add_argument("--dataplanes", type=int, default=0, help="default: enough for --conns (9,000 each)")
     ap.add_argument("--bots", type=int, default=0, help="default: enough for --conns (18,000 each)")
@@ -258,19 +307,32 @@ def main() -> int:
             procs.append(start([molt, "mock-bot", "--listen", f"127.0.0.1:{port}", "--token", TOKEN], work / f"bot{i}.log"))
         for port in bot_ports:
             wait_http(f"http://127.0.0.1:{port}/status")
-        planes = []
-        for i in range(dps):
-            cfg, listen, admin = dataplane_config(work / f"dp{i}", key_sha, bot_ports)
-            p = start([molt, "dataplane", "--config", str(cfg)], work / f"dp{i}.log")
+        # (process, listen address, admin address: None for nginx)
+        planes: list[tuple[subprocess.Popen[bytes], str, str | None]] = []
+        if args.via == "molt":
+            for i in range(dps):
+                cfg, listen, admin = dataplane_config(work / f"dp{i}", key_sha, bot_ports)
+                p = start([molt, "dataplane", "--config", str(cfg)], work / f"dp{i}.log")
+                procs.append(p)
+                planes.append((p, listen, admin))
+            for _, _, admin in planes:
+                wait_http(f"http://{admin}/readyz")
+        else:
+            # One nginx, one worker per would-be data plane; reuseport spreads the connections.
+            cfg, listen = nginx_config(work / "nginx", dps, limit, bot_ports)
+            p = start([args.nginx, "-c", str(cfg), "-p", str(work / "nginx"), "-g", "daemon off;"], work / "nginx.log")
             procs.append(p)
-            planes.append((p, listen, admin))
-        for _, _, admin in planes:
-            wait_http(f"http://{admin}/readyz")
+            planes.append((p, listen, None))
+            wait_http(f"http://{listen}/healthz")
+            deadline = time.monotonic() + 10
+            while len(with_children(p.pid)) < dps + 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
         time.sleep(0.5)
-        rss_before = [rss_kib(p.pid) for p, _, _ in planes]
+        proxy_pids = [q for p, _, _ in planes for q in with_children(p.pid)]
+        rss_before = [rss_kib(q) for q in proxy_pids]
 
         urls = [
-            f"ws://{planes[i % dps][1]}/ws/chat?bot=bot-{(i // dps) % bots_n}" for i in range(args.conns)
+            f"ws://{planes[i % len(planes)][1]}/ws/chat?bot=bot-{(i // dps) % bots_n}" for i in range(args.conns)
         ]
         ctx = mp.get_context("spawn")
         pipes, workers = [], []
@@ -295,9 +357,11 @@ def main() -> int:
             for k, v in r["errors"].items():
                 errors[k] = errors.get(k, 0) + v
         time.sleep(args.settle)
-        rss_after = [rss_kib(p.pid) for p, _, _ in planes]
+        rss_after = [rss_kib(q) for q in proxy_pids]
         open_gauge = []
         for _, _, admin in planes:
+            if admin is None:
+                continue
             with urllib.request.urlopen(f"http://{admin}/metrics", timeout=5) as r:  # noqa: S310
                 for line in r.read().decode().splitlines():
                     if line.startswith("molt_ws_open_connections "):
@@ -321,6 +385,7 @@ def main() -> int:
         added = [a - b for a, b in zip(rtts["proxied"], rtts["direct"])]
         grown = sum(rss_after) - sum(rss_before)
         result = {
+            "via": args.via,
             "connections_requested": args.conns,
             "connections_opened": opened,
             "still_open_after_latency_run": alive,
