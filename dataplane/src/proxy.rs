@@ -726,7 +726,12 @@ impl MoltProxy {
         let mut tries_left = 2;
         let (mut up, sent_at) = loop {
             tries_left -= 1;
-            let (mut up, reused) = match self.connector.get_http_session(&provider.peer).await {
+            // Boxed: Pingora's connect future (~9 KiB, TLS included) lives
+            // on the heap only while connecting. Inline, it would size this
+            // function's state, and so every in-flight stream, for the
+            // stream's whole life; the box costs one allocation per request.
+            let connect = Box::pin(self.connector.get_http_session(&provider.peer));
+            let (mut up, reused) = match connect.await {
                 Ok(s) => s,
                 Err(e) => return self.before_response_failed(ctx, name, last, &e, Phase::Connect),
             };
@@ -914,9 +919,13 @@ impl MoltProxy {
             return Attempt::Broken(e);
         }
         if up.response_done() {
-            self.connector
-                .release_http_session(up, &provider.peer, provider.peer.options.idle_timeout)
-                .await;
+            // Boxed like the connect above (~3 KiB, the largest state left).
+            let release = self.connector.release_http_session(
+                up,
+                &provider.peer,
+                provider.peer.options.idle_timeout,
+            );
+            Box::pin(release).await;
         }
         Attempt::Done
     }

@@ -311,7 +311,11 @@ impl WsHub {
         let max = cfg.max_connections_per_user;
         let guard = self.register(|r| r.register(&caller.user, bot, max), max)?;
         let limits = Limits::from(cfg);
-        let mut bot_stream = connect_bot(bot, limits, rt, request_id).await?;
+        // Boxed: the connect future (TCP, TLS, handshake: ~11 KiB) lives on
+        // the heap only while connecting. Inline, it would size this
+        // function's state, and so every open connection, for the relay's
+        // whole life.
+        let mut bot_stream = Box::pin(connect_bot(bot, limits, rt, request_id)).await?;
         let protocol = up.offers_molt.then_some(handshake::PROTOCOL);
         let resp = handshake::switching_protocols(&up, request_id, protocol)
             .map_err(|_| WsReject::Internal)?;

@@ -100,8 +100,16 @@ impl WsHub {
         let max = cfg.max_connections_per_user;
         let guard = self.register(|r| r.register_session(&principal.user, max), max)?;
         let limits = Limits::from(cfg);
-        let mut upstream =
-            connect_provider(provider, &model.upstream_name, beta, limits, rt, request_id).await?;
+        // Boxed for the reason given at `connect_bot`'s call in `chat`.
+        let mut upstream = Box::pin(connect_provider(
+            provider,
+            &model.upstream_name,
+            beta,
+            limits,
+            rt,
+            request_id,
+        ))
+        .await?;
         let protocol = if up.offers_realtime {
             Some(handshake::REALTIME_PROTOCOL)
         } else if up.offers_molt {

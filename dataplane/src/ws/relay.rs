@@ -12,7 +12,7 @@
 //!
 //! Memory: once the `101` is written, the relay takes the client's stream
 //! (TCP or TLS) out of Pingora's HTTP/1 session ([`take_stream`]) and reads
-//! it with its own [`READ_BUFFER`]-byte buffer. Reading through the session
+//! it into its own [`READ_BUFFER`]-byte buffer. Reading through the session
 //! instead (`read_request_body`) would keep Pingora's body reader buffer of
 //! a fixed 64 KiB (`BODY_BUFFER_SIZE` in pingora-core's `v1/body.rs`,
 //! reserved before every read of a close-delimited body) alive for the
@@ -36,7 +36,7 @@
 use crate::ws::error::CloseReason;
 use crate::ws::metrics::WsMetrics;
 use crate::ws::registry::{ConnRegistry, Kick, KickSignal};
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::{FutureExt, SinkExt, StreamExt};
 use pingora_core::protocols::http::ServerSession as HttpSession;
 use pingora_core::protocols::Stream;
@@ -55,10 +55,15 @@ pub type BotStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// How long the close handshake may take on either side before the
 /// connection is simply dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-/// Read buffer of each side's framing state, and of the client socket.
-/// Small, because an idle connection should cost little; a large message
-/// grows the framing buffer as needed and is read in several socket reads.
+/// Read buffer of the client socket and of the bot side's framing state
+/// (which reads the bot's socket). Small, because an idle connection should
+/// cost little; a large message grows the framing buffer as needed and is
+/// read in several socket reads.
 pub const READ_BUFFER: usize = 4096;
+/// Chunk in which the client side's framing state copies from [`MemIo`]:
+/// an in-memory copy, so a small chunk costs no system call, and it keeps
+/// that state's resting buffer small on every idle connection.
+const FRAMING_CHUNK: usize = 512;
 /// At most this much of what Pingora already read from the client (frames
 /// sent right behind the upgrade request) is carried over to the relay.
 const MAX_PREREAD: usize = 64 * 1024;
@@ -84,10 +89,19 @@ impl From<&molt_config::dataplane::WebSocketConfig> for Limits {
 }
 
 impl Limits {
-    /// Framing config for either side.
+    /// Framing config for the bot side, which reads its socket.
     pub fn framing(&self) -> WebSocketConfig {
+        self.framing_with_chunk(READ_BUFFER)
+    }
+
+    /// Framing config for the client side, which reads [`MemIo`].
+    fn client_framing(&self) -> WebSocketConfig {
+        self.framing_with_chunk(FRAMING_CHUNK)
+    }
+
+    fn framing_with_chunk(&self, read_chunk: usize) -> WebSocketConfig {
         WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER)
+            .read_buffer_size(read_chunk)
             // Frames go into our own buffer and out in one write per
             // message, so tungstenite need not buffer.
             .write_buffer_size(0)
@@ -125,8 +139,8 @@ pub struct RelayStats {
 }
 
 /// A `Read + Write` over buffers for tungstenite's sans-I/O context:
-/// reads drain `rx` (the last chunk Pingora read) and report `WouldBlock`
-/// when it is empty; writes append to `tx`.
+/// reads drain `rx` (the last chunk read from the client) and report
+/// `WouldBlock` when it is empty; writes append to `tx`.
 #[derive(Debug, Default)]
 struct MemIo {
     rx: Bytes,
@@ -141,6 +155,11 @@ impl Read for MemIo {
         let n = buf.len().min(self.rx.len());
         buf[..n].copy_from_slice(&self.rx[..n]);
         self.rx.advance(n);
+        if self.rx.is_empty() {
+            // Let go of the chunk now, so the client's read buffer is the
+            // only owner of its memory again and the next read reuses it.
+            self.rx = Bytes::new();
+        }
         Ok(n)
     }
 }
@@ -169,8 +188,10 @@ enum Event {
 struct Client<'a> {
     session: &'a mut Session,
     stream: Stream,
-    /// Socket read buffer, [`READ_BUFFER`] bytes.
-    buf: Box<[u8]>,
+    /// Socket read buffer, [`READ_BUFFER`] bytes. Each chunk read is split
+    /// off it without a copy and handed to [`MemIo`]; once that is drained,
+    /// the next read reuses the same memory.
+    buf: BytesMut,
     ws: WebSocketContext,
     io: MemIo,
 }
@@ -179,8 +200,9 @@ impl Client<'_> {
     /// One socket read: `Ok(None)` at end of stream. Cancel-safe (nothing is
     /// consumed unless the read completes), so it can sit in `select!`.
     async fn read(&mut self) -> io::Result<Option<Bytes>> {
-        let n = self.stream.read(&mut self.buf).await?;
-        Ok((n > 0).then(|| Bytes::copy_from_slice(&self.buf[..n])))
+        self.buf.reserve(READ_BUFFER);
+        let n = self.stream.read_buf(&mut self.buf).await?;
+        Ok((n > 0).then(|| self.buf.split().freeze()))
     }
 
     /// Write whatever framing produced, bounded by `limit`.
@@ -261,8 +283,8 @@ pub async fn run(
     let mut client = Client {
         session,
         stream,
-        buf: vec![0; READ_BUFFER].into_boxed_slice(),
-        ws: WebSocketContext::new(Role::Server, Some(limits.framing())),
+        buf: BytesMut::with_capacity(READ_BUFFER),
+        ws: WebSocketContext::new(Role::Server, Some(limits.client_framing())),
         io: MemIo::default(),
     };
     let reason = relay(
@@ -648,14 +670,14 @@ mod tests {
             max_message_bytes: 200,
             max_frame_bytes: 200,
         };
-        let mut ws = WebSocketContext::new(Role::Server, Some(limits.framing()));
+        let mut ws = WebSocketContext::new(Role::Server, Some(limits.client_framing()));
         let mut io = MemIo {
             rx: Bytes::from_static(&[0x81, 0x02, b'h', b'i']),
             tx: Vec::new(),
         };
         let e = ws.read(&mut io).unwrap_err();
         assert_eq!(CloseReason::from_client_error(&e), CloseReason::Protocol);
-        let mut ws = WebSocketContext::new(Role::Server, Some(limits.framing()));
+        let mut ws = WebSocketContext::new(Role::Server, Some(limits.client_framing()));
         // 126 → 16-bit length 300, masked.
         let mut io = MemIo {
             rx: Bytes::from_static(&[0x82, 0xFE, 0x01, 0x2C, 0, 0, 0, 0]),
@@ -663,5 +685,41 @@ mod tests {
         };
         let e = ws.read(&mut io).unwrap_err();
         assert_eq!(CloseReason::from_client_error(&e), CloseReason::TooBig);
+    }
+
+    #[test]
+    fn client_messages_larger_than_the_framing_chunk_arrive_whole() {
+        let limits = Limits {
+            idle_timeout: Duration::from_secs(1),
+            ping_interval: Duration::from_secs(1),
+            max_message_bytes: 64 * 1024,
+            max_frame_bytes: 64 * 1024,
+        };
+        let text: String = (0..10_000)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let mask = [9u8, 8, 7, 6];
+        let mut frame = vec![0x81, 0xFE];
+        frame.extend_from_slice(&u16::try_from(text.len()).unwrap().to_be_bytes());
+        frame.extend_from_slice(&mask);
+        frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let mut ws = WebSocketContext::new(Role::Server, Some(limits.client_framing()));
+        let mut io = MemIo::default();
+        // As the socket delivers it: READ_BUFFER-sized chunks, each far
+        // larger than the framing chunk.
+        let mut got = None;
+        for chunk in frame.chunks(READ_BUFFER) {
+            io.rx = Bytes::copy_from_slice(chunk);
+            match ws.read(&mut io) {
+                Ok(m) => got = Some(m),
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            assert!(
+                io.rx.is_empty(),
+                "every chunk is drained before the next read"
+            );
+        }
+        assert_eq!(got, Some(Message::text(text)));
     }
 }
