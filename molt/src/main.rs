@@ -4,14 +4,6 @@
 
 mod dev;
 
-/// mimalloc instead of the system allocator: a proxy allocates and frees
-/// small buffers and futures on every request from several threads, where
-/// glibc's malloc spent about a tenth of the data plane's CPU time
-/// (`perf`, closed-loop chat load) and grew per-thread arenas.
-/// `loadtest/compare.sh` shows the difference.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
