@@ -69,8 +69,15 @@ const F_STREAM_OPTIONS: usize = 2;
 const F_MAX_OUTPUT: [usize; 3] = [4, 3, 5];
 
 /// Response bytes kept for counting tokens locally when the provider
-/// reports no usage. Past this the estimate covers what was kept.
+/// reports no usage: a whole JSON body up to this size (a larger one cannot
+/// be parsed from a prefix and is not estimated).
 const RETAIN_FOR_ESTIMATE: usize = 1 << 20;
+/// The same for an SSE stream: only its first bytes, and the estimate is
+/// scaled to the stream's full length ([`tokens::estimate_stream_output`]).
+/// A stream holds what it retains for its whole life, and almost every
+/// stream reports usage; keeping 1 MiB of a long generation per stream to
+/// cover the rare one that does not would cost more than the answer is worth.
+const RETAIN_SSE_FOR_ESTIMATE: usize = 16 << 10;
 
 /// Client headers never forwarded upstream: credentials (ours, not the
 /// provider's), hop-by-hop headers, framing we recompute, and headers that
@@ -832,6 +839,12 @@ impl MoltProxy {
         let mut json = (!is_sse).then(JsonUsageReader::default);
         let mut retained: Vec<Bytes> = Vec::new();
         let mut retained_len = 0usize;
+        let mut body_len = 0usize;
+        let retain_cap = if is_sse {
+            RETAIN_SSE_FOR_ESTIMATE
+        } else {
+            RETAIN_FOR_ESTIMATE
+        };
         let mut out: Vec<Bytes> = Vec::with_capacity(2);
         let mut last_chunk: Option<Bytes> = None;
         let result = loop {
@@ -845,7 +858,8 @@ impl MoltProxy {
             };
             match chunk {
                 Ok(Some(c)) => {
-                    if retained_len < RETAIN_FOR_ESTIMATE {
+                    body_len += c.len();
+                    if retained_len < retain_cap {
                         retained_len += c.len();
                         retained.push(c.clone());
                     }
@@ -888,7 +902,11 @@ impl MoltProxy {
             None if (200..300).contains(&status) => {
                 ctx.tokens = TokenUsage {
                     input: tokens::count_request(original_body),
-                    output: tokens::count_response(&retained, is_sse),
+                    output: if is_sse {
+                        tokens::estimate_stream_output(&retained, body_len)
+                    } else {
+                        tokens::count_response(&retained, false)
+                    },
                 };
                 ctx.estimated = true;
             }

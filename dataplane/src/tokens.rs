@@ -72,6 +72,20 @@ pub fn count_response(chunks: &[Bytes], is_sse: bool) -> u64 {
     count(&text)
 }
 
+/// Estimate the output tokens of an SSE stream of `total_bytes` from its
+/// first chunks: their count, scaled by the bytes not kept. Exact when the
+/// prefix is the whole stream.
+pub fn estimate_stream_output(prefix: &[Bytes], total_bytes: usize) -> u64 {
+    let counted = count_response(prefix, true);
+    let kept: usize = prefix.iter().map(Bytes::len).sum();
+    if kept == 0 || total_bytes <= kept {
+        return counted;
+    }
+    // u128: tokens times bytes cannot overflow.
+    let scaled = u128::from(counted) * total_bytes as u128 / kept as u128;
+    u64::try_from(scaled).unwrap_or(u64::MAX)
+}
+
 /// Append every string found under a text key, at any depth.
 fn collect_text(v: &Value, under_text_key: bool, out: &mut String) {
     match v {
@@ -110,5 +124,25 @@ mod tests {
             b"data: {\"choices\":[{\"delta\":{\"content\":\"Hello\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\" world\"}}]}\n\ndata: [DONE]\n\n",
         );
         assert_eq!(count_response(&[sse], true), count("Hello\n world\n"));
+    }
+
+    #[test]
+    fn a_stream_estimate_from_its_prefix_scales_to_its_length() {
+        let event =
+            Bytes::from_static(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hello\"}}]}\n\n");
+        let whole: Vec<Bytes> = std::iter::repeat_n(event.clone(), 10).collect();
+        let per_event = count_response(std::slice::from_ref(&event), true);
+        assert!(per_event > 0);
+        // The whole stream kept: the plain count.
+        assert_eq!(
+            estimate_stream_output(&whole, 10 * event.len()),
+            10 * per_event
+        );
+        // Only the first 2 of 10 events kept: scaled to all 10.
+        assert_eq!(
+            estimate_stream_output(&whole[..2], 10 * event.len()),
+            10 * per_event
+        );
+        assert_eq!(estimate_stream_output(&[], 1000), 0);
     }
 }
