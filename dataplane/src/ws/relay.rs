@@ -89,7 +89,8 @@ impl From<&molt_config::dataplane::WebSocketConfig> for Limits {
 }
 
 impl Limits {
-    /// Framing config for the bot side, which reads its socket.
+    /// Framing config for the upstream side (a bot or a provider), which
+    /// reads its socket.
     pub fn framing(&self) -> WebSocketConfig {
         self.framing_with_chunk(READ_BUFFER)
     }
