@@ -12,7 +12,8 @@
 //!
 //! Memory: once the `101` is written, the relay takes the client's stream
 //! (TCP or TLS) out of Pingora's HTTP/1 session ([`take_stream`]) and reads
-//! it into its own [`READ_BUFFER`]-byte buffer. Reading through the session
+//! it into its own buffer ([`FIRST_READ_BUFFER`] bytes, growing to
+//! [`READ_BUFFER`] once a read fills it). Reading through the session
 //! instead (`read_request_body`) would keep Pingora's body reader buffer of
 //! a fixed 64 KiB (`BODY_BUFFER_SIZE` in pingora-core's `v1/body.rs`,
 //! reserved before every read of a close-delimited body) alive for the
@@ -60,6 +61,10 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// cost little; a large message grows the framing buffer as needed and is
 /// read in several socket reads.
 pub const READ_BUFFER: usize = 4096;
+/// First size of the client socket's read buffer. A chat client sends short
+/// messages, and an idle connection holds this buffer for as long as it is
+/// open; the first read that fills it grows it to [`READ_BUFFER`].
+const FIRST_READ_BUFFER: usize = 512;
 /// Chunk in which the client side's framing state copies from [`MemIo`]:
 /// an in-memory copy, so a small chunk costs no system call, and it keeps
 /// that state's resting buffer small on every idle connection.
@@ -189,10 +194,13 @@ enum Event {
 struct Client<'a> {
     session: &'a mut Session,
     stream: Stream,
-    /// Socket read buffer, [`READ_BUFFER`] bytes. Each chunk read is split
-    /// off it without a copy and handed to [`MemIo`]; once that is drained,
-    /// the next read reuses the same memory.
+    /// Socket read buffer. Each chunk read is split off it without a copy
+    /// and handed to [`MemIo`]; once that is drained, the next read reuses
+    /// the same memory.
     buf: BytesMut,
+    /// How much room the next read gets: [`FIRST_READ_BUFFER`] until a read
+    /// fills its room, then [`READ_BUFFER`].
+    read_size: usize,
     ws: WebSocketContext,
     io: MemIo,
 }
@@ -201,8 +209,13 @@ impl Client<'_> {
     /// One socket read: `Ok(None)` at end of stream. Cancel-safe (nothing is
     /// consumed unless the read completes), so it can sit in `select!`.
     async fn read(&mut self) -> io::Result<Option<Bytes>> {
-        self.buf.reserve(READ_BUFFER);
+        self.buf.reserve(self.read_size);
+        let room = self.buf.capacity() - self.buf.len();
         let n = self.stream.read_buf(&mut self.buf).await?;
+        if n == room {
+            // More may be waiting: read in larger pieces from now on.
+            self.read_size = READ_BUFFER;
+        }
         Ok((n > 0).then(|| self.buf.split().freeze()))
     }
 
@@ -284,7 +297,8 @@ pub async fn run(
     let mut client = Client {
         session,
         stream,
-        buf: BytesMut::with_capacity(READ_BUFFER),
+        buf: BytesMut::with_capacity(FIRST_READ_BUFFER),
+        read_size: FIRST_READ_BUFFER,
         ws: WebSocketContext::new(Role::Server, Some(limits.client_framing())),
         io: MemIo::default(),
     };
