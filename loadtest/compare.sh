@@ -10,8 +10,10 @@
 # nginx's RSS and CPU time from /proc, and printing markdown tables.
 # Everything it starts is stopped on exit. See loadtest/README.md.
 #
-# Usage: loadtest/compare.sh            (about 3 minutes after the build)
+# Usage: loadtest/compare.sh            (about 7 minutes after the build: 3
+#   for latency and throughput, 4 for memory per held connection)
 # Knobs (environment): RATE, DURATION, WARMUP, ROUNDS, PROXY_WORKERS,
+# MEMORY=0 (skip the memory part), MEM_STREAMS (2000),
 # MOLT (a prebuilt binary, skips the build), KEEP=1 (keep the work directory
 # with logs, configs and JSON reports).
 set -euo pipefail
@@ -180,3 +182,12 @@ cat <<EOF
 
 CPU is utime+stime from /proc/PID/stat over each run divided by the requests that process served in it (warm-up included).
 EOF
+
+# --- memory per held connection -------------------------------------------------
+# scale.sh at a small scale, so this one command also gives memory per SSE
+# stream and per idle WebSocket beside nginx; loadtest/scale.sh alone runs
+# the 10,000-stream and 50,000-connection versions. MEMORY=0 skips it.
+if [[ ${MEMORY:-1} == 1 ]]; then
+    log "memory per held connection: scale.sh with ${MEM_STREAMS:-2000} SSE streams, 1,000 and 2,000 idle WebSockets"
+    MOLT=$MOLT STREAMS=${MEM_STREAMS:-2000} WS_STEPS=1000 WS_CONNS=2000 "$ROOT/loadtest/scale.sh" all
+fi

@@ -187,11 +187,13 @@ molt: $shards data plane(s) of 1 thread; nginx: $shards worker(s); each holds $p
 EOF
     jq -r --argjson n "$STREAMS" --argjson chunks "$CHUNKS" '
         def f1: (. * 10 | round) / 10 | tostring;
-        "| target | streams ok / sent | errors | events per stream (min-max) | molt output tokens (expected) | proxy RSS before → held MiB | proxy KiB per stream | mock RSS held MiB |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        def per: (.rss1_kib - .rss0_kib) / $n;
+        (map(select(.name == "nginx") | per) | first) as $ng
+        | "| target | streams ok / sent | errors | events per stream (min-max) | molt output tokens (expected) | proxy RSS before → held MiB | proxy KiB per stream | per stream ÷ nginx | mock RSS held MiB |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
         (.[] | "| \(.name) | \(.ok) / \(.streams) | \(if (.errors | length) == 0 then "none" else (.errors | tostring) end) | \(.events_min)-\(.events_max) | " +
           (if .name == "molt" then "\(.molt_output_tokens) (\($n * $chunks))" else "–" end) + " | " +
-          (if .name == "direct" then "– (no proxy) | – | " else "\(.rss0_kib / 1024 | f1) → \(.rss1_kib / 1024 | f1) | \((.rss1_kib - .rss0_kib) / $n | f1) | " end) +
+          (if .name == "direct" then "– (no proxy) | – | – | " else "\(.rss0_kib / 1024 | f1) → \(.rss1_kib / 1024 | f1) | \(per | f1) | \(if $ng > 0 then (per / $ng * 100 | round) / 100 | tostring else "–" end) | " end) +
           "\(.mock_rss_kib / 1024 | f1) |")
     ' "$WORK/sse-rows.json"
     jq -e --argjson n "$STREAMS" --argjson chunks "$CHUNKS" '
