@@ -10,6 +10,9 @@
 //!   reports *all* problems with their field paths ([`ConfigErrors`]).
 //! - [`usage`]: one [`UsageEvent`] per completed request.
 //! - [`secret`]: [`Secret`], a string whose `Debug`/`Display` never show it.
+//! - [`outbound`]: what every outbound HTTPS client of either plane takes
+//!   from config and shares: the certificates of a `ca_file`, and the cause
+//!   chain of a failed connection for its error message.
 //!
 //! Architecture invariant: this crate does no network I/O and depends on no
 //! runtime (no tokio, pingora, sqlx); reading a file and the environment is
@@ -18,6 +21,7 @@
 pub mod dataplane;
 pub mod error;
 pub mod limits;
+pub mod outbound;
 pub mod secret;
 pub mod usage;
 pub mod wire;

@@ -11,8 +11,6 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -52,13 +50,7 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsSetupEr
             path: path.to_owned(),
             reason,
         };
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-            .map_err(|e| bad(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(bad("no PEM certificate in it".into()));
-        }
-        for cert in certs {
+        for cert in molt_config::outbound::ca_certificates(path).map_err(bad)? {
             roots.add(cert).map_err(|e| bad(e.to_string()))?;
         }
     }

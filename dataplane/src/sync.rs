@@ -69,7 +69,7 @@ pub enum ClientBuildError {
 pub enum ClientError {
     /// With the causes: hyper's own text ("client error (Connect)") does
     /// not say whether the TCP connect or the TLS handshake failed, or why.
-    #[error("cannot reach the control plane: {}", causes(.0))]
+    #[error("cannot reach the control plane: {}", molt_config::outbound::cause_text(.0))]
     Connect(#[from] hyper_util::client::legacy::Error),
     #[error("control plane answered {0}")]
     Status(StatusCode),
@@ -189,18 +189,11 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ClientBuil
         }
     }
     if let Some(path) = ca_file {
-        use rustls::pki_types::pem::PemObject;
         let bad = |reason: String| ClientBuildError::CaFile {
             path: path.to_owned(),
             reason,
         };
-        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
-            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-            .map_err(|e| bad(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(bad("no PEM certificate in it".into()));
-        }
-        for cert in certs {
+        for cert in molt_config::outbound::ca_certificates(path).map_err(bad)? {
             roots.add(cert).map_err(|e| bad(e.to_string()))?;
         }
     }
@@ -209,28 +202,6 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ClientBuil
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth())
-}
-
-/// `e` and its causes, `: `-joined. An `io::Error`'s `source` skips the
-/// error it wraps (where rustls' verdict sits), so that one is followed.
-fn causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(e);
-    while let Some(err) = next {
-        let text = err.to_string();
-        // An `io::Error` wrapping another error displays as that error.
-        if parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        next = match err
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::get_ref)
-        {
-            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
-            None => err.source(),
-        };
-    }
-    parts.join(": ")
 }
 
 /// `min(max, base × 2^(failures-1))`, scaled by a random factor in

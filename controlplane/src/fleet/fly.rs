@@ -378,26 +378,8 @@ impl FlyFleet {
 /// carries the whole cause chain: hyper's own text ("client error
 /// (Connect)") says nothing about why.
 fn transport_error(method: &Method, url: &str, e: &(dyn StdError + 'static)) -> FleetError {
-    let mut parts: Vec<String> = Vec::new();
-    let mut tls = false;
-    let mut next = Some(e);
-    while let Some(err) = next {
-        tls |= err.downcast_ref::<rustls::Error>().is_some();
-        let text = err.to_string();
-        // An `io::Error` wrapping another error displays as that error.
-        if parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        // `io::Error::source` skips the error it wraps; follow it instead.
-        next = match err
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::get_ref)
-        {
-            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
-            None => err.source(),
-        };
-    }
-    let message = format!("{method} {url}: {}", parts.join(": "));
+    let tls = molt_config::outbound::causes(e).any(|c| c.downcast_ref::<rustls::Error>().is_some());
+    let message = format!("{method} {url}: {}", molt_config::outbound::cause_text(e));
     if tls {
         FleetError::Tls(message)
     } else {
