@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 fn event(n: u64) -> UsageEvent {
     UsageEvent {
+        bot_id: None,
         event_id: format!("0193a5c2-7d4e-7000-8000-{n:012x}"),
         request_id: format!("0193a5c2-7d4e-7000-9000-{n:012x}"),
         timestamp_ms: 1_764_000_000_000 + n,

@@ -19,8 +19,12 @@ pub struct UsageEvent {
     pub user_id: String,
     /// The model the client asked for, as resolved (canonical name).
     pub model: String,
-    /// The provider that answered (after fallbacks), empty if none did.
+    /// The model provider that answered (after fallbacks); empty if none
+    /// did, and for a chat with a bot (see `bot_id`).
     pub provider: String,
+    /// The bot a WebSocket chat (`ws.chat`) went to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot_id: Option<String>,
     /// The API route, e.g. `chat.completions`.
     pub route: String,
     /// Status the client received.

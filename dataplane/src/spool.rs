@@ -661,6 +661,7 @@ mod tests {
 
     fn event(n: u64) -> UsageEvent {
         UsageEvent {
+            bot_id: None,
             event_id: format!("ev-{n}"),
             request_id: format!("req-{n}"),
             timestamp_ms: 1_700_000_000_000 + n,

@@ -198,10 +198,12 @@ def test_chat_with_header_auth(dp: Dataplane, bot: MockBot) -> None:
     assert request_id and seen["headers"].get("x-request-id") == request_id
 
     event = dp.usage_event(request_id)
-    assert (event["route"], event["user_id"], event["key_id"], event["provider"]) == (
+    # One ledger for every route: `provider` is a model provider (none answers a bot chat), `bot_id` the bot.
+    assert (event["route"], event["user_id"], event["key_id"], event["provider"], event["bot_id"]) == (
         "ws.chat",
         OWNER.user,
         OWNER.id,
+        "",
         "bot-1",
     )
     assert event["status"] == 101 and event["outcome"] == "ok"

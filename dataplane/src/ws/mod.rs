@@ -36,8 +36,10 @@
 //!
 //! Accounting: messages and bytes each way, `brain_event`s by type, open
 //! connections and connection durations in [`metrics::WsMetrics`]; one
-//! usage event per closed connection (route `ws.chat`, provider = the bot
-//! id, zero tokens: the bot's model calls are metered on the model routes).
+//! usage event per closed connection, built by the proxy's
+//! [`Ledger`] like every other (route `ws.chat`, `bot_id` the bot, no
+//! provider, zero tokens: the bot's model calls are metered on the model
+//! routes).
 
 pub mod error;
 pub mod handshake;
@@ -49,21 +51,21 @@ pub mod ticket;
 
 use crate::auth::AuthError;
 use crate::metrics::Metrics;
+use crate::proxy::ledger::{now_ms, Caller as LedgerCaller, Closing, Ledger, Outcome, UsageRecord};
+use crate::proxy::respond;
+use crate::proxy::RouteLabel;
 use crate::runtime::{Runtime, RuntimeHandle};
-use crate::sink::UsageSink;
 use bytes::Bytes;
 use error::{CloseReason, WsReject};
 use handshake::Credential;
 use http::{header, HeaderValue, Method};
 use molt_config::dataplane::Bot;
-use molt_config::UsageEvent;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
-use prometheus::IntCounterVec;
 use registry::{ConnGuard, ConnRegistry, RegisterError};
 use relay::{BotStream, Limits, RelayStats};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 use ticket::{TicketHolder, Tickets};
 use tungstenite::client::IntoClientRequest;
 
@@ -111,11 +113,10 @@ struct Caller {
 pub struct WsHub {
     runtime: RuntimeHandle,
     metrics: metrics::WsMetrics,
-    sink: Arc<dyn UsageSink>,
+    /// Where every closed session's usage event goes.
+    ledger: Ledger,
     tickets: Tickets,
     registry: Arc<ConnRegistry>,
-    /// The data plane's `molt_tokens_total`, for Realtime sessions.
-    tokens: IntCounterVec,
 }
 
 impl std::fmt::Debug for WsHub {
@@ -126,15 +127,8 @@ impl std::fmt::Debug for WsHub {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl WsHub {
-    pub fn new(runtime: RuntimeHandle, metrics: &Metrics, sink: Arc<dyn UsageSink>) -> Self {
-        let tokens = metrics.tokens.clone();
+    pub fn new(runtime: RuntimeHandle, metrics: &Metrics, ledger: Ledger) -> Self {
         let metrics = metrics::WsMetrics::new(metrics.registry()).unwrap_or_else(|e| {
             // Only a name clash (a bug) gets here; keep serving, unexported.
             tracing::error!(error = %e, "cannot register WebSocket metrics");
@@ -144,10 +138,9 @@ impl WsHub {
         Self {
             runtime,
             metrics,
-            sink,
+            ledger,
             tickets: Tickets::new(),
             registry: Arc::new(ConnRegistry::default()),
-            tokens,
         }
     }
 
@@ -229,19 +222,9 @@ impl WsHub {
                 "expires_in": cfg.ticket_ttl.as_secs()})
             .to_string(),
         );
-        let write = async {
-            if !session.is_body_done() {
-                // A body we won't read makes the connection unusable.
-                session.set_keepalive(None);
-            }
-            let mut resp = ResponseHeader::build(200, Some(5))?;
-            resp.insert_header(header::CONTENT_TYPE, "application/json")?;
-            resp.insert_header(header::CONTENT_LENGTH, body.len())?;
-            resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-            resp.insert_header("x-request-id", request_id)?;
-            session.write_response_header(Box::new(resp), false).await?;
-            session.write_response_body(Some(body), true).await
-        };
+        let write = respond::write_json(session, 200, request_id, body, |resp| {
+            resp.insert_header(header::CACHE_CONTROL, "no-store")
+        });
         // The client may have gone away; there is nobody left to tell.
         let _ = write.await;
         Ok(200)
@@ -280,7 +263,7 @@ impl WsHub {
         rt: &Arc<Runtime>,
     ) -> Result<u16, WsReject> {
         let start = Instant::now();
-        let timestamp_ms = now_ms();
+        let mut usage = UsageRecord::starting_now();
         Self::begin_upgrade(session)?;
         let req = session.req_header();
         let up = handshake::parse(req)?;
@@ -328,17 +311,39 @@ impl WsHub {
             return Ok(101);
         };
         drop(guard);
-        let elapsed = start.elapsed();
-        self.finish(
-            rt,
+        usage.bot_id = Some(bot.id.clone());
+        usage.stream = true;
+        usage.attempts = 1;
+        let closing = Closing {
             request_id,
-            timestamp_ms,
-            &caller,
-            bot,
-            reason,
-            &stats,
-            elapsed,
-        );
+            route: RouteLabel::Ws(WsRoute::Chat),
+            caller: LedgerCaller {
+                key_id: &caller.key_id,
+                user_id: &caller.user,
+            },
+            status: 101,
+            outcome: Outcome::Closed(reason),
+            duration: start.elapsed(),
+        };
+        if rt.config.log.access_log {
+            tracing::info!(
+                target: "access",
+                request_id,
+                route = WsRoute::Chat.name(),
+                status = 101,
+                key_id = %caller.key_id,
+                bot = %bot.id,
+                close_code = reason.client_code(),
+                outcome = reason.label(),
+                client_messages = stats.client_messages,
+                client_bytes = stats.client_bytes,
+                bot_messages = stats.bot_messages,
+                bot_bytes = stats.bot_bytes,
+                brain_events = stats.brain_events,
+                duration_ms = closing.duration.as_secs_f64() * 1000.0,
+            );
+        }
+        self.ledger.record(self.ledger.event(&closing, &usage));
         Ok(101)
     }
 
@@ -387,63 +392,6 @@ impl WsHub {
             .with_label_values(&[reason.label()])
             .inc();
         Some(reason)
-    }
-
-    /// The usage event and log line of a closed connection.
-    #[allow(clippy::too_many_arguments)]
-    fn finish(
-        &self,
-        rt: &Runtime,
-        request_id: &str,
-        timestamp_ms: u64,
-        caller: &Caller,
-        bot: &Bot,
-        reason: CloseReason,
-        stats: &RelayStats,
-        elapsed: std::time::Duration,
-    ) {
-        if rt.config.log.access_log {
-            tracing::info!(
-                target: "access",
-                request_id,
-                route = WsRoute::Chat.name(),
-                status = 101,
-                key_id = %caller.key_id,
-                bot = %bot.id,
-                close_code = reason.client_code(),
-                outcome = reason.label(),
-                client_messages = stats.client_messages,
-                client_bytes = stats.client_bytes,
-                bot_messages = stats.bot_messages,
-                bot_bytes = stats.bot_bytes,
-                brain_events = stats.brain_events,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-            );
-        }
-        self.sink.record(UsageEvent {
-            anomaly: false,
-            event_id: uuid::Uuid::now_v7().to_string(),
-            request_id: request_id.to_owned(),
-            timestamp_ms,
-            key_id: caller.key_id.clone(),
-            user_id: caller.user.clone(),
-            model: String::new(),
-            provider: bot.id.clone(),
-            route: WsRoute::Chat.name().to_owned(),
-            status: 101,
-            input_tokens: 0,
-            output_tokens: 0,
-            estimated: false,
-            stream: true,
-            attempts: 1,
-            duration_ms: elapsed.as_millis() as u64,
-            upstream_ttfb_ms: None,
-            outcome: match reason {
-                CloseReason::ClientClosed | CloseReason::BotClosed(1000) => "ok",
-                r => r.label(),
-            }
-            .to_owned(),
-        });
     }
 }
 
@@ -502,17 +450,11 @@ async fn reject(
     request_id: &str,
     err: &WsReject,
 ) -> pingora_error::Result<()> {
-    if !session.is_body_done() {
-        session.set_keepalive(None);
-    }
-    let body = err.body();
-    let mut resp = ResponseHeader::build(err.status(), Some(6))?;
-    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
-    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
-    resp.insert_header("x-request-id", request_id)?;
-    for (k, v) in err.headers() {
-        resp.insert_header(*k, *v)?;
-    }
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await
+    respond::write_json(session, err.status(), request_id, err.body(), |resp| {
+        for (k, v) in err.headers() {
+            resp.insert_header(*k, *v)?;
+        }
+        Ok(())
+    })
+    .await
 }

@@ -29,11 +29,14 @@
 use super::error::WsReject;
 use super::handshake::{self, Credential};
 use super::relay::{BotStream, Limits, RelayStats, Upstream};
-use super::{now_ms, WsHub, WsRoute};
-use crate::auth::{AuthError, Principal};
+use super::{WsHub, WsRoute};
+use crate::auth::AuthError;
+use crate::proxy::ledger::{Caller, Closing, Outcome, UsageRecord};
+use crate::proxy::RouteLabel;
 use crate::runtime::{ProviderRuntime, Runtime};
+use crate::usage_reader::TokenUsage;
 use http::{header, HeaderValue};
-use molt_config::{AuthStyle, UsageEvent};
+use molt_config::AuthStyle;
 use pingora_core::upstreams::peer::Peer;
 use pingora_proxy::Session;
 use std::sync::{Arc, OnceLock};
@@ -45,15 +48,6 @@ use tungstenite::client::IntoClientRequest;
 /// `OpenAI-Beta`, which selects the beta Realtime protocol upstream.
 const OPENAI_BETA: &str = "openai-beta";
 
-/// What a closed session's usage event and log line need.
-struct Closed<'a> {
-    request_id: &'a str,
-    timestamp_ms: u64,
-    principal: &'a Principal,
-    model: &'a str,
-    provider: &'a str,
-}
-
 impl WsHub {
     /// `GET /v1/realtime?model=`: the whole session.
     pub(super) async fn realtime(
@@ -63,7 +57,7 @@ impl WsHub {
         rt: &Arc<Runtime>,
     ) -> Result<u16, WsReject> {
         let start = Instant::now();
-        let timestamp_ms = now_ms();
+        let usage = UsageRecord::starting_now();
         Self::begin_upgrade(session)?;
         let req = session.req_header();
         let up = handshake::parse(req)?;
@@ -130,22 +124,27 @@ impl WsHub {
             return Ok(101);
         };
         drop(guard);
-        let elapsed = start.elapsed();
-        let (model_name, provider_name) = (&model.name, &provider.config.name);
-        if stats.input_tokens > 0 || stats.output_tokens > 0 {
-            self.tokens
-                .with_label_values(&["input", model_name, provider_name])
-                .inc_by(stats.input_tokens);
-            self.tokens
-                .with_label_values(&["output", model_name, provider_name])
-                .inc_by(stats.output_tokens);
-        }
-        let s = Closed {
+        let usage = UsageRecord {
+            model: Some(model.name.clone()),
+            provider: Some(provider.config.name.clone()),
+            stream: true,
+            attempts: 1,
+            tokens: TokenUsage {
+                input: stats.input_tokens,
+                output: stats.output_tokens,
+            },
+            ..usage
+        };
+        let closing = Closing {
             request_id,
-            timestamp_ms,
-            principal: &principal,
-            model: model_name,
-            provider: provider_name,
+            route: RouteLabel::Ws(WsRoute::Realtime),
+            caller: Caller {
+                key_id: &principal.key_id,
+                user_id: &principal.user,
+            },
+            status: 101,
+            outcome: Outcome::Closed(reason),
+            duration: start.elapsed(),
         };
         if rt.config.log.access_log {
             tracing::info!(
@@ -154,8 +153,8 @@ impl WsHub {
                 route = WsRoute::Realtime.name(),
                 status = 101,
                 key_id = %principal.key_id,
-                model = s.model,
-                provider = s.provider,
+                model = %model.name,
+                provider = %provider.config.name,
                 close_code = reason.client_code(),
                 outcome = reason.label(),
                 client_messages = stats.client_messages,
@@ -163,48 +162,12 @@ impl WsHub {
                 responses = stats.responses,
                 input_tokens = stats.input_tokens,
                 output_tokens = stats.output_tokens,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                duration_ms = closing.duration.as_secs_f64() * 1000.0,
             );
         }
-        self.sink.record(usage_event(
-            &s,
-            &stats,
-            outcome(reason),
-            elapsed.as_millis() as u64,
-        ));
+        // The ledger counts the session's tokens in `molt_tokens_total` too.
+        self.ledger.record(self.ledger.event(&closing, &usage));
         Ok(101)
-    }
-}
-
-/// The usage event's `outcome` for a session that ended for `reason`.
-fn outcome(reason: super::error::CloseReason) -> &'static str {
-    use super::error::CloseReason;
-    match reason {
-        CloseReason::ClientClosed | CloseReason::BotClosed(1000) => "ok",
-        r => r.label(),
-    }
-}
-
-fn usage_event(s: &Closed<'_>, stats: &RelayStats, outcome: &str, duration_ms: u64) -> UsageEvent {
-    UsageEvent {
-        anomaly: false,
-        event_id: uuid::Uuid::now_v7().to_string(),
-        request_id: s.request_id.to_owned(),
-        timestamp_ms: s.timestamp_ms,
-        key_id: s.principal.key_id.to_string(),
-        user_id: s.principal.user.to_string(),
-        model: s.model.to_owned(),
-        provider: s.provider.to_owned(),
-        route: WsRoute::Realtime.name().to_owned(),
-        status: 101,
-        input_tokens: stats.input_tokens,
-        output_tokens: stats.output_tokens,
-        estimated: false,
-        stream: true,
-        attempts: 1,
-        duration_ms,
-        upstream_ttfb_ms: None,
-        outcome: outcome.to_owned(),
     }
 }
 

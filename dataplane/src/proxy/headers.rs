@@ -1,0 +1,241 @@
+//! The headers that cross the proxy: what a client sent (its credential and
+//! request id), the request head sent upstream (client credentials and
+//! hop-by-hop headers out, the provider's credential in), and the response
+//! head sent back (the provider's quota and hop-by-hop headers out, the
+//! client's own `x-ratelimit-*` and `x-request-id` in).
+
+use super::route::Route;
+use crate::limits::RateLimitHeaders;
+use crate::runtime::ProviderRuntime;
+use http::{header, HeaderName, HeaderValue, Method};
+use molt_config::{ApiFormat, AuthStyle};
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+
+/// Client headers never forwarded upstream: credentials (ours, not the
+/// provider's), hop-by-hop headers, framing we recompute, and headers that
+/// would let a client steer the master key's account or learn about it.
+const STRIPPED_REQUEST_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "cookie",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "accept-encoding",
+    "x-request-id",
+    "openai-organization",
+    "openai-project",
+    "anthropic-beta-admin",
+];
+
+/// Upstream response headers never forwarded to the client.
+const STRIPPED_RESPONSE_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "set-cookie",
+    "openai-organization",
+    "openai-project",
+    // The provider's quota for our master key is not the client's business
+    // (the proxy sends the client's own x-ratelimit-* values instead).
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+    "anthropic-ratelimit-requests-limit",
+    "anthropic-ratelimit-requests-remaining",
+    "anthropic-ratelimit-requests-reset",
+    "anthropic-ratelimit-tokens-limit",
+    "anthropic-ratelimit-tokens-remaining",
+    "anthropic-ratelimit-tokens-reset",
+    "anthropic-ratelimit-input-tokens-limit",
+    "anthropic-ratelimit-input-tokens-remaining",
+    "anthropic-ratelimit-input-tokens-reset",
+    "anthropic-ratelimit-output-tokens-limit",
+    "anthropic-ratelimit-output-tokens-remaining",
+    "anthropic-ratelimit-output-tokens-reset",
+];
+
+/// The client's `x-request-id` if it is sane, else a new UUIDv7.
+pub(super) fn request_id(req: &RequestHeader) -> String {
+    req.headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
+}
+
+/// The credential a client sent: `Authorization: Bearer` on every route,
+/// and `x-api-key` on the Anthropic route (as its SDK sends it).
+pub(super) fn client_credential(req: &RequestHeader, format: ApiFormat) -> Option<&str> {
+    if format == ApiFormat::Anthropic {
+        if let Some(v) = req.headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+            return Some(v);
+        }
+    }
+    let v = req.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
+/// What the upstream request head is built from.
+pub(super) struct UpstreamHead<'a> {
+    pub(super) client: &'a RequestHeader,
+    pub(super) route: Route,
+    pub(super) provider: &'a ProviderRuntime,
+    pub(super) body_len: usize,
+    pub(super) request_id: &'a str,
+    /// The pooled session speaks HTTP/2 (absolute URI, no `Host`).
+    pub(super) h2: bool,
+}
+
+/// The request header sent upstream: the client's headers minus
+/// credentials and hop-by-hop headers, plus the provider's credential.
+pub(super) fn upstream_request(head: &UpstreamHead<'_>) -> Result<RequestHeader> {
+    let UpstreamHead {
+        client,
+        route,
+        provider,
+        body_len,
+        request_id,
+        h2,
+    } = *head;
+    let base = &provider.config.base_url;
+    let mut path = String::with_capacity(base.path_prefix.len() + 24);
+    path.push_str(&base.path_prefix);
+    path.push_str(route.upstream_suffix());
+    if let Some(q) = client.uri.query() {
+        path.push('?');
+        path.push_str(q);
+    }
+    let mut req = RequestHeader::build(
+        Method::POST,
+        path.as_bytes(),
+        Some(client.headers.len() + 4),
+    )?;
+    for (name, value) in &client.headers {
+        if !STRIPPED_REQUEST_HEADERS.contains(&name.as_str()) {
+            req.append_header(name.clone(), value.clone())?;
+        }
+    }
+    req.insert_header(header::HOST, provider.host.clone())?;
+    req.insert_header(header::CONTENT_LENGTH, body_len)?;
+    // Identity, so usage can be read from the body as it passes.
+    req.insert_header(header::ACCEPT_ENCODING, "identity")?;
+    req.insert_header("x-request-id", request_id)?;
+    let cred = provider.next_credential().clone();
+    match provider.config.kind.auth_style() {
+        AuthStyle::Bearer => req.insert_header(header::AUTHORIZATION, cred)?,
+        AuthStyle::ApiKeyHeader => req.insert_header(HeaderName::from_static("api-key"), cred)?,
+        AuthStyle::XApiKey => {
+            req.insert_header(HeaderName::from_static("x-api-key"), cred)?;
+            if !req.headers.contains_key("anthropic-version") {
+                req.insert_header(
+                    HeaderName::from_static("anthropic-version"),
+                    provider.anthropic_version.clone(),
+                )?;
+            }
+        }
+    }
+    if h2 {
+        let scheme = if base.tls { "https" } else { "http" };
+        let uri = http::Uri::builder()
+            .scheme(scheme)
+            .authority(base.authority())
+            .path_and_query(path)
+            .build()
+            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "upstream URI", e))?;
+        req.set_uri(uri);
+        req.remove_header(&header::HOST);
+    }
+    Ok(req)
+}
+
+/// The response header for the client: the upstream's status and headers,
+/// minus hop-by-hop ones and the provider's quota, plus `x-request-id` and
+/// the client's own limits.
+pub(super) fn client_response(
+    up: &ResponseHeader,
+    request_id: &str,
+    limits: Option<&RateLimitHeaders>,
+    downstream_h2: bool,
+) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(up.status, Some(up.headers.len() + 2))?;
+    for (name, value) in &up.headers {
+        if !STRIPPED_RESPONSE_HEADERS.contains(&name.as_str()) {
+            resp.append_header(name.clone(), value.clone())?;
+        }
+    }
+    resp.insert_header("x-request-id", request_id)?;
+    insert_limit_headers(&mut resp, limits)?;
+    let has_length = resp.headers.contains_key(header::CONTENT_LENGTH);
+    if !has_length && !downstream_h2 {
+        // HTTP/1.1 without a length: chunked, so every write goes out at
+        // once and the end is explicit (a broken stream then shows as an
+        // incomplete body, never as a clean end).
+        resp.insert_header(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        )?;
+    }
+    Ok(resp)
+}
+
+/// Add the `x-ratelimit-*` headers, replacing any the provider sent (those
+/// describe the master key's quota, not the client's).
+pub(super) fn insert_limit_headers(
+    resp: &mut ResponseHeader,
+    h: Option<&RateLimitHeaders>,
+) -> Result<()> {
+    let Some(h) = h else { return Ok(()) };
+    for (name, value) in h.pairs() {
+        resp.insert_header(name, value)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_by_format() {
+        let mut req = RequestHeader::build("POST", b"/v1/messages", None).unwrap();
+        req.insert_header("x-api-key", "molt_sk_a").unwrap();
+        req.insert_header("authorization", "Bearer molt_sk_b")
+            .unwrap();
+        assert_eq!(
+            client_credential(&req, ApiFormat::Anthropic),
+            Some("molt_sk_a")
+        );
+        assert_eq!(
+            client_credential(&req, ApiFormat::OpenAi),
+            Some("molt_sk_b")
+        );
+    }
+
+    #[test]
+    fn request_ids_are_kept_only_when_sane() {
+        let mut req = RequestHeader::build("POST", b"/v1/messages", None).unwrap();
+        req.insert_header("x-request-id", "abc-123").unwrap();
+        assert_eq!(request_id(&req), "abc-123");
+        req.insert_header("x-request-id", "has space").unwrap();
+        assert_ne!(request_id(&req), "has space");
+    }
+}
