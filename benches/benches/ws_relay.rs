@@ -211,16 +211,13 @@ async fn molt_relay(addr: std::net::SocketAddr) -> DuplexStream {
         let registry = Arc::new(ConnRegistry::default());
         let signal = KickSignal::default();
         let mut stats = RelayStats::default();
-        relay::run(
-            &mut session,
-            &mut bot,
-            limits(),
-            &signal,
-            &registry,
-            &metrics,
-            &mut stats,
-        )
-        .await
+        let watch = relay::Watch {
+            limits: limits(),
+            signal: &signal,
+            registry: &registry,
+            metrics: &metrics,
+        };
+        relay::run(&mut session, &mut bot, watch, &mut stats).await
     });
     client_handshake(&mut client).await;
     // Keep the relay's task handle alive in the runtime; it ends when the

@@ -41,6 +41,7 @@
 //! provider, zero tokens: the bot's model calls are metered on the model
 //! routes).
 
+mod client;
 pub mod error;
 pub mod handshake;
 pub mod metrics;
@@ -373,16 +374,13 @@ impl WsHub {
         }
         let upgraded = Instant::now();
         self.metrics.open.inc();
-        let reason = relay::run(
-            session,
-            upstream,
+        let watch = relay::Watch {
             limits,
-            &guard.signal,
-            &self.registry,
-            &self.metrics,
-            stats,
-        )
-        .await;
+            signal: &guard.signal,
+            registry: &self.registry,
+            metrics: &self.metrics,
+        };
+        let reason = relay::run(session, upstream, watch, stats).await;
         self.metrics.open.dec();
         self.metrics
             .duration
