@@ -22,6 +22,7 @@ pub mod auth;
 pub mod error;
 pub mod json_scan;
 pub mod limits;
+pub mod listen;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

@@ -5,6 +5,7 @@
 
 use crate::admin::AdminApp;
 use crate::limits::Limiter;
+use crate::listen::ListenAddr;
 use crate::metrics::Metrics;
 use crate::proxy::MoltProxy;
 use crate::reload::{ConfigReloader, ReloadService};
@@ -19,10 +20,11 @@ use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::server::{RunArgs, Server, ShutdownSignalWatch, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use pingora_proxy::ProxyServiceBuilder;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -69,6 +71,8 @@ pub enum StartError {
     Spool(#[from] SpoolError),
     #[error(transparent)]
     ControlPlaneClient(#[from] crate::sync::ClientBuildError),
+    #[error("cannot reserve a listening port: {0}")]
+    Listen(std::io::Error),
 }
 
 /// Set up logging to stderr in the configured format. `RUST_LOG` overrides
@@ -87,133 +91,268 @@ pub fn init_tracing(format: LogFormat) {
     };
 }
 
+/// Where the data plane listens, with port-0 addresses resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listeners {
+    /// Plain HTTP (with h2c).
+    pub http: SocketAddr,
+    /// TLS, when configured.
+    pub https: Option<SocketAddr>,
+    /// Metrics, health and readiness.
+    pub admin: SocketAddr,
+}
+
+impl Listeners {
+    /// Every address, named as in a ready file (`http`, `https`, `admin`).
+    pub fn named(&self) -> Vec<(&'static str, SocketAddr)> {
+        let mut all = vec![("http", self.http)];
+        all.extend(self.https.map(|a| ("https", a)));
+        all.push(("admin", self.admin));
+        all
+    }
+}
+
+/// Called once every listener accepts connections.
+pub type OnListening = Box<dyn FnOnce(&Listeners) + Send>;
+
+/// How a data plane is started, beyond its config file.
+#[derive(Default)]
+pub struct Launch {
+    /// Set up logging to stderr in the configured format. Off when the
+    /// embedding process has its own subscriber.
+    pub init_tracing: bool,
+    /// Where usage events go instead of `usage_file` and the in-memory
+    /// totals (with `[control_plane]`, the spool still comes first): an
+    /// in-process test watches the events with it.
+    pub usage_sink: Option<Arc<dyn UsageSink>>,
+    /// Run once the listeners are up (e.g. to write a ready file).
+    pub on_listening: Option<OnListening>,
+}
+
 /// Load, validate and run the data plane until the process is signalled.
 /// Returns only on a startup error.
-pub fn run(config_path: &Path) -> Result<std::convert::Infallible, StartError> {
-    // The file, with the control plane's cached snapshot over it if any:
-    // a restart while the control plane is down serves the last good one.
-    let startup = crate::sync::startup_config(config_path).map_err(StartError::Config)?;
-    let config = startup.config;
-    init_tracing(config.log.format);
-    if let Some(problem) = &startup.cache_problem {
-        tracing::warn!(problem, "starting from the config file alone");
-    }
-    let server_cfg = config.server.clone();
-    let admin_listen = config.admin_listen;
-    let tls_settings = server_cfg.tls.as_ref().map(tls::settings).transpose()?;
+pub fn run(config_path: &Path, launch: Launch) -> Result<std::convert::Infallible, StartError> {
+    DataPlane::assemble(config_path, launch)?.run_forever()
+}
 
-    let metrics = Arc::new(Metrics::new()?);
-    let totals = Arc::new(UsageTotals::default());
-    let sink: Arc<dyn UsageSink> = match &config.usage_file {
-        Some(path) => {
-            let dropped = metrics.usage_events_dropped.clone();
-            Arc::new(
-                JsonlFileSink::start(path, totals.clone(), Box::new(move || dropped.inc()))
-                    .map_err(|source| StartError::UsageFile {
-                        path: path.clone(),
-                        source,
-                    })?,
-            )
+/// A data plane, assembled and about to run.
+pub struct DataPlane {
+    server: Server,
+    listeners: Listeners,
+    /// Port-0 reservations, held while the server runs (see [`crate::listen`]).
+    reserved: Vec<ListenAddr>,
+    on_listening: Option<OnListening>,
+}
+
+impl DataPlane {
+    /// Load and validate the config at `config_path` (and the control
+    /// plane's cached snapshot over it, if any) and build every service.
+    pub fn assemble(config_path: &Path, launch: Launch) -> Result<Self, StartError> {
+        // The file, with the control plane's cached snapshot over it if any:
+        // a restart while the control plane is down serves the last good one.
+        let startup = crate::sync::startup_config(config_path).map_err(StartError::Config)?;
+        let config = startup.config;
+        if launch.init_tracing {
+            init_tracing(config.log.format);
         }
-        None => Arc::new(TotalsOnlySink(totals.clone())),
-    };
-    let control_plane = config.control_plane.clone();
-    let (sink, spool) = match &control_plane {
-        Some(cp) => {
-            let dropped = metrics.usage_events_dropped.clone();
-            let spool = Arc::new(Spool::open(
-                &cp.spool_dir,
-                cp.spool_max_bytes,
-                cp.hold_response_until_recorded,
-                metrics.registry(),
-                move || dropped.inc(),
-            )?);
-            let sink: Arc<dyn UsageSink> = Arc::new(Tee(spool.clone(), sink));
-            (sink, Some(spool))
+        if let Some(problem) = &startup.cache_problem {
+            tracing::warn!(problem, "starting from the config file alone");
         }
-        None => (sink, None),
-    };
-    let limiter = start_limiter(&config.limits, &metrics)?;
-    let snapshot_version = startup.snapshot.as_ref().map(|s| s.version);
-    let runtime = RuntimeHandle::new(Runtime::build(config, 1)?);
-    metrics.config_version.set(1);
-    // Load the tokenizer in the background so the first estimate is quick.
-    std::thread::spawn(crate::tokens::warm_up);
+        let server_cfg = config.server.clone();
+        let tls_settings = server_cfg.tls.as_ref().map(tls::settings).transpose()?;
+        let http = ListenAddr::resolve(server_cfg.listen).map_err(StartError::Listen)?;
+        let https = server_cfg
+            .tls
+            .as_ref()
+            .map(|t| ListenAddr::resolve(t.listen))
+            .transpose()
+            .map_err(StartError::Listen)?;
+        let admin = ListenAddr::resolve(config.admin_listen).map_err(StartError::Listen)?;
+        let listeners = Listeners {
+            http: http.addr,
+            https: https.as_ref().map(|l| l.addr),
+            admin: admin.addr,
+        };
 
-    let conf = ServerConf {
-        threads: server_cfg.threads.get(),
-        grace_period_seconds: Some(server_cfg.grace_period.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(1),
-        pid_file: std::env::temp_dir()
-            .join(format!("molt-{}.pid", std::process::id()))
-            .to_string_lossy()
-            .into_owned(),
-        upgrade_sock: std::env::temp_dir()
-            .join(format!("molt-upgrade-{}.sock", std::process::id()))
-            .to_string_lossy()
-            .into_owned(),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
-    server.bootstrap();
+        let metrics = Arc::new(Metrics::new()?);
+        let totals = Arc::new(UsageTotals::default());
+        let sink: Arc<dyn UsageSink> = match (launch.usage_sink, &config.usage_file) {
+            (Some(sink), _) => sink,
+            (None, Some(path)) => {
+                let dropped = metrics.usage_events_dropped.clone();
+                Arc::new(
+                    JsonlFileSink::start(path, totals.clone(), Box::new(move || dropped.inc()))
+                        .map_err(|source| StartError::UsageFile {
+                            path: path.clone(),
+                            source,
+                        })?,
+                )
+            }
+            (None, None) => Arc::new(TotalsOnlySink(totals.clone())),
+        };
+        let control_plane = config.control_plane.clone();
+        let (sink, spool) = match &control_plane {
+            Some(cp) => {
+                let dropped = metrics.usage_events_dropped.clone();
+                let spool = Arc::new(Spool::open(
+                    &cp.spool_dir,
+                    cp.spool_max_bytes,
+                    cp.hold_response_until_recorded,
+                    metrics.registry(),
+                    move || dropped.inc(),
+                )?);
+                let sink: Arc<dyn UsageSink> = Arc::new(Tee(spool.clone(), sink));
+                (sink, Some(spool))
+            }
+            None => (sink, None),
+        };
+        let limiter = start_limiter(&config.limits, &metrics)?;
+        let snapshot_version = startup.snapshot.as_ref().map(|s| s.version);
+        let runtime = RuntimeHandle::new(Runtime::build(config, 1)?);
+        metrics.config_version.set(1);
+        // Load the tokenizer in the background so the first estimate is quick.
+        std::thread::spawn(crate::tokens::warm_up);
 
-    let proxy = MoltProxy::new(runtime.clone(), metrics.clone(), sink, limiter.clone());
-    let mut options = HttpServerOptions::default();
-    options.h2c = true;
-    let mut proxy_service = ProxyServiceBuilder::new(&server.configuration, proxy)
-        .name("molt-proxy")
-        .server_options(options)
-        .build();
-    proxy_service.add_listener(
-        ListenerConfig::tcp(server_cfg.listen.to_string()).l4_buffer(CLIENT_SOCKET_BUFFERS),
-    );
-    if let (Some(tls_cfg), Some(settings)) = (&server_cfg.tls, tls_settings) {
-        proxy_service.add_listener(
-            ListenerConfig::tcp(tls_cfg.listen.to_string())
-                .tls(settings)
-                .l4_buffer(CLIENT_SOCKET_BUFFERS),
+        let conf = ServerConf {
+            threads: server_cfg.threads.get(),
+            grace_period_seconds: Some(server_cfg.grace_period.as_secs()),
+            graceful_shutdown_timeout_seconds: Some(1),
+            pid_file: std::env::temp_dir()
+                .join(format!("molt-{}.pid", std::process::id()))
+                .to_string_lossy()
+                .into_owned(),
+            upgrade_sock: std::env::temp_dir()
+                .join(format!("molt-upgrade-{}.sock", std::process::id()))
+                .to_string_lossy()
+                .into_owned(),
+            ..ServerConf::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+        server.bootstrap();
+
+        let proxy = MoltProxy::new(runtime.clone(), metrics.clone(), sink, limiter.clone());
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        let mut proxy_service = ProxyServiceBuilder::new(&server.configuration, proxy)
+            .name("molt-proxy")
+            .server_options(options)
+            .build();
+        proxy_service.add_listener(client_listener(&http));
+        if let (Some(https), Some(settings)) = (&https, tls_settings) {
+            proxy_service.add_listener(client_listener(https).tls(settings));
+        }
+
+        let ready = Arc::new(AtomicBool::new(true));
+        let mut admin_service = Service::new(
+            "molt-admin".to_owned(),
+            HttpServer::new_app(AdminApp {
+                metrics: metrics.clone(),
+                runtime: runtime.clone(),
+                totals,
+                ready: ready.clone(),
+            }),
         );
-    }
+        match admin.socket_options() {
+            Some(options) => admin_service.add_tcp_with_settings(&admin.addr.to_string(), options),
+            None => admin_service.add_tcp(&admin.addr.to_string()),
+        }
 
-    let ready = Arc::new(AtomicBool::new(true));
-    let mut admin = Service::new(
-        "molt-admin".to_owned(),
-        HttpServer::new_app(AdminApp {
+        let reloader = Arc::new(ConfigReloader {
+            path: config_path.to_owned(),
+            runtime,
             metrics: metrics.clone(),
-            runtime: runtime.clone(),
-            totals,
-            ready: ready.clone(),
-        }),
-    );
-    admin.add_tcp(&admin_listen.to_string());
-
-    let reloader = Arc::new(ConfigReloader {
-        path: config_path.to_owned(),
-        runtime,
-        metrics: metrics.clone(),
-        limiter,
-        version: Arc::new(AtomicU64::new(1)),
-        snapshot: std::sync::Mutex::new(startup.snapshot),
-    });
-    server.add_service(proxy_service);
-    server.add_service(admin);
-    if let (Some(cp), Some(spool)) = (&control_plane, spool) {
-        let client = ControlPlaneClient::new(cp)?;
-        let sync = SyncService::new(
-            client.clone(),
-            reloader.clone(),
-            cp.cache_file.clone(),
-            &metrics,
-        )?;
-        let shipper = spool.shipper(client, cp.ship_interval, sync.errors.clone());
-        tracing::info!(control_plane = %cp.url.authority(), cached_version = ?snapshot_version, "config from the control plane; usage shipped to it");
-        server.add_service(background_service("control-plane-sync", sync));
-        server.add_service(background_service("usage-shipper", shipper));
+            limiter,
+            version: Arc::new(AtomicU64::new(1)),
+            snapshot: std::sync::Mutex::new(startup.snapshot),
+        });
+        server.add_service(proxy_service);
+        server.add_service(admin_service);
+        if let (Some(cp), Some(spool)) = (&control_plane, spool) {
+            let client = ControlPlaneClient::new(cp)?;
+            let sync = SyncService::new(
+                client.clone(),
+                reloader.clone(),
+                cp.cache_file.clone(),
+                &metrics,
+            )?;
+            let shipper = spool.shipper(client, cp.ship_interval, sync.errors.clone());
+            tracing::info!(control_plane = %cp.url.authority(), cached_version = ?snapshot_version, "config from the control plane; usage shipped to it");
+            server.add_service(background_service("control-plane-sync", sync));
+            server.add_service(background_service("usage-shipper", shipper));
+        }
+        server.add_service(background_service("config-reload", ReloadService(reloader)));
+        server.add_service(background_service("readiness", Readiness(ready)));
+        tracing::info!(listen = %listeners.http, tls = ?listeners.https, admin = %listeners.admin, "molt data plane starting");
+        let reserved = [Some(http), https, Some(admin)]
+            .into_iter()
+            .flatten()
+            .collect();
+        Ok(Self {
+            server,
+            listeners,
+            reserved,
+            on_listening: launch.on_listening,
+        })
     }
-    server.add_service(background_service("config-reload", ReloadService(reloader)));
-    server.add_service(background_service("readiness", Readiness(ready)));
-    tracing::info!(listen = %server_cfg.listen, tls = ?server_cfg.tls.as_ref().map(|t| t.listen), admin = %admin_listen, "molt data plane starting");
-    server.run_forever()
+
+    /// Where it listens (port-0 addresses already resolved).
+    pub fn listeners(&self) -> Listeners {
+        self.listeners
+    }
+
+    /// Serve until the process is signalled (SIGTERM drains, SIGINT stops
+    /// at once), then exit the process.
+    pub fn run_forever(self) -> ! {
+        let server = self.start_watch();
+        server.run_forever()
+    }
+
+    /// Serve until `stop` says so, then return: for a data plane embedded
+    /// in another process (tests).
+    pub fn run_until(self, stop: Box<dyn ShutdownSignalWatch>) {
+        let server = self.start_watch();
+        server.run(RunArgs {
+            shutdown_signal: stop,
+        });
+    }
+
+    /// Start the thread that calls `on_listening` once the listeners are up;
+    /// the port reservations go with it and live as long as the process.
+    fn start_watch(self) -> Server {
+        let Self {
+            server,
+            listeners,
+            reserved,
+            on_listening,
+        } = self;
+        let addrs: Vec<SocketAddr> = listeners.named().into_iter().map(|(_, a)| a).collect();
+        std::thread::spawn(move || {
+            if crate::listen::wait_listening(&addrs, LISTEN_WAIT) {
+                if let Some(notify) = on_listening {
+                    notify(&listeners);
+                }
+            } else {
+                tracing::error!(?addrs, "the listeners did not come up");
+            }
+            // Reserved ports stay reserved while the process lives.
+            std::mem::forget(reserved);
+        });
+        server
+    }
+}
+
+/// How long the listeners may take to come up before `on_listening` is
+/// given up on.
+const LISTEN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A client-facing listener on `addr`: no L4 read buffer, and the
+/// reservation's socket options for a port-0 address.
+fn client_listener(addr: &ListenAddr) -> ListenerConfig {
+    let listener = ListenerConfig::tcp(addr.addr.to_string()).l4_buffer(CLIENT_SOCKET_BUFFERS);
+    match addr.socket_options() {
+        Some(options) => listener.tcp_socket_options(options),
+        None => listener,
+    }
 }
 
 /// The limiter, with its background work (Redis leases, reconnects) on a

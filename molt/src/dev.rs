@@ -169,7 +169,8 @@ pub(crate) fn run(args: DevArgs) -> anyhow::Result<()> {
         env_file = env_file.display(),
     );
     eprintln!("{banner}");
-    let never = molt_dataplane::server::run(&config_path).context("data plane failed to start")?;
+    let never = molt_dataplane::server::run(&config_path, dataplane_launch())
+        .context("data plane failed to start")?;
     match never {}
 }
 
@@ -598,4 +599,12 @@ ship_interval = "1s"
         cp = args.controlplane,
         dir = dir.display(),
     )
+}
+
+/// How `molt dev` starts its data plane.
+fn dataplane_launch() -> molt_dataplane::server::Launch {
+    molt_dataplane::server::Launch {
+        init_tracing: true,
+        ..Default::default()
+    }
 }

@@ -129,8 +129,8 @@ fn main() -> anyhow::Result<()> {
             config,
             validate: false,
         } => {
-            let never =
-                molt_dataplane::server::run(&config).context("data plane failed to start")?;
+            let never = molt_dataplane::server::run(&config, launch())
+                .context("data plane failed to start")?;
             match never {}
         }
         Command::MockProvider {
@@ -269,5 +269,13 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
             }
             std::process::exit(1);
         }
+    }
+}
+
+/// How `molt dataplane` starts its data plane.
+fn launch() -> molt_dataplane::server::Launch {
+    molt_dataplane::server::Launch {
+        init_tracing: true,
+        ..Default::default()
     }
 }

@@ -2,11 +2,6 @@
 //! within 5% of a global limit, and a Redis outage falls back to local
 //! shares and recovers. Needs `REDIS_URL`; outside CI a missing or
 //! unreachable Redis skips these tests loudly, under `CI=true` it fails them.
-#![allow(
-    clippy::unwrap_used,
-    clippy::panic,
-    reason = "test helpers fail the test by panicking"
-)]
 
 use molt_config::limits::{LimitsConfig, RawLimits};
 use molt_config::ConfigErrors;
