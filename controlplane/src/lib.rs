@@ -1,7 +1,7 @@
 //! Molt's control plane: the operators' API, its storage, the config
 //! snapshots pushed to data planes and the usage they send back.
 //!
-//! Entry points: [`server::run`] (`molt controlplane --config FILE`),
+//! Entry points: [`server::Server`] (`molt controlplane --config FILE`),
 //! [`server::App`] (the same without a listener, for tests and `molt dev`)
 //! and [`ctl`] (`molt ctl`, a client of the API).
 //!
@@ -40,4 +40,4 @@ pub mod snapshot;
 pub mod store;
 
 pub use config::Settings;
-pub use server::{run, App};
+pub use server::{App, Server};
