@@ -10,7 +10,7 @@
 //! audit) → [`store`] (the [`store::Store`] trait; sqlx over SQLite or
 //! PostgreSQL). [`snapshot`] compiles and publishes data-plane config.
 //! [`provision`] runs bots on a [`fleet::Fleet`] (Fly Machines, or local
-//! mock bots) through a durable state machine in the same database.
+//! bots through a [`fleet::local::BotLauncher`]) through a durable state machine in the same database.
 //! [`billing`] verifies Stripe webhooks and flushes metered usage to Stripe
 //! exactly once.
 //!
