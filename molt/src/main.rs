@@ -50,7 +50,7 @@ enum Command {
     Controlplane {
         #[arg(long, short)]
         config: PathBuf,
-        /// The API listener is reported as `api`.
+        // The API listener is reported as `api`.
         #[command(flatten)]
         ready: fakes::ReadyFileArg,
     },
