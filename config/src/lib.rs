@@ -13,15 +13,21 @@
 //! - [`outbound`]: what every outbound HTTPS client of either plane takes
 //!   from config and shares: the certificates of a `ca_file`, and the cause
 //!   chain of a failed connection for its error message.
+//! - [`files`]: replacing a file whole (temp file, fsync, rename).
+//! - [`ready`]: the ready file every server writes once its listeners are
+//!   bound (`--ready-file`), naming the address each one got.
 //!
 //! Architecture invariant: this crate does no network I/O and depends on no
-//! runtime (no tokio, pingora, sqlx); reading a file and the environment is
-//! the most it does, so both planes and the benches can depend on it freely.
+//! runtime (no tokio, pingora, sqlx); reading and writing a file and the
+//! environment is the most it does, so both planes and the benches can
+//! depend on it freely.
 
 pub mod dataplane;
 pub mod error;
+pub mod files;
 pub mod limits;
 pub mod outbound;
+pub mod ready;
 pub mod secret;
 pub mod usage;
 pub mod wire;

@@ -1,7 +1,7 @@
 //! Molt's control plane: the operators' API, its storage, the config
 //! snapshots pushed to data planes and the usage they send back.
 //!
-//! Entry points: [`server::run`] (`molt controlplane --config FILE`),
+//! Entry points: [`server::Server`] (`molt controlplane --config FILE`),
 //! [`server::App`] (the same without a listener, for tests and `molt dev`)
 //! and [`ctl`] (`molt ctl`, a client of the API).
 //!
@@ -10,7 +10,7 @@
 //! audit) → [`store`] (the [`store::Store`] trait; sqlx over SQLite or
 //! PostgreSQL). [`snapshot`] compiles and publishes data-plane config.
 //! [`provision`] runs bots on a [`fleet::Fleet`] (Fly Machines, or local
-//! mock bots) through a durable state machine in the same database.
+//! bots through a [`fleet::local::BotLauncher`]) through a durable state machine in the same database.
 //! [`billing`] verifies Stripe webhooks and flushes metered usage to Stripe
 //! exactly once.
 //!
@@ -40,4 +40,4 @@ pub mod snapshot;
 pub mod store;
 
 pub use config::Settings;
-pub use server::{run, App};
+pub use server::{App, Server};

@@ -6,7 +6,7 @@ use crate::billing::stripe_sink::StripeMeterSink;
 use crate::billing::{self, Billing, BillingSettings, MeterSink};
 use crate::config::{BillingConfig, FleetConfig, FleetKind, Settings};
 use crate::fleet::fly::FlyFleet;
-use crate::fleet::local::LocalFleet;
+use crate::fleet::local::{BotLauncher, LocalFleet};
 use crate::fleet::Fleet;
 use crate::metrics::{Metrics, MetricsError};
 use crate::provision::metrics::ProvisionMetrics;
@@ -14,8 +14,10 @@ use crate::provision::{ProvisionSettings, Worker};
 use crate::service::{Service, ServiceError};
 use crate::store::{SqlStore, Store, StoreError};
 use axum::Router;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 /// How often the audit retention job runs.
@@ -44,12 +46,23 @@ pub enum ServerError {
 
 impl Provisioning {
     /// The fleet a `[fleet]` section names, with a background worker.
-    pub fn from_config(config: &FleetConfig) -> Result<Self, ServerError> {
+    /// `kind = "local"` serves its bots with `local_bots`, which the
+    /// program embedding the control plane supplies (the `molt` binary's
+    /// serves mock bot gateways); without one it is refused.
+    pub fn from_config(
+        config: &FleetConfig,
+        local_bots: Option<Arc<dyn BotLauncher>>,
+    ) -> Result<Self, ServerError> {
         let fleet: Arc<dyn Fleet> = match &config.kind {
             FleetKind::Fly(s) => Arc::new(
                 FlyFleet::new((**s).clone()).map_err(|e| ServerError::Fleet(e.to_string()))?,
             ),
-            FleetKind::Local => Arc::new(LocalFleet::new()),
+            FleetKind::Local => Arc::new(LocalFleet::new(local_bots.ok_or_else(|| {
+                ServerError::Fleet(
+                    "kind = \"local\" runs bots in-process, and this program has no bot launcher"
+                        .into(),
+                )
+            })?)),
         };
         Ok(Self {
             fleet,
@@ -228,43 +241,71 @@ where
     })
 }
 
-/// Run the control plane until Ctrl-C / SIGTERM.
-pub async fn run(settings: Settings) -> Result<(), ServerError> {
-    let store = SqlStore::connect(&settings.database_url, settings.max_connections).await?;
-    let provisioning = settings
-        .fleet
-        .as_ref()
-        .map(Provisioning::from_config)
-        .transpose()?;
-    let mut app = App::start_with(Arc::new(store.clone()), &settings, provisioning).await?;
-    if let Some(f) = &settings.fleet {
-        let kind = match f.kind {
-            FleetKind::Fly(_) => "fly",
-            FleetKind::Local => "local",
-        };
-        tracing::info!(fleet = kind, "bot provisioning enabled");
+/// A control plane bound to its listener and not yet serving, so the
+/// caller can learn the address it got ([`Server::local_addr`]: `listen`
+/// may say port 0) before anyone is told to connect.
+#[derive(Debug)]
+pub struct Server {
+    app: App,
+    listener: TcpListener,
+}
+
+impl Server {
+    /// Open the database, start the app with its `[fleet]` (a local fleet
+    /// serves its bots with `local_bots`) and `[billing]`, and bind
+    /// `listen`.
+    pub async fn bind(
+        settings: &Settings,
+        local_bots: Option<Arc<dyn BotLauncher>>,
+    ) -> Result<Self, ServerError> {
+        let store = SqlStore::connect(&settings.database_url, settings.max_connections).await?;
+        let provisioning = settings
+            .fleet
+            .as_ref()
+            .map(|f| Provisioning::from_config(f, local_bots))
+            .transpose()?;
+        let mut app = App::start_with(Arc::new(store.clone()), settings, provisioning).await?;
+        if let Some(f) = &settings.fleet {
+            let kind = match f.kind {
+                FleetKind::Fly(_) => "fly",
+                FleetKind::Local => "local",
+            };
+            tracing::info!(fleet = kind, "bot provisioning enabled");
+        }
+        if let Some(b) = &settings.billing {
+            app.enable_configured_billing(&store, b)?;
+            tracing::info!(
+                stripe = b
+                    .stripe_base_url
+                    .as_deref()
+                    .unwrap_or("https://api.stripe.com"),
+                "billing enabled"
+            );
+        }
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| ServerError::Listen {
+                    addr: settings.listen,
+                    source,
+                })?;
+        Ok(Self { app, listener })
     }
-    if let Some(b) = &settings.billing {
-        app.enable_configured_billing(&store, b)?;
-        tracing::info!(
-            stripe = b
-                .stripe_base_url
-                .as_deref()
-                .unwrap_or("https://api.stripe.com"),
-            "billing enabled"
-        );
+
+    /// The address the API listener is bound to.
+    pub fn local_addr(&self) -> Result<SocketAddr, ServerError> {
+        self.listener.local_addr().map_err(ServerError::Serve)
     }
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .map_err(|source| ServerError::Listen {
-            addr: settings.listen,
-            source,
-        })?;
-    tracing::info!(listen = %settings.listen, "control plane listening");
-    axum::serve(listener, app.router.clone())
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(ServerError::Serve)
+
+    /// Serve the API until Ctrl-C / SIGTERM.
+    pub async fn serve(self) -> Result<(), ServerError> {
+        let listen = self.local_addr()?;
+        tracing::info!(%listen, "control plane listening");
+        axum::serve(self.listener, self.app.router.clone())
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(ServerError::Serve)
+    }
 }
 
 async fn shutdown_signal() {

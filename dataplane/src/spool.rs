@@ -43,9 +43,10 @@
 //! `acked`.
 
 use crate::sink::{Recorded, UsageSink};
-use crate::sync::{backoff, write_atomically, ControlPlaneClient};
+use crate::sync::{backoff, ControlPlaneClient};
 use async_trait::async_trait;
 use bytes::Bytes;
+use molt_config::files::write_atomically;
 use molt_config::UsageEvent;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;

@@ -16,7 +16,7 @@
 //! in-process, reachable through the data plane's `/ws/chat?bot=`.
 //!
 //! Billing is recorded locally (unless `--no-billing`): a fake Stripe runs
-//! in-process (`molt_loadtest::fake_stripe`, on `--stripe`) and the control
+//! in-process (`molt_fakes::fake_stripe`, on `--stripe`) and the control
 //! plane's `[billing]` points async-stripe at it, with short windows so a
 //! developer sees meter events within seconds at
 //! `$MOLT_STRIPE_URL/_fake/meter_events`. The dev user gets a Stripe
@@ -180,7 +180,7 @@ fn start_mock(mock: SocketAddr) -> anyhow::Result<()> {
         .spawn(move || {
             let run = async move {
                 let listener = tokio::net::TcpListener::bind(mock).await?;
-                molt_loadtest::mock_provider::MockProvider::new(Default::default())
+                molt_fakes::mock_provider::MockProvider::new(Default::default())
                     .serve(listener)
                     .await
             };
@@ -208,7 +208,7 @@ fn start_fake_stripe(addr: SocketAddr, api_key: &str) -> anyhow::Result<()> {
         format!("fake Stripe cannot listen on {addr} (see --stripe, --no-billing)")
     })?;
     listener.set_nonblocking(true)?;
-    let opts = molt_loadtest::fake_stripe::FakeStripeOptions {
+    let opts = molt_fakes::fake_stripe::FakeStripeOptions {
         api_key: api_key.to_owned(),
         ..Default::default()
     };
@@ -217,7 +217,7 @@ fn start_fake_stripe(addr: SocketAddr, api_key: &str) -> anyhow::Result<()> {
         .spawn(move || {
             let run = async move {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
-                molt_loadtest::fake_stripe::FakeStripe::new(opts)
+                molt_fakes::fake_stripe::FakeStripe::new(opts)
                     .serve(listener)
                     .await
             };
@@ -283,7 +283,12 @@ fn start_controlplane(
                     let provisioning = settings
                         .fleet
                         .as_ref()
-                        .map(molt_controlplane::server::Provisioning::from_config)
+                        .map(|f| {
+                            molt_controlplane::server::Provisioning::from_config(
+                                f,
+                                Some(crate::fakes::local_bots()),
+                            )
+                        })
                         .transpose()?;
                     let mut app = molt_controlplane::App::start_with(
                         Arc::new(store.clone()),
@@ -300,7 +305,7 @@ fn start_controlplane(
                     // Version 0 means the state did not compile: the data
                     // plane then starts from its file and waits for a fix.
                     if published.version > 0 {
-                        molt_dataplane::sync::write_atomically(&cache, &published.body)?;
+                        molt_config::files::write_atomically(&cache, &published.body)?;
                     }
                     let listener = tokio::net::TcpListener::bind(settings.listen)
                         .await
@@ -499,7 +504,7 @@ fn load_secrets(path: &Path) -> anyhow::Result<HashMap<String, String>> {
         for name in names {
             let _ = writeln!(text, "{name}={}", secrets[name]);
         }
-        molt_dataplane::sync::write_atomically(path, text.as_bytes())
+        molt_config::files::write_atomically(path, text.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(secrets)

@@ -48,10 +48,25 @@ T = TypeVar("T")
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now (and that anyone may take before the caller
+    binds it). Only for processes that cannot report the port they got yet; every other server is started on
+    port 0 and read from its ready file (`start_server`)."""
+    # TODO(dataplane ready-file): remove once `molt dataplane` and `molt dev` take --ready-file.
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+_REFUSING: list[socket.socket] = []
+
+
+def refused_port() -> int:
+    """A port on 127.0.0.1 that refuses connections for the rest of the session: bound here and never listened
+    on, so no other process can take it (a dead upstream, a Stripe that is never called)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _REFUSING.append(sock)
+    return sock.getsockname()[1]
 
 
 def wait_until(probe: Callable[[], T | None], what: str, timeout: float = 10.0, interval: float = 0.05) -> T:
@@ -213,6 +228,31 @@ class Process:
         return f"{' '.join(self.argv)} (pid {self.pid}, exit {self.popen.poll()})\n--- log ---\n{self.logs()[-4000:]}"
 
 
+def read_ready_file(process: Process, path: Path, what: str, timeout: float = STARTUP_TIMEOUT) -> dict[str, str]:
+    """Wait for `process` to write its `--ready-file` at `path` and return its listeners (name -> "host:port").
+    Fails with the process's log if it exits first or the file does not appear within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not path.is_file():
+        if not process.alive():
+            raise AssertionError(f"{what} exited before it was ready:\n{process.describe()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} wrote no ready file at {path} in {timeout}s:\n{process.describe()}")
+        time.sleep(0.02)
+    # Written whole (temp file + rename): once it exists, it is complete.
+    return json.loads(path.read_text())["listeners"]
+
+
+def start_server(
+    argv: list[str | Path], log_path: Path, what: str, extra_env: dict[str, str] | None = None
+) -> tuple[Process, dict[str, str]]:
+    """Start a `molt` server subcommand (listening on port 0) with `--ready-file` beside its log; return the
+    process and its listeners once all are bound."""
+    ready = log_path.with_suffix(".ready.json")
+    ready.unlink(missing_ok=True)
+    process = Process([*argv, "--ready-file", ready], log_path, extra_env)
+    return process, read_ready_file(process, ready, what)
+
+
 def require_binary(path: Path, what: str) -> Path:
     if not path.is_file():
         raise AssertionError(
@@ -226,24 +266,14 @@ class MockProvider:
     """The in-repo OpenAI/Anthropic-compatible mock upstream, with its request-recording endpoint."""
 
     def __init__(self, log_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.base_url = f"{self.url}/v1"
-        addr = f"127.0.0.1:{self.port}"
         if MOLT_MOCK_BIN.is_file():
-            argv: list[str | Path] = [MOLT_MOCK_BIN, addr]
+            argv: list[str | Path] = [MOLT_MOCK_BIN, "127.0.0.1:0"]
         else:
-            argv = [require_binary(MOLT_BIN, "molt binary"), "mock-provider", "--listen", addr]
-        self.process = Process(argv, log_dir / "mock_provider.log")
-        wait_until(self._ready, f"mock provider on {addr}", STARTUP_TIMEOUT)
-
-    def _ready(self) -> bool:
-        if not self.process.alive():
-            raise AssertionError(f"mock provider exited:\n{self.process.describe()}")
-        try:
-            return httpx.get(f"{self.url}/_mock/requests", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
+            argv = [require_binary(MOLT_BIN, "molt binary"), "mock-provider", "--listen", "127.0.0.1:0"]
+        self.process, listeners = start_server(argv, log_dir / "mock_provider.log", "mock provider")
+        self.port = int(listeners["http"].rsplit(":", 1)[1])
+        self.url = f"http://{listeners['http']}"
+        self.base_url = f"{self.url}/v1"
 
     def requests(self) -> list[dict[str, Any]]:
         """Every request the mock received since the last clear(), oldest first."""
@@ -436,6 +466,7 @@ class World:
 
     def config(self, workdir: Path, *, keys: list[ClientKey] | None = None, tls: bool = True) -> dict[str, Any]:
         """A complete data plane config on fresh ports, routing to the mock provider."""
+        # TODO(dataplane ready-file): listen on port 0 and read the ports from `molt dataplane --ready-file`.
         workdir.mkdir(parents=True, exist_ok=True)
         server: dict[str, Any] = {
             "listen": f"127.0.0.1:{free_port()}",
@@ -471,7 +502,7 @@ class World:
                 {
                     "name": "dead",
                     "kind": "openai",
-                    "base_url": f"http://127.0.0.1:{free_port()}/v1",
+                    "base_url": f"http://127.0.0.1:{refused_port()}/v1",
                     "keys": [self.dead_master],
                 },
             ],
@@ -698,7 +729,8 @@ CONTROLPLANE_TOKEN_ENV = "MOLT_E2E_DATAPLANE_TOKEN"
 
 
 class ControlPlane:
-    """`molt controlplane` on a SQLite file in `workdir`; `kill()` + `start()` restarts it on the same port and DB."""
+    """`molt controlplane` on a SQLite file in `workdir`, first started on port 0; `kill()` + `start()` restarts it
+    on the port it got and the same DB."""
 
     def __init__(
         self,
@@ -712,8 +744,8 @@ class ControlPlane:
         workdir.mkdir(parents=True, exist_ok=True)
         self._extra_env = dict(extra_env or {})
         self.workdir = workdir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = 0
+        self.url = ""
         self.db_path = workdir / "controlplane.db"
         self.admin_token = new_secret("molt-admin-")
         self.dataplane_token = new_secret("molt-dataplane-")
@@ -721,22 +753,17 @@ class ControlPlane:
         self._encryption_key = secrets.token_hex(32)
         SECRETS.add(self._encryption_key)
         self.config_path = workdir / "controlplane.toml"
-        self.config_path.write_text(
-            tomli_w.dumps(
-                {
-                    "listen": f"127.0.0.1:{self.port}",
-                    "database_url": f"sqlite://{self.db_path}?mode=rwc",
-                    "secrets": {
-                        "encryption_key_env": "MOLT_E2E_CP_KEY",
-                        "dataplane_token_env": "MOLT_E2E_CP_DATAPLANE_TOKEN",
-                        "bootstrap_admin_token_env": "MOLT_E2E_CP_ADMIN_TOKEN",
-                    },
-                    "jwt": {"issuer": "molt-e2e", "secret_env": "MOLT_E2E_CP_JWT"},
-                    "tuning": {"poll_hold": poll_hold},
-                    **(extra_config or {}),
-                }
-            )
-        )
+        self._config = {
+            "database_url": f"sqlite://{self.db_path}?mode=rwc",
+            "secrets": {
+                "encryption_key_env": "MOLT_E2E_CP_KEY",
+                "dataplane_token_env": "MOLT_E2E_CP_DATAPLANE_TOKEN",
+                "bootstrap_admin_token_env": "MOLT_E2E_CP_ADMIN_TOKEN",
+            },
+            "jwt": {"issuer": "molt-e2e", "secret_env": "MOLT_E2E_CP_JWT"},
+            "tuning": {"poll_hold": poll_hold},
+            **(extra_config or {}),
+        }
         self.processes: list[Process] = []
         self.start()
 
@@ -752,18 +779,15 @@ class ControlPlane:
             "MOLT_E2E_CP_JWT": self.jwt_secret,
             **self._extra_env,
         }
+        # A restart takes back the port the first start got (data planes hold its URL); nothing else can have
+        # been given it meanwhile unless the kernel handed it out as an ephemeral port in between.
+        self.config_path.write_text(tomli_w.dumps({"listen": f"127.0.0.1:{self.port}", **self._config}))
         log = self.workdir / f"controlplane-{len(self.processes)}.log"
         argv: list[str | Path] = [require_binary(MOLT_BIN, "molt binary"), "controlplane", "--config", self.config_path]
-        self.processes.append(Process(argv, log, extra_env=env))
-        wait_until(self._ready, f"control plane on {self.url}", STARTUP_TIMEOUT)
-
-    def _ready(self) -> bool:
-        if not self.process.alive():
-            raise AssertionError(f"control plane exited during startup:\n{self.process.describe()}")
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
+        process, listeners = start_server(argv, log, "control plane", extra_env=env)
+        self.processes.append(process)
+        self.port = int(listeners["api"].rsplit(":", 1)[1])
+        self.url = f"http://{listeners['api']}"
 
     def api(self, method: str, path: str, json_body: Any = None, expect: int | None = None) -> Any:
         """Call `/api/v1{path}` as the bootstrap admin; check the status if `expect` is given; return the JSON."""
@@ -803,18 +827,16 @@ class ControlPlane:
 
 
 class FakeFly:
-    """`molt fake-fly --listen` on a free port, with its test hooks: `state()` (machines, volumes), `calls()`,
+    """`molt fake-fly` on port 0, with its test hooks: `state()` (machines, volumes), `calls()`,
     `delay_next(...)`, `set_bots_healthy(...)` and Fly's own list-by-metadata."""
 
     def __init__(self, log_dir: Path, *, rate_limits: bool = True) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.token = new_secret("fly-token-")
         argv: list[str | Path] = [
             require_binary(MOLT_BIN, "molt binary"),
             "fake-fly",
             "--listen",
-            f"127.0.0.1:{self.port}",
+            "127.0.0.1:0",
             "--token",
             self.token,
             "--boot-delay-ms",
@@ -822,16 +844,8 @@ class FakeFly:
         ]
         if not rate_limits:
             argv.append("--no-rate-limits")
-        self.process = Process(argv, log_dir / "fake_fly.log")
-        wait_until(self._ready, f"fake fly on {self.port}")
-
-    def _ready(self) -> bool:
-        if not self.process.alive():
-            raise AssertionError(f"fake fly exited:\n{self.process.describe()}")
-        try:
-            return httpx.get(f"{self.url}/_fake/state", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
+        self.process, listeners = start_server(argv, log_dir / "fake_fly.log", "fake fly")
+        self.url = f"http://{listeners['http']}"
 
     def state(self) -> dict[str, Any]:
         response = httpx.get(f"{self.url}/_fake/state", timeout=5)
@@ -865,34 +879,18 @@ class FakeFly:
 
 
 class FakeStripe:
-    """`molt fake-stripe --listen` on a free port (no rate limit), with its test hooks: `meter_events()`,
-    `calls()` and `inject(kind, ...)` (see loadtest/src/fake_stripe/mod.rs for the fault kinds)."""
+    """`molt fake-stripe` on port 0 (no rate limit), with its test hooks: `meter_events()`,
+    `calls()` and `inject(kind, ...)` (see fakes/src/fake_stripe/mod.rs for the fault kinds)."""
 
     def __init__(self, log_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.api_key = new_secret("sk_test_")
-        self.process = Process(
-            [
-                require_binary(MOLT_BIN, "molt binary"),
-                "fake-stripe",
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--rate-limit",
-                "0",
-            ],
+        self.process, listeners = start_server(
+            [require_binary(MOLT_BIN, "molt binary"), "fake-stripe", "--listen", "127.0.0.1:0", "--rate-limit", "0"],
             log_dir / "fake_stripe.log",
+            "fake stripe",
             extra_env={"STRIPE_API_KEY": self.api_key},
         )
-        wait_until(self._ready, f"fake stripe on {self.port}")
-
-    def _ready(self) -> bool:
-        if not self.process.alive():
-            raise AssertionError(f"fake stripe exited:\n{self.process.describe()}")
-        try:
-            return httpx.get(f"{self.url}/_fake/meter_events", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
+        self.url = f"http://{listeners['http']}"
 
     def _inspect(self) -> dict[str, Any]:
         response = httpx.get(f"{self.url}/_fake/meter_events", timeout=5)

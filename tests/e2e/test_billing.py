@@ -70,6 +70,7 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     fly = FakeFly(tmp_path)
     stripe = FakeStripe(tmp_path)
     webhook_secret = new_secret("whsec_")
+    # TODO(dataplane ready-file): the data plane's port is needed before it starts (the fleet's proxy_url).
     dataplane_port = free_port()
     cp = None
     try:

@@ -24,6 +24,7 @@ class Dev:
 
     def __init__(self, workdir: Path, *extra: str) -> None:
         self.dir = workdir / ".molt"
+        # TODO(dataplane ready-file): `molt dev --ready-file` reports them.
         self.ports = {name: free_port() for name in PORTS}
         argv: list[str | Path] = [require_binary(MOLT_BIN, "molt binary"), "dev", "--dir", self.dir]
         for name, port in self.ports.items():

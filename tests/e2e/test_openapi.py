@@ -13,16 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness import MOLT_BIN, Process, free_port, require_binary, wait_until
+from harness import MOLT_BIN, Process, refused_port, require_binary, start_server
 
 
 def start_control_plane(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Process, str, str]:
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
     admin = "admin-" + secrets.token_urlsafe(24)
     (workdir / "controlplane.toml").write_text(
         f"""
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:0"
 database_url = "sqlite://{workdir}/cp.db?mode=rwc"
 [secrets]
 encryption_key_env = "MOLT_TEST_ENCRYPTION_KEY"
@@ -36,7 +35,7 @@ secret_env = "MOLT_TEST_JWT_SECRET"
 [billing]
 webhook_secret_env = "MOLT_TEST_WEBHOOK_SECRET"
 stripe_api_key_env = "MOLT_TEST_STRIPE_KEY"
-stripe_base_url = "http://127.0.0.1:{free_port()}"
+stripe_base_url = "http://127.0.0.1:{refused_port()}"
 """
     )
     env = {
@@ -50,16 +49,10 @@ stripe_base_url = "http://127.0.0.1:{free_port()}"
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     binary = require_binary(MOLT_BIN, "molt binary")
-    proc = Process([binary, "controlplane", "--config", workdir / "controlplane.toml"], workdir / "cp.log")
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool | None:
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200 or None
-        except httpx.HTTPError:
-            return None
-
-    wait_until(healthy, "control plane /healthz", timeout=20)
+    proc, listeners = start_server(
+        [binary, "controlplane", "--config", workdir / "controlplane.toml"], workdir / "cp.log", "control plane"
+    )
+    url = f"http://{listeners['api']}"
     return proc, url, admin
 
 

@@ -36,6 +36,7 @@ from harness import (
     World,
     assert_no_secrets,
     free_port,
+    refused_port,
     wait_until,
 )
 
@@ -59,6 +60,7 @@ def fake_fly(tmp_path: Path) -> Iterator[FakeFly]:
 def controlplane(
     tmp_path: Path, fake_fly: FakeFly, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[ControlPlane]:
+    # TODO(dataplane ready-file): the data plane's port is needed before it starts (the fleet's proxy_url).
     dp_port = free_port()
     fleet = {
         "kind": "fly",
@@ -199,7 +201,8 @@ def test_kill_9_at_every_provisioning_step_boundary_leaves_one_of_each(tmp_path:
         "image": "registry.fly.io/molt-bot:e2e",
         "region": "iad",
         "gateway_url": "http://{private_ip}:18789/",
-        "proxy_url": f"http://127.0.0.1:{free_port()}/v1",
+        # No data plane runs here: the bots' PROXY_URL is never called.
+        "proxy_url": f"http://127.0.0.1:{refused_port()}/v1",
         "health_deadline": "45s",
         "poll_interval": "100ms",
         "step_timeout": "2s",

@@ -26,14 +26,13 @@ from harness import (
     ClientKey,
     Dataplane,
     DataplaneFleet,
-    Process,
     StartDataplane,
     World,
-    free_port,
     new_client_key,
     new_secret,
+    refused_port,
     require_binary,
-    wait_until,
+    start_server,
 )
 
 MOCK_REPLY = "Hello from the Molt mock bot. You said: "
@@ -43,29 +42,14 @@ class MockBot:
     """A `molt mock-bot` process with its handshake record."""
 
     def __init__(self, log_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.token = new_secret("gw-token-")
-        self.process = Process(
-            [
-                require_binary(MOLT_BIN, "molt binary"),
-                "mock-bot",
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--token",
-                self.token,
-            ],
+        self.process, listeners = start_server(
+            [require_binary(MOLT_BIN, "molt binary"), "mock-bot", "--listen", "127.0.0.1:0", "--token", self.token],
             log_dir / "mock_bot.log",
+            "mock bot",
         )
-        wait_until(self._ready, f"mock bot on {self.port}")
-
-    def _ready(self) -> bool:
-        if not self.process.alive():
-            raise AssertionError(f"mock bot exited:\n{self.process.describe()}")
-        try:
-            return httpx.get(f"{self.url}/status", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
+        self.port = int(listeners["http"].rsplit(":", 1)[1])
+        self.url = f"http://{listeners['http']}"
 
     def handshakes(self) -> list[dict[str, Any]]:
         response = httpx.get(f"{self.url}/_mock/connections", timeout=5)
@@ -97,7 +81,7 @@ def ws_config(world: World, bot: MockBot, workdir: Path, **websocket: Any) -> di
         {
             "id": "bot-dead",
             "user": OWNER.user,
-            "gateway_url": f"ws://127.0.0.1:{free_port()}/",
+            "gateway_url": f"ws://127.0.0.1:{refused_port()}/",
             "gateway_token": bot.token,
         },
     ]

@@ -6,7 +6,7 @@
 //!
 //! The control plane owns the [`MeterSink`] seam; [`stripe_sink::StripeMeterSink`]
 //! implements it over async-stripe, pointed at Stripe or (by base URL) at
-//! `molt_loadtest::fake_stripe`. Billing state lives in the same database
+//! `molt_fakes::fake_stripe`. Billing state lives in the same database
 //! ([`store::BillingStore`], migration `0003_billing.sql`).
 //!
 //! Grace policy for failed payments: `invoice.payment_failed` marks an

@@ -1,7 +1,7 @@
 //! [`StripeMeterSink`]: the [`MeterSink`] over async-stripe's client
 //! (`CreateBillingMeterEvent`, `POST {base}/v1/billing/meter_events`),
 //! pointed at Stripe or, by base URL, at the fake in
-//! `molt_loadtest::fake_stripe`. The same code runs against both.
+//! `molt_fakes::fake_stripe`. The same code runs against both.
 //!
 //! Each call is made once with `RequestStrategy::Idempotent` (the key
 //! derived from the identifier); retries and backoff are the flush's, so

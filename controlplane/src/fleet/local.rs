@@ -1,18 +1,36 @@
-//! [`LocalFleet`]: bots as in-process mock bot gateways
-//! ([`molt_loadtest::mock_bot`]) on loopback, for `molt dev` and tests,
-//! with no external service.
+//! [`LocalFleet`]: bots as in-process gateways on loopback, for `molt dev`
+//! and tests, with no external service.
+//!
+//! The fleet keeps the books (volumes, machines, their states and ports)
+//! and the tasks; what answers on a bot's port comes from a [`BotLauncher`]
+//! given when the fleet is made. The `molt` binary's launcher serves the
+//! mock bot gateway of `molt-fakes`, which this crate does not depend on.
 //!
 //! Volumes and machines are kept in memory, so after a restart nothing
 //! "exists" and the provisioner simply makes them again; that is the right
 //! behaviour for a dev box whose bots are throwaway.
 
 use super::{Fleet, FleetError, Machine, MachineSpec, Volume, VolumeSpec};
-use molt_loadtest::mock_bot::{MockBot, MockBotOptions};
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+/// A bot gateway being served; it stops when dropped.
+pub type BotGateway = Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
+
+/// Serves a bot's gateway for the local fleet: the WebSocket chat and
+/// `GET /status` a bot container answers on its internal port.
+pub trait BotLauncher: Send + Sync + 'static {
+    /// The gateway of a bot that demands `gateway_token` as
+    /// `Authorization: Bearer`, served on `listener` (already bound, on
+    /// loopback) until the returned future ends or is dropped.
+    fn launch(&self, listener: TcpListener, gateway_token: &str) -> BotGateway;
+}
 
 struct LocalMachine {
     machine: Machine,
@@ -30,9 +48,10 @@ struct State {
 }
 
 /// In-process bots on loopback.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct LocalFleet {
     st: Arc<Mutex<State>>,
+    launcher: Arc<dyn BotLauncher>,
 }
 
 impl std::fmt::Debug for LocalFleet {
@@ -42,8 +61,12 @@ impl std::fmt::Debug for LocalFleet {
 }
 
 impl LocalFleet {
-    pub fn new() -> Self {
-        Self::default()
+    /// A fleet whose bots are served by `launcher`.
+    pub fn new(launcher: Arc<dyn BotLauncher>) -> Self {
+        Self {
+            st: Arc::default(),
+            launcher,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -67,18 +90,15 @@ impl LocalFleet {
             (m.token.clone(), m.addr)
         };
         let bind = addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-        let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| {
+        let listener = TcpListener::bind(bind).await.map_err(|e| {
             FleetError::Transport(format!("local bot cannot listen on {bind}: {e}"))
         })?;
         let addr = listener
             .local_addr()
             .map_err(|e| FleetError::Transport(e.to_string()))?;
-        let bot = MockBot::new(MockBotOptions {
-            token,
-            ..MockBotOptions::default()
-        });
+        let gateway = self.launcher.launch(listener, &token);
         let task = tokio::spawn(async move {
-            if let Err(error) = bot.serve(listener).await {
+            if let Err(error) = gateway.await {
                 tracing::warn!(%error, "local bot stopped");
             }
         });

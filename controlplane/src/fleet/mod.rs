@@ -1,7 +1,7 @@
 //! Where bots run: the narrow [`Fleet`] trait the provisioner drives, with
 //! two implementations, [`fly::FlyFleet`] (the Fly Machines REST API) and
-//! [`local::LocalFleet`] (mock bot gateways in-process, for `molt dev` and
-//! tests).
+//! [`local::LocalFleet`] (bots in-process on loopback, served by the
+//! [`local::BotLauncher`] it is given, for `molt dev` and tests).
 //!
 //! The trait is shaped for idempotent provisioning, not as a general Fly
 //! SDK: every create has a matching lookup (`find_volumes` by name,

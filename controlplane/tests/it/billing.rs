@@ -13,7 +13,7 @@ use molt_controlplane::billing::meter::identifier;
 use molt_controlplane::billing::stripe_sink::StripeMeterSink;
 use molt_controlplane::billing::{Billing, BillingSettings};
 use molt_controlplane::App;
-use molt_loadtest::fake_stripe::{
+use molt_fakes::fake_stripe::{
     sign_webhook, unix_now, FakeStripe, FakeStripeOptions, Fault, MeterEvent as StoredEvent,
 };
 use serde_json::{json, Value};
@@ -535,7 +535,7 @@ async fn paid_checkout_provisions_a_running_bot_on_fake_fly(db: TestDb) {
     use molt_controlplane::fleet::Fleet;
     use molt_controlplane::provision::ProvisionSettings;
     use molt_controlplane::server::Provisioning;
-    use molt_loadtest::fake_fly::{FakeFly, FakeFlyOptions};
+    use molt_fakes::fake_fly::{FakeFly, FakeFlyOptions};
 
     let fly = FakeFly::new(FakeFlyOptions {
         boot_delay: Duration::from_millis(50),

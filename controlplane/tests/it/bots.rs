@@ -11,7 +11,7 @@ use molt_controlplane::fleet::Fleet;
 use molt_controlplane::provision::ProvisionSettings;
 use molt_controlplane::server::Provisioning;
 use molt_controlplane::App;
-use molt_loadtest::fake_fly::{FakeFly, FakeFlyOptions, Fault};
+use molt_fakes::fake_fly::{FakeFly, FakeFlyOptions, Fault};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,11 +2,14 @@
 //! codes come back as the errors the provisioner acts on (422 name taken,
 //! 409 lease held, 408 wait timeout, 429 rate limits backed off through),
 //! and Fly's error text is surfaced. Also over HTTPS: the fake served with
-//! a self-signed certificate, trusted through `ca_file` or refused.
+//! a self-signed certificate, trusted through `ca_file` or refused. And the
+//! local fleet, its bots served by the mock bot gateway.
 
 use molt_controlplane::fleet::fly::{FlyFleet, FlySettings};
+use molt_controlplane::fleet::local::{BotGateway, BotLauncher, LocalFleet};
 use molt_controlplane::fleet::{Fleet, FleetError, MachineSpec, VolumeSpec};
-use molt_loadtest::fake_fly::{FakeFly, FakeFlyOptions, Fault};
+use molt_fakes::fake_fly::{FakeFly, FakeFlyOptions, Fault};
+use molt_fakes::mock_bot::{MockBot, MockBotOptions};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -276,4 +279,76 @@ async fn https_with_an_untrusted_certificate_is_a_tls_error() {
     let e = FlyFleet::new(tls_settings("ftp://127.0.0.1:1", None)).unwrap_err();
     assert!(matches!(e, FleetError::Config(_)), "{e:?}");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The local fleet's launcher in these tests: the mock bot gateway, as the
+/// `molt` binary plugs it in.
+struct MockBots;
+
+impl BotLauncher for MockBots {
+    fn launch(&self, listener: tokio::net::TcpListener, gateway_token: &str) -> BotGateway {
+        let bot = MockBot::new(MockBotOptions {
+            token: gateway_token.to_owned(),
+            ..MockBotOptions::default()
+        });
+        Box::pin(bot.serve(listener))
+    }
+}
+
+/// `GET {gateway_url}status`: the status, or `None` if nothing answers.
+async fn bot_status(url: &str) -> Option<u16> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let req = hyper::Request::get(format!("{url}status"))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    client.request(req).await.ok().map(|r| r.status().as_u16())
+}
+
+#[tokio::test]
+async fn local_fleet_runs_bots_through_its_launcher_and_keeps_their_port() {
+    let fleet = LocalFleet::new(Arc::new(MockBots));
+    let vol = fleet
+        .create_volume(&VolumeSpec {
+            name: "bot_x".into(),
+            region: None,
+            size_gb: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        fleet.find_volumes("bot_x").await.unwrap(),
+        vec![vol.clone()]
+    );
+    let m = fleet.create_machine(&spec(&vol.id)).await.unwrap();
+    assert_eq!(m.state, "started");
+    fleet
+        .wait_started(&m.id, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(fleet.find_machine("bot_1").await.unwrap(), Some(m.clone()));
+    let e = fleet.create_machine(&spec(&vol.id)).await.unwrap_err();
+    assert!(matches!(e, FleetError::NameTaken(_)), "{e:?}");
+
+    // The launcher's gateway answers on the machine's loopback URL.
+    let url = fleet.gateway_url(&m);
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert_eq!(bot_status(&url).await, Some(200));
+
+    // Stopped, nothing answers; started again, on the same URL.
+    fleet.stop_machine(&m.id).await.unwrap();
+    assert_eq!(
+        fleet.get_machine(&m.id).await.unwrap().unwrap().state,
+        "stopped"
+    );
+    assert_eq!(bot_status(&url).await, None);
+    fleet.start_machine(&m.id).await.unwrap();
+    assert_eq!(fleet.gateway_url(&m), url);
+    assert_eq!(bot_status(&url).await, Some(200));
+
+    fleet.delete_machine(&m.id).await.unwrap();
+    fleet.delete_volume(&vol.id).await.unwrap();
+    assert_eq!(bot_status(&url).await, None);
+    assert_eq!(fleet.find_machine("bot_1").await.unwrap(), None);
+    assert!(fleet.find_volumes("bot_x").await.unwrap().is_empty());
 }

@@ -243,8 +243,8 @@ pub fn main(args: LoadArgs) -> Result<Report, LoadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mock_provider::{MockOptions, MockProvider};
     use clap::Parser;
+    use molt_fakes::mock_provider::{MockOptions, MockProvider};
 
     #[derive(Parser)]
     struct Cli {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use molt_loadtest::mock_provider::{MockOptions, MockProvider};
+use molt_fakes::mock_provider::{MockOptions, MockProvider};
 use serde_json::Value;
 use tokio::net::TcpStream;
 

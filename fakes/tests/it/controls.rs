@@ -206,7 +206,7 @@ async fn header_delay_holds_back_the_response_headers() {
 
 #[tokio::test]
 async fn chunk_count_option_and_header() {
-    let mock = crate::support::start_with(molt_loadtest::mock_provider::MockOptions {
+    let mock = crate::support::start_with(molt_fakes::mock_provider::MockOptions {
         chunks: 2,
         ..Default::default()
     })

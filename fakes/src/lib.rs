@@ -1,0 +1,18 @@
+//! Test doubles for Molt: stand-ins for the services the product talks to,
+//! faithful enough that the real clients run against them unchanged.
+//!
+//! [`mock_provider`] is the OpenAI-/Anthropic-compatible stand-in upstream
+//! used by end-to-end tests, `molt dev` and load tests; [`mock_bot`] stands
+//! in for a user's bot gateway (WebSocket chat); [`fake_fly`] stands in for
+//! the Fly Machines API; [`fake_stripe`] stands in for Stripe's meter events
+//! API and signs webhooks as Stripe does.
+//!
+//! Architecture invariant: no library crate of the product depends on this
+//! one; only the `molt` binary (for `molt dev` and the fakes' subcommands)
+//! does, and the other crates only as a dev-dependency of their tests.
+//! `molt/tests/architecture.rs` checks it.
+
+pub mod fake_fly;
+pub mod fake_stripe;
+pub mod mock_bot;
+pub mod mock_provider;
