@@ -103,11 +103,12 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Every address, named as in a ready file (`http`, `https`, `admin`).
+    /// Every address, named as in a ready file ([`molt_config::ready`]).
     pub fn named(&self) -> Vec<(&'static str, SocketAddr)> {
-        let mut all = vec![("http", self.http)];
-        all.extend(self.https.map(|a| ("https", a)));
-        all.push(("admin", self.admin));
+        use molt_config::ready::{ADMIN, HTTP, HTTPS};
+        let mut all = vec![(HTTP, self.http)];
+        all.extend(self.https.map(|a| (HTTPS, a)));
+        all.push((ADMIN, self.admin));
         all
     }
 }

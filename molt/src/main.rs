@@ -32,6 +32,9 @@ enum Command {
         /// Only validate the config: print every error and exit non-zero.
         #[arg(long)]
         validate: bool,
+        // The listeners are reported as `http`, `https` and `admin`.
+        #[command(flatten)]
+        ready: fakes::ReadyFileArg,
     },
     /// Run the mock OpenAI/Anthropic-compatible provider.
     MockProvider(fakes::MockProviderArgs),
@@ -76,12 +79,14 @@ fn main() -> anyhow::Result<()> {
         Command::Dataplane {
             config,
             validate: true,
+            ..
         } => validate(&config),
         Command::Dataplane {
             config,
             validate: false,
+            ready,
         } => {
-            let never = molt_dataplane::server::run(&config, launch())
+            let never = molt_dataplane::server::run(&config, launch(ready.ready_file))
                 .context("data plane failed to start")?;
             match never {}
         }
@@ -146,10 +151,18 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
     }
 }
 
-/// How `molt dataplane` starts its data plane.
-fn launch() -> molt_dataplane::server::Launch {
+/// How `molt dataplane` starts its data plane: logging to stderr, and the
+/// ready file written once its listeners are up.
+fn launch(ready_file: Option<PathBuf>) -> molt_dataplane::server::Launch {
     molt_dataplane::server::Launch {
         init_tracing: true,
+        on_listening: ready_file.map(|path| -> molt_dataplane::server::OnListening {
+            Box::new(move |listeners| {
+                if let Err(e) = molt_config::ready::write_ready_file(&path, listeners.named()) {
+                    tracing::error!(path = %path.display(), error = %e, "cannot write the ready file");
+                }
+            })
+        }),
         ..Default::default()
     }
 }

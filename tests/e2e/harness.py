@@ -312,16 +312,19 @@ class Dataplane:
         self.config_path.write_text(to_toml(config))
         parsed = tomllib.loads(to_toml(config))
         self.config = parsed
-        self.url = f"http://{parsed['server']['listen']}"
-        self.admin_url = f"http://{parsed['admin']['listen']}"
         tls = parsed["server"].get("tls")
-        self.tls_url = f"https://{tls['listen']}" if tls else None
         self.cert_file = Path(tls["cert_file"]) if tls else None
         self.usage_file = Path(parsed["usage"]["file"])
-        self.process = Process(
+        # Listeners on port 0; the ready file says which ports they got.
+        self.process, listeners = start_server(
             [require_binary(MOLT_BIN, "molt binary"), "dataplane", "--config", self.config_path],
             workdir / "dataplane.log",
+            "data plane",
         )
+        self.listeners = listeners
+        self.url = f"http://{listeners['http']}"
+        self.admin_url = f"http://{listeners['admin']}"
+        self.tls_url = f"https://{listeners['https']}" if "https" in listeners else None
         wait_until(self._ready, f"data plane /readyz at {self.admin_url}", STARTUP_TIMEOUT)
 
     def _ready(self) -> bool:
@@ -466,10 +469,9 @@ class World:
 
     def config(self, workdir: Path, *, keys: list[ClientKey] | None = None, tls: bool = True) -> dict[str, Any]:
         """A complete data plane config on fresh ports, routing to the mock provider."""
-        # TODO(dataplane ready-file): listen on port 0 and read the ports from `molt dataplane --ready-file`.
         workdir.mkdir(parents=True, exist_ok=True)
         server: dict[str, Any] = {
-            "listen": f"127.0.0.1:{free_port()}",
+            "listen": "127.0.0.1:0",
             "threads": 2,
             "grace_period": "5s",
             "client_body_timeout": "10s",
@@ -478,7 +480,7 @@ class World:
         }
         if tls:
             server["tls"] = {
-                "listen": f"127.0.0.1:{free_port()}",
+                "listen": "127.0.0.1:0",
                 "cert_file": str(workdir / "tls" / "cert.pem"),
                 "key_file": str(workdir / "tls" / "key.pem"),
                 "self_signed": True,
@@ -486,7 +488,7 @@ class World:
         return {
             "version": 1,
             "server": server,
-            "admin": {"listen": f"127.0.0.1:{free_port()}"},
+            "admin": {"listen": "127.0.0.1:0"},
             "log": {"format": "json"},
             "usage": {"file": str(workdir / "usage.jsonl")},
             "auth": {"jwt": {"issuer": JWT_ISSUER, "algorithm": "HS256", "secret": self.jwt_secret}},

@@ -43,7 +43,7 @@ from harness import (
     StartDataplane,
     World,
     assert_no_secrets,
-    free_port,
+    refused_port,
     new_secret,
     sign_stripe_webhook,
     wait_until,
@@ -62,7 +62,6 @@ class Stack:
     stripe: FakeStripe
     cp: ControlPlane
     webhook_secret: str
-    dataplane_port: int
 
 
 @pytest.fixture
@@ -70,8 +69,8 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     fly = FakeFly(tmp_path)
     stripe = FakeStripe(tmp_path)
     webhook_secret = new_secret("whsec_")
-    # TODO(dataplane ready-file): the data plane's port is needed before it starts (the fleet's proxy_url).
-    dataplane_port = free_port()
+    # The bots' PROXY_URL is handed to Fly and never called by the mock bots; the data planes listen on port 0.
+    proxy_port = refused_port()
     cp = None
     try:
         cp = ControlPlane(
@@ -93,7 +92,7 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
                     "token_env": FLY_TOKEN_ENV,
                     "image": "registry.fly.io/molt-bot:e2e",
                     "gateway_url": "http://{private_ip}:18789/",
-                    "proxy_url": f"http://127.0.0.1:{dataplane_port}/v1",
+                    "proxy_url": f"http://127.0.0.1:{proxy_port}/v1",
                     "health_deadline": "20s",
                     "poll_interval": "100ms",
                     "backoff": "100ms",
@@ -106,7 +105,7 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
             },
         )
         monkeypatch.setenv(CONTROLPLANE_TOKEN_ENV, cp.dataplane_token)
-        yield Stack(fly, stripe, cp, webhook_secret, dataplane_port)
+        yield Stack(fly, stripe, cp, webhook_secret)
     finally:
         if cp is not None:
             cp.kill()
@@ -121,7 +120,6 @@ def start_synced_dataplane(world: World, stack: Stack, start: StartDataplane, wo
     config = world.config(workdir, tls=False)
     for section in ("keys", "providers", "models", "auth"):
         config.pop(section)
-    config["server"]["listen"] = f"127.0.0.1:{stack.dataplane_port}"
     config["control_plane"] = stack.cp.dataplane_section(workdir, ship_interval="100ms")
     return start(config)
 

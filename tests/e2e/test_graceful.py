@@ -74,7 +74,7 @@ def test_sigterm_drains_a_slow_stream(
     assert bytes(body).rstrip().endswith(b"data: [DONE]")
 
     assert dataplane.wait_exit(GRACE_S + 10) == 0
-    listen = dataplane.config["server"]
-    for address in (listen["listen"], listen["tls"]["listen"], dataplane.config["admin"]["listen"]):
+    assert set(dataplane.listeners) == {"http", "https", "admin"}
+    for address in dataplane.listeners.values():
         assert refuses_connections(address), f"{address} still accepts connections after exit"
     assert [e["request_id"] for e in dataplane.usage_events()].count(rid) == 1, "the drained stream's usage was lost"

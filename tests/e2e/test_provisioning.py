@@ -35,7 +35,6 @@ from harness import (
     StartDataplane,
     World,
     assert_no_secrets,
-    free_port,
     refused_port,
     wait_until,
 )
@@ -60,8 +59,8 @@ def fake_fly(tmp_path: Path) -> Iterator[FakeFly]:
 def controlplane(
     tmp_path: Path, fake_fly: FakeFly, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[ControlPlane]:
-    # TODO(dataplane ready-file): the data plane's port is needed before it starts (the fleet's proxy_url).
-    dp_port = free_port()
+    # The bots' PROXY_URL is handed to Fly and never called by the mock bots; the data plane listens on port 0.
+    proxy_port = refused_port()
     fleet = {
         "kind": "fly",
         "api_url": fake_fly.url,
@@ -70,7 +69,7 @@ def controlplane(
         "image": "registry.fly.io/molt-bot:e2e",
         "region": "iad",
         "gateway_url": "http://{private_ip}:18789/",
-        "proxy_url": f"http://127.0.0.1:{dp_port}/v1",
+        "proxy_url": f"http://127.0.0.1:{proxy_port}/v1",
         "health_deadline": "20s",
         "poll_interval": "100ms",
         "step_timeout": "5s",

@@ -5,7 +5,7 @@
 
 use crate::support::{client, config, mock_provider, post, request_id, text, Dataplane};
 use http_body_util::BodyExt;
-use molt_loadtest::mock_provider::{MockOptions, MockProvider};
+use molt_fakes::mock_provider::{MockOptions, MockProvider};
 use serde_json::json;
 use std::time::Duration;
 

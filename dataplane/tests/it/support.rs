@@ -10,7 +10,7 @@ use hyper_util::rt::TokioExecutor;
 use molt_config::UsageEvent;
 use molt_dataplane::server::{DataPlane, Launch, Listeners};
 use molt_dataplane::sink::{Recorded, UsageSink};
-use molt_loadtest::mock_provider::{MockOptions, MockProvider};
+use molt_fakes::mock_provider::{MockOptions, MockProvider};
 use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
