@@ -360,10 +360,8 @@ where
                         });
                 } else {
                     // otherwise the connection must be broken, no need to send anything
-                    error!(
-                        "Fail to proxy: {e}, downstream session type: {}",
-                        downstream_session.session_type()
-                    );
+                    // molt patch 3: the application counts it and picks the level.
+                    self.inner.request_header_failed(&e);
                 }
                 downstream_session.shutdown().await;
                 return None;

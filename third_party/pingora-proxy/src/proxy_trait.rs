@@ -106,6 +106,18 @@ pub trait ProxyHttp {
         Ok(false)
     }
 
+    /// molt patch 3: a downstream connection failed while its request header
+    /// was being read (the client closed or reset it, or was too slow), so no
+    /// request, no CTX and no other hook exists for it.
+    ///
+    /// Such ends are usually the client's doing, and upstream logs each at
+    /// ERROR: a slowloris run alone writes thousands of lines. This hook lets
+    /// the application count them and choose the level. The default logs at
+    /// ERROR as upstream does.
+    fn request_header_failed(&self, e: &Error) {
+        log::error!("Fail to proxy: {e} while reading the request header");
+    }
+
     /// Handle the incoming request before any downstream module is executed.
     ///
     /// This function is similar to [Self::request_filter()] but executes before any other logic,

@@ -89,6 +89,15 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// molt patch 1: if set, an HTTP/1 request header must arrive whole
+    /// within this duration (from the connection's start for its first
+    /// request, from the header's first byte on a reused connection), or the
+    /// connection is closed with a `ReadTimedout` error. Upstream only has a
+    /// per-read timeout, which a client sending a byte at a time never trips.
+    ///
+    /// Default: `None`
+    pub h1_header_timeout: Option<Duration>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -345,6 +354,8 @@ where
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
             let mut session = ServerSession::new_http1(stream);
+            let header_timeout = self.server_options().and_then(|o| o.h1_header_timeout);
+            session.set_header_timeout(header_timeout, true);
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
@@ -360,6 +371,7 @@ where
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
                 let mut session = ServerSession::new_http1(stream);
+                session.set_header_timeout(header_timeout, false);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }

@@ -182,6 +182,10 @@ pub struct RunArgs {
     /// Signal for initating shutdown
     #[cfg(unix)]
     pub shutdown_signal: Box<dyn ShutdownSignalWatch>,
+    /// molt patch 2: during a graceful shutdown's grace period, polled every
+    /// 50 ms; once it returns true (nothing is in flight any more) the grace
+    /// period ends early. `None` sleeps the whole grace period, as upstream.
+    pub drained: Option<Box<dyn Fn() -> bool + Send>>,
 }
 
 impl Default for RunArgs {
@@ -189,12 +193,13 @@ impl Default for RunArgs {
     fn default() -> Self {
         Self {
             shutdown_signal: Box::new(UnixShutdownSignalWatch),
+            drained: None,
         }
     }
 
     #[cfg(windows)]
     fn default() -> Self {
-        Self {}
+        Self { drained: None }
     }
 }
 
@@ -639,7 +644,9 @@ impl Server {
     /// never return.
     /// Instead it will either start the daemon process and exit, or panic
     /// if daemonization fails.
-    pub fn run(mut self, run_args: RunArgs) {
+    pub fn run(mut self, mut run_args: RunArgs) {
+        // molt patch 2: kept out of `main_loop`, read during the grace period.
+        let drained = run_args.drained.take();
         info!("Server starting");
 
         let conf = self.configuration.as_ref();
@@ -808,7 +815,16 @@ impl Server {
                 .grace_period_seconds
                 .unwrap_or(EXIT_TIMEOUT);
             info!("Graceful shutdown: grace period {}s starts", exit_timeout);
-            thread::sleep(Duration::from_secs(exit_timeout));
+            // molt patch 2: end the grace period as soon as nothing is in flight.
+            let grace_end = Instant::now() + Duration::from_secs(exit_timeout);
+            match &drained {
+                Some(drained) => {
+                    while Instant::now() < grace_end && !drained() {
+                        thread::sleep(Duration::from_millis(50));
+                    }
+                }
+                None => thread::sleep(Duration::from_secs(exit_timeout)),
+            }
             info!("Graceful shutdown: grace period ends");
         }
 

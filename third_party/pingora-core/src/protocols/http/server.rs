@@ -313,6 +313,13 @@ impl Session {
 
     /// Set connection reuse. `duration` defines how long the connection is kept open for the next
     /// request to reuse. Noop for h2 and subrequest
+    /// molt patch 1: see [`SessionV1::set_header_timeout`]; HTTP/1 only.
+    pub fn set_header_timeout(&mut self, timeout: Option<Duration>, from_session_start: bool) {
+        if let Self::H1(s) = self {
+            s.set_header_timeout(timeout, from_session_start);
+        }
+    }
+
     pub fn set_keepalive(&mut self, duration: Option<u64>) {
         match self {
             Self::H1(s) => s.set_server_keepalive(duration),

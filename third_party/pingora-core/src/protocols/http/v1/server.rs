@@ -73,6 +73,14 @@ impl ProxyTaskState {
     }
 }
 
+/// molt patch 1: a deadline for a whole request header.
+#[derive(Debug, Clone, Copy)]
+struct HeaderTimeout {
+    timeout: Duration,
+    /// Count from the session's start; else from the header's first byte.
+    from_session_start: bool,
+}
+
 /// The HTTP 1.x server session
 pub struct HttpSession {
     underlying_stream: Stream,
@@ -103,6 +111,9 @@ pub struct HttpSession {
     keepalive_timeout: KeepaliveStatus,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
+    /// molt patch 1: the whole request header must arrive within this, from
+    /// the session's start, or from its first byte on a reused connection.
+    header_timeout: Option<HeaderTimeout>,
     /// How long to wait to make downstream session reusable, if body needs to be drained.
     total_drain_timeout: Option<Duration>,
     /// A copy of the response that is already written to the client
@@ -188,6 +199,7 @@ impl HttpSession {
             request_header: None,
             read_timeout: Some(Duration::from_secs(60)),
             write_timeout: None,
+            header_timeout: None,
             total_drain_timeout: None,
             body_bytes_sent: 0,
             body_bytes_read: 0,
@@ -272,6 +284,38 @@ impl HttpSession {
         }
     }
 
+    /// molt patch 1: [`Self::read_request_buf`] within the header deadline, if any.
+    async fn read_request_buf_by(
+        &mut self,
+        buf: &mut BytesMut,
+        already_read: usize,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<usize>> {
+        let Some(deadline) = deadline else {
+            return self.read_request_buf(buf, already_read).await;
+        };
+        match tokio::time::timeout_at(deadline, self.read_request_buf(buf, already_read)).await {
+            Ok(read) => read,
+            Err(_) => Error::e_explain(
+                ReadTimedout,
+                format!(
+                    "request header timeout, bytes already read: {already_read}"
+                ),
+            ),
+        }
+    }
+
+    /// molt patch 1: the whole request header must arrive within `timeout`,
+    /// counted from now (`from_session_start`, a new connection) or from the
+    /// header's first byte (a reused connection, whose idle wait is the
+    /// keepalive timeout's). `None` keeps upstream's per-read timeouts only.
+    pub fn set_header_timeout(&mut self, timeout: Option<Duration>, from_session_start: bool) {
+        self.header_timeout = timeout.map(|timeout| HeaderTimeout {
+            timeout,
+            from_session_start,
+        });
+    }
+
     /// Read the request header. Return `Ok(Some(n))` where the read and parsing are successful.
     /// Return `Ok(None)` when the client closed the connection without sending any data, which
     /// is common on a reused connection.
@@ -303,6 +347,11 @@ impl HttpSession {
             .unwrap_or_else(|| BytesMut::with_capacity(INIT_HEADER_BUF_SIZE));
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
+        // molt patch 1: when the header must be complete by (see `HeaderTimeout`).
+        let mut deadline = self
+            .header_timeout
+            .filter(|t| t.from_session_start || already_read != 0)
+            .map(|t| tokio::time::Instant::now() + t.timeout);
         let mut detached_suffix = None;
         loop {
             if already_read > MAX_HEADER_SIZE {
@@ -323,8 +372,14 @@ impl HttpSession {
             // this request and is waiting for our response).
             if skip_next_read {
                 skip_next_read = false;
-            } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
+            } else if let Some(n) = self.read_request_buf_by(&mut buf, already_read, deadline).await? {
                 already_read += n;
+                if deadline.is_none() {
+                    // A reused connection: the header's clock starts at its first byte.
+                    deadline = self
+                        .header_timeout
+                        .map(|t| tokio::time::Instant::now() + t.timeout);
+                }
             } else {
                 return Ok(None);
             }
