@@ -34,6 +34,8 @@ pub struct DataplaneConfig {
     /// Users' bots, for the WebSocket chat router.
     pub bots: Vec<Bot>,
     pub websocket: WebSocketConfig,
+    /// The origins browser apps may call from (CORS, WebSocket `Origin`).
+    pub browser: crate::browser::BrowserConfig,
     /// Where operator-managed config comes from and usage goes, if any.
     pub control_plane: Option<ControlPlaneConfig>,
 }
@@ -129,6 +131,14 @@ pub struct ServerConfig {
     pub client_body_timeout: Duration,
     pub upstream_connect_timeout: Duration,
     pub upstream_read_timeout: Duration,
+    /// A request header must arrive whole within this (default 10 s), from
+    /// the connection's start or, on a reused connection, its first byte.
+    pub header_timeout: Duration,
+    /// An idle keep-alive connection is closed after this (default 60 s).
+    pub keepalive_timeout: Duration,
+    /// Client connections held at most (`None`: the default, derived from
+    /// the process's open-file limit when the server starts).
+    pub max_connections: Option<u64>,
     pub tls: Option<TlsConfig>,
 }
 
@@ -412,6 +422,7 @@ impl DataplaneConfig {
         };
         let bots = validate_bots(&raw.bots, &mut errs);
         let websocket = validate_websocket(&raw.websocket, env, &mut errs);
+        let browser = crate::browser::BrowserConfig::from_wire(&raw.browser, &mut errs);
         let control_plane = raw
             .control_plane
             .as_ref()
@@ -433,6 +444,7 @@ impl DataplaneConfig {
                 limits,
                 bots,
                 websocket,
+                browser,
                 control_plane,
             }),
             // Unreachable in practice: a `None` above always pushed an error.
@@ -577,6 +589,25 @@ fn validate_server(raw: &wire::RawServer, errs: &mut ConfigErrors) -> Option<Ser
             "server.upstream_read_timeout",
             errs,
         ),
+        header_timeout: nonzero(
+            raw.header_timeout,
+            Duration::from_secs(10),
+            "server.header_timeout",
+            errs,
+        ),
+        keepalive_timeout: nonzero(
+            raw.keepalive_timeout,
+            Duration::from_secs(60),
+            "server.keepalive_timeout",
+            errs,
+        ),
+        max_connections: match raw.max_connections {
+            Some(0) => {
+                errs.push("server.max_connections", "must be greater than 0");
+                None
+            }
+            n => n,
+        },
         tls,
     };
     Some(cfg)

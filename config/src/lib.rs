@@ -8,6 +8,7 @@
 //! - [`dataplane`]: the validated internal types, built only through
 //!   [`DataplaneConfig::from_wire`] / `TryFrom`, which checks every field and
 //!   reports *all* problems with their field paths ([`ConfigErrors`]).
+//! - [`browser`]: `[browser]`, the origins browser apps may call from.
 //! - [`usage`]: one [`UsageEvent`] per completed request.
 //! - [`secret`]: [`Secret`], a string whose `Debug`/`Display` never show it.
 //! - [`outbound`]: what every outbound HTTPS client of either plane takes
@@ -22,6 +23,7 @@
 //! environment is the most it does, so both planes and the benches can
 //! depend on it freely.
 
+pub mod browser;
 pub mod dataplane;
 pub mod error;
 pub mod files;

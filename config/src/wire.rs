@@ -39,6 +39,8 @@ pub struct RawDataplaneConfig {
     /// WebSocket relay limits and ticket settings.
     #[serde(default)]
     pub websocket: RawWebSocket,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub browser: crate::browser::RawBrowser,
     /// `[control_plane]`: take keys, providers, models and limits from a
     /// control plane and ship usage to it. Absent: the file is the config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -113,6 +115,22 @@ pub struct RawServer {
         skip_serializing_if = "Option::is_none"
     )]
     pub upstream_read_timeout: Option<Duration>,
+    /// The whole request header must arrive within this (slow clients).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub header_timeout: Option<Duration>,
+    /// An idle keep-alive connection is closed after this.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub keepalive_timeout: Option<Duration>,
+    /// Client connections this process holds at most.
+    pub max_connections: Option<u64>,
     pub tls: Option<RawTls>,
 }
 
@@ -305,4 +323,8 @@ impl RawDataplaneConfig {
         self.bots = snap.bots;
         self
     }
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }

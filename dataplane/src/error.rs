@@ -41,6 +41,10 @@ pub enum ClientError {
     UpstreamFailed,
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// A browser's preflight from an origin `[browser] allowed_origins`
+    /// does not list.
+    #[error("this origin may not call the gateway from a browser")]
+    OriginNotAllowed,
     /// A limit refused the request. `tokens` says whether it was a token
     /// limit (OpenAI's error type `tokens`) or a request limit (`requests`).
     #[error("rate limit reached: {reason}")]
@@ -51,7 +55,7 @@ impl ClientError {
     pub fn status(&self) -> u16 {
         match self {
             Self::Auth(_) => 401,
-            Self::ModelNotAllowed(_) => 403,
+            Self::ModelNotAllowed(_) | Self::OriginNotAllowed => 403,
             Self::UnknownModel(_) | Self::NotFound(_) => 404,
             Self::MissingModel | Self::MalformedJson(_) | Self::BodyAborted => 400,
             Self::MethodNotAllowed => 405,
@@ -83,6 +87,7 @@ impl ClientError {
             Self::UpstreamFailed => ("api_error", "upstream_error"),
             Self::UpstreamTimeout => ("api_error", "upstream_timeout"),
             Self::ShuttingDown => ("api_error", "shutting_down"),
+            Self::OriginNotAllowed => ("permission_error", "origin_not_allowed"),
             Self::RateLimited { tokens: true, .. } => ("tokens", "rate_limit_exceeded"),
             Self::RateLimited { tokens: false, .. } => ("requests", "rate_limit_exceeded"),
         }
@@ -92,7 +97,7 @@ impl ClientError {
     fn anthropic_type(&self) -> &'static str {
         match self {
             Self::Auth(_) => "authentication_error",
-            Self::ModelNotAllowed(_) => "permission_error",
+            Self::ModelNotAllowed(_) | Self::OriginNotAllowed => "permission_error",
             Self::UnknownModel(_) | Self::NotFound(_) => "not_found_error",
             Self::BodyTooLarge(_) => "request_too_large",
             Self::MissingModel

@@ -19,10 +19,12 @@
 
 pub mod admin;
 pub mod auth;
+pub mod conn_gate;
 pub mod error;
 pub mod json_scan;
 pub mod limits;
 pub mod listen;
+pub mod log_limit;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

@@ -34,6 +34,46 @@ pub struct Metrics {
     pub config_reload_failures: IntCounter,
     pub usage_events_dropped: IntCounter,
     pub usage_record_wait_timeouts: IntCounter,
+    /// Client connections and how they end.
+    pub clients: ClientMetrics,
+}
+
+/// Client connections: held, refused at the cap, and ended by the client
+/// before a request (closed, reset, too slow), which are the client's doing
+/// and so are counted here rather than logged as errors.
+#[derive(Debug, Clone)]
+pub struct ClientMetrics {
+    pub connections: IntGauge,
+    pub refused: IntCounter,
+    pub ends: IntCounterVec,
+}
+
+impl ClientMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let connections = IntGauge::new(
+            "molt_client_connections",
+            "Client connections this process holds.",
+        )?;
+        let refused = IntCounter::new(
+            "molt_client_connections_refused_total",
+            "Client connections turned away at server.max_connections.",
+        )?;
+        let ends = IntCounterVec::new(
+            Opts::new(
+                "molt_client_ends_total",
+                "Connections and requests the client ended early, by kind (closed, reset, header_timeout, body_timeout, gone_mid_response).",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
+        registry.register(Box::new(ends.clone()))?;
+        Ok(Self {
+            connections,
+            refused,
+            ends,
+        })
+    }
 }
 
 impl Metrics {
@@ -123,7 +163,9 @@ impl Metrics {
         registry.register(Box::new(config_reload_failures.clone()))?;
         registry.register(Box::new(usage_events_dropped.clone()))?;
         registry.register(Box::new(usage_record_wait_timeouts.clone()))?;
+        let clients = ClientMetrics::new(&registry)?;
         Ok(Self {
+            clients,
             registry,
             requests,
             request_duration,

@@ -4,6 +4,7 @@
 //! and the usage spool with its shipper ([`crate::spool`]).
 
 use crate::admin::AdminApp;
+use crate::conn_gate::{ConnectionCount, Gate};
 use crate::limits::Limiter;
 use crate::listen::ListenAddr;
 use crate::metrics::Metrics;
@@ -23,7 +24,6 @@ use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server, ShutdownSignalWatch, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
-use pingora_proxy::ProxyServiceBuilder;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -143,6 +143,8 @@ pub struct DataPlane {
     /// Port-0 reservations, held while the server runs (see [`crate::listen`]).
     reserved: Vec<ListenAddr>,
     on_listening: Option<OnListening>,
+    /// Client connections held, for the drain at shutdown.
+    connections: Arc<ConnectionCount>,
 }
 
 impl DataPlane {
@@ -234,10 +236,22 @@ impl DataPlane {
         let proxy = MoltProxy::new(runtime.clone(), metrics.clone(), sink, limiter.clone());
         let mut options = HttpServerOptions::default();
         options.h2c = true;
-        let mut proxy_service = ProxyServiceBuilder::new(&server.configuration, proxy)
-            .name("molt-proxy")
-            .server_options(options)
-            .build();
+        options.h1_header_timeout = Some(server_cfg.header_timeout);
+        options.h2_idle_timeout = Some(server_cfg.keepalive_timeout);
+        let mut proxy_app = pingora_proxy::http_proxy(&server.configuration, proxy);
+        proxy_app.server_options = Some(options);
+        let max_connections = server_cfg
+            .max_connections
+            .unwrap_or_else(crate::conn_gate::default_max_connections);
+        let connections = ConnectionCount::new(
+            max_connections,
+            metrics.clients.connections.clone(),
+            metrics.clients.refused.clone(),
+        );
+        let mut proxy_service = Service::new(
+            "molt-proxy".to_owned(),
+            Gate::new(proxy_app, connections.clone()),
+        );
         proxy_service.add_listener(client_listener(&http));
         if let (Some(https), Some(settings)) = (&https, tls_settings) {
             proxy_service.add_listener(client_listener(https).tls(settings));
@@ -283,7 +297,7 @@ impl DataPlane {
         }
         server.add_service(background_service("config-reload", ReloadService(reloader)));
         server.add_service(background_service("readiness", Readiness(ready)));
-        tracing::info!(listen = %listeners.http, tls = ?listeners.https, admin = %listeners.admin, "molt data plane starting");
+        tracing::info!(listen = %listeners.http, tls = ?listeners.https, admin = %listeners.admin, max_connections, "molt data plane starting");
         let reserved = [Some(http), https, Some(admin)]
             .into_iter()
             .flatten()
@@ -293,6 +307,7 @@ impl DataPlane {
             listeners,
             reserved,
             on_listening: launch.on_listening,
+            connections,
         })
     }
 
@@ -304,27 +319,35 @@ impl DataPlane {
     /// Serve until the process is signalled (SIGTERM drains, SIGINT stops
     /// at once), then exit the process.
     pub fn run_forever(self) -> ! {
-        let server = self.start_watch();
-        server.run_forever()
+        let (server, drained) = self.start_watch();
+        server.run(RunArgs {
+            drained: Some(drained),
+            ..RunArgs::default()
+        });
+        std::process::exit(0)
     }
 
     /// Serve until `stop` says so, then return: for a data plane embedded
     /// in another process (tests).
     pub fn run_until(self, stop: Box<dyn ShutdownSignalWatch>) {
-        let server = self.start_watch();
+        let (server, drained) = self.start_watch();
         server.run(RunArgs {
             shutdown_signal: stop,
+            drained: Some(drained),
         });
     }
 
     /// Start the thread that calls `on_listening` once the listeners are up;
     /// the port reservations go with it and live as long as the process.
-    fn start_watch(self) -> Server {
+    /// Also returns the drain check: at shutdown, the grace period ends as
+    /// soon as no client connection is left.
+    fn start_watch(self) -> (Server, Box<dyn Fn() -> bool + Send>) {
         let Self {
             server,
             listeners,
             reserved,
             on_listening,
+            connections,
         } = self;
         let addrs: Vec<SocketAddr> = listeners.named().into_iter().map(|(_, a)| a).collect();
         std::thread::spawn(move || {
@@ -338,7 +361,7 @@ impl DataPlane {
             // Reserved ports stay reserved while the process lives.
             std::mem::forget(reserved);
         });
-        server
+        (server, Box::new(move || connections.open() == 0))
     }
 }
 

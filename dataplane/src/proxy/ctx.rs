@@ -3,11 +3,14 @@
 //! Each stage fills in its part; `logging` reads all of it once.
 
 use super::ledger::{Caller, Closing, Ledger, Outcome, UsageRecord};
+use super::respond::Stamp;
 use super::route::RouteLabel;
 use crate::auth::Principal;
 use crate::error::ClientError;
 use crate::limits::{Admission, RateLimitHeaders};
 use crate::runtime::Runtime;
+use crate::ws::WsOutcome;
+use http::HeaderValue;
 use molt_config::UsageEvent;
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +27,10 @@ pub struct RequestCtx {
     pub(super) limits: LimitState,
     pub(super) usage: UsageRecord,
     pub(super) answer: Answer,
+    /// The browser origin allowed to read the answers (CORS), if any.
+    pub(super) cors_origin: Option<HeaderValue>,
+    /// What a WebSocket route reported, for the access line.
+    pub(super) ws: Option<WsOutcome>,
     /// `finish_usage` ran: the admission is settled and the usage event
     /// handed to the ledger (before the response end, or in `logging`).
     pub(super) usage_finished: bool,
@@ -65,7 +72,17 @@ impl RequestCtx {
                 outcome: Outcome::Ok,
                 error_kind: None,
             },
+            cors_origin: None,
+            ws: None,
             usage_finished: false,
+        }
+    }
+
+    /// What every answer to this request carries.
+    pub(super) fn stamp(&self) -> Stamp<'_> {
+        Stamp {
+            request_id: &self.request_id,
+            cors_origin: self.cors_origin.as_ref(),
         }
     }
 
@@ -83,6 +100,20 @@ impl RequestCtx {
                 _ => Outcome::Rejected,
             };
         }
+    }
+
+    /// A WebSocket route is done: its status, refusal or closed session.
+    pub(super) fn ws_finished(&mut self, out: WsOutcome) {
+        self.answer.status = out.status;
+        self.answer.error_kind = out.error_kind;
+        self.answer.outcome = match (&out.session, out.error_kind) {
+            (Some(session), _) => Outcome::Closed(session.reason),
+            (None, Some(_)) => Outcome::Rejected,
+            // A ticket issued, or a client that left before its 101.
+            (None, None) if out.status == 101 => Outcome::ClientDisconnected,
+            (None, None) => Outcome::Ok,
+        };
+        self.ws = Some(out);
     }
 
     /// The client went away; the status stays what was sent, if anything.

@@ -16,6 +16,7 @@ use super::headers::{upstream_request, UpstreamHead};
 use super::route::Route;
 use super::{Failure, MoltProxy};
 use crate::error::ClientError;
+use crate::log_limit::upstream_warnings;
 use crate::runtime::ProviderRuntime;
 use crate::splice::{self, Edit};
 use bytes::Bytes;
@@ -158,7 +159,7 @@ impl MoltProxy {
                 Ok(()) => tokio::select! {
                     r = up.read_response_header() => r,
                     _ = super::relay::client_gone(session) => {
-                        ctx.client_gone();
+                        self.client_left(ctx);
                         ctx.answer.status = 499;
                         return Tried::Failed(Failure::Broken(Error::explain(ErrorType::ConnectionClosed, "client went away while waiting for the upstream")));
                     }
@@ -190,7 +191,9 @@ impl MoltProxy {
             };
             if !attempt.last {
                 self.count_upstream_error(name, kind);
-                tracing::warn!(request_id = %ctx.request_id, provider = name, status, "upstream refused, trying a fallback");
+                if let Some(left_out) = upstream_warnings().admit(&format!("{name}/{kind}")) {
+                    tracing::warn!(request_id = %ctx.request_id, provider = name, status, left_out, "upstream refused, trying a fallback");
+                }
                 return Tried::Next;
             }
             if status >= 500 {
@@ -228,7 +231,9 @@ impl MoltProxy {
             (Phase::Exchange, false) => ("io", ClientError::UpstreamFailed),
         };
         self.count_upstream_error(provider, kind);
-        tracing::warn!(request_id = %ctx.request_id, provider, error = %e, kind, "upstream failed before responding");
+        if let Some(left_out) = upstream_warnings().admit(&format!("{provider}/{kind}")) {
+            tracing::warn!(request_id = %ctx.request_id, provider, error = %e, kind, left_out, "upstream failed before responding");
+        }
         if attempt.last {
             Tried::Failed(Failure::Refuse(err))
         } else {

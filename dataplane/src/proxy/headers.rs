@@ -4,6 +4,7 @@
 //! head sent back (the provider's quota and hop-by-hop headers out, the
 //! client's own `x-ratelimit-*` and `x-request-id` in).
 
+use super::respond::Stamp;
 use super::route::Route;
 use crate::limits::RateLimitHeaders;
 use crate::runtime::ProviderRuntime;
@@ -168,11 +169,11 @@ pub(super) fn upstream_request(head: &UpstreamHead<'_>) -> Result<RequestHeader>
 }
 
 /// The response header for the client: the upstream's status and headers,
-/// minus hop-by-hop ones and the provider's quota, plus `x-request-id` and
-/// the client's own limits.
+/// minus hop-by-hop ones and the provider's quota, plus what the stamp
+/// carries (`x-request-id`, CORS) and the client's own limits.
 pub(super) fn client_response(
     up: &ResponseHeader,
-    request_id: &str,
+    stamp: &Stamp<'_>,
     limits: Option<&RateLimitHeaders>,
     downstream_h2: bool,
 ) -> Result<ResponseHeader> {
@@ -182,7 +183,7 @@ pub(super) fn client_response(
             resp.append_header(name.clone(), value.clone())?;
         }
     }
-    resp.insert_header("x-request-id", request_id)?;
+    stamp.apply(&mut resp)?;
     insert_limit_headers(&mut resp, limits)?;
     let has_length = resp.headers.contains_key(header::CONTENT_LENGTH);
     if !has_length && !downstream_h2 {

@@ -37,14 +37,16 @@
 //! event split across reads while the proxy is cutting out the usage chunk
 //! it asked for, whose tail is held in a small buffer until it completes.
 
+mod access;
 mod admission;
 mod body;
+mod cors;
 mod ctx;
 mod exchange;
 mod headers;
 pub mod ledger;
 mod relay;
-pub(crate) mod respond;
+pub mod respond;
 pub mod route;
 
 pub use ctx::RequestCtx;
@@ -139,6 +141,15 @@ impl ProxyHttp for MoltProxy {
         let rt = self.runtime.load();
         ctx.rt = Some(rt.clone());
         ctx.route = RouteLabel::from_path(session.req_header().uri.path());
+        if !session.is_process_shutting_down() {
+            // Pingora's default is 60 s; ours is configured (HTTP/1 only:
+            // HTTP/2 has `h2_idle_timeout`, set at the listener).
+            let idle = rt.config.server.keepalive_timeout.as_secs().max(1);
+            session.set_keepalive(Some(idle));
+        }
+        if cors::is_browser_route(ctx.route) {
+            ctx.cors_origin = cors::allowed_origin(session.req_header(), &rt.config.browser);
+        }
         match self.serve(session, ctx, &rt).await {
             Ok(()) => Ok(true),
             Err(Failure::Refuse(err)) => {
@@ -147,6 +158,22 @@ impl ProxyHttp for MoltProxy {
             }
             Err(Failure::Broken(e)) => Err(e),
         }
+    }
+
+    fn request_header_failed(&self, e: &Error) {
+        let kind = client_end_kind(e);
+        self.metrics.clients.ends.with_label_values(&[kind]).inc();
+        tracing::debug!(error = %e, kind, "a client ended its connection before a request");
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _e: &Error) -> bool {
+        // Client disconnects and upstreams breaking mid-response are
+        // counted and, for upstreams, warned about where they happen; an
+        // ERROR line per occurrence would only flood the log.
+        matches!(
+            ctx.answer.outcome,
+            Outcome::ClientDisconnected | Outcome::UpstreamAborted
+        )
     }
 
     async fn fail_to_proxy(
@@ -184,8 +211,17 @@ impl ProxyHttp for MoltProxy {
         }
         let route = ctx.route.name();
         let usage = &ctx.usage;
-        let model = usage.model.as_deref().unwrap_or("unknown");
-        let provider = usage.provider.as_deref().unwrap_or("none");
+        let ws_session = ctx.ws.as_ref().and_then(|w| w.session.as_ref());
+        let model = usage
+            .model
+            .as_deref()
+            .or_else(|| ws_session.and_then(|s| s.model.as_deref()))
+            .unwrap_or("unknown");
+        let provider = usage
+            .provider
+            .as_deref()
+            .or_else(|| ws_session.and_then(|s| s.provider.as_deref()))
+            .unwrap_or("none");
         let elapsed = ctx.start.elapsed();
         let status_text = status.to_string();
         self.metrics
@@ -196,29 +232,28 @@ impl ProxyHttp for MoltProxy {
             .request_duration
             .with_label_values(&[route])
             .observe(elapsed.as_secs_f64());
-        let key_id = ctx.caller.as_ref().map_or("", |p| &p.key_id);
         let log_access = ctx.rt.as_ref().is_none_or(|rt| rt.config.log.access_log);
         if log_access {
-            tracing::info!(
-                target: "access",
-                request_id = %ctx.request_id,
-                method = %session.req_header().method,
-                path = %session.req_header().uri.path(),
+            access::log(&access::AccessLine {
+                ctx,
+                method: &session.req_header().method,
+                path: session.req_header().uri.path(),
                 status,
-                route,
                 model,
                 provider,
-                key_id,
-                attempts = usage.attempts,
-                stream = usage.stream,
-                input_tokens = usage.tokens.input,
-                output_tokens = usage.tokens.output,
-                estimated = usage.estimated,
-                outcome = ctx.answer.outcome.as_str(),
-                error = ctx.answer.error_kind.unwrap_or(""),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-            );
+                elapsed,
+            });
         }
+    }
+}
+
+/// The kind of a client's early end, for `molt_client_ends_total`.
+fn client_end_kind(e: &Error) -> &'static str {
+    match e.etype() {
+        ErrorType::ReadTimedout => "header_timeout",
+        ErrorType::ConnectionClosed => "closed",
+        ErrorType::ReadError => "reset",
+        _ => "other",
     }
 }
 
@@ -230,15 +265,18 @@ impl MoltProxy {
         ctx: &mut RequestCtx,
         rt: &Arc<Runtime>,
     ) -> Result<(), Failure> {
+        if cors::is_preflight(session.req_header()) && cors::is_browser_route(ctx.route) {
+            return self.preflight(session, ctx, rt).await;
+        }
         let route = match ctx.route {
             RouteLabel::Http(route) => route,
             RouteLabel::Ws(ws_route) => {
                 let out = self
                     .ws
-                    .handle(session, &ctx.request_id, ws_route, rt)
+                    .handle(session, &ctx.stamp(), ws_route, rt)
                     .await
                     .map_err(Failure::Broken)?;
-                (ctx.answer.status, ctx.answer.error_kind) = (out.status, out.error_kind);
+                ctx.ws_finished(out);
                 return Ok(());
             }
             RouteLabel::Unknown => {
@@ -268,9 +306,14 @@ impl MoltProxy {
         err: ClientError,
     ) -> Result<()> {
         ctx.refused(&err);
+        match err {
+            ClientError::BodyTimeout => self.count_client_end("body_timeout"),
+            ClientError::BodyAborted => self.count_client_end("closed"),
+            _ => {}
+        }
         let body = err.body(ctx.route.format());
         let (retry_after, limits) = (ctx.limits.retry_after, ctx.limits.headers.as_ref());
-        respond::write_json(session, err.status(), &ctx.request_id, body, |resp| {
+        respond::write_json(session, &ctx.stamp(), err.status(), body, |resp| {
             if let Some(secs) = retry_after {
                 resp.insert_header(header::RETRY_AFTER, secs)?;
             }
@@ -299,6 +342,44 @@ impl MoltProxy {
             .collect();
         let body = Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string());
         ctx.answer.status = 200;
-        respond::write_json(session, 200, &ctx.request_id, body, |_| Ok(())).await
+        respond::write_json(session, &ctx.stamp(), 200, body, |_| Ok(())).await
+    }
+
+    /// A browser's CORS preflight for a route it may call: allowed origins
+    /// get the answer, others a 403 with no CORS header at all.
+    async fn preflight(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        rt: &Runtime,
+    ) -> Result<(), Failure> {
+        let Some(origin) = ctx.cors_origin.clone() else {
+            return Err(ClientError::OriginNotAllowed.into());
+        };
+        let method = match ctx.route {
+            RouteLabel::Http(route) => route.method(),
+            _ => http::Method::POST,
+        };
+        let answer = cors::preflight(session.req_header(), &origin, &method, &rt.config.browser)
+            .and_then(|mut resp| {
+                resp.insert_header("x-request-id", &ctx.request_id)?;
+                Ok(resp)
+            })
+            .map_err(Failure::Broken)?;
+        ctx.answer.status = 204;
+        respond::write_empty(session, answer)
+            .await
+            .map_err(Failure::Broken)
+    }
+
+    /// The client went away mid-request: say so in the outcome, count it.
+    pub(super) fn client_left(&self, ctx: &mut RequestCtx) {
+        ctx.client_gone();
+        self.count_client_end("gone_mid_response");
+    }
+
+    /// A client ended a request early (counted, not logged as an error).
+    pub(super) fn count_client_end(&self, kind: &str) {
+        self.metrics.clients.ends.with_label_values(&[kind]).inc();
     }
 }

@@ -14,6 +14,7 @@ use super::ctx::RequestCtx;
 use super::exchange::Exchanged;
 use super::headers::client_response;
 use super::{Failure, MoltProxy};
+use crate::log_limit::upstream_warnings;
 use crate::metrics::Metrics;
 use crate::spool::MAX_RECORD_WAIT;
 use crate::tokens;
@@ -97,7 +98,7 @@ impl MoltProxy {
         let downstream_h2 = session.as_downstream().is_http2();
         let resp = client_response(
             up_resp,
-            &ctx.request_id,
+            &ctx.stamp(),
             ctx.limits.headers.as_ref(),
             downstream_h2,
         )
@@ -105,7 +106,7 @@ impl MoltProxy {
         let before_header = Instant::now();
         ctx.answer.status = status;
         if let Err(e) = session.write_response_header(Box::new(resp), false).await {
-            ctx.client_gone();
+            self.client_left(ctx);
             return Err(Failure::Broken(e));
         }
         let overhead = (sent_at - admitted.body_read_at) + before_header.elapsed();
@@ -135,7 +136,7 @@ impl MoltProxy {
                 biased;
                 r = up.read_response_body() => r,
                 _ = client_gone(session) => {
-                    ctx.client_gone();
+                    self.client_left(ctx);
                     break Err(Error::explain(ErrorType::ConnectionClosed, "client went away mid-response"));
                 }
             };
@@ -155,7 +156,7 @@ impl MoltProxy {
                         }
                     }
                     if let Err(e) = write_all(session, &mut out).await {
-                        ctx.client_gone();
+                        self.client_left(ctx);
                         break Err(e);
                     }
                 }
@@ -163,7 +164,9 @@ impl MoltProxy {
                 Err(e) => {
                     ctx.answer.outcome = super::ledger::Outcome::UpstreamAborted;
                     self.count_upstream_error(name, "aborted");
-                    tracing::warn!(request_id = %ctx.request_id, provider = name, error = %e, "upstream broke mid-response");
+                    if let Some(left_out) = upstream_warnings().admit(&format!("{name}/aborted")) {
+                        tracing::warn!(request_id = %ctx.request_id, provider = name, error = %e, left_out, "upstream broke mid-response");
+                    }
                     break Err(e);
                 }
             }
@@ -208,7 +211,7 @@ impl MoltProxy {
             session.write_response_body(None, true).await
         };
         if let Err(e) = end.await {
-            ctx.client_gone();
+            self.client_left(ctx);
             return Err(Failure::Broken(e));
         }
         if up.response_done() {

@@ -63,6 +63,9 @@ pub enum WsReject {
     ShuttingDown,
     #[error("the gateway failed to set up the connection")]
     Internal,
+    /// A browser page on an origin `[browser] allowed_origins` does not list.
+    #[error("this origin may not open WebSockets to the gateway")]
+    OriginNotAllowed,
 }
 
 impl WsReject {
@@ -74,7 +77,7 @@ impl WsReject {
             | Self::NotRealtime(_)
             | Self::NotWebSocket(_)
             | Self::NeedsHttp1 => 400,
-            Self::ModelNotAllowed(_) => 403,
+            Self::ModelNotAllowed(_) | Self::OriginNotAllowed => 403,
             Self::BotNotFound(_) | Self::UnknownModel(_) => 404,
             Self::MethodNotAllowed => 405,
             Self::UnsupportedVersion => 426,
@@ -119,6 +122,7 @@ impl WsReject {
             Self::BotRefused(_) => ("api_error", "bot_refused"),
             Self::ShuttingDown => ("api_error", "shutting_down"),
             Self::Internal => ("api_error", "internal_error"),
+            Self::OriginNotAllowed => ("permission_error", "origin_not_allowed"),
         }
     }
 

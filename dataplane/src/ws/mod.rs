@@ -51,9 +51,10 @@ pub mod relay;
 pub mod ticket;
 
 use crate::auth::AuthError;
+use crate::log_limit::upstream_warnings;
 use crate::metrics::Metrics;
 use crate::proxy::ledger::{now_ms, Caller as LedgerCaller, Closing, Ledger, Outcome, UsageRecord};
-use crate::proxy::respond;
+use crate::proxy::respond::{self, Stamp};
 use crate::proxy::RouteLabel;
 use crate::runtime::{Runtime, RuntimeHandle};
 use bytes::Bytes;
@@ -97,11 +98,31 @@ impl WsRoute {
     }
 }
 
-/// What the proxy's `logging` should know about a WebSocket request.
-#[derive(Debug, Clone, Copy)]
+/// What the proxy's `logging` should know about a WebSocket request, for
+/// its one access line: filled in as the request goes.
+#[derive(Debug, Default)]
 pub struct WsOutcome {
+    /// The status the client got (101 once upgraded).
     pub status: u16,
+    /// The code of a refusal.
     pub error_kind: Option<&'static str>,
+    /// The caller's key id, once authenticated.
+    pub key_id: Option<String>,
+    /// The upgraded session, once it closed.
+    pub session: Option<WsSession>,
+}
+
+/// A WebSocket session that was upgraded and has closed.
+#[derive(Debug)]
+pub struct WsSession {
+    pub reason: CloseReason,
+    /// The bot, for a chat.
+    pub bot: Option<String>,
+    /// The model and its provider, for a Realtime session.
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    pub stats: RelayStats,
+    pub duration: std::time::Duration,
 }
 
 /// Who is calling, once authenticated.
@@ -157,28 +178,39 @@ impl WsHub {
     pub async fn handle(
         &self,
         session: &mut Session,
-        request_id: &str,
+        stamp: &Stamp<'_>,
         route: WsRoute,
         rt: &Arc<Runtime>,
     ) -> pingora_error::Result<WsOutcome> {
+        let mut out = WsOutcome::default();
         let result = match route {
-            WsRoute::Tickets => self.issue_ticket(session, request_id, rt).await,
-            WsRoute::Chat => self.chat(session, request_id, rt).await,
-            WsRoute::Realtime => self.realtime(session, request_id, rt).await,
+            WsRoute::Tickets => self.issue_ticket(session, stamp, rt, &mut out).await,
+            WsRoute::Chat => self.chat(session, stamp.request_id, rt, &mut out).await,
+            WsRoute::Realtime => self.realtime(session, stamp.request_id, rt, &mut out).await,
         };
         match result {
-            Ok(status) => Ok(WsOutcome {
-                status,
-                error_kind: None,
-            }),
+            Ok(status) => out.status = status,
             Err(e) => {
-                let outcome = WsOutcome {
-                    status: e.status(),
-                    error_kind: Some(e.kind()),
-                };
-                reject(session, request_id, &e).await?;
-                Ok(outcome)
+                (out.status, out.error_kind) = (e.status(), Some(e.kind()));
+                reject(session, stamp, &e).await?;
             }
+        }
+        Ok(out)
+    }
+
+    /// Refuse an upgrade from a browser page on an origin that is not
+    /// allowed, when `[browser] allowed_origins` is set. Clients that send
+    /// no `Origin` (anything but a browser) are not affected.
+    fn check_origin(session: &Session, rt: &Runtime) -> Result<(), WsReject> {
+        let browser = &rt.config.browser;
+        if !browser.is_enabled() {
+            return Ok(());
+        }
+        match session.req_header().headers.get(header::ORIGIN) {
+            Some(origin) if !origin.to_str().is_ok_and(|o| browser.allows(o)) => {
+                Err(WsReject::OriginNotAllowed)
+            }
+            _ => Ok(()),
         }
     }
 
@@ -197,8 +229,9 @@ impl WsHub {
     async fn issue_ticket(
         &self,
         session: &mut Session,
-        request_id: &str,
+        stamp: &Stamp<'_>,
         rt: &Runtime,
+        out: &mut WsOutcome,
     ) -> Result<u16, WsReject> {
         if session.req_header().method != Method::POST {
             return Err(WsReject::MethodNotAllowed);
@@ -208,6 +241,7 @@ impl WsHub {
             _ => return Err(WsReject::Auth(AuthError::Missing)),
         };
         let caller = self.authenticate(rt, token)?;
+        out.key_id = Some(caller.key_id.clone());
         let cfg = &rt.config.websocket;
         let (ticket, expires_ms) = self.tickets.issue(
             &TicketHolder {
@@ -223,7 +257,7 @@ impl WsHub {
                 "expires_in": cfg.ticket_ttl.as_secs()})
             .to_string(),
         );
-        let write = respond::write_json(session, 200, request_id, body, |resp| {
+        let write = respond::write_json(session, stamp, 200, body, |resp| {
             resp.insert_header(header::CACHE_CONTROL, "no-store")
         });
         // The client may have gone away; there is nobody left to tell.
@@ -233,12 +267,12 @@ impl WsHub {
 
     /// What every upgrade route does first: never reuse the connection
     /// (nothing after the handshake is HTTP) and refuse while draining.
-    fn begin_upgrade(session: &mut Session) -> Result<(), WsReject> {
+    fn begin_upgrade(session: &mut Session, rt: &Runtime) -> Result<(), WsReject> {
         session.set_keepalive(None);
         if session.is_process_shutting_down() {
             return Err(WsReject::ShuttingDown);
         }
-        Ok(())
+        Self::check_origin(session, rt)
     }
 
     /// Take a connection slot for `user`, starting the registry's config
@@ -262,10 +296,11 @@ impl WsHub {
         session: &mut Session,
         request_id: &str,
         rt: &Arc<Runtime>,
+        out: &mut WsOutcome,
     ) -> Result<u16, WsReject> {
         let start = Instant::now();
         let mut usage = UsageRecord::starting_now();
-        Self::begin_upgrade(session)?;
+        Self::begin_upgrade(session, rt)?;
         let req = session.req_header();
         let up = handshake::parse(req)?;
         let caller = match handshake::credential(req, up.ticket.as_deref()) {
@@ -284,6 +319,7 @@ impl WsHub {
             }
             Credential::None => return Err(WsReject::Auth(AuthError::Missing)),
         };
+        out.key_id = Some(caller.key_id.clone());
         let bot_id = up.bot.clone().ok_or(WsReject::MissingBot)?;
         let bot = rt
             .config
@@ -326,24 +362,14 @@ impl WsHub {
             outcome: Outcome::Closed(reason),
             duration: start.elapsed(),
         };
-        if rt.config.log.access_log {
-            tracing::info!(
-                target: "access",
-                request_id,
-                route = WsRoute::Chat.name(),
-                status = 101,
-                key_id = %caller.key_id,
-                bot = %bot.id,
-                close_code = reason.client_code(),
-                outcome = reason.label(),
-                client_messages = stats.client_messages,
-                client_bytes = stats.client_bytes,
-                bot_messages = stats.bot_messages,
-                bot_bytes = stats.bot_bytes,
-                brain_events = stats.brain_events,
-                duration_ms = closing.duration.as_secs_f64() * 1000.0,
-            );
-        }
+        out.session = Some(WsSession {
+            reason,
+            bot: Some(bot.id.clone()),
+            model: None,
+            provider: None,
+            stats,
+            duration: closing.duration,
+        });
         self.ledger.record(self.ledger.event(&closing, &usage));
         Ok(101)
     }
@@ -428,15 +454,23 @@ async fn connect_bot(
     match tokio::time::timeout(timeout, connect).await {
         Ok(Ok((stream, _resp))) => Ok(stream),
         Ok(Err(tungstenite::Error::Http(resp))) => {
-            tracing::warn!(bot = %bot.id, status = resp.status().as_u16(), "bot refused the WebSocket handshake");
+            if let Some(left_out) = upstream_warnings().admit(&format!("bot {}/refused", bot.id)) {
+                tracing::warn!(bot = %bot.id, status = resp.status().as_u16(), left_out, "bot refused the WebSocket handshake");
+            }
             Err(WsReject::BotRefused(resp.status().as_u16()))
         }
         Ok(Err(e)) => {
-            tracing::warn!(bot = %bot.id, error = %e, "bot unreachable");
+            if let Some(left_out) =
+                upstream_warnings().admit(&format!("bot {}/unreachable", bot.id))
+            {
+                tracing::warn!(bot = %bot.id, error = %e, left_out, "bot unreachable");
+            }
             Err(WsReject::BotUnreachable)
         }
         Err(_) => {
-            tracing::warn!(bot = %bot.id, "bot handshake timed out");
+            if let Some(left_out) = upstream_warnings().admit(&format!("bot {}/timeout", bot.id)) {
+                tracing::warn!(bot = %bot.id, left_out, "bot handshake timed out");
+            }
             Err(WsReject::BotTimeout)
         }
     }
@@ -445,10 +479,10 @@ async fn connect_bot(
 /// Answer with an OpenAI-style error.
 async fn reject(
     session: &mut Session,
-    request_id: &str,
+    stamp: &Stamp<'_>,
     err: &WsReject,
 ) -> pingora_error::Result<()> {
-    respond::write_json(session, err.status(), request_id, err.body(), |resp| {
+    respond::write_json(session, stamp, err.status(), err.body(), |resp| {
         for (k, v) in err.headers() {
             resp.insert_header(*k, *v)?;
         }

@@ -29,8 +29,9 @@
 use super::error::WsReject;
 use super::handshake::{self, Credential};
 use super::relay::{BotStream, Limits, RelayStats, Upstream};
-use super::{WsHub, WsRoute};
+use super::{WsHub, WsOutcome, WsRoute, WsSession};
 use crate::auth::AuthError;
+use crate::log_limit::upstream_warnings;
 use crate::proxy::ledger::{Caller, Closing, Outcome, UsageRecord};
 use crate::proxy::RouteLabel;
 use crate::runtime::{ProviderRuntime, Runtime};
@@ -55,10 +56,11 @@ impl WsHub {
         session: &mut Session,
         request_id: &str,
         rt: &Arc<Runtime>,
+        out: &mut WsOutcome,
     ) -> Result<u16, WsReject> {
         let start = Instant::now();
         let usage = UsageRecord::starting_now();
-        Self::begin_upgrade(session)?;
+        Self::begin_upgrade(session, rt)?;
         let req = session.req_header();
         let up = handshake::parse(req)?;
         let token = match handshake::credential(req, None) {
@@ -71,6 +73,7 @@ impl WsHub {
             .auth
             .authenticate(Some(token), |n| rt.model(n).map(|m| m.name.clone()))
             .map_err(WsReject::Auth)?;
+        out.key_id = Some(principal.key_id.to_string());
         let requested = up.model.as_deref().ok_or(WsReject::MissingModel)?;
         // Names echoed in errors are capped, like the HTTP routes do.
         let shown = || requested.chars().take(200).collect::<String>();
@@ -146,25 +149,14 @@ impl WsHub {
             outcome: Outcome::Closed(reason),
             duration: start.elapsed(),
         };
-        if rt.config.log.access_log {
-            tracing::info!(
-                target: "access",
-                request_id,
-                route = WsRoute::Realtime.name(),
-                status = 101,
-                key_id = %principal.key_id,
-                model = %model.name,
-                provider = %provider.config.name,
-                close_code = reason.client_code(),
-                outcome = reason.label(),
-                client_messages = stats.client_messages,
-                upstream_messages = stats.bot_messages,
-                responses = stats.responses,
-                input_tokens = stats.input_tokens,
-                output_tokens = stats.output_tokens,
-                duration_ms = closing.duration.as_secs_f64() * 1000.0,
-            );
-        }
+        out.session = Some(WsSession {
+            reason,
+            bot: None,
+            model: Some(model.name.clone()),
+            provider: Some(provider.config.name.clone()),
+            stats,
+            duration: closing.duration,
+        });
         // The ledger counts the session's tokens in `molt_tokens_total` too.
         self.ledger.record(self.ledger.event(&closing, &usage));
         Ok(101)
@@ -272,15 +264,23 @@ async fn connect_provider(
         Ok(Ok((stream, _resp))) => Ok(stream),
         Ok(Err(tungstenite::Error::Http(resp))) => {
             let status = resp.status().as_u16();
-            tracing::warn!(provider = %name, status, "provider refused the Realtime handshake");
+            if let Some(left_out) = upstream_warnings().admit(&format!("{name}/realtime_refused")) {
+                tracing::warn!(provider = %name, status, left_out, "provider refused the Realtime handshake");
+            }
             Err(WsReject::ProviderRefused(status))
         }
         Ok(Err(e)) => {
-            tracing::warn!(provider = %name, error = %e, "Realtime provider unreachable");
+            if let Some(left_out) =
+                upstream_warnings().admit(&format!("{name}/realtime_unreachable"))
+            {
+                tracing::warn!(provider = %name, error = %e, left_out, "Realtime provider unreachable");
+            }
             Err(WsReject::ProviderUnreachable)
         }
         Err(_) => {
-            tracing::warn!(provider = %name, "Realtime provider handshake timed out");
+            if let Some(left_out) = upstream_warnings().admit(&format!("{name}/realtime_timeout")) {
+                tracing::warn!(provider = %name, left_out, "Realtime provider handshake timed out");
+            }
             Err(WsReject::ProviderTimeout)
         }
     }
