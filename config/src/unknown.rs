@@ -21,9 +21,7 @@ pub fn from_toml<T: DeserializeOwned>(text: &str) -> Result<(T, Vec<String>), to
 }
 
 /// JSON as `T`, and the paths of the fields `T` has no place for.
-pub fn from_json<T: DeserializeOwned>(
-    bytes: &[u8],
-) -> Result<(T, Vec<String>), serde_json::Error> {
+pub fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, Vec<String>), serde_json::Error> {
     let mut unknown = Vec::new();
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_ignored::deserialize(&mut de, |path| unknown.push(path_text(&path)))?;
@@ -45,9 +43,9 @@ fn path_text(path: &serde_ignored::Path<'_>) -> String {
                 format!("{parent}.{key}")
             }
         }
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
-            path_text(parent)
-        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => path_text(parent),
     }
 }
 

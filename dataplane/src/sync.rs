@@ -375,7 +375,10 @@ impl SyncService {
         self.metrics
             .unknown_fields
             .set(i64::try_from(fields.len()).unwrap_or(i64::MAX));
-        let mut logged = self.unknown_logged.lock().unwrap_or_else(|p| p.into_inner());
+        let mut logged = self
+            .unknown_logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         for field in fields {
             if !logged.contains(&field) {
                 tracing::warn!(version, %field, "control-plane snapshot has a field this data plane does not know (a newer control plane?); ignored");
