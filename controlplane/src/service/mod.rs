@@ -79,21 +79,7 @@ pub trait ServiceStore:
 {
 }
 
-impl<T> ServiceStore for T where
-    T: users::UserStore
-        + keys::KeyStore
-        + providers::ProviderStore
-        + models::ModelStore
-        + plans::PlanStore
-        + limits::LimitsStore
-        + usage::UsageStore
-        + auth::AdminTokenStore
-        + bots::BotWishStore
-        + AuditStore
-        + std::fmt::Debug
-        + 'static
-{
-}
+impl ServiceStore for SqlStore {}
 
 /// Largest page a list returns.
 pub const MAX_PAGE: u32 = 500;
