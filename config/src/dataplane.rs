@@ -214,40 +214,20 @@ pub enum AuthStyle {
     XApiKey,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProviderKind {
-    OpenAi,
-    AzureOpenAi,
-    Venice,
-    Vllm,
-    OpenRouter,
-    Anthropic,
+crate::text_enum! {
+    /// The upstream API family a provider speaks.
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    pub enum ProviderKind {
+        OpenAi = "openai",
+        AzureOpenAi = "azure_openai",
+        Venice = "venice",
+        Vllm = "vllm",
+        OpenRouter = "openrouter",
+        Anthropic = "anthropic",
+    }
 }
 
 impl ProviderKind {
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "openai" => Self::OpenAi,
-            "azure_openai" => Self::AzureOpenAi,
-            "venice" => Self::Venice,
-            "vllm" => Self::Vllm,
-            "openrouter" => Self::OpenRouter,
-            "anthropic" => Self::Anthropic,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::OpenAi => "openai",
-            Self::AzureOpenAi => "azure_openai",
-            Self::Venice => "venice",
-            Self::Vllm => "vllm",
-            Self::OpenRouter => "openrouter",
-            Self::Anthropic => "anthropic",
-        }
-    }
-
     pub fn format(self) -> ApiFormat {
         match self {
             Self::Anthropic => ApiFormat::Anthropic,
@@ -343,13 +323,23 @@ impl DataplaneConfig {
     }
 
     /// Parse TOML text into the wire form only (no validation): for callers
-    /// that merge a control-plane snapshot in before validating.
+    /// that merge a control-plane snapshot in before validating. A field the
+    /// wire form has no place for is an error under its path
+    /// (`server.lisen: unknown field ...`).
     pub fn parse_toml(text: &str) -> Result<RawDataplaneConfig, ConfigErrors> {
-        toml::from_str(text).map_err(|e| {
+        let (raw, unknown) = crate::unknown::from_toml(text).map_err(|e| {
             let mut errs = ConfigErrors::default();
             errs.push(toml_error_path(text, &e), e.message().to_owned());
             errs
-        })
+        })?;
+        if unknown.is_empty() {
+            return Ok(raw);
+        }
+        let mut errs = ConfigErrors::default();
+        for path in unknown {
+            errs.push(path, "unknown field (not a setting of this version)");
+        }
+        Err(errs)
     }
 
     /// Read and parse a TOML file into the wire form (see [`Self::parse_toml`]).
@@ -798,8 +788,13 @@ fn validate_providers(
             errs.push(
                 at("kind"),
                 format!(
-                    "unknown kind {:?}; expected one of openai, azure_openai, venice, vllm, openrouter, anthropic",
-                    p.kind
+                    "unknown kind {:?}; expected one of {}",
+                    p.kind,
+                    ProviderKind::ALL
+                        .iter()
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             );
             continue;

@@ -3,13 +3,20 @@
 //! This crate owns the data plane's configuration in two forms and the usage
 //! events the data plane emits:
 //!
-//! - [`wire`]: the serde types exactly as written in TOML (and, later, as the
-//!   control plane ships them). Versioned, `deny_unknown_fields`, no logic.
+//! - [`wire`]: the serde types exactly as written in TOML and as the control
+//!   plane ships them in a snapshot. Versioned, no logic; unknown fields are
+//!   the reader's decision ([`unknown`]: an error with its path in a file,
+//!   ignored and reported in a snapshot).
 //! - [`dataplane`]: the validated internal types, built only through
 //!   [`DataplaneConfig::from_wire`] / `TryFrom`, which checks every field and
 //!   reports *all* problems with their field paths ([`ConfigErrors`]).
 //! - [`browser`]: `[browser]`, the origins browser apps may call from.
 //! - [`usage`]: one [`UsageEvent`] per completed request.
+//! - [`contract`]: everything that crosses between the planes: the
+//!   `/internal/v1` paths and auth header, the usage batch and its answer,
+//!   the batch limits, reading a snapshot from a newer control plane.
+//! - [`text_enum!`]: enums of names with one text mapping
+//!   ([`ProviderKind`], and the control plane's statuses).
 //! - [`secret`]: [`Secret`], a string whose `Debug`/`Display` never show it.
 //! - [`outbound`]: what every outbound HTTPS client of either plane takes
 //!   from config and shares: the certificates of a `ca_file`, and the cause
@@ -24,6 +31,7 @@
 //! depend on it freely.
 
 pub mod browser;
+pub mod contract;
 pub mod dataplane;
 pub mod error;
 pub mod files;
@@ -31,6 +39,8 @@ pub mod limits;
 pub mod outbound;
 pub mod ready;
 pub mod secret;
+mod text_enum;
+pub mod unknown;
 pub mod usage;
 pub mod wire;
 

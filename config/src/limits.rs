@@ -1,7 +1,8 @@
 //! Rate limits, token budgets and anomaly detection: the `[limits]` section.
 //!
-//! [`RawLimits`] is the wire form (serde, `deny_unknown_fields`), written in
-//! the data plane's file and shipped in the control plane's snapshot.
+//! [`RawLimits`] is the wire form (serde; unknown fields are the reader's
+//! decision, see [`crate::unknown`]), written in the data plane's file and
+//! shipped in the control plane's snapshot.
 //! [`LimitsConfig`] is the validated form the data plane's limiter runs on,
 //! built only by [`LimitsConfig::from_wire`], which reports every problem with
 //! its field path (`limits.users[2].tokens_per_minute: ...`).
@@ -30,7 +31,6 @@ pub const DEFAULT_LEASE_FRACTION: f64 = 0.05;
 /// user gets; `users`, `models` and `providers` refine them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct RawLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_second: Option<u64>,
@@ -60,13 +60,15 @@ pub struct RawLimits {
 }
 
 // The wire structs with a name field (`RawUserLimits`, `RawModelLimits`)
-// spell the six fields out, because serde's `flatten` cannot be combined
-// with `deny_unknown_fields`; `limit_fields!` converts between them.
+// spell the six fields out, because the unknown fields of a `flatten`ed
+// struct cannot be told apart (nor `deny_unknown_fields` combined with it);
+// `limit_fields!` converts between them.
 
 /// The six limit fields of one scope: what a control-plane plan and a
 /// user's own overrides hold. An absent field sets no limit of this scope
 /// (the scope below it applies: the deployment default for a plan); zero
-/// is an error.
+/// is an error. Never part of a file or a snapshot (only of the control
+/// plane's API), so it denies unknown fields itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = LimitSet))]
 #[serde(deny_unknown_fields)]
@@ -132,7 +134,6 @@ macro_rules! raw_limit_set {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct RawUserLimits {
     pub user: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -153,7 +154,6 @@ pub struct RawUserLimits {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct RawModelLimits {
     /// Canonical model name or alias.
     pub model: String,
@@ -177,7 +177,6 @@ pub struct RawModelLimits {
 /// budgets are per user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct RawProviderLimits {
     pub provider: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,7 +191,6 @@ pub struct RawProviderLimits {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct RawRedisLimits {
     /// `redis://` or `rediss://`; may carry a password, so it is a secret
     /// once validated.
@@ -207,7 +205,6 @@ pub struct RawRedisLimits {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct RawAnomaly {
     #[serde(
         default,
@@ -574,7 +571,11 @@ mod tests {
         struct Doc {
             limits: RawLimits,
         }
-        let doc: Doc = toml::from_str(toml_text).map_err(|e| vec![e.to_string()])?;
+        let (doc, unknown) =
+            crate::unknown::from_toml::<Doc>(toml_text).map_err(|e| vec![e.to_string()])?;
+        if !unknown.is_empty() {
+            return Err(unknown);
+        }
         let models = HashMap::from([("gpt-4o", "gpt-4o"), ("4o", "gpt-4o")]);
         let mut errs = ConfigErrors::default();
         let cfg = LimitsConfig::from_wire(&doc.limits, Some(&models), Some(&["openai"]), &mut errs);

@@ -1,8 +1,11 @@
 //! The data plane's config as written in TOML: serde types and nothing else.
 //!
-//! Every struct denies unknown fields so a typo is an error, not a silently
-//! ignored setting. Validation and defaults that need logic live in
-//! [`crate::dataplane`]; this module only says what may be written.
+//! No struct denies unknown fields itself: the reader decides
+//! ([`crate::unknown`]). A file is read strictly, so a typo is an error with
+//! its path, not a silently ignored setting; a snapshot from a newer control
+//! plane is read without the fields this build does not know. Validation
+//! and defaults that need logic live in [`crate::dataplane`]; this module
+//! only says what may be written.
 
 pub use crate::limits::RawLimits;
 use serde::{Deserialize, Serialize};
@@ -12,7 +15,6 @@ use std::time::Duration;
 pub const CONFIG_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawDataplaneConfig {
     pub version: u32,
     pub server: RawServer,
@@ -51,7 +53,6 @@ pub struct RawDataplaneConfig {
 /// from and where its usage goes. Stays in each data plane's own file; a
 /// snapshot never changes it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawControlPlane {
     /// Base URL of the control plane, `http://host:port` or
     /// `https://host:port`.
@@ -86,7 +87,6 @@ pub struct RawControlPlane {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub listen: String,
     pub threads: Option<usize>,
@@ -135,7 +135,6 @@ pub struct RawServer {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawTls {
     pub listen: String,
     pub cert_file: String,
@@ -145,13 +144,11 @@ pub struct RawTls {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawLog {
     /// `text` (default) or `json`.
     pub format: Option<String>,
@@ -160,20 +157,17 @@ pub struct RawLog {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawUsage {
     /// JSON-lines file that receives one usage event per request.
     pub file: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawAuth {
     pub jwt: Option<RawJwt>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawJwt {
     pub issuer: String,
     /// `HS256`, `RS256` or `EdDSA`; tokens signed otherwise are rejected.
@@ -194,7 +188,6 @@ pub struct RawJwt {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawKey {
     pub id: String,
     pub user: String,
@@ -205,7 +198,6 @@ pub struct RawKey {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawProvider {
     pub name: String,
     pub kind: String,
@@ -221,7 +213,6 @@ pub struct RawProvider {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawModel {
     pub name: String,
     pub provider: String,
@@ -235,7 +226,6 @@ pub struct RawModel {
 
 /// A user's bot gateway, reached by the WebSocket chat router.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawBot {
     pub id: String,
     /// The user who owns the bot; only their keys may chat with it.
@@ -249,7 +239,6 @@ pub struct RawBot {
 
 /// `[websocket]`: limits of the WebSocket relay. Every field is optional.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawWebSocket {
     /// Close a connection with no traffic either way for this long.
     #[serde(
@@ -289,7 +278,6 @@ pub struct RawWebSocket {
 ///
 /// Served by `GET /internal/v1/config?after=<version>` as JSON.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawSnapshot {
     /// Monotonic version; a data plane only moves forward.
     pub version: u64,

@@ -132,3 +132,61 @@ fn https_with_a_ca_file_and_the_scheme_rules() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Forward compatibility, both directions of one rule: a field this build
+/// does not know is an error naming its path in a file a person wrote, and
+/// is ignored (and named) in a snapshot from a newer control plane, whose
+/// known fields still apply.
+#[test]
+fn unknown_fields_fail_a_file_and_pass_in_a_snapshot() {
+    let text = format!(
+        "{BASE}\n[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\nkeys = [\"sk-x\"]\nweight = 3\n"
+    );
+    let errs = DataplaneConfig::parse_toml(&text).unwrap_err();
+    let paths: Vec<_> = errs.iter().map(|e| e.path.clone()).collect();
+    assert_eq!(paths, ["providers[0].weight"], "{errs}");
+    assert!(errs.to_string().contains("unknown field"), "{errs}");
+
+    let body = serde_json::json!({
+        "version": 9,
+        "providers": [{"name": "p", "kind": "openai", "base_url": "http://127.0.0.1:1/v1",
+            "keys": ["sk-x"], "weight": 3}],
+        "models": [{"name": "m", "provider": "p"}],
+        "routing": {"strategy": "latency"}
+    });
+    let parsed =
+        molt_config::contract::parse_snapshot(body.to_string().as_bytes()).expect("accepted");
+    assert_eq!(parsed.unknown_fields, ["providers[0].weight", "routing"]);
+    let merged = DataplaneConfig::parse_toml(BASE)
+        .unwrap()
+        .with_snapshot(parsed.snapshot);
+    let cfg = DataplaneConfig::from_wire(merged, &env()).unwrap();
+    assert_eq!(cfg.providers[0].name, "p");
+    assert_eq!(cfg.models[0].name, "m");
+}
+
+/// One `ProviderKind` for both planes: the spelling a config file and a
+/// snapshot use (`parse`), the one the control plane's API and database use
+/// (serde, `as_str`), and the names both accepted before they were merged.
+#[test]
+fn provider_kinds_have_one_spelling_everywhere() {
+    use molt_config::ProviderKind;
+    let accepted = [
+        "openai",
+        "azure_openai",
+        "venice",
+        "vllm",
+        "openrouter",
+        "anthropic",
+    ];
+    assert_eq!(ProviderKind::ALL.len(), accepted.len());
+    for name in accepted {
+        let kind = ProviderKind::parse(name).expect(name);
+        assert_eq!(kind.as_str(), name);
+        let json = serde_json::to_value(kind).unwrap();
+        assert_eq!(json, serde_json::json!(name));
+        assert_eq!(serde_json::from_value::<ProviderKind>(json).unwrap(), kind);
+    }
+    assert_eq!(ProviderKind::parse("open_ai"), None);
+    assert!(serde_json::from_str::<ProviderKind>("\"OpenAI\"").is_err());
+}

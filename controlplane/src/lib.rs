@@ -7,12 +7,15 @@
 //!
 //! Layers, outside in: [`api`] (axum handlers, thin; the one error→HTTP
 //! mapping in [`api::error`]) → [`service`] (all rules, authorisation,
-//! audit) → [`store`] (the [`store::Store`] trait; sqlx over SQLite or
-//! PostgreSQL). [`snapshot`] compiles and publishes data-plane config.
+//! audit) → [`store`] (the SQL, one file per resource, as methods of
+//! [`store::SqlStore`] over SQLite or PostgreSQL) → [`domain`] (the
+//! records). [`snapshot`] compiles and publishes data-plane config.
 //! [`provision`] runs bots on a [`fleet::Fleet`] (Fly Machines, or local
 //! bots through a [`fleet::local::BotLauncher`]) through a durable state machine in the same database.
 //! [`billing`] verifies Stripe webhooks and flushes metered usage to Stripe
-//! exactly once.
+//! exactly once. The services, the snapshot compiler, the provisioner and
+//! billing each reach storage through a narrow trait they declare, which
+//! [`server`] fills with the one [`store::SqlStore`].
 //!
 //! Architecture invariant: this crate is the only owner of the database;
 //! data planes reach it only through `/internal/v1` and the types of

@@ -1,18 +1,20 @@
 //! Wiring: store + services + router + background jobs, and the server
-//! loop behind `molt controlplane`.
+//! loop behind `molt controlplane`. The one place that knows the store is
+//! a [`SqlStore`]: each part gets it as the narrow trait it declares
+//! (`ServiceStore`, `SnapshotStore`, `WorkerStore`, `BillingStore`).
 
 use crate::api::{router, AppState};
 use crate::billing::stripe_sink::StripeMeterSink;
-use crate::billing::{self, Billing, BillingSettings, MeterSink};
+use crate::billing::{Billing, BillingSettings, MeterSink};
 use crate::config::{BillingConfig, FleetConfig, FleetKind, Settings};
 use crate::fleet::fly::FlyFleet;
 use crate::fleet::local::{BotLauncher, LocalFleet};
 use crate::fleet::Fleet;
 use crate::metrics::{Metrics, MetricsError};
 use crate::provision::metrics::ProvisionMetrics;
-use crate::provision::{ProvisionSettings, Worker};
+use crate::provision::{ProvisionSettings, Worker, WorkerStore};
 use crate::service::{Service, ServiceError};
-use crate::store::{SqlStore, Store, StoreError};
+use crate::store::{SqlStore, StoreError};
 use axum::Router;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -94,7 +96,7 @@ pub struct Provisioning {
 /// What new workers are made from.
 #[derive(Debug)]
 struct Provisioner {
-    store: Arc<dyn Store>,
+    store: Arc<dyn WorkerStore>,
     provisioning: Provisioning,
     metrics: ProvisionMetrics,
 }
@@ -103,7 +105,7 @@ impl App {
     /// Start the services on `store` (publishing the first snapshot) and
     /// the background jobs (snapshot refresh, audit retention), without a
     /// fleet: bots can be requested but nothing provisions them.
-    pub async fn start(store: Arc<dyn Store>, settings: &Settings) -> Result<Self, ServerError> {
+    pub async fn start(store: Arc<SqlStore>, settings: &Settings) -> Result<Self, ServerError> {
         Self::start_with(store, settings, None).await
     }
 
@@ -123,7 +125,7 @@ impl App {
 
     /// [`App::start`], plus the provisioning worker when a fleet is given.
     pub async fn start_with(
-        store: Arc<dyn Store>,
+        store: Arc<SqlStore>,
         settings: &Settings,
         provisioning: Option<Provisioning>,
     ) -> Result<Self, ServerError> {
@@ -136,7 +138,9 @@ impl App {
             }),
             None => None,
         };
-        let service = Arc::new(Service::start(store, settings.service.clone(), metrics).await?);
+        let service = Arc::new(
+            Service::start(store.clone(), store, settings.service.clone(), metrics).await?,
+        );
         let router = router(AppState {
             service: service.clone(),
             settings: settings.api.clone(),
@@ -191,9 +195,14 @@ impl App {
         settings: BillingSettings,
         sink: Arc<dyn MeterSink>,
     ) -> Result<Arc<Billing>, ServerError> {
-        let billing = Billing::new(self.service.clone(), store, settings, sink)?;
+        let billing = Billing::new(
+            self.service.clone(),
+            Arc::new(store.clone()),
+            settings,
+            sink,
+        )?;
         let routes = crate::api::tracked(
-            billing::routes(billing.clone()),
+            crate::api::billing::routes(billing.clone()),
             self.service.metrics().clone(),
         );
         self.router = std::mem::take(&mut self.router).merge(routes);

@@ -13,9 +13,10 @@
 //! behind a version a data plane already has).
 
 use crate::crypto::Cipher;
+use crate::domain::BotRecord;
 use crate::domain::{now_ms, Millis, Plan, SealedProvider};
 use crate::metrics::Metrics;
-use crate::store::{SnapshotSource, Store, StoreError, UserLimits};
+use crate::store::{SnapshotSource, SqlStore, StoreError, UserLimits};
 use bytes::Bytes;
 use molt_config::limits::{RawLimitSet, RawUserLimits};
 use molt_config::wire::{
@@ -26,6 +27,32 @@ use molt_config::{ConfigErrors, Secret};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{watch, Mutex};
+
+/// What the snapshot compiler reads and writes in storage.
+#[async_trait::async_trait]
+pub trait SnapshotStore: std::fmt::Debug + Send + Sync {
+    /// Everything the config snapshot needs, as of `now`, in one read.
+    async fn snapshot_source(&self, now: Millis) -> Result<SnapshotSource, StoreError>;
+    /// Running bots of active users.
+    async fn running_bots(&self) -> Result<Vec<BotRecord>, StoreError>;
+    /// Increment and return the persisted config version.
+    async fn bump_config_version(&self) -> Result<u64, StoreError>;
+}
+
+#[async_trait::async_trait]
+impl SnapshotStore for SqlStore {
+    async fn snapshot_source(&self, now: Millis) -> Result<SnapshotSource, StoreError> {
+        SqlStore::snapshot_source(self, now).await
+    }
+
+    async fn running_bots(&self) -> Result<Vec<BotRecord>, StoreError> {
+        SqlStore::running_bots(self).await
+    }
+
+    async fn bump_config_version(&self) -> Result<u64, StoreError> {
+        SqlStore::bump_config_version(self).await
+    }
+}
 
 /// The snapshot as served: its version and its JSON body.
 #[derive(Debug, Clone)]
@@ -59,7 +86,7 @@ pub struct JwtSettings {
 /// Compiles, validates and publishes snapshots.
 #[derive(Debug)]
 pub struct Publisher {
-    store: Arc<dyn Store>,
+    store: Arc<dyn SnapshotStore>,
     cipher: Cipher,
     jwt: JwtSettings,
     metrics: Metrics,
@@ -73,7 +100,7 @@ impl Publisher {
     /// Take a fresh version and publish the current state (or nothing, if
     /// the state does not validate: data planes then keep what they have).
     pub async fn start(
-        store: Arc<dyn Store>,
+        store: Arc<dyn SnapshotStore>,
         cipher: Cipher,
         jwt: JwtSettings,
         metrics: Metrics,

@@ -31,8 +31,10 @@
 //! global address across restarts.
 //!
 //! **Shipping.** [`Shipper`] reads recorded lines after `acked` (at most
-//! [`MAX_BATCH_EVENTS`] or [`MAX_BATCH_BYTES`]), posts them as
-//! `{"events":[...]}` to `POST /internal/v1/usage`, and only after a 200
+//! the contract's [`MAX_BATCH_EVENTS`](molt_config::contract::MAX_BATCH_EVENTS)
+//! or [`MAX_BATCH_BYTES`]), posts them as
+//! a [`molt_config::contract::UsageBatch`] (written by [`UsageBatchWriter`]
+//! straight from the lines) to `POST /internal/v1/usage`, and only after a 200
 //! persists the new `acked` and deletes segments that are wholly before
 //! it. A crash between the 200 and the persist re-sends that batch after
 //! restart; the control plane ignores events whose `event_id` it already
@@ -46,6 +48,7 @@ use crate::sink::{Recorded, UsageSink};
 use crate::sync::{backoff, ControlPlaneClient};
 use async_trait::async_trait;
 use bytes::Bytes;
+use molt_config::contract::{UsageBatchWriter, MAX_BATCH_BYTES};
 use molt_config::files::write_atomically;
 use molt_config::UsageEvent;
 use pingora_core::server::ShutdownWatch;
@@ -60,10 +63,6 @@ use std::time::Duration;
 
 /// A segment is closed and a new one started past this size.
 pub const SEGMENT_BYTES: u64 = 16 << 20;
-/// Most events in one shipped batch (the control plane takes 10,000).
-pub const MAX_BATCH_EVENTS: usize = 2_000;
-/// Most bytes of event lines in one shipped batch.
-pub const MAX_BATCH_BYTES: usize = 2 << 20;
 /// Events queued between the proxy and the group-commit thread.
 const QUEUE: usize = 65_536;
 /// Most events written by one group commit.
@@ -544,12 +543,10 @@ fn read_batch(shared: &Shared) -> Result<Option<Batch>, SpoolError> {
             .map_err(io_err(&path))?;
         file.read_exact(&mut data).map_err(io_err(&path))?;
     }
-    let mut body = Vec::with_capacity(data.len() + 16);
-    body.extend_from_slice(br#"{"events":["#);
+    let mut batch = UsageBatchWriter::with_capacity(data.len());
     let mut consumed = 0usize;
-    let mut events = 0u64;
     for line in data.split_inclusive(|&b| b == b'\n') {
-        if line.last() != Some(&b'\n') || events as usize >= MAX_BATCH_EVENTS {
+        if line.last() != Some(&b'\n') || batch.is_full() {
             break;
         }
         consumed += line.len();
@@ -561,15 +558,11 @@ fn read_batch(shared: &Shared) -> Result<Option<Batch>, SpoolError> {
             );
             continue;
         }
-        if events > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(json);
-        events += 1;
+        batch.push_json(json);
     }
-    body.extend_from_slice(b"]}");
+    let events = batch.events() as u64;
     Ok(Some(Batch {
-        body: Bytes::from(body),
+        body: Bytes::from(batch.finish()),
         events,
         end: acked + consumed as u64,
     }))

@@ -12,10 +12,18 @@
 //!   provider master keys in clear and is created mode 0600.
 //! - Errors (control plane down, bad answers) back off exponentially with
 //!   jitter, from 100 ms to 10 s; the watch never ends before shutdown.
+//! - A snapshot from a newer control plane may carry fields this build does
+//!   not know: it is applied without them
+//!   ([`molt_config::contract::parse_snapshot`]); each such field is logged
+//!   once per process and the last snapshot's count is a gauge.
 //!
 //! Metrics: `molt_control_plane_snapshot_version`,
 //! `molt_control_plane_last_sync_timestamp_seconds` (last answer, 200 or
-//! 304, that left this data plane up to date), `molt_control_plane_errors_total`.
+//! 304, that left this data plane up to date), `molt_control_plane_errors_total`,
+//! `molt_control_plane_snapshot_unknown_fields`.
+//!
+//! Paths, the auth header and the bodies are those of
+//! [`molt_config::contract`], which the control plane serves from too.
 //!
 //! The [`ControlPlaneClient`] is HTTP/1.1 (hyper) over plain TCP for an
 //! `http://` URL or rustls (`ring`) for `https://`, trusting the platform's
@@ -34,6 +42,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use molt_config::contract::{self, ConfigPoll};
 use molt_config::dataplane::{ControlPlaneConfig, ProcessEnv};
 use molt_config::files::write_atomically;
 use molt_config::wire::{RawDataplaneConfig, RawSnapshot};
@@ -41,8 +50,9 @@ use molt_config::{ConfigErrors, DataplaneConfig};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use prometheus::{IntCounter, IntGauge};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Longer than the control plane's longest hold (30 s by default, 5 min at
@@ -101,7 +111,7 @@ impl ControlPlaneClient {
     /// A client for `cfg.url` in its own scheme (validated to be `http` or
     /// `https`); TLS trusts the platform's roots and `cfg.ca_file`.
     pub fn new(cfg: &ControlPlaneConfig) -> Result<Self, ClientBuildError> {
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", cfg.token.expose()))
+        let mut auth = HeaderValue::from_str(&contract::bearer(cfg.token.expose()))
             .map_err(|_| ClientBuildError::Token)?;
         auth.set_sensitive(true);
         let tls = tls_config(cfg.ca_file.as_deref())?;
@@ -126,7 +136,12 @@ impl ControlPlaneClient {
     /// The snapshot newer than `after`, or `None` when the control plane
     /// held the poll and answered 304.
     pub async fn config(&self, after: u64) -> Result<Option<Bytes>, ClientError> {
-        let uri = format!("{}/internal/v1/config?after={after}", self.base);
+        let uri = format!(
+            "{}{}?{}",
+            self.base,
+            contract::CONFIG_PATH,
+            ConfigPoll::query(after)
+        );
         let (status, body) = self
             .send(Method::GET, &uri, Bytes::new(), POLL_TIMEOUT)
             .await?;
@@ -137,9 +152,10 @@ impl ControlPlaneClient {
         }
     }
 
-    /// `POST /internal/v1/usage` with a ready `{"events":[...]}` body.
+    /// `POST /internal/v1/usage` with a ready
+    /// [`UsageBatch`](molt_config::contract::UsageBatch) body.
     pub async fn post_usage(&self, body: Bytes) -> Result<(), ClientError> {
-        let uri = format!("{}/internal/v1/usage", self.base);
+        let uri = format!("{}{}", self.base, contract::USAGE_PATH);
         let (status, _) = self.send(Method::POST, &uri, body, POST_TIMEOUT).await?;
         if status == StatusCode::OK {
             Ok(())
@@ -158,7 +174,7 @@ impl ControlPlaneClient {
         let req = Request::builder()
             .method(method)
             .uri(uri)
-            .header(header::AUTHORIZATION, self.auth.clone())
+            .header(contract::AUTH_HEADER, self.auth.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))?;
         let exchange = async {
@@ -261,11 +277,14 @@ fn plain(raw: RawDataplaneConfig, problem: Option<String>) -> Result<StartupConf
     })
 }
 
-/// The cached snapshot, `None` if there is no cache file yet.
+/// The cached snapshot, `None` if there is no cache file yet. Read as the
+/// control plane's answer was: fields this build does not know (the cache
+/// of a newer control plane's snapshot, kept across a downgrade) are
+/// ignored.
 pub fn read_cache(path: &Path) -> Result<Option<RawSnapshot>, String> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
+        Ok(bytes) => contract::parse_snapshot(&bytes)
+            .map(|parsed| Some(parsed.snapshot))
             .map_err(|e| format!("cannot parse {}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
@@ -278,6 +297,7 @@ struct SyncMetrics {
     version: IntGauge,
     last_sync: IntGauge,
     errors: IntCounter,
+    unknown_fields: IntGauge,
 }
 
 impl SyncMetrics {
@@ -294,14 +314,20 @@ impl SyncMetrics {
             "molt_control_plane_errors_total",
             "Failed exchanges with the control plane (config watch and usage shipping).",
         )?;
+        let unknown_fields = IntGauge::new(
+            "molt_control_plane_snapshot_unknown_fields",
+            "Fields of the last control-plane snapshot this build does not know and ignored (a newer control plane).",
+        )?;
         let r = metrics.registry();
         r.register(Box::new(version.clone()))?;
         r.register(Box::new(last_sync.clone()))?;
         r.register(Box::new(errors.clone()))?;
+        r.register(Box::new(unknown_fields.clone()))?;
         Ok(Self {
             version,
             last_sync,
             errors,
+            unknown_fields,
         })
     }
 
@@ -319,6 +345,8 @@ pub struct SyncService {
     reloader: Arc<ConfigReloader>,
     cache_file: PathBuf,
     metrics: SyncMetrics,
+    /// Unknown snapshot fields already logged, so each is logged once.
+    unknown_logged: Mutex<HashSet<String>>,
     /// Error counter shared with the usage shipper.
     pub errors: IntCounter,
 }
@@ -337,14 +365,35 @@ impl SyncService {
             cache_file,
             errors: metrics.errors.clone(),
             metrics,
+            unknown_logged: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Count the fields a snapshot carried that this build does not know,
+    /// and log each the first time it is seen.
+    fn note_unknown_fields(&self, version: u64, fields: Vec<String>) {
+        self.metrics
+            .unknown_fields
+            .set(i64::try_from(fields.len()).unwrap_or(i64::MAX));
+        let mut logged = self
+            .unknown_logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for field in fields {
+            if !logged.contains(&field) {
+                tracing::warn!(version, %field, "control-plane snapshot has a field this data plane does not know (a newer control plane?); ignored");
+                logged.insert(field);
+            }
+        }
     }
 
     /// Handle one 200 body; returns the version to poll after next.
     async fn accept(&self, body: Bytes, after: u64) -> Result<u64, String> {
-        let snap: RawSnapshot = serde_json::from_slice(&body)
+        let parsed = contract::parse_snapshot(&body)
             .map_err(|e| format!("snapshot is not valid JSON for this build: {e}"))?;
+        let snap = parsed.snapshot;
         let version = snap.version;
+        self.note_unknown_fields(version, parsed.unknown_fields);
         if version <= after {
             // Versions only move forward; an older one is a control plane
             // restored from a backup. Keep what we have and wait for newer.
@@ -567,6 +616,20 @@ mod tests {
             assert!(late >= max / 2 && late < max, "{late:?}");
         }
         assert!(backoff(4, base, max) >= Duration::from_millis(400));
+    }
+
+    #[test]
+    fn a_cached_snapshot_of_a_newer_control_plane_is_read_without_its_new_fields() {
+        let dir = std::env::temp_dir().join(format!("molt-sync-{}", uuid::Uuid::new_v4()));
+        let path = dir.join("snapshot.json");
+        write_atomically(
+            &path,
+            br#"{"version":6,"keys":[{"id":"k","user":"u","sha256":"ab","tier":"gold"}],"routing":{}}"#,
+        )
+        .unwrap();
+        let snap = read_cache(&path).unwrap().unwrap();
+        assert_eq!((snap.version, snap.keys[0].id.as_str()), (6, "k"));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -1,5 +1,10 @@
-//! The one place errors become HTTP responses: [`ApiError`], its JSON body
-//! `{"error":{"code","message"}}`, and extractors whose rejections use it.
+//! The one place errors become HTTP responses: [`ApiError`] (from every
+//! error the services and billing return), its JSON body
+//! `{"error":{"code","message"}}`, and extractors whose rejections use it:
+//! [`ApiJson`] for the operators' API (an unknown field anywhere in a body
+//! is a 400 naming its path, also inside the contract's types, which accept
+//! unknown fields themselves: see `molt_config::unknown`), [`WireJson`] for
+//! the data planes' (whose types decide), [`ApiQuery`].
 //!
 //! `into_response` has no side effects (axum's error-handling advice): an
 //! internal error's detail rides in a response extension,
@@ -8,10 +13,11 @@
 
 use crate::billing::BillingError;
 use crate::service::ServiceError;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -115,19 +121,35 @@ impl From<BillingError> for ApiError {
 /// else about the body (syntax, shape, unknown fields) is 400.
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
-        match r.status() {
+        Self::body_rejected(r.status(), r.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        Self::body_rejected(r.status(), r.body_text())
+    }
+}
+
+impl ApiError {
+    fn body_rejected(status: StatusCode, text: String) -> Self {
+        match status {
             StatusCode::PAYLOAD_TOO_LARGE => Self::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 "request body is too large",
             ),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "expected Content-Type: application/json",
-            ),
-            _ => Self::new(StatusCode::BAD_REQUEST, "bad_request", r.body_text()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::unsupported_media_type(),
+            _ => Self::new(StatusCode::BAD_REQUEST, "bad_request", text),
         }
+    }
+
+    fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected Content-Type: application/json",
+        )
     }
 }
 
@@ -153,11 +175,68 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// `axum::Json` with [`ApiError`] rejections.
+/// A JSON body of the operators' API: `axum::Json`'s checks (content
+/// type, size, syntax, shape) with [`ApiError`] rejections, and every field
+/// the type has no place for refused with its path.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::unsupported_media_type());
+        }
+        let body = Bytes::from_request(req, state).await?;
+        let (value, unknown) = molt_config::unknown::from_json::<T>(&body).map_err(|e| {
+            let what = if e.is_data() {
+                "Failed to deserialize the JSON body into the target type"
+            } else {
+                "Failed to parse the request body as JSON"
+            };
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("{what}: {e}"),
+            )
+        })?;
+        if !unknown.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("unknown field(s): {}", unknown.join(", ")),
+            ));
+        }
+        Ok(Self(value))
+    }
+}
+
+/// `application/json` or `application/<anything>+json`, as `axum::Json`
+/// accepts.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    let subtype = subtype.to_ascii_lowercase();
+    kind.eq_ignore_ascii_case("application") && (subtype == "json" || subtype.ends_with("+json"))
+}
+
+/// A JSON body of the contract between the planes (`molt_config::contract`):
+/// `axum::Json` with [`ApiError`] rejections; the types decide what an
+/// unknown field means (a usage event from a newer data plane keeps its
+/// known fields).
+#[derive(Debug)]
+pub struct WireJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for WireJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
@@ -177,5 +256,28 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         let axum::extract::Query(value) =
             axum::extract::Query::<T>::from_request_parts(parts, state).await?;
         Ok(Self(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types_are_those_axum_accepts() {
+        let mut h = HeaderMap::new();
+        assert!(!json_content_type(&h));
+        for (value, ok) in [
+            ("application/json", true),
+            ("application/json; charset=utf-8", true),
+            ("Application/JSON", true),
+            ("application/merge-patch+json", true),
+            ("text/json", false),
+            ("application/jsonx", false),
+            ("text/plain", false),
+        ] {
+            h.insert(header::CONTENT_TYPE, value.parse().unwrap());
+            assert_eq!(json_content_type(&h), ok, "{value}");
+        }
     }
 }

@@ -1,29 +1,22 @@
-//! `/internal/v1`: the fixed contract with data planes. The config
-//! long-poll and usage ingest, both behind the data-plane token.
+//! `/internal/v1`: the fixed contract with data planes
+//! (`molt_config::contract`): the config long-poll and usage ingest, both
+//! behind the data-plane token.
 
-use super::error::{ApiError, ApiJson, ApiQuery};
+use super::error::{ApiError, ApiQuery, WireJson};
 use super::{AppState, DataPlane};
 use crate::metrics::ConnectedGuard;
-use crate::service::usage::{IngestBatch, IngestResult};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ConfigQuery {
-    /// The version the data plane has; absent means none.
-    after: Option<u64>,
-}
+use molt_config::contract::{ConfigPoll, IngestAnswer, UsageBatch};
 
 /// `GET /internal/v1/config?after=<version>`: 200 with the snapshot as
 /// soon as one newer than `after` is published, else 304 after the hold.
 pub(super) async fn config(
     State(st): State<AppState>,
     _dp: DataPlane,
-    ApiQuery(q): ApiQuery<ConfigQuery>,
+    ApiQuery(q): ApiQuery<ConfigPoll>,
 ) -> Response {
     let after = q.after.unwrap_or(0);
     let mut rx = st.service.publisher().subscribe();
@@ -43,7 +36,7 @@ pub(super) async fn config(
 pub(super) async fn ingest(
     State(st): State<AppState>,
     _dp: DataPlane,
-    ApiJson(batch): ApiJson<IngestBatch>,
-) -> Result<Json<IngestResult>, ApiError> {
+    WireJson(batch): WireJson<UsageBatch>,
+) -> Result<Json<IngestAnswer>, ApiError> {
     Ok(Json(st.service.ingest_usage(batch).await?))
 }

@@ -1,10 +1,14 @@
 //! The HTTP surface: the operators' API under `/api/v1`, the data planes'
-//! contract under `/internal/v1`, `/metrics` and `/healthz`.
+//! contract under `/internal/v1` (`molt_config::contract`), billing's
+//! endpoints ([`billing`], merged in when billing is configured),
+//! `/metrics` and `/healthz`.
 //!
-//! Handlers are thin: extract, call one [`Service`] method, serialise.
+//! Handlers are thin: extract, call one [`Service`] (or `Billing`) method,
+//! serialise. Every error becomes a response in [`error`] only.
 //! Authentication happens in the [`Op`] and [`DataPlane`] extractors;
 //! authorisation (roles) in the services.
 
+pub mod billing;
 mod bots;
 pub mod error;
 mod internal;
@@ -15,7 +19,7 @@ pub use openapi::ApiDoc;
 
 use crate::metrics::Metrics;
 use crate::service::{Operator, Service};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRef, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -23,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use error::{ApiError, InternalDetail};
+use molt_config::contract;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,15 +49,27 @@ pub struct AppState {
     pub settings: ApiSettings,
 }
 
-/// The authenticated operator of an `/api/v1` request.
+impl FromRef<AppState> for Arc<Service> {
+    fn from_ref(st: &AppState) -> Self {
+        st.service.clone()
+    }
+}
+
+/// The authenticated operator of an `/api/v1` request (on any router whose
+/// state leads to the services).
 #[derive(Debug)]
 pub struct Op(pub Operator);
 
-impl FromRequestParts<AppState> for Op {
+impl<S> FromRequestParts<S> for Op
+where
+    S: Send + Sync,
+    Arc<Service>: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
-        let op = st.service.authenticate_operator(bearer(parts)).await?;
+    async fn from_request_parts(parts: &mut Parts, st: &S) -> Result<Self, ApiError> {
+        let service = Arc::<Service>::from_ref(st);
+        let op = service.authenticate_operator(bearer(parts)).await?;
         Ok(Self(op))
     }
 }
@@ -70,14 +87,15 @@ impl FromRequestParts<AppState> for DataPlane {
     }
 }
 
+/// The bearer token of a request (operators and data planes present
+/// theirs the same way: `molt_config::contract::AUTH_HEADER`).
 fn bearer(parts: &Parts) -> Option<&str> {
-    parts
+    let value = parts
         .headers
-        .get(header::AUTHORIZATION)?
+        .get(molt_config::contract::AUTH_HEADER)?
         .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+        .ok()?;
+    molt_config::contract::bearer_token(value)
 }
 
 /// The whole application.
@@ -86,9 +104,9 @@ pub fn router(state: AppState) -> Router {
         .merge(bots::routes())
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes));
     let internal = Router::new()
-        .route("/internal/v1/config", get(internal::config))
+        .route(contract::CONFIG_PATH, get(internal::config))
         .route(
-            "/internal/v1/usage",
+            contract::USAGE_PATH,
             post(internal::ingest).layer(DefaultBodyLimit::max(state.settings.max_ingest_bytes)),
         );
     Router::new()

@@ -3,15 +3,12 @@
 //! edited by hand; served at `/api/v1/openapi.json`.
 
 use super::error::{ErrorBody, ErrorDetail};
-use super::{bots, v1};
-use crate::billing::{
-    self, CustomerReconciliation, Difference, FlushOutcome, Reconciliation, Totals,
-};
+use super::{billing, bots, v1};
+use crate::billing::{CustomerReconciliation, Difference, FlushOutcome, Reconciliation, Totals};
 use crate::domain::{
-    AdminToken, ApiKey, AuditEntry, LimitOverrides, Model, Plan, Provider, ProviderKind, Role,
-    UsageRow, User, UserStatus,
+    AdminToken, ApiKey, AuditEntry, Bot, BotStatus, Desired, LimitOverrides, Model, Plan, Provider,
+    ProviderKind, Role, UsageRow, User, UserStatus,
 };
-use crate::provision::{Bot, BotStatus, Desired};
 use crate::service::auth::{CreateAdminToken, CreatedAdminToken, MintToken, MintedToken};
 use crate::service::bots::CreateBot;
 use crate::service::keys::{CreateKey, CreatedKey};

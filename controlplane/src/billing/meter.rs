@@ -23,9 +23,9 @@
 //! are billed, never folded into a value Stripe may already hold.
 
 use super::metrics::BillingMetrics;
-use super::store::{BillingStore, MeterReport, OpenWindow};
+use super::store::{BillingStore, OpenWindow};
 use super::BillingError;
-use crate::domain::{now_ms, Millis};
+use crate::domain::{now_ms, MeterReport, Millis, ReportStatus};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,7 +134,7 @@ pub struct FlushOutcome {
 /// conditional claims make concurrent flushes from another process safe.
 #[derive(Debug)]
 pub struct Flusher {
-    store: BillingStore,
+    store: Arc<dyn BillingStore>,
     sink: Arc<dyn MeterSink>,
     settings: FlushSettings,
     metrics: BillingMetrics,
@@ -162,7 +162,7 @@ pub fn identifier(user: &str, customer: &str, meter: &str, window_start: i64, se
 
 impl Flusher {
     pub fn new(
-        store: BillingStore,
+        store: Arc<dyn BillingStore>,
         sink: Arc<dyn MeterSink>,
         settings: FlushSettings,
         metrics: BillingMetrics,
@@ -224,11 +224,11 @@ impl Flusher {
             let make = |seq: i64, value: i64| report_for(&w, &meter, window_ms, seq, value, now);
             if let Some(r) = self
                 .store
-                .create_report(&w, window_ms, &self.settings.event_name, now, make)
+                .create_report(&w, window_ms, &self.settings.event_name, now, &make)
                 .await?
             {
                 made += 1;
-                if r.status == "unbillable" {
+                if r.status == ReportStatus::Unbillable {
                     unbillable += 1;
                     self.metrics
                         .unbillable_tokens
@@ -251,7 +251,7 @@ impl Flusher {
                 self.store
                     .finish_report(
                         &r.identifier,
-                        "unbillable",
+                        ReportStatus::Unbillable,
                         r.attempts,
                         Some("too old for Stripe"),
                         now,
@@ -300,7 +300,7 @@ impl Flusher {
             match result {
                 Ok(()) => {
                     self.store
-                        .finish_report(&r.identifier, "sent", attempts, None, now)
+                        .finish_report(&r.identifier, ReportStatus::Sent, attempts, None, now)
                         .await?;
                     self.metrics.events.with_label_values(&["sent"]).inc();
                     self.metrics.tokens_reported.inc_by(r.value.unsigned_abs());
@@ -308,7 +308,7 @@ impl Flusher {
                 }
                 Err(SendError::Rejected(e)) => {
                     self.store
-                        .finish_report(&r.identifier, "failed", attempts, Some(&e), now)
+                        .finish_report(&r.identifier, ReportStatus::Failed, attempts, Some(&e), now)
                         .await?;
                     self.metrics.events.with_label_values(&["failed"]).inc();
                     tracing::error!(identifier = %r.identifier, error = %e, "meter event rejected");
@@ -318,7 +318,7 @@ impl Flusher {
                     self.store
                         .finish_report(
                             &r.identifier,
-                            "pending",
+                            ReportStatus::Pending,
                             attempts,
                             Some(&e.to_string()),
                             now,
@@ -357,11 +357,11 @@ fn report_for(
     let window_end = w.window_start + window_ms;
     // Nothing to bill is recorded as sent without calling Stripe.
     let status = if value == 0 {
-        "sent"
+        ReportStatus::Sent
     } else if too_old(window_end, now) {
-        "unbillable"
+        ReportStatus::Unbillable
     } else {
-        "pending"
+        ReportStatus::Pending
     };
     MeterReport {
         identifier: identifier(
@@ -378,7 +378,7 @@ fn report_for(
         window_end,
         seq,
         value,
-        status: status.to_owned(),
+        status,
         attempts: 0,
         last_error: None,
     }

@@ -1,13 +1,14 @@
 //! Billing: Stripe webhooks ([`webhook`]), the exactly-once meter flush
 //! ([`meter`]; hourly, or on demand with `POST /api/v1/billing/flush`) and
-//! reconciliation (`GET /api/v1/billing/reconciliation`). The two `/api/v1`
-//! operations are in the OpenAPI document (`api::openapi`); the webhook is
-//! Stripe's contract, not the operators', and stays out of it.
+//! reconciliation (`GET /api/v1/billing/reconciliation`). Their HTTP
+//! handlers are `api::billing`'s, and `api::error` maps [`BillingError`] to
+//! responses; nothing here knows HTTP.
 //!
 //! The control plane owns the [`MeterSink`] seam; [`stripe_sink::StripeMeterSink`]
 //! implements it over async-stripe, pointed at Stripe or (by base URL) at
-//! `molt_fakes::fake_stripe`. Billing state lives in the same database
-//! ([`store::BillingStore`], migration `0003_billing.sql`).
+//! `molt_fakes::fake_stripe`. Billing state lives in the same database,
+//! reached through the slice billing declares ([`store::BillingStore`];
+//! tables of migration `0003_billing.sql`).
 //!
 //! Grace policy for failed payments: `invoice.payment_failed` marks an
 //! active user `past_due` (their keys keep working) and starts a grace
@@ -23,16 +24,9 @@ pub mod webhook;
 
 pub use meter::{FlushOutcome, FlushSettings, Flusher, MeterEvent, MeterSink, SendError};
 
-use crate::api::error::ErrorBody;
-use crate::api::error::{ApiError, ApiQuery};
 use crate::domain::now_ms;
 use crate::service::{Operator, Service, ServiceError};
-use crate::store::{SqlStore, StoreError};
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{header, HeaderMap};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use crate::store::StoreError;
 use metrics::BillingMetrics;
 use molt_config::Secret;
 use serde::{Deserialize, Serialize};
@@ -92,7 +86,7 @@ impl BillingSettings {
 #[derive(Debug)]
 pub struct Billing {
     service: Arc<Service>,
-    store: BillingStore,
+    store: Arc<dyn BillingStore>,
     settings: BillingSettings,
     metrics: BillingMetrics,
     flusher: Flusher,
@@ -104,12 +98,11 @@ impl Billing {
     /// billing metrics, so once per service.
     pub fn new(
         service: Arc<Service>,
-        store: &SqlStore,
+        store: Arc<dyn BillingStore>,
         settings: BillingSettings,
         sink: Arc<dyn MeterSink>,
     ) -> Result<Arc<Self>, crate::metrics::MetricsError> {
         let metrics = BillingMetrics::register(service.metrics())?;
-        let store = BillingStore::new(store);
         let flusher = Flusher::new(store.clone(), sink, settings.flush.clone(), metrics.clone());
         Ok(Arc::new(Self {
             service,
@@ -123,6 +116,11 @@ impl Billing {
 
     pub fn flusher(&self) -> &Flusher {
         &self.flusher
+    }
+
+    /// The services (the HTTP handlers authenticate operators with them).
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
     }
 
     /// One run of the periodic job: grace policy, then the flush.
@@ -327,68 +325,4 @@ pub struct Reconciliation {
     pub to: i64,
     pub customers: Vec<CustomerReconciliation>,
     pub totals: Totals,
-}
-
-/// `POST /webhooks/stripe`, `GET /api/v1/billing/reconciliation` and
-/// `POST /api/v1/billing/flush`.
-pub fn routes(billing: Arc<Billing>) -> Router {
-    Router::new()
-        .route("/webhooks/stripe", post(webhook))
-        .route("/api/v1/billing/reconciliation", get(reconciliation))
-        .route("/api/v1/billing/flush", post(flush))
-        .with_state(billing)
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-}
-
-async fn webhook(
-    State(b): State<Arc<Billing>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let sig = headers
-        .get("stripe-signature")
-        .and_then(|v| v.to_str().ok());
-    let outcome = b.handle_webhook(sig, &body).await?;
-    Ok(Json(
-        serde_json::json!({"received": true, "result": outcome.as_str()}),
-    ))
-}
-
-/// Per user, usage tokens against tokens Stripe confirmed, with the
-/// difference by reason. 404 when the control plane has no `[billing]`.
-#[utoipa::path(get, path = "/api/v1/billing/reconciliation", tag = "billing",
-    params(ReconciliationQuery),
-    responses((status = 200, body = Reconciliation), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody),
-        (status = 404, description = "billing is not configured", body = ErrorBody)))]
-pub(crate) async fn reconciliation(
-    State(b): State<Arc<Billing>>,
-    headers: HeaderMap,
-    ApiQuery(q): ApiQuery<ReconciliationQuery>,
-) -> Result<Json<Reconciliation>, ApiError> {
-    b.service.authenticate_operator(bearer(&headers)).await?;
-    Ok(Json(b.reconciliation(q).await?))
-}
-
-/// Run the meter flush now (both phases, as the hourly job does): report
-/// closed windows' unreported usage and send every pending report. Admin
-/// only; audited as `billing.flush`. 404 when the control plane has no
-/// `[billing]`.
-#[utoipa::path(post, path = "/api/v1/billing/flush", tag = "billing",
-    responses((status = 200, body = FlushOutcome), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody),
-        (status = 404, description = "billing is not configured", body = ErrorBody)))]
-pub(crate) async fn flush(
-    State(b): State<Arc<Billing>>,
-    headers: HeaderMap,
-) -> Result<Json<FlushOutcome>, ApiError> {
-    let op = b.service.authenticate_operator(bearer(&headers)).await?;
-    Ok(Json(b.flush_as(&op).await?))
 }

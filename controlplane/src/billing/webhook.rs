@@ -15,6 +15,7 @@
 //! Stripe's redelivery re-applies harmlessly. Deliveries are serialised by
 //! a mutex so two copies of one event cannot interleave.
 
+use super::store::HandledEvent;
 use super::{Billing, BillingError};
 use crate::domain::{now_ms, PageRequest, Role, UserStatus};
 use crate::provision::BotStatus;
@@ -161,7 +162,13 @@ impl Billing {
             }
             let (outcome, user) = self.apply(&kind, object).await?;
             self.store
-                .record_event(&id, &kind, user.as_deref(), created, now_ms())
+                .record_event(&HandledEvent {
+                    id: &id,
+                    kind: &kind,
+                    user_id: user.as_deref(),
+                    created,
+                    received_at: now_ms(),
+                })
                 .await?;
             Ok((kind, outcome))
         }

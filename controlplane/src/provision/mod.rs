@@ -20,153 +20,19 @@
 //! the step started from, so two workers never both record a step and an
 //! operator's stop/delete is never overwritten by a step in flight.
 //!
-//! [`worker`] runs the steps; [`store`] holds the SQL; the API's rules live
+//! [`worker`] runs the steps through the slice of storage it declares,
+//! [`WorkerStore`] (the SQL is `store::bots`); the API's rules live
 //! in `service::bots`.
 
 pub mod metrics;
 pub mod store;
 pub mod worker;
 
-pub use store::BotStore;
+pub use crate::domain::{Bot, BotRecord, BotStatus, Desired};
+pub use store::WorkerStore;
 pub use worker::Worker;
 
-use crate::domain::Millis;
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use utoipa::ToSchema;
-
-/// Where a bot is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum BotStatus {
-    Requested,
-    VolumeCreated,
-    MachineCreated,
-    WaitingHealth,
-    Running,
-    Stopping,
-    Stopped,
-    Starting,
-    Deleting,
-    Deleted,
-    Failed,
-}
-
-impl BotStatus {
-    pub const ALL: [Self; 11] = [
-        Self::Requested,
-        Self::VolumeCreated,
-        Self::MachineCreated,
-        Self::WaitingHealth,
-        Self::Running,
-        Self::Stopping,
-        Self::Stopped,
-        Self::Starting,
-        Self::Deleting,
-        Self::Deleted,
-        Self::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Requested => "requested",
-            Self::VolumeCreated => "volume_created",
-            Self::MachineCreated => "machine_created",
-            Self::WaitingHealth => "waiting_health",
-            Self::Running => "running",
-            Self::Stopping => "stopping",
-            Self::Stopped => "stopped",
-            Self::Starting => "starting",
-            Self::Deleting => "deleting",
-            Self::Deleted => "deleted",
-            Self::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|x| x.as_str() == s)
-    }
-
-    /// Whether a worker still has a step to run in this state.
-    pub fn is_active(self) -> bool {
-        !matches!(
-            self,
-            Self::Running | Self::Stopped | Self::Deleted | Self::Failed
-        )
-    }
-}
-
-/// What the operator asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Desired {
-    Running,
-    Stopped,
-    Deleted,
-}
-
-impl Desired {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Stopped => "stopped",
-            Self::Deleted => "deleted",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [Self::Running, Self::Stopped, Self::Deleted]
-            .into_iter()
-            .find(|x| x.as_str() == s)
-    }
-
-    /// The state a (re)started provisioning of this wish begins in.
-    pub fn first_step(self) -> BotStatus {
-        match self {
-            // From the top: every step looks up what exists first.
-            Self::Running => BotStatus::Requested,
-            Self::Stopped => BotStatus::Stopping,
-            Self::Deleted => BotStatus::Deleting,
-        }
-    }
-}
-
-/// A bot as the API shows it: never its gateway token.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Bot {
-    pub id: String,
-    pub user_id: String,
-    /// The Fly machine and volume name.
-    pub name: String,
-    pub status: BotStatus,
-    pub desired: Desired,
-    pub region: Option<String>,
-    /// The bot's primary model (`CLAWDBOT_CONFIG`); `null` means the
-    /// provisioner's default.
-    pub model: Option<String>,
-    pub volume_id: Option<String>,
-    pub machine_id: Option<String>,
-    pub gateway_url: Option<String>,
-    /// Why the last step failed (set with `failed`, and while retrying).
-    pub error: Option<String>,
-    /// Failed tries of the current step.
-    pub attempts: i64,
-    pub created_at: Millis,
-    pub updated_at: Millis,
-}
-
-/// A bot row: the view plus what only the worker and the snapshot use.
-/// Not `Serialize`: the sealed token never leaves the control plane.
-#[derive(Debug, Clone)]
-pub struct BotRecord {
-    pub bot: Bot,
-    /// [`crate::crypto::Cipher::seal`] of the gateway token, bound to the id.
-    pub token_sealed: String,
-    pub next_attempt_at: Millis,
-    /// When the current step began (the boot/health deadline counts from
-    /// entering `machine_created`).
-    pub step_started_at: Millis,
-}
 
 /// Knobs of the provisioner.
 #[derive(Debug, Clone)]
@@ -251,12 +117,5 @@ mod tests {
             .bytes()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_'));
         assert_ne!(bot_name(&crate::domain::new_id("bot")), n);
-    }
-
-    #[test]
-    fn statuses_round_trip() {
-        for s in BotStatus::ALL {
-            assert_eq!(BotStatus::parse(s.as_str()), Some(s));
-        }
     }
 }

@@ -9,18 +9,18 @@
 //! from which `retry` resumes.
 //!
 //! Any number of workers (in one or several control planes) may run: the
-//! claim in [`BotStore::claim_bot`] lets one step of a bot run at a time, a
+//! claim in [`WorkerStore::claim_bot`] lets one step of a bot run at a time, a
 //! crashed worker's claim expires after `lease`, and what it may have made
 //! before crashing is found by the next attempt's lookups.
 
 use super::metrics::ProvisionMetrics;
-use super::store::StepUpdate;
+use super::store::{StepUpdate, WorkerStore};
 use super::{clawdbot_config, BotRecord, BotStatus, ProvisionSettings};
 use crate::crypto::Cipher;
 use crate::domain::{now_ms, Millis};
 use crate::fleet::{Fleet, FleetError, Machine, MachineSpec, VolumeSpec};
 use crate::service::Service;
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -78,7 +78,7 @@ enum Outcome {
 struct Inner {
     /// This worker's claim name.
     owner: String,
-    store: Arc<dyn Store>,
+    store: Arc<dyn WorkerStore>,
     fleet: Arc<dyn Fleet>,
     service: Arc<Service>,
     cipher: Cipher,
@@ -107,7 +107,7 @@ fn ms(d: Duration) -> Millis {
 
 impl Worker {
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn WorkerStore>,
         fleet: Arc<dyn Fleet>,
         service: Arc<Service>,
         cipher: Cipher,

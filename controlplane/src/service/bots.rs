@@ -7,10 +7,11 @@
 //! the snapshot, the bot in its machine's environment.
 
 use super::{audit_entry, not_found, paginate, range, Operator, Service, ServiceError};
+use crate::domain::AuditEntry;
 use crate::domain::{new_id, now_ms, Page, PageRequest};
-use crate::provision::store::WishChange;
 use crate::provision::{bot_name, Bot, BotRecord, BotStatus, Desired};
 use crate::store::StoreError;
+use crate::store::{Range, SqlStore, WishChange};
 use rand::RngCore;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -80,6 +81,55 @@ fn new_gateway_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     hex::encode(bytes)
+}
+
+/// Bots, as the bot services use them (the worker's slice is
+/// [`crate::provision::WorkerStore`]).
+#[async_trait::async_trait]
+pub trait BotWishStore: Send + Sync {
+    async fn insert_bot(&self, bot: &BotRecord, audit: &AuditEntry) -> Result<(), StoreError>;
+    async fn get_bot(&self, id: &str) -> Result<Option<BotRecord>, StoreError>;
+    /// A page of bots, of one user's only when `user_id` is given.
+    async fn list_bots(
+        &self,
+        user_id: Option<&str>,
+        range: &Range,
+    ) -> Result<Vec<BotRecord>, StoreError>;
+    /// `NotFound` when the bot is no longer in `change.from`.
+    async fn change_wish(
+        &self,
+        id: &str,
+        change: &WishChange,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
+}
+
+#[async_trait::async_trait]
+impl BotWishStore for SqlStore {
+    async fn insert_bot(&self, bot: &BotRecord, audit: &AuditEntry) -> Result<(), StoreError> {
+        SqlStore::insert_bot(self, bot, audit).await
+    }
+
+    async fn get_bot(&self, id: &str) -> Result<Option<BotRecord>, StoreError> {
+        SqlStore::get_bot(self, id).await
+    }
+
+    async fn list_bots(
+        &self,
+        user_id: Option<&str>,
+        range: &Range,
+    ) -> Result<Vec<BotRecord>, StoreError> {
+        SqlStore::list_bots(self, user_id, range).await
+    }
+
+    async fn change_wish(
+        &self,
+        id: &str,
+        change: &WishChange,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        SqlStore::change_wish(self, id, change, audit).await
+    }
 }
 
 // === impl Service ===

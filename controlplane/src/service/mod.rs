@@ -1,6 +1,9 @@
 //! The control plane's business logic: every rule about users, plans, keys,
 //! providers, models, usage, audit and operator auth lives here, between
-//! the thin HTTP handlers and the [`Store`].
+//! the thin HTTP handlers and storage. Each service file declares the slice
+//! of storage it needs ([`users::UserStore`], [`keys::KeyStore`], ...,
+//! [`AuditStore`] here) and implements it for the store beside it;
+//! [`ServiceStore`] is all of them, what [`Service`] holds.
 //!
 //! Every mutation:
 //! 1. is authorised here (`Operator::require_admin`), not in handlers;
@@ -23,14 +26,60 @@ pub mod usage;
 pub mod users;
 
 use crate::crypto::{Cipher, CryptoError};
-use crate::domain::{new_id, now_ms, AuditEntry, Page, PageRequest, Role};
+use crate::domain::{new_id, now_ms, AuditEntry, Millis, Page, PageRequest, Role};
 use crate::metrics::Metrics;
-use crate::snapshot::{JwtSettings, Publisher, SnapshotError};
-use crate::store::{Range, Store, StoreError};
+use crate::snapshot::{JwtSettings, Publisher, SnapshotError, SnapshotStore};
+use crate::store::{Range, SqlStore, StoreError};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
+
+/// The audit log, as every service and the retention job use it.
+#[async_trait::async_trait]
+pub trait AuditStore: Send + Sync {
+    /// An entry for an action that changes nothing else in the store (e.g.
+    /// minting a client JWT).
+    async fn insert_audit(&self, audit: &AuditEntry) -> Result<(), StoreError>;
+    /// Newest first.
+    async fn list_audit(&self, range: &Range) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Delete entries older than `before`; returns how many.
+    async fn delete_audit_before(&self, before: Millis) -> Result<u64, StoreError>;
+}
+
+#[async_trait::async_trait]
+impl AuditStore for SqlStore {
+    async fn insert_audit(&self, audit: &AuditEntry) -> Result<(), StoreError> {
+        SqlStore::insert_audit(self, audit).await
+    }
+
+    async fn list_audit(&self, range: &Range) -> Result<Vec<AuditEntry>, StoreError> {
+        SqlStore::list_audit(self, range).await
+    }
+
+    async fn delete_audit_before(&self, before: Millis) -> Result<u64, StoreError> {
+        SqlStore::delete_audit_before(self, before).await
+    }
+}
+
+/// Everything the services need from storage: each service's slice.
+pub trait ServiceStore:
+    users::UserStore
+    + keys::KeyStore
+    + providers::ProviderStore
+    + models::ModelStore
+    + plans::PlanStore
+    + limits::LimitsStore
+    + usage::UsageStore
+    + auth::AdminTokenStore
+    + bots::BotWishStore
+    + AuditStore
+    + std::fmt::Debug
+    + 'static
+{
+}
+
+impl ServiceStore for SqlStore {}
 
 /// Largest page a list returns.
 pub const MAX_PAGE: u32 = 500;
@@ -124,7 +173,7 @@ pub struct ServiceSettings {
 /// The services, shared by every handler.
 #[derive(Debug)]
 pub struct Service {
-    store: Arc<dyn Store>,
+    store: Arc<dyn ServiceStore>,
     publisher: Publisher,
     settings: ServiceSettings,
     metrics: Metrics,
@@ -132,14 +181,16 @@ pub struct Service {
 }
 
 impl Service {
-    /// Build the services and publish the first snapshot.
+    /// Build the services and publish the first snapshot (compiled from
+    /// `snapshots`).
     pub async fn start(
-        store: Arc<dyn Store>,
+        store: Arc<dyn ServiceStore>,
+        snapshots: Arc<dyn SnapshotStore>,
         settings: ServiceSettings,
         metrics: Metrics,
     ) -> Result<Self, ServiceError> {
         let publisher = Publisher::start(
-            store.clone(),
+            snapshots,
             settings.cipher.clone(),
             settings.jwt.clone(),
             metrics.clone(),

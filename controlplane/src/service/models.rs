@@ -4,7 +4,9 @@
 //! allowlists) are validated by the same code the data plane runs.
 
 use super::{audit_entry, not_found, paginate, range, Operator, Service, ServiceError};
+use crate::domain::AuditEntry;
 use crate::domain::{new_id, now_ms, Model, Page, PageRequest};
+use crate::store::{Range, SqlStore, StoreError};
 use molt_config::wire::RawModel;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -65,6 +67,40 @@ fn check_price(field: &str, price: f64) -> Result<f64, ServiceError> {
         Err(ServiceError::Invalid(format!(
             "{field} must be a non-negative number"
         )))
+    }
+}
+
+/// Models, as the model and usage services use them.
+#[async_trait::async_trait]
+pub trait ModelStore: Send + Sync {
+    async fn insert_model(&self, model: &Model, audit: &AuditEntry) -> Result<(), StoreError>;
+    async fn update_model(&self, model: &Model, audit: &AuditEntry) -> Result<(), StoreError>;
+    async fn delete_model(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError>;
+    /// By id or by name.
+    async fn get_model(&self, id_or_name: &str) -> Result<Option<Model>, StoreError>;
+    async fn list_models(&self, range: &Range) -> Result<Vec<Model>, StoreError>;
+}
+
+#[async_trait::async_trait]
+impl ModelStore for SqlStore {
+    async fn insert_model(&self, model: &Model, audit: &AuditEntry) -> Result<(), StoreError> {
+        SqlStore::insert_model(self, model, audit).await
+    }
+
+    async fn update_model(&self, model: &Model, audit: &AuditEntry) -> Result<(), StoreError> {
+        SqlStore::update_model(self, model, audit).await
+    }
+
+    async fn delete_model(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError> {
+        SqlStore::delete_model(self, id, audit).await
+    }
+
+    async fn get_model(&self, id_or_name: &str) -> Result<Option<Model>, StoreError> {
+        SqlStore::get_model(self, id_or_name).await
+    }
+
+    async fn list_models(&self, range: &Range) -> Result<Vec<Model>, StoreError> {
+        SqlStore::list_models(self, range).await
     }
 }
 

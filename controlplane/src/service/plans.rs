@@ -11,7 +11,9 @@
 use super::{
     audit_entry, check_limits, not_found, paginate, range, Operator, Service, ServiceError,
 };
+use crate::domain::AuditEntry;
 use crate::domain::{new_id, now_ms, Page, PageRequest, Plan};
+use crate::store::{Range, SqlStore, StoreError};
 use molt_config::limits::RawLimitSet;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -70,6 +72,48 @@ fn check_description(description: &str) -> Result<(), ServiceError> {
         )));
     }
     Ok(())
+}
+
+/// Plans, as the plan and user services use them.
+#[async_trait::async_trait]
+pub trait PlanStore: Send + Sync {
+    async fn insert_plan(&self, plan: &Plan, audit: &AuditEntry) -> Result<(), StoreError>;
+    /// Change a plan's description and limits (the name is fixed).
+    async fn update_plan(&self, plan: &Plan, audit: &AuditEntry) -> Result<(), StoreError>;
+    /// `Reference` while users are on it.
+    async fn delete_plan(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError>;
+    /// By id or by name.
+    async fn get_plan(&self, id_or_name: &str) -> Result<Option<Plan>, StoreError>;
+    async fn list_plans(&self, range: &Range) -> Result<Vec<Plan>, StoreError>;
+    /// How many users are on the plan named `name`.
+    async fn count_plan_users(&self, name: &str) -> Result<i64, StoreError>;
+}
+
+#[async_trait::async_trait]
+impl PlanStore for SqlStore {
+    async fn insert_plan(&self, plan: &Plan, audit: &AuditEntry) -> Result<(), StoreError> {
+        SqlStore::insert_plan(self, plan, audit).await
+    }
+
+    async fn update_plan(&self, plan: &Plan, audit: &AuditEntry) -> Result<(), StoreError> {
+        SqlStore::update_plan(self, plan, audit).await
+    }
+
+    async fn delete_plan(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError> {
+        SqlStore::delete_plan(self, id, audit).await
+    }
+
+    async fn get_plan(&self, id_or_name: &str) -> Result<Option<Plan>, StoreError> {
+        SqlStore::get_plan(self, id_or_name).await
+    }
+
+    async fn list_plans(&self, range: &Range) -> Result<Vec<Plan>, StoreError> {
+        SqlStore::list_plans(self, range).await
+    }
+
+    async fn count_plan_users(&self, name: &str) -> Result<i64, StoreError> {
+        SqlStore::count_plan_users(self, name).await
+    }
 }
 
 // === impl Service ===

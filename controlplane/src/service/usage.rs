@@ -1,32 +1,17 @@
-//! Usage: idempotent ingest of the data planes' events, and per-user,
+//! Usage: idempotent ingest of the data planes' events (the contract's
+//! [`UsageBatch`], at most [`MAX_BATCH_EVENTS`] of them), and per-user,
 //! per-model, per-day sums priced at the models' current prices.
 
 use super::{Operator, Service, ServiceError};
+use crate::domain::Millis;
 use crate::domain::{now_ms, PageRequest, UsageRow};
 use crate::store::{IngestCounts, UsageFilter};
+use crate::store::{SqlStore, StoreError, UsageSums};
+use molt_config::contract::{IngestAnswer, UsageBatch, MAX_BATCH_EVENTS, MAX_EVENT_ID_BYTES};
 use molt_config::UsageEvent;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use utoipa::{IntoParams, ToSchema};
-
-/// Most events one ingest batch may carry.
-pub const MAX_BATCH: usize = 10_000;
-/// Longest accepted `event_id`.
-const MAX_EVENT_ID: usize = 128;
-
-/// Body of `POST /internal/v1/usage`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IngestBatch {
-    pub events: Vec<UsageEvent>,
-}
-
-/// Answer of `POST /internal/v1/usage`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub struct IngestResult {
-    pub accepted: u64,
-    pub duplicates: u64,
-}
 
 /// Query of `GET /api/v1/usage`.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
@@ -54,16 +39,6 @@ pub struct UsageReport {
     pub totals: UsageTotals,
 }
 
-/// `YYYY-MM-DD` (UTC) of a Unix time in milliseconds.
-pub fn utc_day(timestamp_ms: u64) -> String {
-    let secs = i64::try_from(timestamp_ms / 1000).unwrap_or(i64::MAX);
-    match time::OffsetDateTime::from_unix_timestamp(secs) {
-        Ok(t) => format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day()),
-        // Beyond year 9999: not a real request time; keep it sortable.
-        Err(_) => "9999-12-31".to_owned(),
-    }
-}
-
 fn check_day(field: &str, day: Option<String>) -> Result<Option<String>, ServiceError> {
     let Some(day) = day else { return Ok(None) };
     let format = time::macros::format_description!("[year]-[month]-[day]");
@@ -73,26 +48,54 @@ fn check_day(field: &str, day: Option<String>) -> Result<Option<String>, Service
 }
 
 fn check_events(events: &[UsageEvent]) -> Result<(), ServiceError> {
-    if events.len() > MAX_BATCH {
+    if events.len() > MAX_BATCH_EVENTS {
         return Err(ServiceError::BadRequest(format!(
-            "at most {MAX_BATCH} events per batch"
+            "at most {MAX_BATCH_EVENTS} events per batch"
         )));
     }
     for (i, e) in events.iter().enumerate() {
-        if e.event_id.is_empty() || e.event_id.len() > MAX_EVENT_ID {
+        if e.event_id.is_empty() || e.event_id.len() > MAX_EVENT_ID_BYTES {
             return Err(ServiceError::BadRequest(format!(
-                "events[{i}].event_id must be 1 to {MAX_EVENT_ID} characters"
+                "events[{i}].event_id must be 1 to {MAX_EVENT_ID_BYTES} characters"
             )));
         }
     }
     Ok(())
 }
 
+/// Usage rows, as ingest and the usage report use them.
+#[async_trait::async_trait]
+pub trait UsageStore: Send + Sync {
+    /// Store events, ignoring those whose `event_id` is already stored, all
+    /// in one transaction.
+    async fn insert_usage(
+        &self,
+        events: &[UsageEvent],
+        received_at: Millis,
+    ) -> Result<IngestCounts, StoreError>;
+    async fn usage_by_day(&self, filter: &UsageFilter) -> Result<Vec<UsageSums>, StoreError>;
+}
+
+#[async_trait::async_trait]
+impl UsageStore for SqlStore {
+    async fn insert_usage(
+        &self,
+        events: &[UsageEvent],
+        received_at: Millis,
+    ) -> Result<IngestCounts, StoreError> {
+        SqlStore::insert_usage(self, events, received_at).await
+    }
+
+    async fn usage_by_day(&self, filter: &UsageFilter) -> Result<Vec<UsageSums>, StoreError> {
+        SqlStore::usage_by_day(self, filter).await
+    }
+}
+
 // === impl Service ===
 
 impl Service {
     /// Store a batch: all or nothing, duplicates (by `event_id`) ignored.
-    pub async fn ingest_usage(&self, batch: IngestBatch) -> Result<IngestResult, ServiceError> {
+    pub async fn ingest_usage(&self, batch: UsageBatch) -> Result<IngestAnswer, ServiceError> {
         check_events(&batch.events)?;
         let timer = self.metrics.ingest_batch_seconds.start_timer();
         let now = now_ms();
@@ -114,7 +117,7 @@ impl Service {
                 .saturating_sub(e.timestamp_ms);
             m.ingest_lag_seconds.observe(lag as f64 / 1000.0);
         }
-        Ok(IngestResult {
+        Ok(IngestAnswer {
             accepted,
             duplicates,
         })
@@ -184,12 +187,6 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn days_are_utc() {
-        assert_eq!(utc_day(0), "1970-01-01");
-        assert_eq!(utc_day(1_700_000_000_000), "2023-11-14");
-    }
 
     #[test]
     fn day_filters_must_be_dates() {

@@ -7,7 +7,9 @@
 use super::{
     audit_entry, check_limits, not_found, paginate, range, Operator, Service, ServiceError,
 };
+use crate::domain::AuditEntry;
 use crate::domain::{new_id, now_ms, LimitOverrides, Page, PageRequest, User, UserStatus};
+use crate::store::{Range, SqlStore};
 use crate::store::{StoreError, UserLimits};
 use serde::{Deserialize, Deserializer};
 use utoipa::ToSchema;
@@ -98,6 +100,35 @@ fn user_write_error(e: StoreError, user: &User) -> ServiceError {
             user.plan.as_deref().unwrap_or_default()
         )),
         e => e.into(),
+    }
+}
+
+/// Users, as the user services (and billing and bots, through them) use them.
+#[async_trait::async_trait]
+pub trait UserStore: Send + Sync {
+    async fn insert_user(&self, user: &User, audit: &AuditEntry) -> Result<(), StoreError>;
+    /// `NotFound` if there is no such user.
+    async fn update_user(&self, user: &User, audit: &AuditEntry) -> Result<(), StoreError>;
+    async fn get_user(&self, id: &str) -> Result<Option<User>, StoreError>;
+    async fn list_users(&self, range: &Range) -> Result<Vec<User>, StoreError>;
+}
+
+#[async_trait::async_trait]
+impl UserStore for SqlStore {
+    async fn insert_user(&self, user: &User, audit: &AuditEntry) -> Result<(), StoreError> {
+        SqlStore::insert_user(self, user, audit).await
+    }
+
+    async fn update_user(&self, user: &User, audit: &AuditEntry) -> Result<(), StoreError> {
+        SqlStore::update_user(self, user, audit).await
+    }
+
+    async fn get_user(&self, id: &str) -> Result<Option<User>, StoreError> {
+        SqlStore::get_user(self, id).await
+    }
+
+    async fn list_users(&self, range: &Range) -> Result<Vec<User>, StoreError> {
+        SqlStore::list_users(self, range).await
     }
 }
 

@@ -5,7 +5,7 @@
 use crate::harness::TestDb;
 use molt_config::UsageEvent;
 use molt_controlplane::domain::{new_id, AuditEntry, LimitOverrides, Plan, User, UserStatus};
-use molt_controlplane::store::{Range, Store, StoreError, UsageFilter, UserLimits};
+use molt_controlplane::store::{Range, StoreError, UsageFilter, UserLimits};
 
 crate::on_both_databases!(
     users_round_trip_and_emails_are_unique,

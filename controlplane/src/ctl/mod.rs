@@ -8,14 +8,19 @@
 //! The control plane is reached over `http://` or `https://` (through
 //! [`crate::https`]; `--ca-file` adds a private CA).
 
+mod args;
+
+pub use args::{
+    BotsCmd, CtlArgs, CtlCommand, KeysCmd, LimitsCmd, ListArgs, ModelsCmd, PlansCmd, ProvidersCmd,
+    UsersCmd,
+};
+
 use crate::https::{HttpsClient, TlsSetupError};
 use bytes::Bytes;
-use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use serde_json::{json, Value};
 use std::io::Write;
-use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
@@ -39,279 +44,6 @@ pub enum CtlError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Input(String),
-}
-
-#[derive(Debug, Args)]
-pub struct CtlArgs {
-    /// Control plane base URL.
-    #[arg(long, env = "MOLT_ADMIN_URL", default_value = "http://127.0.0.1:9700")]
-    pub url: String,
-    /// Operator token.
-    #[arg(long, env = "MOLT_ADMIN_TOKEN", hide_env_values = true)]
-    pub token: String,
-    /// PEM file of extra CA certificates to trust for an https:// URL.
-    #[arg(long, env = "MOLT_ADMIN_CA_FILE")]
-    pub ca_file: Option<PathBuf>,
-    /// Print the API's JSON instead of a table.
-    #[arg(long, global = true)]
-    pub json: bool,
-    #[command(subcommand)]
-    pub command: CtlCommand,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum CtlCommand {
-    /// Users.
-    Users {
-        #[command(subcommand)]
-        command: UsersCmd,
-    },
-    /// Client API keys.
-    Keys {
-        #[command(subcommand)]
-        command: KeysCmd,
-    },
-    /// Models.
-    Models {
-        #[command(subcommand)]
-        command: ModelsCmd,
-    },
-    /// Providers.
-    Providers {
-        #[command(subcommand)]
-        command: ProvidersCmd,
-    },
-    /// Bots: one per user, provisioned on the fleet in the background.
-    Bots {
-        #[command(subcommand)]
-        command: BotsCmd,
-    },
-    /// Plans: named limit sets users are on.
-    Plans {
-        #[command(subcommand)]
-        command: PlansCmd,
-    },
-    /// The deployment-wide limits document the data planes enforce.
-    Limits {
-        #[command(subcommand)]
-        command: LimitsCmd,
-    },
-    /// Usage per user, model and day, with totals and cost.
-    Usage {
-        #[arg(long)]
-        user_id: Option<String>,
-        #[arg(long)]
-        model: Option<String>,
-        /// First day, YYYY-MM-DD.
-        #[arg(long)]
-        from: Option<String>,
-        /// Last day, YYYY-MM-DD.
-        #[arg(long)]
-        to: Option<String>,
-    },
-    /// The audit log, newest first.
-    Audit {
-        #[arg(long, default_value_t = 50)]
-        limit: u32,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum LimitsCmd {
-    /// Print the limits document (JSON).
-    Get,
-    /// Replace the limits document with a JSON file (`[limits]` of the
-    /// data plane's config, without `redis`).
-    Set {
-        #[arg(long)]
-        file: std::path::PathBuf,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum PlansCmd {
-    List(ListArgs),
-    /// Create a plan.
-    Create {
-        /// A slug: lower-case letters, digits and '-'.
-        #[arg(long)]
-        name: String,
-        #[arg(long, default_value = "")]
-        description: String,
-        /// A limit as FIELD=N, e.g. requests_per_minute=60 (repeatable;
-        /// fields as in the limits document).
-        #[arg(long = "limit", value_name = "FIELD=N")]
-        limits: Vec<String>,
-    },
-    /// Show one plan, by id or name.
-    Get {
-        id: String,
-    },
-    /// Change a plan's description or limits.
-    Update {
-        /// Id or name.
-        id: String,
-        #[arg(long)]
-        description: Option<String>,
-        /// The plan's new limits as FIELD=N (repeatable); they replace all
-        /// of its limits.
-        #[arg(long = "limit", value_name = "FIELD=N")]
-        limits: Vec<String>,
-        /// Remove all of the plan's limits.
-        #[arg(long, conflicts_with = "limits")]
-        clear_limits: bool,
-    },
-    /// Delete a plan no user is on.
-    Delete {
-        id: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum UsersCmd {
-    List(ListArgs),
-    Create {
-        #[arg(long)]
-        email: String,
-        #[arg(long)]
-        plan: Option<String>,
-        /// active, suspended or past_due.
-        #[arg(long)]
-        status: Option<String>,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum KeysCmd {
-    List {
-        #[arg(long)]
-        user_id: Option<String>,
-        #[command(flatten)]
-        page: ListArgs,
-    },
-    /// Create a key; its secret is printed once.
-    Create {
-        #[arg(long)]
-        user_id: String,
-        #[arg(long)]
-        name: Option<String>,
-        /// Allowed model (repeatable); none means all.
-        #[arg(long = "model")]
-        models: Vec<String>,
-        /// Unix milliseconds.
-        #[arg(long)]
-        expires_at: Option<i64>,
-    },
-    Revoke {
-        id: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum BotsCmd {
-    List {
-        #[arg(long)]
-        user_id: Option<String>,
-        #[command(flatten)]
-        page: ListArgs,
-    },
-    /// Request a user's bot; `get` shows it move to `running`.
-    Create {
-        #[arg(long)]
-        user_id: String,
-        /// Fly region; absent means the fleet's default.
-        #[arg(long)]
-        region: Option<String>,
-        /// The bot's primary model; absent means the provisioner's default.
-        #[arg(long)]
-        model: Option<String>,
-    },
-    Get {
-        id: String,
-    },
-    Stop {
-        id: String,
-    },
-    Start {
-        id: String,
-    },
-    /// Try a failed bot's provisioning again.
-    Retry {
-        id: String,
-    },
-    /// Destroy the bot's machine and volume.
-    Delete {
-        id: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ModelsCmd {
-    List(ListArgs),
-    Create {
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        provider: String,
-        #[arg(long)]
-        upstream_name: Option<String>,
-        #[arg(long = "alias")]
-        aliases: Vec<String>,
-        #[arg(long = "fallback")]
-        fallbacks: Vec<String>,
-        /// USD per million input tokens.
-        #[arg(long, default_value_t = 0.0)]
-        input_price: f64,
-        /// USD per million output tokens.
-        #[arg(long, default_value_t = 0.0)]
-        output_price: f64,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ProvidersCmd {
-    List(ListArgs),
-    Create {
-        #[arg(long)]
-        name: String,
-        /// openai, azure_openai, venice, vllm, openrouter or anthropic.
-        #[arg(long)]
-        kind: String,
-        #[arg(long)]
-        base_url: String,
-        /// Environment variable holding a master key (repeatable).
-        #[arg(long = "key-env", required = true)]
-        key_env: Vec<String>,
-    },
-}
-
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    #[arg(long, default_value_t = 50)]
-    pub limit: u32,
-    #[arg(long)]
-    pub cursor: Option<String>,
-}
-
-impl ListArgs {
-    fn query(&self) -> String {
-        let mut q = format!("?limit={}", self.limit);
-        if let Some(c) = &self.cursor {
-            q.push_str("&cursor=");
-            q.push_str(&encode(c));
-        }
-        q
-    }
-
-    /// `resource` with this page's query, narrowed to one user's items.
-    fn path_for_user(&self, resource: &str, user_id: Option<&str>) -> String {
-        let mut path = format!("{resource}{}", self.query());
-        if let Some(u) = user_id {
-            path.push_str("&user_id=");
-            path.push_str(&encode(u));
-        }
-        path
-    }
 }
 
 /// Run one `molt ctl` command, writing its output to `out`.
@@ -644,7 +376,7 @@ fn write_table(out: &mut dyn Write, rows: &[Value], columns: &[&str]) -> Result<
 }
 
 /// Percent-encode a query or path component.
-fn encode(s: &str) -> String {
+pub(super) fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

@@ -1,9 +1,22 @@
 //! The control plane's records as the API shows them: users, plans, keys,
-//! providers, models, usage, audit entries and operator roles.
+//! providers, models, usage, audit entries and operator roles; bots
+//! ([`bots`]) and meter reports ([`billing`]).
 //!
 //! These types are what the store returns and what handlers serialise, so
 //! none of them holds a secret: API keys carry only their display prefix,
-//! providers only how many master keys they have.
+//! providers only how many master keys they have. They sit below every
+//! other module: the store maps them to rows, the services, provisioner and
+//! billing act on them, and none of them depends on any of those.
+//!
+//! Every status stored as text is a [`molt_config::text_enum!`], whose one
+//! mapping is both the database value and the API's spelling.
+
+pub mod billing;
+pub mod bots;
+
+pub use billing::{MeterReport, ReportStatus};
+pub use bots::{Bot, BotRecord, BotStatus, Desired};
+pub use molt_config::ProviderKind;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -19,6 +32,16 @@ pub fn now_ms() -> Millis {
     i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// `YYYY-MM-DD` (UTC) of a Unix time in milliseconds.
+pub fn utc_day(timestamp_ms: u64) -> String {
+    let secs = i64::try_from(timestamp_ms / 1000).unwrap_or(i64::MAX);
+    match time::OffsetDateTime::from_unix_timestamp(secs) {
+        Ok(t) => format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day()),
+        // Beyond year 9999: not a real request time; keep it sortable.
+        Err(_) => "9999-12-31".to_owned(),
+    }
+}
+
 /// A new time-ordered id with a type prefix (`usr_`, `key_`, ...).
 ///
 /// UUIDv7 in simple (hex) form sorts by creation time, so `ORDER BY id`
@@ -27,32 +50,14 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
 }
 
-/// Whether a user may use the gateway. Only `active` users' keys reach the
-/// data planes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum UserStatus {
-    Active,
-    Suspended,
-    PastDue,
-}
-
-impl UserStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Suspended => "suspended",
-            Self::PastDue => "past_due",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "active" => Some(Self::Active),
-            "suspended" => Some(Self::Suspended),
-            "past_due" => Some(Self::PastDue),
-            _ => None,
-        }
+molt_config::text_enum! {
+    /// Whether a user may use the gateway. Only `active` users' keys reach the
+    /// data planes.
+    #[derive(ToSchema)]
+    pub enum UserStatus {
+        Active = "active",
+        Suspended = "suspended",
+        PastDue = "past_due",
     }
 }
 
@@ -104,45 +109,6 @@ pub struct ApiKey {
     /// Hex SHA-256 of the key; internal, never serialised.
     #[serde(skip)]
     pub sha256: String,
-}
-
-/// The upstream API family a provider speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ProviderKind {
-    Openai,
-    AzureOpenai,
-    Venice,
-    Vllm,
-    Openrouter,
-    Anthropic,
-}
-
-impl ProviderKind {
-    /// The name the config contract uses (`molt_config::wire::RawProvider::kind`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Openai => "openai",
-            Self::AzureOpenai => "azure_openai",
-            Self::Venice => "venice",
-            Self::Vllm => "vllm",
-            Self::Openrouter => "openrouter",
-            Self::Anthropic => "anthropic",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Openai,
-            Self::AzureOpenai,
-            Self::Venice,
-            Self::Vllm,
-            Self::Openrouter,
-            Self::Anthropic,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
-    }
 }
 
 /// A provider as the API shows it: its master keys are never included.
@@ -202,28 +168,12 @@ pub struct AuditEntry {
     pub diff: serde_json::Value,
 }
 
-/// Operator roles. `ReadOnly` may read everything and change nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Admin,
-    ReadOnly,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Admin => "admin",
-            Self::ReadOnly => "read_only",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "admin" => Some(Self::Admin),
-            "read_only" => Some(Self::ReadOnly),
-            _ => None,
-        }
+molt_config::text_enum! {
+    /// Operator roles. `ReadOnly` may read everything and change nothing.
+    #[derive(ToSchema)]
+    pub enum Role {
+        Admin = "admin",
+        ReadOnly = "read_only",
     }
 }
 
@@ -266,4 +216,15 @@ pub struct PageRequest {
     /// Return rows with ids strictly after this one.
     pub cursor: Option<String>,
     pub limit: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_are_utc() {
+        assert_eq!(utc_day(0), "1970-01-01");
+        assert_eq!(utc_day(1_700_000_000_000), "2023-11-14");
+    }
 }

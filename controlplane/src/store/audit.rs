@@ -1,0 +1,80 @@
+//! `audit_log`: who did what to which record, written in the transaction
+//! of the change it describes ([`write`]), read newest first, and pruned by
+//! the retention job.
+
+use super::query::{json, Row};
+use super::{Range, SqlStore, StoreError};
+use crate::domain::{AuditEntry, Millis};
+use sqlx::AnyConnection;
+
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    id: String,
+    at: i64,
+    actor: String,
+    action: String,
+    target: String,
+    diff: String,
+}
+
+impl Row for AuditRow {
+    type Record = AuditEntry;
+}
+
+impl TryFrom<AuditRow> for AuditEntry {
+    type Error = StoreError;
+
+    fn try_from(r: AuditRow) -> Result<Self, StoreError> {
+        Ok(AuditEntry {
+            diff: json("audit_log.diff", &r.diff)?,
+            id: r.id,
+            at: r.at,
+            actor: r.actor,
+            action: r.action,
+            target: r.target,
+        })
+    }
+}
+
+/// Write `a` on `conn` (inside the transaction of the change it records).
+pub(super) async fn write(conn: &mut AnyConnection, a: &AuditEntry) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_log (id, at, actor, action, target, diff) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&a.id)
+    .bind(a.at)
+    .bind(&a.actor)
+    .bind(&a.action)
+    .bind(&a.target)
+    .bind(a.diff.to_string())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+impl SqlStore {
+    /// An audit entry for an action that changes nothing else in the store
+    /// (e.g. minting a client JWT).
+    pub async fn insert_audit(&self, audit: &AuditEntry) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        write(&mut conn, audit).await
+    }
+
+    /// Newest first: the cursor is the last id seen, so the next page holds
+    /// smaller ids. An empty cursor means "from the newest".
+    pub async fn list_audit(&self, range: &Range) -> Result<Vec<AuditEntry>, StoreError> {
+        const SQL: &str = "SELECT id, at, actor, action, target, diff FROM audit_log \
+             WHERE ($1 = '' OR id < $1) ORDER BY id DESC LIMIT $2";
+        self.page::<AuditRow>(SQL, &[], range).await
+    }
+
+    /// Delete entries older than `before`; returns how many.
+    pub async fn delete_audit_before(&self, before: Millis) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM audit_log WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}

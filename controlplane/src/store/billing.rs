@@ -1,0 +1,217 @@
+//! Billing's tables: `stripe_events` (each webhook delivery once),
+//! `billing_past_due` (the grace period of users whose payment failed) and
+//! `meter_reports` (the meter events Molt sends to Stripe, each with its
+//! value fixed before it is sent). The usage rows a report covers are
+//! claimed through [`usage::claim`](super::usage), in the transaction that
+//! stores the report.
+
+use super::query::{named, records, Row};
+use super::usage::{self, OpenWindow};
+use super::{SqlStore, StoreError};
+use crate::domain::{MeterReport, Millis, ReportStatus};
+
+/// A handled Stripe event, as recorded.
+#[derive(Debug, Clone, Copy)]
+pub struct HandledEvent<'a> {
+    pub id: &'a str,
+    pub kind: &'a str,
+    /// The user it concerned, if any.
+    pub user_id: Option<&'a str>,
+    /// Stripe's `created`, Unix seconds.
+    pub created: i64,
+    pub received_at: Millis,
+}
+
+#[derive(sqlx::FromRow)]
+struct ReportRow {
+    identifier: String,
+    user_id: String,
+    stripe_customer_id: String,
+    event_name: String,
+    window_start: i64,
+    window_end: i64,
+    seq: i64,
+    value: i64,
+    status: String,
+    attempts: i64,
+    last_error: Option<String>,
+}
+
+impl Row for ReportRow {
+    type Record = MeterReport;
+}
+
+impl TryFrom<ReportRow> for MeterReport {
+    type Error = StoreError;
+
+    fn try_from(r: ReportRow) -> Result<Self, StoreError> {
+        Ok(MeterReport {
+            status: named("meter_reports.status", &r.status, ReportStatus::parse)?,
+            identifier: r.identifier,
+            user_id: r.user_id,
+            stripe_customer_id: r.stripe_customer_id,
+            event_name: r.event_name,
+            window_start: r.window_start,
+            window_end: r.window_end,
+            seq: r.seq,
+            value: r.value,
+            attempts: r.attempts,
+            last_error: r.last_error,
+        })
+    }
+}
+
+impl SqlStore {
+    /// Whether a Stripe event id has been handled.
+    pub async fn event_seen(&self, id: &str) -> Result<bool, StoreError> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT id FROM stripe_events WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Record a handled event; false if it was already recorded.
+    pub async fn record_event(&self, e: &HandledEvent<'_>) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO stripe_events (id, type, user_id, created, received_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(e.id)
+        .bind(e.kind)
+        .bind(e.user_id)
+        .bind(e.created)
+        .bind(e.received_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Start the grace period (kept if already running).
+    pub async fn mark_past_due(&self, user_id: &str, since: Millis) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO billing_past_due (user_id, since) VALUES ($1, $2) \
+             ON CONFLICT (user_id) DO NOTHING",
+        )
+        .bind(user_id)
+        .bind(since)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn clear_past_due(&self, user_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM billing_past_due WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Users past due since before `before`.
+    pub async fn past_due_before(&self, before: Millis) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT user_id FROM billing_past_due WHERE since < $1 ORDER BY user_id",
+        )
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// In one transaction: claim the window's unreported usage rows for a
+    /// new report and store the report with their token sum as its fixed
+    /// value. `make` turns (seq, value) into the report to store. Returns
+    /// `None` when another flush claimed the rows first.
+    pub async fn create_report(
+        &self,
+        w: &OpenWindow,
+        window_ms: i64,
+        event_name: &str,
+        now: Millis,
+        make: &(dyn Fn(i64, i64) -> MeterReport + Send + Sync),
+    ) -> Result<Option<MeterReport>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let (seq,): (i64,) = sqlx::query_as(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM meter_reports \
+             WHERE user_id = $1 AND event_name = $2 AND window_start = $3",
+        )
+        .bind(&w.user_id)
+        .bind(event_name)
+        .bind(w.window_start)
+        .fetch_one(&mut *tx)
+        .await?;
+        // The identifier is fixed before the claim so the claim can name it.
+        let identifier = make(seq, 0).identifier;
+        let window_end = w.window_start + window_ms;
+        let claimed =
+            usage::claim(&mut tx, &identifier, &w.user_id, w.window_start, window_end).await?;
+        let Some(value) = claimed else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let report = make(seq, value);
+        sqlx::query(
+            "INSERT INTO meter_reports (identifier, user_id, stripe_customer_id, event_name, \
+             window_start, window_end, seq, value, status, attempts, last_error, created_at, sent_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(&report.identifier)
+        .bind(&report.user_id)
+        .bind(&report.stripe_customer_id)
+        .bind(&report.event_name)
+        .bind(report.window_start)
+        .bind(report.window_end)
+        .bind(report.seq)
+        .bind(report.value)
+        .bind(report.status.as_str())
+        .bind(report.attempts)
+        .bind(&report.last_error)
+        .bind(now)
+        .bind((report.status == ReportStatus::Sent).then_some(now))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(report))
+    }
+
+    /// Reports still to send, oldest window first.
+    pub async fn pending_reports(&self) -> Result<Vec<MeterReport>, StoreError> {
+        let rows: Vec<ReportRow> = sqlx::query_as(
+            "SELECT identifier, user_id, stripe_customer_id, event_name, window_start, window_end, \
+             seq, value, status, attempts, last_error FROM meter_reports \
+             WHERE status = $1 ORDER BY window_start, identifier",
+        )
+        .bind(ReportStatus::Pending.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        records(rows)
+    }
+
+    /// Move a pending report to `status` (sent, unbillable, failed) or
+    /// keep it pending with a new attempt count and error.
+    pub async fn finish_report(
+        &self,
+        identifier: &str,
+        status: ReportStatus,
+        attempts: i64,
+        error: Option<&str>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE meter_reports SET status = $1, attempts = $2, last_error = $3, \
+             sent_at = CASE WHEN $1 = $6 THEN $4 ELSE sent_at END \
+             WHERE identifier = $5 AND status = $7",
+        )
+        .bind(status.as_str())
+        .bind(attempts)
+        .bind(error)
+        .bind(now)
+        .bind(identifier)
+        .bind(ReportStatus::Sent.as_str())
+        .bind(ReportStatus::Pending.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,125 @@
+//! `api_keys`: client keys as stored (their hash, never the key).
+
+use super::query::{json, records, to_json, Row, Rows};
+use super::{Range, SqlStore, StoreError};
+use crate::domain::{ApiKey, AuditEntry, Millis};
+use sqlx::AnyConnection;
+
+/// The columns [`KeyRow`] reads (as `k` in a join).
+macro_rules! columns {
+    () => {
+        "k.id, k.user_id, k.name, k.prefix, k.sha256, k.models, k.expires_at, k.revoked_at, \
+         k.created_at"
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    id: String,
+    user_id: String,
+    name: String,
+    prefix: String,
+    sha256: String,
+    models: Option<String>,
+    expires_at: Option<i64>,
+    revoked_at: Option<i64>,
+    created_at: i64,
+}
+
+impl Row for KeyRow {
+    type Record = ApiKey;
+}
+
+impl TryFrom<KeyRow> for ApiKey {
+    type Error = StoreError;
+
+    fn try_from(r: KeyRow) -> Result<Self, StoreError> {
+        Ok(ApiKey {
+            models: r
+                .models
+                .as_deref()
+                .map(|m| json::<Vec<String>>("api_keys.models", m))
+                .transpose()?,
+            id: r.id,
+            user_id: r.user_id,
+            name: r.name,
+            prefix: r.prefix,
+            sha256: r.sha256,
+            expires_at: r.expires_at,
+            revoked_at: r.revoked_at,
+            created_at: r.created_at,
+        })
+    }
+}
+
+/// Unrevoked, unexpired keys of active users at `now`, by id: the keys a
+/// config snapshot carries.
+pub(super) async fn live(conn: &mut AnyConnection, now: Millis) -> Result<Vec<ApiKey>, StoreError> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        columns!(),
+        " FROM api_keys k JOIN users u ON u.id = k.user_id \
+         WHERE u.status = $1 AND k.revoked_at IS NULL \
+         AND (k.expires_at IS NULL OR k.expires_at > $2) ORDER BY k.id"
+    );
+    let rows: Vec<KeyRow> = sqlx::query_as(SQL)
+        .bind(crate::domain::UserStatus::Active.as_str())
+        .bind(now)
+        .fetch_all(conn)
+        .await?;
+    records(rows)
+}
+
+impl SqlStore {
+    pub async fn insert_api_key(&self, k: &ApiKey, audit: &AuditEntry) -> Result<(), StoreError> {
+        let query = sqlx::query(
+            "INSERT INTO api_keys (id, user_id, name, prefix, sha256, models, expires_at, \
+             revoked_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&k.id)
+        .bind(&k.user_id)
+        .bind(&k.name)
+        .bind(&k.prefix)
+        .bind(&k.sha256)
+        .bind(k.models.as_ref().map(to_json))
+        .bind(k.expires_at)
+        .bind(k.revoked_at)
+        .bind(k.created_at);
+        self.audited(query, Rows::Any, audit).await
+    }
+
+    /// Set `revoked_at` on an unrevoked key; `NotFound` if there is none.
+    pub async fn revoke_api_key(
+        &self,
+        id: &str,
+        at: Millis,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let query =
+            sqlx::query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+                .bind(id)
+                .bind(at);
+        self.audited(query, Rows::One, audit).await
+    }
+
+    pub async fn get_api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        const SQL: &str = concat!("SELECT ", columns!(), " FROM api_keys k WHERE k.id = $1");
+        self.find::<KeyRow>(SQL, id).await
+    }
+
+    /// A page of keys, of one user's only when `user_id` is given.
+    pub async fn list_api_keys(
+        &self,
+        user_id: Option<&str>,
+        range: &Range,
+    ) -> Result<Vec<ApiKey>, StoreError> {
+        const SQL: &str = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM api_keys k WHERE ($1 = '' OR k.user_id = $1) AND k.id > $2 \
+             ORDER BY k.id LIMIT $3"
+        );
+        self.page::<KeyRow>(SQL, &[user_id.unwrap_or("")], range)
+            .await
+    }
+}

@@ -1,0 +1,103 @@
+//! `plans`: named limit sets users are on (`users.plan` names one).
+
+use super::query::{json, records, to_json, Row, Rows};
+use super::{Range, SqlStore, StoreError};
+use crate::domain::{AuditEntry, Plan};
+use sqlx::AnyConnection;
+
+/// The columns [`PlanRow`] reads.
+macro_rules! columns {
+    () => {
+        "id, name, description, limits, created_at, updated_at"
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct PlanRow {
+    id: String,
+    name: String,
+    description: String,
+    limits: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl Row for PlanRow {
+    type Record = Plan;
+}
+
+impl TryFrom<PlanRow> for Plan {
+    type Error = StoreError;
+
+    fn try_from(r: PlanRow) -> Result<Self, StoreError> {
+        Ok(Plan {
+            limits: json("plans.limits", &r.limits)?,
+            id: r.id,
+            name: r.name,
+            description: r.description,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+/// Every plan, by id.
+pub(super) async fn all(conn: &mut AnyConnection) -> Result<Vec<Plan>, StoreError> {
+    const SQL: &str = concat!("SELECT ", columns!(), " FROM plans ORDER BY id");
+    let rows: Vec<PlanRow> = sqlx::query_as(SQL).fetch_all(conn).await?;
+    records(rows)
+}
+
+impl SqlStore {
+    pub async fn insert_plan(&self, p: &Plan, audit: &AuditEntry) -> Result<(), StoreError> {
+        let query = sqlx::query(concat!(
+            "INSERT INTO plans (",
+            columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6)"
+        ))
+        .bind(&p.id)
+        .bind(&p.name)
+        .bind(&p.description)
+        .bind(to_json(&p.limits))
+        .bind(p.created_at)
+        .bind(p.updated_at);
+        self.audited(query, Rows::Any, audit).await
+    }
+
+    /// Change a plan's description and limits (the name is fixed).
+    pub async fn update_plan(&self, p: &Plan, audit: &AuditEntry) -> Result<(), StoreError> {
+        let query = sqlx::query(
+            "UPDATE plans SET description = $2, limits = $3, updated_at = $4 WHERE id = $1",
+        )
+        .bind(&p.id)
+        .bind(&p.description)
+        .bind(to_json(&p.limits))
+        .bind(p.updated_at);
+        self.audited(query, Rows::One, audit).await
+    }
+
+    /// `Reference` while users are on it.
+    pub async fn delete_plan(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError> {
+        let query = sqlx::query("DELETE FROM plans WHERE id = $1").bind(id);
+        self.audited(query, Rows::One, audit).await
+    }
+
+    /// By id or by name.
+    pub async fn get_plan(&self, id_or_name: &str) -> Result<Option<Plan>, StoreError> {
+        const SQL: &str = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM plans WHERE id = $1 OR name = $1"
+        );
+        self.find::<PlanRow>(SQL, id_or_name).await
+    }
+
+    pub async fn list_plans(&self, range: &Range) -> Result<Vec<Plan>, StoreError> {
+        const SQL: &str = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM plans WHERE id > $1 ORDER BY id LIMIT $2"
+        );
+        self.page::<PlanRow>(SQL, &[], range).await
+    }
+}

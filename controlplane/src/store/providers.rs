@@ -1,0 +1,119 @@
+//! `providers`: upstream providers with their master keys sealed.
+
+use super::query::{named, records, Row, Rows};
+use super::{Range, SqlStore, StoreError};
+use crate::domain::{AuditEntry, Provider, ProviderKind, SealedProvider};
+use sqlx::AnyConnection;
+
+/// The columns [`ProviderRow`] reads.
+macro_rules! columns {
+    () => {
+        "id, name, kind, base_url, keys_sealed, key_count, created_at, updated_at"
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct ProviderRow {
+    id: String,
+    name: String,
+    kind: String,
+    base_url: String,
+    keys_sealed: String,
+    key_count: i64,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl Row for ProviderRow {
+    type Record = SealedProvider;
+}
+
+impl TryFrom<ProviderRow> for SealedProvider {
+    type Error = StoreError;
+
+    fn try_from(r: ProviderRow) -> Result<Self, StoreError> {
+        Ok(SealedProvider {
+            provider: Provider {
+                kind: named("providers.kind", &r.kind, ProviderKind::parse)?,
+                id: r.id,
+                name: r.name,
+                base_url: r.base_url,
+                key_count: r.key_count,
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+            },
+            keys_sealed: r.keys_sealed,
+        })
+    }
+}
+
+/// Every provider, by id.
+pub(super) async fn all(conn: &mut AnyConnection) -> Result<Vec<SealedProvider>, StoreError> {
+    const SQL: &str = concat!("SELECT ", columns!(), " FROM providers ORDER BY id");
+    let rows: Vec<ProviderRow> = sqlx::query_as(SQL).fetch_all(conn).await?;
+    records(rows)
+}
+
+impl SqlStore {
+    pub async fn insert_provider(
+        &self,
+        p: &SealedProvider,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let v = &p.provider;
+        let query = sqlx::query(concat!(
+            "INSERT INTO providers (",
+            columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ))
+        .bind(&v.id)
+        .bind(&v.name)
+        .bind(v.kind.as_str())
+        .bind(&v.base_url)
+        .bind(&p.keys_sealed)
+        .bind(v.key_count)
+        .bind(v.created_at)
+        .bind(v.updated_at);
+        self.audited(query, Rows::Any, audit).await
+    }
+
+    pub async fn update_provider(
+        &self,
+        p: &SealedProvider,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let v = &p.provider;
+        let query = sqlx::query(
+            "UPDATE providers SET base_url = $2, keys_sealed = $3, key_count = $4, \
+             updated_at = $5 WHERE id = $1",
+        )
+        .bind(&v.id)
+        .bind(&v.base_url)
+        .bind(&p.keys_sealed)
+        .bind(v.key_count)
+        .bind(v.updated_at);
+        self.audited(query, Rows::One, audit).await
+    }
+
+    /// By id or by name.
+    pub async fn get_provider(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Option<SealedProvider>, StoreError> {
+        const SQL: &str = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM providers WHERE id = $1 OR name = $1"
+        );
+        self.find::<ProviderRow>(SQL, id_or_name).await
+    }
+
+    pub async fn list_providers(&self, range: &Range) -> Result<Vec<SealedProvider>, StoreError> {
+        const SQL: &str = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM providers WHERE id > $1 ORDER BY id LIMIT $2"
+        );
+        self.page::<ProviderRow>(SQL, &[], range).await
+    }
+}

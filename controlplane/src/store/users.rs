@@ -1,0 +1,156 @@
+//! `users`: who may use the gateway, on which plan, with which overrides
+//! and Stripe customer.
+
+use super::query::{json, named, records, to_json, Row, Rows};
+use super::snapshot::UserLimits;
+use super::{Range, SqlStore, StoreError};
+use crate::domain::{AuditEntry, LimitOverrides, User, UserStatus};
+use sqlx::AnyConnection;
+
+/// The columns [`UserRow`] reads.
+macro_rules! columns {
+    () => {
+        "id, email, status, plan, stripe_customer_id, limits, created_at, updated_at"
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: String,
+    email: String,
+    status: String,
+    plan: Option<String>,
+    stripe_customer_id: Option<String>,
+    limits: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl Row for UserRow {
+    type Record = User;
+}
+
+impl TryFrom<UserRow> for User {
+    type Error = StoreError;
+
+    fn try_from(r: UserRow) -> Result<Self, StoreError> {
+        Ok(User {
+            status: named("users.status", &r.status, UserStatus::parse)?,
+            limits: json::<LimitOverrides>("users.limits", &r.limits)?,
+            id: r.id,
+            email: r.email,
+            plan: r.plan,
+            stripe_customer_id: r.stripe_customer_id,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct UserLimitsRow {
+    id: String,
+    plan: Option<String>,
+    limits: String,
+}
+
+impl Row for UserLimitsRow {
+    type Record = UserLimits;
+}
+
+impl TryFrom<UserLimitsRow> for UserLimits {
+    type Error = StoreError;
+
+    fn try_from(r: UserLimitsRow) -> Result<Self, StoreError> {
+        Ok(UserLimits {
+            overrides: json::<LimitOverrides>("users.limits", &r.limits)?,
+            user_id: r.id,
+            plan: r.plan,
+        })
+    }
+}
+
+/// The users on a plan or with overrides of their own, by id: whose limits
+/// a config snapshot compiles.
+pub(super) async fn limited(conn: &mut AnyConnection) -> Result<Vec<UserLimits>, StoreError> {
+    // `limits <> '{}'` is a cheap pre-filter; rows whose overrides parse to
+    // nothing are dropped below.
+    let rows: Vec<UserLimitsRow> = sqlx::query_as(
+        "SELECT id, plan, limits FROM users WHERE plan IS NOT NULL OR limits <> '{}' ORDER BY id",
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(records(rows)?
+        .into_iter()
+        .filter(|u| u.plan.is_some() || !u.overrides.is_empty())
+        .collect())
+}
+
+impl SqlStore {
+    pub async fn insert_user(&self, u: &User, audit: &AuditEntry) -> Result<(), StoreError> {
+        let query = sqlx::query(concat!(
+            "INSERT INTO users (",
+            columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ))
+        .bind(&u.id)
+        .bind(&u.email)
+        .bind(u.status.as_str())
+        .bind(&u.plan)
+        .bind(&u.stripe_customer_id)
+        .bind(to_json(&u.limits))
+        .bind(u.created_at)
+        .bind(u.updated_at);
+        self.audited(query, Rows::Any, audit).await
+    }
+
+    pub async fn update_user(&self, u: &User, audit: &AuditEntry) -> Result<(), StoreError> {
+        let query = sqlx::query(
+            "UPDATE users SET email = $2, status = $3, plan = $4, stripe_customer_id = $5, \
+             limits = $6, updated_at = $7 WHERE id = $1",
+        )
+        .bind(&u.id)
+        .bind(&u.email)
+        .bind(u.status.as_str())
+        .bind(&u.plan)
+        .bind(&u.stripe_customer_id)
+        .bind(to_json(&u.limits))
+        .bind(u.updated_at);
+        self.audited(query, Rows::One, audit).await
+    }
+
+    pub async fn get_user(&self, id: &str) -> Result<Option<User>, StoreError> {
+        const SQL: &str = concat!("SELECT ", columns!(), " FROM users WHERE id = $1");
+        self.find::<UserRow>(SQL, id).await
+    }
+
+    pub async fn list_users(&self, range: &Range) -> Result<Vec<User>, StoreError> {
+        const SQL: &str = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM users WHERE id > $1 ORDER BY id LIMIT $2"
+        );
+        self.page::<UserRow>(SQL, &[], range).await
+    }
+
+    /// The user whose Stripe customer id this is.
+    pub async fn user_by_customer(&self, customer: &str) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> = sqlx::query_as(
+            "SELECT id FROM users WHERE stripe_customer_id = $1 ORDER BY id LIMIT 1",
+        )
+        .bind(customer)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    /// How many users are on the plan named `name`.
+    pub async fn count_plan_users(&self, name: &str) -> Result<i64, StoreError> {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT CAST(COUNT(*) AS BIGINT) FROM users WHERE plan = $1")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(n)
+    }
+}
