@@ -63,6 +63,12 @@ impl BrowserConfig {
         !self.allowed_origins.is_empty()
     }
 
+    /// Check `raw` as a data plane would, collecting its problems in
+    /// `errs` (for a control plane that ships it).
+    pub fn check(raw: &RawBrowser, errs: &mut ConfigErrors) {
+        Self::from_wire(raw, errs);
+    }
+
     pub(crate) fn from_wire(raw: &RawBrowser, errs: &mut ConfigErrors) -> Self {
         let mut allowed_origins = Vec::with_capacity(raw.allowed_origins.len());
         for (i, text) in raw.allowed_origins.iter().enumerate() {

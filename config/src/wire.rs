@@ -294,6 +294,9 @@ pub struct RawSnapshot {
     pub limits: RawLimits,
     #[serde(default)]
     pub bots: Vec<RawBot>,
+    /// `[browser]` for every data plane; absent, each keeps its file's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub browser: Option<crate::browser::RawBrowser>,
 }
 
 impl RawDataplaneConfig {
@@ -309,6 +312,9 @@ impl RawDataplaneConfig {
             ..snap.limits
         };
         self.bots = snap.bots;
+        if let Some(browser) = snap.browser {
+            self.browser = browser;
+        }
         self
     }
 }

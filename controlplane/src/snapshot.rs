@@ -89,6 +89,8 @@ pub struct Publisher {
     store: Arc<dyn SnapshotStore>,
     cipher: Cipher,
     jwt: JwtSettings,
+    /// `[browser]` for every data plane, if configured.
+    browser: Option<molt_config::browser::RawBrowser>,
     metrics: Metrics,
     tx: watch::Sender<Arc<Published>>,
     /// The content (with version 0) of the last published snapshot; the
@@ -101,8 +103,7 @@ impl Publisher {
     /// the state does not validate: data planes then keep what they have).
     pub async fn start(
         store: Arc<dyn SnapshotStore>,
-        cipher: Cipher,
-        jwt: JwtSettings,
+        settings: &crate::service::ServiceSettings,
         metrics: Metrics,
     ) -> Result<Self, SnapshotError> {
         let (tx, _) = watch::channel(Arc::new(Published {
@@ -111,8 +112,9 @@ impl Publisher {
         }));
         let publisher = Self {
             store,
-            cipher,
-            jwt,
+            cipher: settings.cipher.clone(),
+            jwt: settings.jwt.clone(),
+            browser: settings.browser.clone(),
             metrics,
             tx,
             last: Mutex::new(None),
@@ -259,6 +261,7 @@ impl Publisher {
                 .collect(),
             limits,
             bots,
+            browser: self.browser.clone(),
         })
     }
 

@@ -72,6 +72,11 @@ pub struct RawControlplaneConfig {
     pub billing: Option<RawBilling>,
     #[serde(default)]
     pub fleet: Option<RawFleet>,
+    /// `[browser]`, shipped to every data plane in the snapshot (the
+    /// origins browser apps may call from); without it, each data plane
+    /// keeps its own file's.
+    #[serde(default)]
+    pub browser: Option<molt_config::browser::RawBrowser>,
 }
 
 /// `[billing]`: Stripe webhooks and the meter flush.
@@ -299,6 +304,11 @@ impl Settings {
             .fleet
             .as_ref()
             .and_then(|f| resolve_fleet(f, fly_token, &mut errs));
+        if let Some(browser) = &raw.browser {
+            let mut problems = molt_config::ConfigErrors::default();
+            molt_config::browser::BrowserConfig::check(browser, &mut problems);
+            errs.extend(problems.0.iter().map(|e| format!("{}: {}", e.path, e.message)));
+        }
         let t = raw.tuning;
         let poll_hold = t.poll_hold.unwrap_or(Duration::from_secs(30));
         if poll_hold.is_zero() || poll_hold > Duration::from_secs(300) {
@@ -319,6 +329,7 @@ impl Settings {
                         bootstrap_admin_sha256: bootstrap.as_deref().map(sha256_hex),
                         dataplane_token_sha256: sha256_hex(&dataplane),
                         max_jwt_ttl: raw.jwt.max_ttl.unwrap_or(Duration::from_secs(3600)),
+                        browser: raw.browser,
                     },
                     api: ApiSettings {
                         poll_hold,

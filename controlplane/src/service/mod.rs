@@ -168,6 +168,8 @@ pub struct ServiceSettings {
     pub dataplane_token_sha256: String,
     /// Longest lifetime of a minted client JWT.
     pub max_jwt_ttl: Duration,
+    /// `[browser]` shipped to every data plane, if configured.
+    pub browser: Option<molt_config::browser::RawBrowser>,
 }
 
 /// The services, shared by every handler.
@@ -189,13 +191,7 @@ impl Service {
         settings: ServiceSettings,
         metrics: Metrics,
     ) -> Result<Self, ServiceError> {
-        let publisher = Publisher::start(
-            snapshots,
-            settings.cipher.clone(),
-            settings.jwt.clone(),
-            metrics.clone(),
-        )
-        .await?;
+        let publisher = Publisher::start(snapshots, &settings, metrics.clone()).await?;
         Ok(Self {
             store,
             publisher,

@@ -8,6 +8,8 @@
     reason = "test helpers fail the test by panicking"
 )]
 
+mod browser;
+mod clients;
 mod limits;
 mod proxy;
 mod support;

@@ -39,6 +39,12 @@ pub(crate) async fn mock_provider(options: MockOptions) -> (MockProvider, Socket
 /// - `unreachable`: a provider nobody listens for, falls back to `gpt`;
 /// - `claude` on the mock as an Anthropic provider.
 pub(crate) fn config(mock: SocketAddr) -> String {
+    config_with(mock, "", "")
+}
+
+/// [`config`] with `server` lines added to `[server]` and `tail` (whole
+/// tables) appended.
+pub(crate) fn config_with(mock: SocketAddr, server: &str, tail: &str) -> String {
     // A port that was free a moment ago and is closed now: connect refused.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -55,6 +61,7 @@ threads = 1
 grace_period = "1s"
 upstream_connect_timeout = "2s"
 upstream_read_timeout = "10s"
+{server}
 
 [admin]
 listen = "127.0.0.1:0"
@@ -104,6 +111,8 @@ fallbacks = ["gpt"]
 [[models]]
 name = "claude"
 provider = "mock-anthropic"
+
+{tail}
 "#
     )
 }

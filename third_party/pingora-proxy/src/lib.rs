@@ -1555,6 +1555,11 @@ where
     <SV as ProxyHttp>::CTX: Send + Sync,
     C: custom::Connector,
 {
+    // molt patch 3: a connection closed before its first request header.
+    fn request_header_failed(&self, e: &Error) {
+        self.inner.request_header_failed(e);
+    }
+
     async fn process_new_http(
         self: &Arc<Self>,
         mut session: HttpSession,

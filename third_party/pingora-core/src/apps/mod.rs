@@ -250,6 +250,11 @@ pub trait HttpServerApp {
     /// every time a new connection is processed.
     ///
     /// A `None` means no server options will be applied.
+    /// molt patch 3: a connection was closed before any request header was
+    /// read (here: it did not send the HTTP/2 preface check's first bytes
+    /// within `h1_header_timeout`). The default does nothing.
+    fn request_header_failed(&self, _e: &pingora_error::Error) {}
+
     fn server_options(&self) -> Option<&HttpServerOptions> {
         None
     }
@@ -276,6 +281,9 @@ where
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // molt patch 1: a new connection's first header is due by this.
+        let accepted = tokio::time::Instant::now();
+        let header_timeout = self.server_options().and_then(|o| o.h1_header_timeout);
         let mut h2c = self.server_options().as_ref().map_or(false, |o| o.h2c);
         let custom = self
             .server_options()
@@ -290,9 +298,25 @@ where
         // try to read h2 preface
         else if h2c && !custom {
             let mut buf = [0u8; H2_PREFACE.len()];
-            let peeked = stream
-                .try_peek(&mut buf)
-                .await
+            // molt patch 1: the peek waits for the preface's length in bytes;
+            // a client that sends fewer within the header timeout is closed
+            // (a cancelled peek loses what it read, so there is no falling
+            // back to HTTP/1 after it).
+            let peek = stream.try_peek(&mut buf);
+            let peek = match header_timeout {
+                Some(t) => match tokio::time::timeout_at(accepted + t, peek).await {
+                    Ok(peeked) => peeked,
+                    Err(_) => {
+                        self.request_header_failed(&pingora_error::Error::explain(
+                            pingora_error::ErrorType::ReadTimedout,
+                            "request header timeout before the first bytes",
+                        ));
+                        return None;
+                    }
+                },
+                None => peek.await,
+            };
+            let peeked = peek
                 .map_err(|e| {
                     // this error is normal when h1 reuse and close the connection
                     debug!("Read error while peeking h2c preface {e}");
@@ -354,8 +378,7 @@ where
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
             let mut session = ServerSession::new_http1(stream);
-            let header_timeout = self.server_options().and_then(|o| o.h1_header_timeout);
-            session.set_header_timeout(header_timeout, true);
+            session.set_header_timeout(header_timeout, Some(accepted));
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
@@ -371,7 +394,7 @@ where
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
                 let mut session = ServerSession::new_http1(stream);
-                session.set_header_timeout(header_timeout, false);
+                session.set_header_timeout(header_timeout, None);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }

@@ -314,9 +314,13 @@ impl Session {
     /// Set connection reuse. `duration` defines how long the connection is kept open for the next
     /// request to reuse. Noop for h2 and subrequest
     /// molt patch 1: see [`SessionV1::set_header_timeout`]; HTTP/1 only.
-    pub fn set_header_timeout(&mut self, timeout: Option<Duration>, from_session_start: bool) {
+    pub fn set_header_timeout(
+        &mut self,
+        timeout: Option<Duration>,
+        since: Option<tokio::time::Instant>,
+    ) {
         if let Self::H1(s) = self {
-            s.set_header_timeout(timeout, from_session_start);
+            s.set_header_timeout(timeout, since);
         }
     }
 

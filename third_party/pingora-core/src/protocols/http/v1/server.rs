@@ -77,8 +77,9 @@ impl ProxyTaskState {
 #[derive(Debug, Clone, Copy)]
 struct HeaderTimeout {
     timeout: Duration,
-    /// Count from the session's start; else from the header's first byte.
-    from_session_start: bool,
+    /// Count from this (the connection's accept); else from the header's
+    /// first byte.
+    since: Option<tokio::time::Instant>,
 }
 
 /// The HTTP 1.x server session
@@ -306,14 +307,15 @@ impl HttpSession {
     }
 
     /// molt patch 1: the whole request header must arrive within `timeout`,
-    /// counted from now (`from_session_start`, a new connection) or from the
-    /// header's first byte (a reused connection, whose idle wait is the
+    /// counted from `since` (a new connection's accept) or, with `None`, from
+    /// the header's first byte (a reused connection, whose idle wait is the
     /// keepalive timeout's). `None` keeps upstream's per-read timeouts only.
-    pub fn set_header_timeout(&mut self, timeout: Option<Duration>, from_session_start: bool) {
-        self.header_timeout = timeout.map(|timeout| HeaderTimeout {
-            timeout,
-            from_session_start,
-        });
+    pub fn set_header_timeout(
+        &mut self,
+        timeout: Option<Duration>,
+        since: Option<tokio::time::Instant>,
+    ) {
+        self.header_timeout = timeout.map(|timeout| HeaderTimeout { timeout, since });
     }
 
     /// Read the request header. Return `Ok(Some(n))` where the read and parsing are successful.
@@ -348,10 +350,10 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         // molt patch 1: when the header must be complete by (see `HeaderTimeout`).
-        let mut deadline = self
-            .header_timeout
-            .filter(|t| t.from_session_start || already_read != 0)
-            .map(|t| tokio::time::Instant::now() + t.timeout);
+        let mut deadline = self.header_timeout.and_then(|t| match t.since {
+            Some(since) => Some(since + t.timeout),
+            None => (already_read != 0).then(|| tokio::time::Instant::now() + t.timeout),
+        });
         let mut detached_suffix = None;
         loop {
             if already_read > MAX_HEADER_SIZE {
