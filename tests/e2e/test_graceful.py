@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -78,3 +79,22 @@ def test_sigterm_drains_a_slow_stream(
     for address in dataplane.listeners.values():
         assert refuses_connections(address), f"{address} still accepts connections after exit"
     assert [e["request_id"] for e in dataplane.usage_events()].count(rid) == 1, "the drained stream's usage was lost"
+
+
+def test_sigterm_with_nothing_in_flight_exits_at_once(
+    start_dataplane: StartDataplane, world: World, tmp_path: Path
+) -> None:
+    config = world.config(tmp_path / "config")
+    config["server"]["grace_period"] = "30s"
+    dataplane = start_dataplane(config)
+    # One request first, so there was traffic (and a pooled keep-alive connection that the drain must end).
+    with httpx.Client(base_url=dataplane.url, timeout=10) as client:
+        assert client.get("/v1/models", headers={"authorization": f"Bearer {world.full_key.secret}"}).status_code == 200
+        started = time.monotonic()
+        dataplane.stop()
+        assert dataplane.wait_exit(10) == 0
+    took = time.monotonic() - started
+    # The grace period is 30 s; with nothing in flight the process does not wait it out.
+    assert took < 5, f"an idle data plane took {took:.1f}s to stop"
+    for address in dataplane.listeners.values():
+        assert refuses_connections(address), f"{address} still accepts connections after exit"

@@ -38,6 +38,10 @@
 //! # default_model = "venice-uncensored"  fallback_models = []  volume_size_gb = 1
 //! # health_deadline = "3m"  poll_interval = "1s"  step_timeout = "10s"  lease = "1m"
 //! # max_attempts = 8  backoff = "1s"  concurrency = 4
+//!
+//! [browser]                       # optional: shipped to every data plane
+//! allowed_origins = ["https://app.example.com"]  # CORS and WebSocket Origin
+//! # max_age = "10m"
 //! ```
 
 use crate::api::ApiSettings;
@@ -307,7 +311,12 @@ impl Settings {
         if let Some(browser) = &raw.browser {
             let mut problems = molt_config::ConfigErrors::default();
             molt_config::browser::BrowserConfig::check(browser, &mut problems);
-            errs.extend(problems.0.iter().map(|e| format!("{}: {}", e.path, e.message)));
+            errs.extend(
+                problems
+                    .0
+                    .iter()
+                    .map(|e| format!("{}: {}", e.path, e.message)),
+            );
         }
         let t = raw.tuning;
         let poll_hold = t.poll_hold.unwrap_or(Duration::from_secs(30));

@@ -47,13 +47,22 @@ async fn an_allowed_origin_gets_its_preflight_answered_and_can_read_answers() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 204, "{path} from {origin}");
-        assert_eq!(header(&resp, "access-control-allow-origin").as_deref(), Some(origin));
-        assert_eq!(header(&resp, "access-control-allow-methods").as_deref(), Some("POST"));
+        assert_eq!(
+            header(&resp, "access-control-allow-origin").as_deref(),
+            Some(origin)
+        );
+        assert_eq!(
+            header(&resp, "access-control-allow-methods").as_deref(),
+            Some("POST")
+        );
         assert_eq!(
             header(&resp, "access-control-allow-headers").as_deref(),
             Some("authorization, content-type, x-stainless-os")
         );
-        assert_eq!(header(&resp, "access-control-max-age").as_deref(), Some("600"));
+        assert_eq!(
+            header(&resp, "access-control-max-age").as_deref(),
+            Some("600")
+        );
         assert!(header(&resp, "access-control-allow-credentials").is_none());
     }
 
@@ -65,7 +74,10 @@ async fn an_allowed_origin_gets_its_preflight_answered_and_can_read_answers() {
     req.headers_mut().insert("origin", APP.parse().unwrap());
     let resp = client().request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(header(&resp, "access-control-allow-origin").as_deref(), Some(APP));
+    assert_eq!(
+        header(&resp, "access-control-allow-origin").as_deref(),
+        Some(APP)
+    );
     assert!(header(&resp, "access-control-expose-headers")
         .unwrap()
         .contains("x-request-id"));
@@ -78,7 +90,10 @@ async fn an_allowed_origin_gets_its_preflight_answered_and_can_read_answers() {
         .unwrap();
     let resp = client().request(ticket).await.unwrap();
     assert_eq!(resp.status(), 401);
-    assert_eq!(header(&resp, "access-control-allow-origin").as_deref(), Some(APP));
+    assert_eq!(
+        header(&resp, "access-control-allow-origin").as_deref(),
+        Some(APP)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,7 +117,11 @@ async fn other_origins_get_no_cors_header_at_all() {
     assert!(header(&resp, "access-control-allow-origin").is_none());
 
     // The suffix pattern does not match the domain itself or look-alikes.
-    for origin in ["https://molt.test", "https://evilmolt.test", "http://a.molt.test"] {
+    for origin in [
+        "https://molt.test",
+        "https://evilmolt.test",
+        "http://a.molt.test",
+    ] {
         let resp = client()
             .request(preflight(&dp.url("/v1/chat/completions"), origin))
             .await

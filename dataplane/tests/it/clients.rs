@@ -23,7 +23,9 @@ async fn read_until_closed(conn: &mut TcpStream, limit: Duration) -> (String, Op
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&got).into(), Some(Instant::now())),
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return (String::from_utf8_lossy(&got).into(), Some(Instant::now()))
+            }
             Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
             Err(_) => return (String::from_utf8_lossy(&got).into(), None),
         }
@@ -113,8 +115,13 @@ async fn an_idle_keep_alive_connection_is_closed_after_its_timeout() {
     let answered = Instant::now();
     let (text, closed) = read_until_closed(&mut conn, Duration::from_secs(5)).await;
     assert!(text.starts_with("HTTP/1.1 401"), "{text}");
-    let idle = closed.expect("closed by the server").duration_since(answered);
-    assert!(idle >= Duration::from_millis(900) && idle < Duration::from_secs(3), "{idle:?}");
+    let idle = closed
+        .expect("closed by the server")
+        .duration_since(answered);
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(3),
+        "{idle:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,13 +133,19 @@ async fn past_the_connection_cap_a_new_client_gets_a_clear_503() {
     // Let the server take both before the third arrives.
     let deadline = Instant::now() + Duration::from_secs(5);
     while metric(&dp, "molt_client_connections").await < 2.0 {
-        assert!(Instant::now() < deadline, "the two connections were not taken");
+        assert!(
+            Instant::now() < deadline,
+            "the two connections were not taken"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let refused = get_models(addr).await;
     assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
     assert!(refused.contains("too_many_connections") && refused.contains("retry-after: 1"));
-    assert_eq!(metric(&dp, "molt_client_connections_refused_total").await, 1.0);
+    assert_eq!(
+        metric(&dp, "molt_client_connections_refused_total").await,
+        1.0
+    );
     drop(held_a);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
