@@ -419,3 +419,50 @@ def test_slow_reader_keeps_memory_bounded(dp: Dataplane) -> None:
     # The relay holds one message; the rest waits in socket buffers, i.e. in the kernel.
     assert peak - before < 16 * 1024, f"RSS grew by {(peak - before) // 1024} MiB while the client was not reading"
     assert relayed < count * flood_bytes // 4, "the bot was not held back"
+
+
+def access_lines(dataplane: Dataplane, request_id: str) -> list[dict[str, Any]]:
+    lines = []
+    for line in dataplane.logs().splitlines():
+        if request_id in line and line.lstrip().startswith("{"):
+            record = json.loads(line)
+            if record.get("target") == "access" and record.get("request_id") == request_id:
+                lines.append(record)
+    return lines
+
+
+def test_one_access_line_per_connection_with_its_route_key_and_outcome(dp: Dataplane, bot: MockBot) -> None:
+    served = f"ws-access-{time.monotonic_ns()}"
+
+    async def chat() -> None:
+        headers = {**bearer(OWNER), "x-request-id": served}
+        async with websockets.connect(ws_url(dp), additional_headers=headers) as ws:
+            await chat_once(ws, "log me")
+
+    run(chat())
+    wait_until_lines = time.monotonic() + 5
+    while not access_lines(dp, served) and time.monotonic() < wait_until_lines:
+        time.sleep(0.05)
+    [line] = access_lines(dp, served)
+    assert (line["route"], line["key_id"], line["bot"], line["outcome"], line["status"]) == (
+        "ws.chat",
+        OWNER.id,
+        "bot-1",
+        "ok",
+        101,
+    )
+    assert line["client_messages"] >= 1 and line["upstream_messages"] >= 1
+
+    refused = f"ws-refused-{time.monotonic_ns()}"
+    assert_refused(ws_url(dp), 401, "missing_api_key", additional_headers={"x-request-id": refused})
+    wait_until_lines = time.monotonic() + 5
+    while not access_lines(dp, refused) and time.monotonic() < wait_until_lines:
+        time.sleep(0.05)
+    [line] = access_lines(dp, refused)
+    assert (line["route"], line["status"], line["outcome"], line["error"]) == (
+        "ws.chat",
+        401,
+        "rejected",
+        "missing_api_key",
+    )
+    assert 'route="ws.chat"' in dp.metrics(), "the request metrics name the WebSocket route"
