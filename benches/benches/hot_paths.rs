@@ -332,8 +332,37 @@ fn bench_runtime(c: &mut Criterion) {
     g.finish();
 }
 
+/// `scrub`: one iteration is one `BodyScrubber::feed` of one chunk against
+/// 16 secrets (master keys and bot tokens), the work the relay adds to
+/// every response chunk so no secret comes back out: an SSE content event
+/// (the streaming case) and a 4 KiB JSON answer, both without a secret (the
+/// case that matters: a masked secret is an incident, not traffic).
+fn bench_scrub(c: &mut Criterion) {
+    let keys: Vec<String> = (0..16)
+        .map(|i| format!("sk-proj-{i:02}-0123456789abcdefghijklmnopqrstuvwxyz"))
+        .collect();
+    let secrets = molt_dataplane::scrub::Secrets::new(keys.iter().map(String::as_str));
+    let json: String = std::iter::repeat(r#"{"role":"assistant","content":"Hello, sk-like words and keys. "}"#)
+        .take(60)
+        .collect();
+    let chunks = [
+        ("sse_event", Bytes::from_static(SSE_CONTENT_CHUNK.as_bytes())),
+        ("json_4k", Bytes::from(json.into_bytes())),
+    ];
+    let mut g = c.benchmark_group("scrub");
+    for (name, chunk) in chunks {
+        g.throughput(Throughput::Bytes(chunk.len() as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(name), &chunk, |b, chunk| {
+            let mut scrubber = molt_dataplane::scrub::BodyScrubber::default();
+            b.iter(|| scrubber.feed(&secrets, black_box(chunk.clone())))
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    bench_scrub,
     bench_auth,
     bench_json_scan,
     bench_sse_usage_reader,

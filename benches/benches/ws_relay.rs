@@ -211,8 +211,10 @@ async fn molt_relay(addr: std::net::SocketAddr) -> DuplexStream {
         let registry = Arc::new(ConnRegistry::default());
         let signal = KickSignal::default();
         let mut stats = RelayStats::default();
+        let secrets = molt_dataplane::scrub::Secrets::default();
         let watch = relay::Watch {
             limits: limits(),
+            secrets: &secrets,
             signal: &signal,
             registry: &registry,
             metrics: &metrics,

@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod runtime;
+pub mod scrub;
 pub mod server;
 pub mod sink;
 pub mod splice;

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub usage_record_wait_timeouts: IntCounter,
     /// Client connections and how they end.
     pub clients: ClientMetrics,
+    /// Secrets masked in what upstreams sent back.
+    pub scrub: crate::scrub::ScrubMetrics,
 }
 
 /// Client connections: held, refused at the cap, and ended by the client
@@ -164,8 +166,10 @@ impl Metrics {
         registry.register(Box::new(usage_events_dropped.clone()))?;
         registry.register(Box::new(usage_record_wait_timeouts.clone()))?;
         let clients = ClientMetrics::new(&registry)?;
+        let scrub = crate::scrub::ScrubMetrics::new(&registry)?;
         Ok(Self {
             clients,
+            scrub,
             registry,
             requests,
             request_duration,

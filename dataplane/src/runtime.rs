@@ -8,6 +8,7 @@
 //! and keeps that `Arc` until it ends, so it sees exactly one config version.
 
 use crate::auth::{AuthBuildError, Authenticator};
+use crate::scrub::Secrets;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 use molt_config::{DataplaneConfig, Model, Provider};
@@ -56,6 +57,9 @@ pub struct Runtime {
     pub config: DataplaneConfig,
     pub auth: Authenticator,
     pub providers: Vec<ProviderRuntime>,
+    /// Every secret this config holds, to be masked in whatever an
+    /// upstream sends back ([`crate::scrub`]).
+    pub secrets: Secrets,
     /// Every name a client may use (canonical or alias) → index in
     /// `config.models`.
     model_index: HashMap<String, usize>,
@@ -93,11 +97,13 @@ impl Runtime {
                 model_index.insert(a.clone(), i);
             }
         }
+        let secrets = known_secrets(&config);
         Ok(Self {
             version,
             config,
             auth,
             providers,
+            secrets,
             model_index,
         })
     }
@@ -106,6 +112,24 @@ impl Runtime {
     pub fn model(&self, name: &str) -> Option<&Model> {
         self.model_index.get(name).map(|&i| &self.config.models[i])
     }
+}
+
+/// The secrets a client must never see: master keys, bot gateway tokens,
+/// the ticket and JWT signing secrets.
+fn known_secrets(config: &DataplaneConfig) -> Secrets {
+    let keys = config.providers.iter().flat_map(|p| &p.keys);
+    let tokens = config.bots.iter().map(|b| &b.gateway_token);
+    let ticket = config.websocket.ticket_secret.iter();
+    let jwt = config.jwt.iter().filter_map(|j| match &j.key {
+        molt_config::dataplane::JwtKey::Hmac(secret) => Some(secret),
+        molt_config::dataplane::JwtKey::PublicKeyPem(_) => None,
+    });
+    Secrets::new(
+        keys.chain(tokens)
+            .chain(ticket)
+            .chain(jwt)
+            .map(|s| s.expose()),
+    )
 }
 
 fn build_provider(

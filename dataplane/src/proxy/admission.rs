@@ -16,6 +16,7 @@ use crate::auth::Principal;
 use crate::error::ClientError;
 use crate::limits::{self, AdmissionRequest, LimitKind};
 use crate::runtime::Runtime;
+use crate::scrub::Secrets;
 use crate::splice::Edit;
 use molt_config::Model;
 use pingora_proxy::Session;
@@ -34,6 +35,8 @@ pub(super) struct Admitted<'rt> {
     pub(super) usage_edit: Option<Edit>,
     /// The client did not ask for the usage chunk: cut it out of the stream.
     pub(super) strip_usage_chunk: bool,
+    /// Secrets to mask in the answer ([`crate::scrub`]).
+    pub(super) secrets: &'rt Secrets,
 }
 
 /// What admission came to, short of a refusal.
@@ -105,6 +108,7 @@ impl MoltProxy {
             candidates,
             usage_edit,
             strip_usage_chunk,
+            secrets: &rt.secrets,
         }))
     }
 

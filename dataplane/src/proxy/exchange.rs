@@ -12,7 +12,7 @@
 
 use super::admission::Admitted;
 use super::ctx::RequestCtx;
-use super::headers::{upstream_request, UpstreamHead};
+use super::headers::{client_credential, upstream_request, UpstreamHead};
 use super::route::Route;
 use super::{Failure, MoltProxy};
 use crate::error::ClientError;
@@ -146,6 +146,7 @@ impl MoltProxy {
                 body_len,
                 request_id: &ctx.request_id,
                 h2: up.as_http2().is_some(),
+                credential: client_credential(session.req_header(), attempt.route.format()),
             }) {
                 Ok(r) => r,
                 Err(e) => {

@@ -6,8 +6,10 @@
 
 use super::respond::Stamp;
 use super::route::Route;
+use crate::auth::API_KEY_PREFIX;
 use crate::limits::RateLimitHeaders;
 use crate::runtime::ProviderRuntime;
+use crate::scrub::Secrets;
 use http::{header, HeaderName, HeaderValue, Method};
 use molt_config::{ApiFormat, AuthStyle};
 use pingora_error::{Error, ErrorType, Result};
@@ -37,6 +39,20 @@ const STRIPPED_REQUEST_HEADERS: &[&str] = &[
     "openai-organization",
     "openai-project",
     "anthropic-beta-admin",
+    // Credential headers other SDKs and gateways use. A client credential
+    // under any other name is caught by its value (`carries_credential`).
+    "x-goog-api-key",
+    "x-openai-api-key",
+    "x-anthropic-api-key",
+    "x-litellm-api-key",
+    "x-portkey-api-key",
+    "helicone-auth",
+    "x-auth-token",
+    "x-access-token",
+    "x-amz-security-token",
+    "ocp-apim-subscription-key",
+    "x-functions-key",
+    "cf-aig-authorization",
 ];
 
 /// Upstream response headers never forwarded to the client.
@@ -104,6 +120,31 @@ pub(super) struct UpstreamHead<'a> {
     pub(super) request_id: &'a str,
     /// The pooled session speaks HTTP/2 (absolute URI, no `Host`).
     pub(super) h2: bool,
+    /// The credential the client authenticated with: never forwarded,
+    /// under any header name or in the query string.
+    pub(super) credential: Option<&'a str>,
+}
+
+/// Whether a header value or query parameter carries a client credential:
+/// the one the client authenticated with, or anything shaped like a molt
+/// key.
+fn carries_credential(value: &[u8], credential: Option<&str>) -> bool {
+    let finder = |needle: &[u8]| memchr::memmem::find(value, needle).is_some();
+    finder(API_KEY_PREFIX.as_bytes())
+        || credential.is_some_and(|c| !c.is_empty() && finder(c.as_bytes()))
+}
+
+/// The client's query string without any parameter that carries a
+/// credential.
+fn forwarded_query<'q>(query: &'q str, credential: Option<&str>) -> std::borrow::Cow<'q, str> {
+    if !carries_credential(query.as_bytes(), credential) {
+        return std::borrow::Cow::Borrowed(query);
+    }
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !carries_credential(pair.as_bytes(), credential))
+        .collect();
+    std::borrow::Cow::Owned(kept.join("&"))
 }
 
 /// The request header sent upstream: the client's headers minus
@@ -116,14 +157,18 @@ pub(super) fn upstream_request(head: &UpstreamHead<'_>) -> Result<RequestHeader>
         body_len,
         request_id,
         h2,
+        credential,
     } = *head;
     let base = &provider.config.base_url;
     let mut path = String::with_capacity(base.path_prefix.len() + 24);
     path.push_str(&base.path_prefix);
     path.push_str(route.upstream_suffix());
     if let Some(q) = client.uri.query() {
-        path.push('?');
-        path.push_str(q);
+        let q = forwarded_query(q, credential);
+        if !q.is_empty() {
+            path.push('?');
+            path.push_str(&q);
+        }
     }
     let mut req = RequestHeader::build(
         Method::POST,
@@ -131,7 +176,9 @@ pub(super) fn upstream_request(head: &UpstreamHead<'_>) -> Result<RequestHeader>
         Some(client.headers.len() + 4),
     )?;
     for (name, value) in &client.headers {
-        if !STRIPPED_REQUEST_HEADERS.contains(&name.as_str()) {
+        if !STRIPPED_REQUEST_HEADERS.contains(&name.as_str())
+            && !carries_credential(value.as_bytes(), credential)
+        {
             req.append_header(name.clone(), value.clone())?;
         }
     }
@@ -170,16 +217,28 @@ pub(super) fn upstream_request(head: &UpstreamHead<'_>) -> Result<RequestHeader>
 
 /// The response header for the client: the upstream's status and headers,
 /// minus hop-by-hop ones and the provider's quota, plus what the stamp
-/// carries (`x-request-id`, CORS) and the client's own limits.
+/// carries (`x-request-id`, CORS) and the client's own limits; any secret
+/// in a value masked (how many is returned beside it).
 pub(super) fn client_response(
     up: &ResponseHeader,
     stamp: &Stamp<'_>,
     limits: Option<&RateLimitHeaders>,
+    secrets: &Secrets,
     downstream_h2: bool,
-) -> Result<ResponseHeader> {
+) -> Result<(ResponseHeader, usize)> {
     let mut resp = ResponseHeader::build(up.status, Some(up.headers.len() + 2))?;
+    let mut masked = 0;
     for (name, value) in &up.headers {
-        if !STRIPPED_RESPONSE_HEADERS.contains(&name.as_str()) {
+        if STRIPPED_RESPONSE_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        if secrets.found_in(value.as_bytes()) {
+            let mut bytes = value.as_bytes().to_vec();
+            masked += secrets.mask_in_place(&mut bytes);
+            let value = HeaderValue::from_bytes(&bytes)
+                .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "masked header", e))?;
+            resp.append_header(name.clone(), value)?;
+        } else {
             resp.append_header(name.clone(), value.clone())?;
         }
     }
@@ -195,7 +254,7 @@ pub(super) fn client_response(
             HeaderValue::from_static("chunked"),
         )?;
     }
-    Ok(resp)
+    Ok((resp, masked))
 }
 
 /// Add the `x-ratelimit-*` headers, replacing any the provider sent (those
@@ -229,6 +288,22 @@ mod tests {
             client_credential(&req, ApiFormat::OpenAi),
             Some("molt_sk_b")
         );
+    }
+
+    #[test]
+    fn a_credential_is_dropped_under_any_name_and_from_the_query() {
+        let key = "molt_sk_abcdefghijklmnop";
+        assert!(carries_credential(b"Bearer molt_sk_abcdefghijklmnop", None));
+        assert!(carries_credential(
+            b"token eyJhbGciOi.jwt.sig",
+            Some("eyJhbGciOi.jwt.sig")
+        ));
+        assert!(!carries_credential(b"gzip", Some(key)));
+        assert_eq!(
+            forwarded_query(&format!("api-version=2024-10-21&key={key}&x=1"), Some(key)),
+            "api-version=2024-10-21&x=1"
+        );
+        assert_eq!(forwarded_query("api-version=1", Some(key)), "api-version=1");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use super::headers::client_response;
 use super::{Failure, MoltProxy};
 use crate::log_limit::upstream_warnings;
 use crate::metrics::Metrics;
+use crate::scrub::BodyScrubber;
 use crate::spool::MAX_RECORD_WAIT;
 use crate::tokens;
 use crate::usage_reader::{JsonUsageReader, SseUsageReader, TokenUsage};
@@ -96,13 +97,15 @@ impl MoltProxy {
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let downstream_h2 = session.as_downstream().is_http2();
-        let resp = client_response(
+        let (resp, masked) = client_response(
             up_resp,
             &ctx.stamp(),
             ctx.limits.headers.as_ref(),
+            admitted.secrets,
             downstream_h2,
         )
         .map_err(Failure::Broken)?;
+        self.metrics.scrub.count("header", masked);
         let before_header = Instant::now();
         ctx.answer.status = status;
         if let Err(e) = session.write_response_header(Box::new(resp), false).await {
@@ -131,6 +134,7 @@ impl MoltProxy {
         });
         let mut out: Vec<Bytes> = Vec::with_capacity(2);
         let mut last_chunk: Option<Bytes> = None;
+        let mut scrub = BodyScrubber::default();
         let result = loop {
             let chunk = tokio::select! {
                 biased;
@@ -142,25 +146,24 @@ impl MoltProxy {
             };
             match chunk {
                 Ok(Some(c)) => {
-                    retained.keep(&c);
-                    match &mut reading {
-                        UsageReading::Sse(reader) => {
-                            reader.feed(c, &mut out);
-                            if reader.terminal_seen() {
-                                continue;
-                            }
-                        }
-                        UsageReading::Json(reader) => {
-                            reader.feed(&c);
-                            out.extend(last_chunk.replace(c));
-                        }
+                    let Some(c) = scrub.feed(admitted.secrets, c) else {
+                        continue;
+                    };
+                    if take_chunk(c, &mut reading, &mut retained, &mut out, &mut last_chunk) {
+                        // From the terminal event on, the stream is held.
+                        continue;
                     }
                     if let Err(e) = write_all(session, &mut out).await {
                         self.client_left(ctx);
                         break Err(e);
                     }
                 }
-                Ok(None) => break Ok(()),
+                Ok(None) => {
+                    if let Some(rest) = scrub.finish(admitted.secrets) {
+                        take_chunk(rest, &mut reading, &mut retained, &mut out, &mut last_chunk);
+                    }
+                    break Ok(());
+                }
                 Err(e) => {
                     ctx.answer.outcome = super::ledger::Outcome::UpstreamAborted;
                     self.count_upstream_error(name, "aborted");
@@ -171,6 +174,7 @@ impl MoltProxy {
                 }
             }
         };
+        self.metrics.scrub.count("body", scrub.masked);
         // Usage: what the provider reported, else a local count.
         let (reported, mut sse) = match reading {
             UsageReading::Sse(r) => (r.usage(), Some(r)),
@@ -224,6 +228,30 @@ impl MoltProxy {
             Box::pin(release).await;
         }
         Ok(())
+    }
+}
+
+/// Take one (scrubbed) upstream chunk: keep it for an estimate, read its
+/// usage, and queue what goes to the client in `out`. Returns true once an
+/// SSE stream's terminal event was seen (from then on the end is held).
+fn take_chunk(
+    c: Bytes,
+    reading: &mut UsageReading,
+    retained: &mut Retained,
+    out: &mut Vec<Bytes>,
+    last_chunk: &mut Option<Bytes>,
+) -> bool {
+    retained.keep(&c);
+    match reading {
+        UsageReading::Sse(reader) => {
+            reader.feed(c, out);
+            reader.terminal_seen()
+        }
+        UsageReading::Json(reader) => {
+            reader.feed(&c);
+            out.extend(last_chunk.replace(c));
+            false
+        }
     }
 }
 

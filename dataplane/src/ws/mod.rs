@@ -137,6 +137,8 @@ pub struct WsHub {
     metrics: metrics::WsMetrics,
     /// Where every closed session's usage event goes.
     ledger: Ledger,
+    /// Secrets masked in upstream messages.
+    scrub: crate::scrub::ScrubMetrics,
     tickets: Tickets,
     registry: Arc<ConnRegistry>,
 }
@@ -151,6 +153,7 @@ impl std::fmt::Debug for WsHub {
 
 impl WsHub {
     pub fn new(runtime: RuntimeHandle, metrics: &Metrics, ledger: Ledger) -> Self {
+        let scrub = metrics.scrub.clone();
         let metrics = metrics::WsMetrics::new(metrics.registry()).unwrap_or_else(|e| {
             // Only a name clash (a bug) gets here; keep serving, unexported.
             tracing::error!(error = %e, "cannot register WebSocket metrics");
@@ -161,6 +164,7 @@ impl WsHub {
             runtime,
             metrics,
             ledger,
+            scrub,
             tickets: Tickets::new(),
             registry: Arc::new(ConnRegistry::default()),
         }
@@ -400,14 +404,17 @@ impl WsHub {
         }
         let upgraded = Instant::now();
         self.metrics.open.inc();
+        let secrets = &self.runtime.load().secrets;
         let watch = relay::Watch {
             limits,
+            secrets,
             signal: &guard.signal,
             registry: &self.registry,
             metrics: &self.metrics,
         };
         let reason = relay::run(session, upstream, watch, stats).await;
         self.metrics.open.dec();
+        self.scrub.count("websocket", stats.secrets_masked as usize);
         self.metrics
             .duration
             .observe(upgraded.elapsed().as_secs_f64());

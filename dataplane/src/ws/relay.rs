@@ -34,6 +34,7 @@
 //! closes. The bot side is kept alive by the bot; tokio-tungstenite answers
 //! its pings.
 
+use crate::scrub::Secrets;
 use crate::ws::client::{restore_session, take_stream, Client};
 use crate::ws::error::CloseReason;
 use crate::ws::metrics::WsMetrics;
@@ -125,12 +126,16 @@ pub struct RelayStats {
     pub responses: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Secrets masked in upstream messages ([`crate::scrub`]).
+    pub secrets_masked: u64,
 }
 
 /// What a relay watches besides its two peers, and where it reports.
 #[derive(Clone, Copy)]
 pub struct Watch<'a> {
     pub limits: Limits,
+    /// Masked in every upstream message before it reaches the client.
+    pub secrets: &'a Secrets,
     /// Kicks this connection (shutdown, a moved bot).
     pub signal: &'a KickSignal,
     pub registry: &'a ConnRegistry,
@@ -208,6 +213,7 @@ async fn relay(
 ) -> CloseReason {
     let Watch {
         limits,
+        secrets,
         signal,
         registry,
         metrics,
@@ -310,6 +316,7 @@ async fn relay(
                         }
                         _ => {}
                     }
+                    let msg = mask_message(msg, secrets, &mut stats.secrets_masked);
                     if client.ws.write(&mut client.io, msg).is_err() {
                         return CloseReason::Protocol;
                     }
@@ -364,6 +371,28 @@ async fn relay(
                 }
             }
         }
+    }
+}
+
+/// `msg` with every known secret masked (copied only if it holds one).
+fn mask_message(msg: Message, secrets: &Secrets, masked: &mut u64) -> Message {
+    let bytes: &[u8] = match &msg {
+        Message::Text(t) => t.as_bytes(),
+        Message::Binary(b) => b,
+        _ => return msg,
+    };
+    if !secrets.found_in(bytes) {
+        return msg;
+    }
+    let mut copy = bytes.to_vec();
+    *masked += secrets.mask_in_place(&mut copy) as u64;
+    match msg {
+        // A secret is whole UTF-8 characters, and so is its mask.
+        Message::Text(_) => match String::from_utf8(copy) {
+            Ok(text) => Message::text(text),
+            Err(_) => Message::text(""),
+        },
+        _ => Message::binary(copy),
     }
 }
 
@@ -451,6 +480,21 @@ mod tests {
             realtime_usage(r#"{"type":"response.done","response":{"usage":null}}"#),
             None
         );
+    }
+
+    #[test]
+    fn upstream_messages_carry_no_secret() {
+        let secrets = Secrets::new(["gw-token-0123456789abcdef"]);
+        let mut masked = 0;
+        let text = Message::text(r#"{"echo":"Bearer gw-token-0123456789abcdef"}"#);
+        let out = mask_message(text, &secrets, &mut masked);
+        assert_eq!(
+            out,
+            Message::text(r#"{"echo":"Bearer *************************"}"#)
+        );
+        let plain = Message::text("hello");
+        assert_eq!(mask_message(plain.clone(), &secrets, &mut masked), plain);
+        assert_eq!(masked, 1);
     }
 
     #[test]

@@ -12,4 +12,5 @@ mod browser;
 mod clients;
 mod limits;
 mod proxy;
+mod secrets;
 mod support;

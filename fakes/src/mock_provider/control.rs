@@ -21,6 +21,10 @@ pub(crate) const ABORT_AFTER: &str = "x-mock-abort-after";
 pub(crate) const HEADER_DELAY_MS: &str = "x-mock-header-delay-ms";
 /// `1`/`true`: report no usage at all.
 pub(crate) const NO_USAGE: &str = "x-mock-no-usage";
+/// `1`/`true`: answer 401 echoing the credential received, in the body (as
+/// OpenAI's "Incorrect API key provided: ..." does, but whole) and in an
+/// `x-echo-credential` header, like a careless self-hosted server.
+pub(crate) const ECHO_KEY: &str = "x-mock-echo-key";
 
 /// Model names of this form (e.g. `mock-error-429`) answer that status, so
 /// config-driven fallbacks can be tested without custom headers.
@@ -59,6 +63,7 @@ pub(crate) struct Controls {
     pub(crate) status: Option<StatusCode>,
     pub(crate) abort_after: Option<usize>,
     pub(crate) no_usage: bool,
+    pub(crate) echo_key: bool,
 }
 
 impl Controls {
@@ -87,6 +92,7 @@ impl Controls {
             abort_after: number(headers, ABORT_AFTER)?
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             no_usage: flag(headers, NO_USAGE)?,
+            echo_key: flag(headers, ECHO_KEY)?,
         })
     }
 

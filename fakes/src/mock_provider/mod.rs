@@ -433,6 +433,26 @@ fn answer(
         };
         return Reply::error(flavor, StatusCode::UNAUTHORIZED, message);
     }
+    if controls.echo_key {
+        let presented = record
+            .authorization
+            .as_deref()
+            .map(|a| a.strip_prefix("Bearer ").unwrap_or(a))
+            .or(record.x_api_key.as_deref())
+            .or(record.api_key_header.as_deref())
+            .unwrap_or_default();
+        let message = format!(
+            "Incorrect API key provided: {presented}. You can find your API key at https://platform.openai.com/account/api-keys."
+        );
+        let mut reply = Reply::error(flavor, StatusCode::UNAUTHORIZED, &message);
+        if let Ok(value) = HeaderValue::from_str(presented) {
+            reply
+                .response
+                .headers_mut()
+                .insert("x-echo-credential", value);
+        }
+        return reply;
+    }
     let empty = Map::new();
     let object = match &json {
         None => &empty,
