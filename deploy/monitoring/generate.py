@@ -230,6 +230,12 @@ def dataplane_rows() -> list[Row]:
                     ],
                 ),
                 Panel(
+                    "Snapshot fields this data plane does not know",
+                    [(f"molt_control_plane_snapshot_unknown_fields{{{J}}}", "{{instance}}")],
+                    description="Above 0 while a newer control plane sends fields this build ignores: "
+                    "finish the upgrade (deploy/README.md, Upgrades).",
+                ),
+                Panel(
                     "Since the last control-plane answer",
                     [(f"time() - molt_control_plane_last_sync_timestamp_seconds{{{J}}}", "{{instance}}")],
                     unit="s",
