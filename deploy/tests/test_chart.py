@@ -13,7 +13,6 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
-
 from conftest import DEPLOY, validate
 
 CHART = DEPLOY / "helm" / "molt"
@@ -34,7 +33,9 @@ def of_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def deployment(objects: list[dict[str, Any]], component: str) -> dict[str, Any] | None:
-    found = [d for d in of_kind(objects, "Deployment") if d["metadata"]["labels"]["app.kubernetes.io/component"] == component]
+    found = [
+        d for d in of_kind(objects, "Deployment") if d["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]
     assert len(found) <= 1
     return found[0] if found else None
 
@@ -93,7 +94,9 @@ def test_every_container_is_hardened(objects: list[dict[str, Any]]) -> None:
             assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"], where
 
 
-def test_molt_writes_only_to_emptydirs_and_reads_its_config_from_a_directory_mount(objects: list[dict[str, Any]]) -> None:
+def test_molt_writes_only_to_emptydirs_and_reads_its_config_from_a_directory_mount(
+    objects: list[dict[str, Any]],
+) -> None:
     for workload in of_kind(objects, "Deployment"):
         pod = workload["spec"]["template"]["spec"]
         volumes = {v["name"]: v for v in pod["volumes"]}
@@ -150,7 +153,11 @@ def test_secrets_come_from_the_existing_secret_only(objects: list[dict[str, Any]
     for workload in of_kind(objects, "Deployment"):
         for c in containers(workload["spec"]["template"]["spec"]):
             for env in c.get("env", []):
-                if SECRET_WORDS.search(env["name"]) or env["name"] in ("MOLT_ENCRYPTION_KEY", "PGPASSWORD", "STRIPE_API_KEY"):
+                if SECRET_WORDS.search(env["name"]) or env["name"] in (
+                    "MOLT_ENCRYPTION_KEY",
+                    "PGPASSWORD",
+                    "STRIPE_API_KEY",
+                ):
                     assert "value" not in env, f"{env['name']} is written into the manifest"
                     assert env["valueFrom"]["secretKeyRef"]["name"], env
 
@@ -163,7 +170,11 @@ def test_dataplanes_autoscale_and_survive_disruptions_when_enabled(objects: list
     selector = dp["spec"]["selector"]["matchLabels"]
     if hpas:
         (hpa,) = hpas
-        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": dp["metadata"]["name"]}
+        assert hpa["spec"]["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": dp["metadata"]["name"],
+        }
         assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
         assert hpa["spec"]["minReplicas"] >= 2
         assert "replicas" not in dp["spec"], "the HPA owns the replica count"
@@ -224,10 +235,12 @@ def test_monitoring_objects_carry_the_repositorys_rules_and_dashboards() -> None
     boards = [cm for cm in of_kind(objects, "ConfigMap") if cm["metadata"]["labels"].get("grafana_dashboard") == "1"]
     assert sorted(k for cm in boards for k in cm["data"]) == ["molt-controlplane.json", "molt-dataplane.json"]
     for service in of_kind(objects, "Service"):
+        selector = service["spec"]["selector"].items()
         pods = [
-            d for d in of_kind(objects, "Deployment")
-            if all(d["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in service["spec"]["selector"].items())
-        ]  # fmt: skip
+            d
+            for d in of_kind(objects, "Deployment")
+            if all(d["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in selector)
+        ]
         assert pods, f"Service {service['metadata']['name']} selects no pods"
 
 

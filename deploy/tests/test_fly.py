@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 import tomli_w
-
 from conftest import DEPLOY, Process, answers, free_port, require_molt, wait_until
 
 FLY = DEPLOY / "fly"
@@ -37,13 +36,22 @@ def provisioner(tmp_path: Path) -> Iterator[tuple[str, str, dict[str, Any]]]:
     config = {
         "listen": f"127.0.0.1:{cp_port}",
         "database_url": f"sqlite://{tmp_path / 'cp.db'}?mode=rwc",
-        "secrets": {"encryption_key_env": "MOLT_T_KEY", "dataplane_token_env": "MOLT_T_DP", "bootstrap_admin_token_env": "MOLT_T_ADMIN"},
+        "secrets": {
+            "encryption_key_env": "MOLT_T_KEY",
+            "dataplane_token_env": "MOLT_T_DP",
+            "bootstrap_admin_token_env": "MOLT_T_ADMIN",
+        },
         "jwt": {"issuer": "molt-t", "secret_env": "MOLT_T_JWT"},
         "fleet": fleet,
     }
     (tmp_path / "cp.toml").write_text(tomli_w.dumps(config))
-    env = {"MOLT_T_KEY": secrets.token_hex(32), "MOLT_T_DP": "dp-" + secrets.token_hex(16), "MOLT_T_ADMIN": "admin-" + secrets.token_hex(16),
-           "MOLT_T_JWT": secrets.token_hex(32), "MOLT_T_FLY": TOKEN}  # fmt: skip
+    env = {
+        "MOLT_T_KEY": secrets.token_hex(32),
+        "MOLT_T_DP": "dp-" + secrets.token_hex(16),
+        "MOLT_T_ADMIN": "admin-" + secrets.token_hex(16),
+        "MOLT_T_JWT": secrets.token_hex(32),
+        "MOLT_T_FLY": TOKEN,
+    }
     cp = Process([require_molt(), "controlplane", "--config", tmp_path / "cp.toml"], tmp_path / "cp.log", env=env)
     try:
         cp_url = f"http://127.0.0.1:{cp_port}"
@@ -56,14 +64,23 @@ def provisioner(tmp_path: Path) -> Iterator[tuple[str, str, dict[str, Any]]]:
 
 def assert_matches(documented: Any, sent: Any, path: str) -> None:
     if isinstance(documented, dict):
-        assert isinstance(sent, dict) and sorted(sent) == sorted(documented), f"{path}: sent {sent!r}, documented {documented!r}"
+        assert isinstance(sent, dict) and sorted(sent) == sorted(documented), (
+            f"{path}: sent {sent!r}, documented {documented!r}"
+        )
         for key in documented:
             assert_matches(documented[key], sent[key], f"{path}.{key}")
-    elif isinstance(documented, list) and len(documented) == 1 and isinstance(documented[0], str) and "<" in documented[0]:
+    elif (
+        isinstance(documented, list)
+        and len(documented) == 1
+        and isinstance(documented[0], str)
+        and "<" in documented[0]
+    ):
         # A list of whatever the placeholder says, any length.
         assert isinstance(sent, list) and all(isinstance(s, str) for s in sent), f"{path}: sent {sent!r}"
     elif isinstance(documented, list):
-        assert isinstance(sent, list) and len(sent) == len(documented), f"{path}: sent {sent!r}, documented {documented!r}"
+        assert isinstance(sent, list) and len(sent) == len(documented), (
+            f"{path}: sent {sent!r}, documented {documented!r}"
+        )
         for i, (d, s) in enumerate(zip(documented, sent, strict=True)):
             assert_matches(d, s, f"{path}[{i}]")
     elif isinstance(documented, str) and "<" in documented:
@@ -84,7 +101,9 @@ def test_the_documented_bot_machine_is_what_the_provisioner_sends(provisioner: t
     assert bot.status_code == 202, bot.text
 
     def machines() -> list[dict[str, Any]]:
-        response = httpx.get(f"{fly_url}/v1/apps/{fleet['app']}/machines", headers={"authorization": f"Bearer {TOKEN}"}, timeout=5)
+        response = httpx.get(
+            f"{fly_url}/v1/apps/{fleet['app']}/machines", headers={"authorization": f"Bearer {TOKEN}"}, timeout=5
+        )
         response.raise_for_status()
         return response.json()
 
@@ -94,7 +113,11 @@ def test_the_documented_bot_machine_is_what_the_provisioner_sends(provisioner: t
     assert machine["region"] == documented["region"] == fleet["region"]
     sent = machine["config"]
     # CLAWDBOT_CONFIG is JSON text: compare it as JSON.
-    assert_matches(json.loads(documented["config"]["env"]["CLAWDBOT_CONFIG"]), json.loads(sent["env"]["CLAWDBOT_CONFIG"]), "CLAWDBOT_CONFIG")
+    assert_matches(
+        json.loads(documented["config"]["env"]["CLAWDBOT_CONFIG"]),
+        json.loads(sent["env"]["CLAWDBOT_CONFIG"]),
+        "CLAWDBOT_CONFIG",
+    )
     documented["config"]["env"]["CLAWDBOT_CONFIG"] = "<JSON, compared above>"
     assert_matches(documented["config"], sent, "config")
     assert sent["metadata"] == {"molt_bot_id": bot.json()["id"], "molt_user_id": user["id"]}

@@ -13,7 +13,6 @@ import subprocess
 from pathlib import Path
 
 import httpx
-
 from conftest import Podman, Process, answers, free_port, require_molt, wait_until
 
 UID = 65532
@@ -93,10 +92,15 @@ provider = "mock"
         assert seen["authorization"] == f"Bearer {master}", "the master key replaces the client's"
         assert client_key not in json.dumps(seen)
         metrics = httpx.get(f"http://127.0.0.1:{admin}/metrics", timeout=5).text
-        assert 'molt_requests_total{model="gpt-4o-mini",provider="mock",route="chat.completions",status="200"} 1' in metrics
+        assert (
+            'molt_requests_total{model="gpt-4o-mini",provider="mock",route="chat.completions",status="200"} 1'
+            in metrics
+        )
         # Usage written on the volume (the root is read-only), by the image's user.
         usage = state / "usage.jsonl"
-        wait_until(lambda: usage.is_file() and "image-test-1" in usage.read_text(), "the usage line on the volume", timeout=10)
+        wait_until(
+            lambda: usage.is_file() and "image-test-1" in usage.read_text(), "the usage line on the volume", timeout=10
+        )
         assert usage.stat().st_uid == UID
         # SIGTERM drains and exits cleanly.
         podman("stop", "-t", "10", name)

@@ -20,7 +20,6 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-
 from conftest import DEPLOY, Process, copy_tree, edit, free_port, require_molt, run_validator, wait_until
 
 PORTS = ("http", "tls", "admin", "mock", "controlplane", "stripe")
@@ -48,13 +47,17 @@ class Dev:
         return "Operate it:" in self.process.logs() and (self.dir / "dev.env").is_file()
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
-        response = httpx.request(method, f"{self.env['MOLT_ADMIN_URL']}/api/v1{path}", json=body, headers=self.admin, timeout=10)
+        response = httpx.request(
+            method, f"{self.env['MOLT_ADMIN_URL']}/api/v1{path}", json=body, headers=self.admin, timeout=10
+        )
         assert response.status_code < 300, f"{method} {path}: {response.status_code} {response.text}"
         return response.json()
 
     def chat(self, stream: bool, **headers: str) -> httpx.Response:
         body = {"model": "gpt-4o-mini", "stream": stream, "messages": [{"role": "user", "content": "Hello"}]}
-        return httpx.post(f"{self.env['MOLT_URL']}/chat/completions", json=body, headers={**self.client, **headers}, timeout=10)
+        return httpx.post(
+            f"{self.env['MOLT_URL']}/chat/completions", json=body, headers={**self.client, **headers}, timeout=10
+        )
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,9 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
 def metric_names(url: str) -> set[str]:
     response = httpx.get(url, timeout=5)
     response.raise_for_status()
-    return {line.split("{")[0].split(" ")[0] for line in response.text.splitlines() if line and not line.startswith("#")}
+    return {
+        line.split("{")[0].split(" ")[0] for line in response.text.splitlines() if line and not line.startswith("#")
+    }
 
 
 def drive_every_watched_path(dev: Dev) -> None:
@@ -108,16 +113,21 @@ def drive_every_watched_path(dev: Dev) -> None:
     wait_until(chatted, "a chat with the bot over /ws/chat", timeout=30, interval=0.5)
 
     # A signed Stripe webhook, as Stripe signs it.
-    body = json.dumps({"id": "evt_metrics", "object": "event", "type": "invoice.paid", "created": int(time.time()),
-                       "data": {"object": {"id": "in_metrics", "object": "invoice", "customer": "cus_molt_dev"}}})  # fmt: skip
+    invoice = {"id": "in_metrics", "object": "invoice", "customer": "cus_molt_dev"}
+    event = {"id": "evt_metrics", "object": "event", "type": "invoice.paid", "created": int(time.time())}
+    body = json.dumps({**event, "data": {"object": invoice}})
     t = int(time.time())
     sig = hmac.new(dev.env["MOLT_STRIPE_WEBHOOK_SECRET"].encode(), f"{t}.{body}".encode(), hashlib.sha256).hexdigest()
-    response = httpx.post(f"{dev.env['MOLT_ADMIN_URL']}/webhooks/stripe", content=body, headers={"stripe-signature": f"t={t},v1={sig}"})
+    response = httpx.post(
+        f"{dev.env['MOLT_ADMIN_URL']}/webhooks/stripe", content=body, headers={"stripe-signature": f"t={t},v1={sig}"}
+    )
     assert response.status_code == 200, response.text
 
     # Meter events reach the fake Stripe once the 10 s window closes, and the periodic flush job has run.
     def flushed() -> bool:
-        httpx.post(f"{dev.env['MOLT_ADMIN_URL']}/api/v1/billing/flush", headers=dev.admin, timeout=10).raise_for_status()
+        httpx.post(
+            f"{dev.env['MOLT_ADMIN_URL']}/api/v1/billing/flush", headers=dev.admin, timeout=10
+        ).raise_for_status()
         names = metric_names(f"{dev.env['MOLT_ADMIN_URL']}/metrics")
         return {"molt_cp_billing_meter_events_total", "molt_cp_job_runs_total"} <= names
 
@@ -141,7 +151,11 @@ def test_every_metric_a_rule_or_dashboard_uses_is_exported(exported: Path) -> No
 
 def test_a_renamed_metric_in_a_dashboard_fails(exported: Path, tmp_path: Path) -> None:
     copy = copy_tree(DEPLOY / "monitoring", tmp_path / "monitoring")
-    edit(copy / "dashboards" / "molt-dataplane.json", '"expr": "sum(molt_active_streams{', '"expr": "sum(molt_streams_active{')
+    edit(
+        copy / "dashboards" / "molt-dataplane.json",
+        '"expr": "sum(molt_active_streams{',
+        '"expr": "sum(molt_streams_active{',
+    )
     done = run_validator("metrics", "--exported", exported, "--dir", copy)
     assert done.returncode != 0
     assert "molt_streams_active: used by molt-dataplane.json panel 'Active streams'" in done.stderr, done.stderr

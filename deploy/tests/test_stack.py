@@ -6,8 +6,9 @@ dropped capabilities, no-new-privileges, volumes and healthcheck. What differs i
 registries are unreachable, so PostgreSQL and Redis are the machine's own (a database of our own, `molt_stack_ci`,
 recreated each run, and Redis database 11); containers share the host network, so the configs' addresses
 (`controlplane:9700`, `redis:6379`, listeners) become loopback ports of our own; open files are capped at this
-VM's hard limit (and processes at deploy/containers.sh's 4096). Then: a request through each data plane, their usage in PostgreSQL exactly once per request id,
-and a per-user limit that holds across both data planes through the shared Redis.
+VM's hard limit (and processes at deploy/containers.sh's 4096). Then: a request through each data plane, their
+usage in PostgreSQL exactly once per request id, and a per-user limit that holds across both data planes through
+the shared Redis.
 """
 
 from __future__ import annotations
@@ -26,8 +27,19 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
-
-from conftest import DEPLOY, Podman, Process, answers, copy_tree, edit, free_port, require_molt, service_url, validate, wait_until
+from conftest import (
+    DEPLOY,
+    Podman,
+    Process,
+    answers,
+    copy_tree,
+    edit,
+    free_port,
+    require_molt,
+    service_url,
+    validate,
+    wait_until,
+)
 
 COMPOSE = DEPLOY / "compose"
 DATABASE = "molt_stack_ci"
@@ -40,7 +52,9 @@ def psql(admin_url: str, sql: str, database: str | None = None) -> str:
     url = urlparse(admin_url)
     if database:
         url = url._replace(path=f"/{database}")
-    done = subprocess.run(["psql", url.geturl(), "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql], capture_output=True, text=True)
+    done = subprocess.run(
+        ["psql", url.geturl(), "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql], capture_output=True, text=True
+    )
     assert done.returncode == 0, f"psql {sql!r}: {done.stderr}"
     return done.stdout.strip()
 
@@ -139,7 +153,11 @@ def stack(podman: Podman, molt_image: str, tmp_path: Path) -> Iterator[Stack]:
         edit(config / "dataplane.toml", 'listen = "0.0.0.0:8080"', f'listen = "127.0.0.1:{port}"')
         edit(config / "dataplane.toml", 'listen = "0.0.0.0:9901"', f'listen = "127.0.0.1:{admin}"')
         edit(config / "dataplane.toml", '"http://controlplane:9700"', f'"http://127.0.0.1:{cp_port}"')
-        edit(config / "dataplane.toml", '"redis://redis:6379"', f'"redis://{redis.hostname}:{redis.port or 6379}/{REDIS_DB}"')
+        edit(
+            config / "dataplane.toml",
+            '"redis://redis:6379"',
+            f'"redis://{redis.hostname}:{redis.port or 6379}/{REDIS_DB}"',
+        )
         state = tmp_path / f"{name}-state"
         state.mkdir()
         os.chown(state, UID, UID)  # as a fresh named volume from the image would be
@@ -209,7 +227,11 @@ def metric(admin_url: str, name: str) -> float:
 
 
 def test_two_dataplanes_ship_usage_once_and_share_a_limit(stack: Stack) -> None:
-    stack.api("POST", "/providers", {"name": "mock", "kind": "openai", "base_url": f"{stack.mock_url}/v1", "keys": [stack.master]})
+    stack.api(
+        "POST",
+        "/providers",
+        {"name": "mock", "kind": "openai", "base_url": f"{stack.mock_url}/v1", "keys": [stack.master]},
+    )
     stack.api("POST", "/models", {"name": "gpt-4o-mini", "provider": "mock"})
     stack.api("POST", "/plans", {"name": "stack-limited", "limits": {"requests_per_minute": LIMIT}})
 
@@ -226,7 +248,10 @@ def test_two_dataplanes_ship_usage_once_and_share_a_limit(stack: Stack) -> None:
     id_list = ",".join(f"'{i}'" for i in ids)
 
     def stored() -> dict[str, int] | None:
-        rows = psql(stack.database_url, f"SELECT request_id, COUNT(*) FROM usage_events WHERE request_id IN ({id_list}) GROUP BY request_id")
+        rows = psql(
+            stack.database_url,
+            f"SELECT request_id, COUNT(*) FROM usage_events WHERE request_id IN ({id_list}) GROUP BY request_id",
+        )
         counts = {line.split("|")[0]: int(line.split("|")[1]) for line in rows.splitlines() if line}
         return counts if len(counts) == len(ids) else None
 
