@@ -13,7 +13,10 @@
 
 molt_containers_setup() {
     local dir="${MOLT_CONTAINERS_DIR:-$HOME/.cache/molt/containers}"
-    local run="/run/molt-containers-$(id -u)"
+    # One run directory per storage directory: podman refuses a run state
+    # that belongs to other storage.
+    local run
+    run="/run/molt-containers-$(id -u)-$(printf '%s' "$dir" | sha256sum | cut -c1-8)"
     if ! mkdir -p "$run" 2>/dev/null; then
         run="$dir/run"
     fi
