@@ -128,6 +128,9 @@ pub fn merge(raw: RawDataplaneConfig, snap: Option<&RawSnapshot>) -> RawDataplan
     }
 }
 
+/// The symlink the kubelet swaps to update a mounted ConfigMap or Secret.
+const KUBELET_DATA_LINK: &str = "..data";
+
 /// Runs the reload triggers as a Pingora background service.
 pub struct ReloadService(pub Arc<ConfigReloader>);
 
@@ -137,8 +140,12 @@ impl BackgroundService for ReloadService {
         let reloader = self.0.clone();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
         // Watch the directory, not the file: editors and config managers
-        // replace files by renaming, which a file watch would miss.
+        // replace files by renaming, which a file watch would miss. A
+        // Kubernetes ConfigMap (or Secret) mounted as a directory changes
+        // without any event on the file's name: the file is a symlink
+        // through `..data`, and an update renames a new `..data` over it.
         let file_name = reloader.path.file_name().map(|n| n.to_owned());
+        let kubelet_swap = Some(std::ffi::OsStr::new(KUBELET_DATA_LINK));
         let dir = reloader
             .path
             .parent()
@@ -149,10 +156,9 @@ impl BackgroundService for ReloadService {
             let tx = tx.clone();
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
                 if let Ok(ev) = res {
-                    let ours = ev
-                        .paths
-                        .iter()
-                        .any(|p| p.file_name() == file_name.as_deref());
+                    let ours = ev.paths.iter().any(|p| {
+                        p.file_name() == file_name.as_deref() || p.file_name() == kubelet_swap
+                    });
                     if ours && (ev.kind.is_modify() || ev.kind.is_create()) {
                         let _ = tx.try_send(());
                     }

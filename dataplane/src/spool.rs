@@ -104,6 +104,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
 struct SpoolMetrics {
     /// Recorded but not yet acknowledged bytes.
     bytes: IntGauge,
+    /// `spool_max_bytes`, so `bytes` reads as a fill ratio.
+    capacity: IntGauge,
     full: IntGauge,
     recorded: IntCounter,
     shipped: IntCounter,
@@ -116,6 +118,10 @@ impl SpoolMetrics {
             bytes: IntGauge::new(
                 "molt_usage_spool_bytes",
                 "Usage recorded in the spool and not yet acknowledged by the control plane, in bytes.",
+            )?,
+            capacity: IntGauge::new(
+                "molt_usage_spool_max_bytes",
+                "The spool's capacity (spool_max_bytes): molt_usage_spool_bytes beyond it are dropped.",
             )?,
             full: IntGauge::new(
                 "molt_usage_spool_full",
@@ -138,6 +144,7 @@ impl SpoolMetrics {
             )?,
         };
         r.register(Box::new(m.bytes.clone()))?;
+        r.register(Box::new(m.capacity.clone()))?;
         r.register(Box::new(m.full.clone()))?;
         r.register(Box::new(m.recorded.clone()))?;
         r.register(Box::new(m.shipped.clone()))?;
@@ -243,6 +250,9 @@ impl Spool {
         }
         acked = acked.max(starts.first().copied().unwrap_or(0));
         let metrics = SpoolMetrics::new(registry)?;
+        metrics
+            .capacity
+            .set(i64::try_from(max_bytes).unwrap_or(i64::MAX));
         let shared = Arc::new(Shared {
             dir: dir.to_owned(),
             max_bytes,
@@ -775,6 +785,15 @@ mod tests {
         assert_eq!(spool.shared.metrics.recorded.get(), 3);
         assert_eq!(dropped.load(Ordering::Relaxed), 2);
         assert_eq!(spool.shared.metrics.full.get(), 1);
+        // Exported as bytes over capacity, for the "spool filling" alert.
+        assert_eq!(
+            spool.shared.metrics.bytes.get(),
+            i64::try_from(line * 3).unwrap()
+        );
+        assert_eq!(
+            spool.shared.metrics.capacity.get(),
+            i64::try_from(line * 3).unwrap()
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

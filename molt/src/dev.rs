@@ -4,7 +4,9 @@
 //! 0600: the at-rest encryption key, the data-plane token, the bootstrap
 //! admin token, the JWT secret), `controlplane.toml` and its SQLite
 //! database, `dataplane.toml`, a self-signed certificate, the data plane's
-//! snapshot cache and usage spool, and `dev.env` with what a client needs.
+//! snapshot cache and usage spool, and `dev.env` with what a client needs
+//! (`export` lines, and `molt`'s directory on `PATH`, so
+//! `source .molt/dev.env && molt ctl users list` works as printed).
 //!
 //! Order: the mock provider starts in-process; the control plane starts
 //! in-process on SQLite and is seeded through its service layer (a dev
@@ -116,23 +118,29 @@ pub(crate) fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let url = format!("http://{}/v1", args.http);
     let metrics = format!("http://{}/metrics", args.admin);
-    let mut env = format!(
-        "MOLT_URL={url}\nMOLT_TLS_URL=https://{tls}/v1\nMOLT_API_KEY={key}\nMOLT_METRICS_URL={metrics}\nMOLT_CA_CERT={cert}\nMOLT_ADMIN_URL=http://{cp}\nMOLT_ADMIN_TOKEN={admin}\n",
-        tls = args.tls,
-        cert = abs(&args.dir.join("tls/cert.pem")).display(),
-        cp = args.controlplane,
-        admin = secrets[ADMIN_TOKEN_ENV],
-    );
+    let mut vars = vec![
+        ("MOLT_URL", url.clone()),
+        ("MOLT_TLS_URL", format!("https://{}/v1", args.tls)),
+        ("MOLT_API_KEY", key.clone()),
+        ("MOLT_METRICS_URL", metrics),
+        (
+            "MOLT_CA_CERT",
+            abs(&args.dir.join("tls/cert.pem")).display().to_string(),
+        ),
+        ("MOLT_ADMIN_URL", format!("http://{}", args.controlplane)),
+        ("MOLT_ADMIN_TOKEN", secrets[ADMIN_TOKEN_ENV].clone()),
+    ];
     if !args.no_billing {
-        let _ = write!(
-            env,
-            "MOLT_STRIPE_URL=http://{stripe}\nMOLT_STRIPE_WEBHOOK_SECRET={whsec}\n",
-            stripe = args.stripe,
-            whsec = secrets[STRIPE_WEBHOOK_SECRET_ENV],
-        );
+        vars.push(("MOLT_STRIPE_URL", format!("http://{}", args.stripe)));
+        vars.push((
+            "MOLT_STRIPE_WEBHOOK_SECRET",
+            secrets[STRIPE_WEBHOOK_SECRET_ENV].clone(),
+        ));
     }
+    let env = env_file_text(&vars, molt_dir().as_deref());
     std::fs::write(&env_file, &env).with_context(|| format!("writing {}", env_file.display()))?;
     let mut banner = String::new();
+    let env_file = abs(&env_file);
     let _ = writeln!(
         banner,
         "\nMolt dev is starting. Wrote {} :\n\n{env}",
@@ -514,10 +522,56 @@ fn abs(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
 }
 
+/// `dev.env`: one `export NAME=value` line per variable, so `source`
+/// hands them to the commands run after it (`molt ctl` reads
+/// `MOLT_ADMIN_URL` and `MOLT_ADMIN_TOKEN`), and `molt`'s own directory put
+/// first on `PATH`, so the `molt` the banner's commands name is this one
+/// whether or not it was installed.
+fn env_file_text(vars: &[(&str, String)], molt_dir: Option<&Path>) -> String {
+    let mut text = String::from(
+        "# Written by `molt dev` on every start: `source` it to talk to this molt dev.\n",
+    );
+    if let Some(dir) = molt_dir {
+        let _ = writeln!(
+            text,
+            "export PATH={}:\"$PATH\"",
+            shell_quote(&dir.display().to_string())
+        );
+    }
+    for (name, value) in vars {
+        let _ = writeln!(text, "export {name}={}", shell_quote(value));
+    }
+    text
+}
+
+/// The directory of the running `molt`, if the OS says.
+fn molt_dir() -> Option<PathBuf> {
+    std::env::current_exe()
+        .ok()?
+        .parent()
+        .map(Path::to_path_buf)
+}
+
+/// `value` as one shell word: as is when it holds only characters no shell
+/// treats specially (every URL, key and token `molt dev` writes), else in
+/// single quotes.
+fn shell_quote(value: &str) -> String {
+    let plain = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:@%+=,".contains(c));
+    if plain {
+        value.to_owned()
+    } else {
+        format!("'{}'", value.replace('\'', r"'\''"))
+    }
+}
+
 /// The key from an earlier run, so clients keep working across restarts.
 fn existing_key(env_file: &Path) -> Option<String> {
     let text = std::fs::read_to_string(env_file).ok()?;
     text.lines()
+        .map(|l| l.strip_prefix("export ").unwrap_or(l))
         .find_map(|l| l.strip_prefix("MOLT_API_KEY="))
         .filter(|k| k.starts_with(molt_dataplane::auth::API_KEY_PREFIX))
         .map(str::to_owned)
@@ -611,5 +665,49 @@ fn dataplane_launch() -> molt_dataplane::server::Launch {
     molt_dataplane::server::Launch {
         init_tracing: true,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_env_exports_every_variable_and_puts_molt_on_the_path() {
+        let vars = [
+            ("MOLT_URL", "http://127.0.0.1:8080/v1".to_owned()),
+            ("MOLT_API_KEY", "molt_sk_abc-DEF_123".to_owned()),
+            ("MOLT_CA_CERT", "/home/a b/.molt/tls/cert.pem".to_owned()),
+        ];
+        let text = env_file_text(&vars, Some(Path::new("/opt/it's/bin")));
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            lines,
+            [
+                r#"export PATH='/opt/it'\''s/bin':"$PATH""#,
+                "export MOLT_URL=http://127.0.0.1:8080/v1",
+                "export MOLT_API_KEY=molt_sk_abc-DEF_123",
+                "export MOLT_CA_CERT='/home/a b/.molt/tls/cert.pem'",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_key_of_an_earlier_run_is_read_back_from_either_format() {
+        let dir = std::env::temp_dir().join(format!("molt-dev-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("dev.env");
+        for line in [
+            "export MOLT_API_KEY=molt_sk_new",
+            "MOLT_API_KEY=molt_sk_new",
+        ] {
+            std::fs::write(&file, format!("# c\nexport MOLT_URL=x\n{line}\n")).unwrap();
+            assert_eq!(
+                existing_key(&file).as_deref(),
+                Some("molt_sk_new"),
+                "{line}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

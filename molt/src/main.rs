@@ -8,6 +8,7 @@ mod fakes;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +57,23 @@ enum Command {
         // The API listener is reported as `api`.
         #[command(flatten)]
         ready: fakes::ReadyFileArg,
+        /// Only validate the config (with the secrets it names, from the
+        /// environment): print every error and exit non-zero.
+        #[arg(long, conflicts_with = "migrate")]
+        validate: bool,
+        /// Apply pending database migrations and exit (a deploy's step
+        /// before the new version starts; starting applies them too).
+        #[arg(long)]
+        migrate: bool,
+    },
+    /// Check a health endpoint (`/readyz`, `/healthz`): exit 0 on a 2xx
+    /// answer, 1 otherwise. For container healthchecks in images without
+    /// a shell or curl.
+    Probe {
+        /// e.g. http://127.0.0.1:9901/readyz
+        url: String,
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Operate the control plane through its API (users, keys, models, ...).
     Ctl(molt_controlplane::ctl::CtlArgs),
@@ -97,13 +115,34 @@ fn main() -> anyhow::Result<()> {
         Command::Load(args) => molt_loadtest::loadgen::main(args)
             .map(drop)
             .map_err(Into::into),
-        Command::Controlplane { config, ready } => {
+        Command::Controlplane {
+            config,
+            validate: true,
+            ..
+        } => validate_controlplane(&config),
+        Command::Controlplane {
+            config,
+            migrate,
+            ready,
+            ..
+        } => {
             let settings =
                 molt_controlplane::Settings::load(&config, &molt_config::dataplane::ProcessEnv)?;
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
                 .init();
-            tokio::runtime::Runtime::new()?.block_on(async {
+            let rt = tokio::runtime::Runtime::new()?;
+            if migrate {
+                // Connecting applies every pending migration.
+                rt.block_on(molt_controlplane::store::SqlStore::connect(
+                    &settings.database_url,
+                    1,
+                ))
+                .context("database migrations failed")?;
+                tracing::info!("database migrations applied");
+                return Ok(());
+            }
+            rt.block_on(async {
                 let server =
                     molt_controlplane::Server::bind(&settings, Some(fakes::local_bots())).await?;
                 if let Some(path) = &ready.ready_file {
@@ -115,6 +154,7 @@ fn main() -> anyhow::Result<()> {
                 anyhow::Ok(())
             })
         }
+        Command::Probe { url, timeout } => probe(&url, timeout),
         Command::Ctl(args) => {
             let mut out = std::io::stdout().lock();
             tokio::runtime::Runtime::new()?
@@ -130,6 +170,41 @@ fn main() -> anyhow::Result<()> {
             writeln!(out, "key: {key}")?;
             writeln!(out, "sha256: {}", molt_config::hash_api_key(&key))?;
             Ok(())
+        }
+    }
+}
+
+/// `molt probe`: one GET through the control plane's outbound client.
+fn probe(url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let uri: http::Uri = url.parse().with_context(|| format!("not a URL: {url}"))?;
+    let status = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let client = molt_controlplane::https::client(None)?;
+            let response = tokio::time::timeout(timeout, client.get(uri))
+                .await
+                .with_context(|| format!("{url}: no answer within {timeout:?}"))?
+                .with_context(|| format!("{url}: request failed"))?;
+            anyhow::Ok(response.status())
+        })?;
+    anyhow::ensure!(status.is_success(), "{url}: {status}");
+    Ok(())
+}
+
+fn validate_controlplane(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    match molt_controlplane::Settings::load(path, &molt_config::dataplane::ProcessEnv) {
+        Ok(_) => {
+            writeln!(std::io::stdout(), "config OK: {}", path.display())?;
+            Ok(())
+        }
+        Err(errors) => {
+            let mut err = std::io::stderr().lock();
+            for e in &errors.0 {
+                writeln!(err, "{e}")?;
+            }
+            std::process::exit(1);
         }
     }
 }

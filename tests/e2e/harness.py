@@ -305,11 +305,14 @@ def to_toml(config: dict[str, Any] | str) -> str:
 class Dataplane:
     """A running `molt dataplane --config FILE`, started from a dict or TOML text, ready on /readyz."""
 
-    def __init__(self, config: dict[str, Any] | str, workdir: Path) -> None:
+    def __init__(self, config: dict[str, Any] | str, workdir: Path, config_path: Path | None = None) -> None:
+        """`config_path`: run from that file, which already holds `config` (else it is written to workdir)."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
-        self.config_path = workdir / "molt.toml"
-        self.config_path.write_text(to_toml(config))
+        if config_path is None:
+            config_path = workdir / "molt.toml"
+            config_path.write_text(to_toml(config))
+        self.config_path = config_path
         parsed = tomllib.loads(to_toml(config))
         self.config = parsed
         tls = parsed["server"].get("tls")

@@ -6,6 +6,9 @@ traffic to it in short windows, so meter events show up while a developer watche
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +37,7 @@ class Dev:
             [*argv, *extra], workdir / "dev.log", extra_env={"OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": ""}
         )
         wait_until(self._started, "molt dev's banner and .molt/dev.env", timeout=60, interval=0.1)
-        self.env = dict(line.split("=", 1) for line in (self.dir / "dev.env").read_text().splitlines() if "=" in line)
+        self.env = read_env_file(self.dir / "dev.env")
         self.admin = {"authorization": f"Bearer {self.env['MOLT_ADMIN_TOKEN']}"}
 
     def _started(self) -> bool:
@@ -58,6 +61,20 @@ class Dev:
                 return False
 
         wait_until(ok, "molt dev's data plane to answer a chat request", timeout=30, interval=0.1)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """`export NAME=value` lines as a shell would read them (PATH left out)."""
+    env = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        words = shlex.split(line)
+        assert words[0] == "export" and len(words) == 2, f"not an export line in {path}: {line!r}"
+        name, value = words[1].split("=", 1)
+        if name != "PATH":
+            env[name] = value
+    return env
 
 
 @pytest.fixture
@@ -130,3 +147,19 @@ def test_molt_dev_no_billing_runs_without_stripe(tmp_path: Path) -> None:
             httpx.get(f"http://127.0.0.1:{dev.ports['stripe']}/_fake/meter_events", timeout=2)
     finally:
         dev.process.kill()
+
+
+def test_printed_operate_command_works_as_printed(dev: Dev, tmp_path: Path) -> None:
+    """The banner's `source <dev.env> && molt ctl users list`, pasted into a shell that has no molt on its PATH
+    and none of the variables set: dev.env exports them and puts molt's directory first on PATH."""
+    printed = [line.strip() for line in dev.process.logs().splitlines() if "molt ctl users list" in line]
+    assert printed, f"no operate command in molt dev's banner:\n{dev.process.logs()[-3000:]}"
+    command = printed[-1]
+    assert command == f"source {dev.dir / 'dev.env'} && molt ctl users list", command
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("MOLT_")}
+    clean_env["PATH"] = "/usr/bin:/bin"
+    done = subprocess.run(
+        ["bash", "-c", command], cwd=tmp_path, env=clean_env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, f"{command!r} failed:\n{done.stdout}\n{done.stderr}"
+    assert "dev@molt.local" in done.stdout, done.stdout

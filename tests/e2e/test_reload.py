@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from harness import (
     CHAT_MODEL,
     ClientKey,
     Dataplane,
+    assert_no_secrets,
     MockProvider,
     StartDataplane,
     World,
@@ -127,3 +129,35 @@ def test_bad_reload_keeps_the_old_config(
     # A good config afterwards still applies.
     dataplane.reload(with_key_and_model(config, rejected_key, NEW_MODEL))
     wait_until(lambda: key_is_accepted(dataplane, rejected_key), "the corrected config to apply", timeout=10)
+
+
+def test_a_configmap_style_swap_reloads(world: World, mock: MockProvider, tmp_path: Path) -> None:
+    """Kubernetes mounts a ConfigMap as a directory of symlinks: `molt.toml -> ..data/molt.toml`, `..data ->
+    ..<timestamp>`. An update writes a new timestamped directory and renames a new `..data` over the old one, so
+    the file's own name never sees an event. The data plane must reload on that swap (the Helm chart relies on it)."""
+    mount = tmp_path / "configmap"
+    mount.mkdir()
+
+    def publish(config: dict[str, Any], generation: int) -> None:
+        # What the kubelet's atomic writer does, step by step.
+        data = mount / f"..2026_01_01_00_00_{generation:02}.000000001"
+        data.mkdir()
+        (data / "molt.toml").write_text(to_toml(config))
+        (mount / "..data_tmp").symlink_to(data.name)
+        os.replace(mount / "..data_tmp", mount / "..data")
+
+    config = world.config(tmp_path / "config")
+    publish(config, 1)
+    (mount / "molt.toml").symlink_to("..data/molt.toml")
+    dataplane = Dataplane(config, tmp_path / "dataplane", config_path=mount / "molt.toml")
+    try:
+        new_key = new_client_key("k-configmap", "user-configmap")
+        assert not key_is_accepted(dataplane, new_key)
+        reloads = dataplane.metric_value("molt_config_reloads_total")
+        publish(with_key_and_model(config, new_key, NEW_MODEL), 2)
+        wait_until(lambda: key_is_accepted(dataplane, new_key), "the swapped-in config to apply", timeout=10)
+        assert dataplane.metric_value("molt_config_reloads_total") == reloads + 1
+        assert dataplane.metric_value(FAILURES) == 0
+    finally:
+        dataplane.kill()
+        assert_no_secrets(dataplane.logs(), "data plane log")

@@ -1,18 +1,22 @@
-"""The `molt` command line: `dataplane --validate` and `key new`."""
+"""The `molt` command line: `dataplane --validate`, `controlplane --validate` and `--migrate`, `probe`, `key new`."""
 
 from __future__ import annotations
 
 import copy
+import http.server
 import re
 import os
+import sqlite3
 import subprocess
+import threading
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness import MOLT_BIN, REPO_ROOT, World, require_binary, sha256_hex, to_toml
+from harness import MOLT_BIN, REPO_ROOT, World, free_port, require_binary, sha256_hex, to_toml
 
 EXAMPLES = sorted((REPO_ROOT / "config" / "examples").glob("*.toml"))
 
@@ -129,3 +133,78 @@ def test_key_new_prints_a_key_and_its_sha256() -> None:
     assert re.fullmatch(r"molt_sk_[A-Za-z0-9_-]{43}", fields["key"])
     assert fields["sha256"] == sha256_hex(fields["key"])
     assert molt("key", "new").stdout != result.stdout, "two keys in a row were equal"
+
+
+def controlplane_config(tmp_path: Path, listen: str = "127.0.0.1:9700") -> Path:
+    path = tmp_path / "controlplane.toml"
+    path.write_text(
+        to_toml(
+            {
+                "listen": listen,
+                "database_url": f"sqlite://{tmp_path / 'cp.db'}?mode=rwc",
+                "secrets": {"encryption_key_env": "MOLT_T_KEY", "dataplane_token_env": "MOLT_T_DP"},
+                "jwt": {"issuer": "molt-t", "secret_env": "MOLT_T_JWT"},
+            }
+        )
+    )
+    return path
+
+
+CP_SECRETS = {"MOLT_T_KEY": "ab" * 32, "MOLT_T_DP": "dp-token-of-16-chars+", "MOLT_T_JWT": "j" * 32}
+
+
+def test_controlplane_validate_lists_every_error_with_its_field(tmp_path: Path) -> None:
+    path = controlplane_config(tmp_path, listen="nowhere")
+    unset = {name: "" for name in CP_SECRETS}
+    result = molt("controlplane", "--validate", "--config", path, env=unset)
+    assert result.returncode == 1, result.stdout + result.stderr
+    for expected in ("listen:", "secrets.encryption_key_env", "secrets.dataplane_token_env", "jwt.secret_env"):
+        assert expected in result.stderr, f"{expected!r} not in:\n{result.stderr}"
+    assert not (tmp_path / "cp.db").exists(), "--validate must not touch the database"
+
+    result = molt("controlplane", "--validate", "--config", controlplane_config(tmp_path), env=CP_SECRETS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "config OK" in result.stdout
+
+
+def test_controlplane_migrate_applies_every_migration_and_exits(tmp_path: Path) -> None:
+    path = controlplane_config(tmp_path)
+    result = molt("controlplane", "--migrate", "--config", path, env=CP_SECRETS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    migrations = sorted((REPO_ROOT / "controlplane" / "migrations").glob("*.sql"))
+    with sqlite3.connect(tmp_path / "cp.db") as db:
+        applied = db.execute("SELECT COUNT(*) FROM _sqlx_migrations WHERE success").fetchone()[0]
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert applied == len(migrations) > 0
+    assert {"users", "bots", "usage_events"} <= tables, tables
+
+
+@pytest.fixture
+def health_server() -> Iterator[tuple[str, dict[str, int]]]:
+    """An HTTP server answering every GET with the status in `state["status"]`."""
+    state = {"status": 200}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            self.send_response(state["status"])
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/readyz", state
+    finally:
+        server.shutdown()
+
+
+def test_probe_exits_zero_only_on_a_2xx(health_server: tuple[str, dict[str, int]]) -> None:
+    url, state = health_server
+    assert molt("probe", url).returncode == 0
+    state["status"] = 503
+    result = molt("probe", url)
+    assert result.returncode == 1 and "503" in result.stderr, result.stderr
+    result = molt("probe", f"http://127.0.0.1:{free_port()}/readyz", "--timeout", "1s")
+    assert result.returncode == 1 and "request failed" in result.stderr, result.stderr

@@ -33,7 +33,7 @@ use std::time::Duration;
 /// Stripe accepts meter event timestamps up to 35 days old; a window whose
 /// last second is older than this (minus a margin for the time spent
 /// sending) is unbillable.
-const STRIPE_MAX_AGE_MS: i64 = 35 * 24 * 3600 * 1000;
+pub(crate) const STRIPE_MAX_AGE_MS: i64 = 35 * 24 * 3600 * 1000;
 const AGE_MARGIN_MS: i64 = 3600 * 1000;
 
 /// One meter event, as sent.
@@ -195,6 +195,9 @@ impl Flusher {
         out.prepared = prepared.0;
         out.unbillable += prepared.1;
         timer.observe_duration();
+        if out.left_pending == 0 {
+            self.metrics.last_success.set(now_ms() / 1000);
+        }
         Ok(out)
     }
 

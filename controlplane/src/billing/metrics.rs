@@ -3,7 +3,12 @@
 //! fixed list (anything else is `other`); never a user or customer id.
 
 use crate::metrics::{Metrics, MetricsError};
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+};
+
+/// The `reason` values of `billing_overdue_tokens`, all always exported.
+pub const OVERDUE_REASONS: [&str; 4] = ["pending", "failed", "unbillable", "unreported"];
 
 #[derive(Debug, Clone)]
 pub struct BillingMetrics {
@@ -17,6 +22,14 @@ pub struct BillingMetrics {
     /// Webhook deliveries by event type and result (handled, duplicate,
     /// ignored, rejected).
     pub webhooks: IntCounterVec,
+    /// Unix time of the last flush that left no report pending (the start
+    /// time until the first), so an alert sees a flush that keeps failing.
+    pub last_success: IntGauge,
+    /// Billable tokens (users with a Stripe customer) that a flush should
+    /// have delivered by now and Stripe does not hold, by reason
+    /// (`pending`, `failed`, `unbillable`, `unreported`): the
+    /// reconciliation's difference, as of the last periodic flush.
+    pub overdue_tokens: IntGaugeVec,
 }
 
 impl BillingMetrics {
@@ -48,18 +61,37 @@ impl BillingMetrics {
             ),
             &["type", "result"],
         )?;
+        let last_success = IntGauge::new(
+            "billing_last_flush_success_timestamp_seconds",
+            "Unix time of the last meter flush that left no report pending (start time until the first)",
+        )?;
+        last_success.set(crate::domain::now_ms() / 1000);
+        let overdue_tokens = IntGaugeVec::new(
+            Opts::new(
+                "billing_overdue_tokens",
+                "Billable tokens a flush should have delivered by now that Stripe does not hold, by reason",
+            ),
+            &["reason"],
+        )?;
+        for reason in OVERDUE_REASONS {
+            overdue_tokens.with_label_values(&[reason]).set(0);
+        }
         let r = m.registry();
         r.register(Box::new(events.clone()))?;
         r.register(Box::new(tokens_reported.clone()))?;
         r.register(Box::new(unbillable_tokens.clone()))?;
         r.register(Box::new(flush_seconds.clone()))?;
         r.register(Box::new(webhooks.clone()))?;
+        r.register(Box::new(last_success.clone()))?;
+        r.register(Box::new(overdue_tokens.clone()))?;
         Ok(Self {
             events,
             tokens_reported,
             unbillable_tokens,
             flush_seconds,
             webhooks,
+            last_success,
+            overdue_tokens,
         })
     }
 }

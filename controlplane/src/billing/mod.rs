@@ -24,7 +24,7 @@ pub mod webhook;
 
 pub use meter::{FlushOutcome, FlushSettings, Flusher, MeterEvent, MeterSink, SendError};
 
-use crate::domain::now_ms;
+use crate::domain::{now_ms, Millis};
 use crate::service::{Operator, Service, ServiceError};
 use crate::store::StoreError;
 use metrics::BillingMetrics;
@@ -130,10 +130,58 @@ impl Billing {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "grace policy failed"),
         }
-        match self.flusher.flush().await {
-            Ok(o) => tracing::info!(?o, "meter flush"),
-            Err(e) => tracing::error!(error = %e, "meter flush failed"),
+        let result = match self.flusher.flush().await {
+            Ok(o) => {
+                tracing::info!(?o, "meter flush");
+                "ok"
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "meter flush failed");
+                "error"
+            }
+        };
+        self.service
+            .metrics()
+            .job_runs
+            .with_label_values(&["billing_flush", result])
+            .inc();
+        if let Err(e) = self.publish_overdue(now_ms()).await {
+            tracing::warn!(error = %e, "billing_overdue_tokens not updated");
         }
+    }
+
+    /// Set `billing_overdue_tokens`: over the last 35 days (what Stripe
+    /// still takes), the tokens of users with a Stripe customer whose
+    /// window has closed, settled and been through a flush, and that
+    /// Stripe does not hold, by reason. One reconciliation query per
+    /// periodic flush (hourly by default).
+    pub async fn publish_overdue(&self, now: Millis) -> Result<(), StoreError> {
+        let f = &self.settings.flush;
+        let due = f.window + f.settle + self.settings.flush_interval;
+        let due_ms = i64::try_from(due.as_millis()).unwrap_or(i64::MAX);
+        let rows = self
+            .store
+            .reconcile(
+                now.saturating_sub(meter::STRIPE_MAX_AGE_MS),
+                now.saturating_sub(due_ms),
+            )
+            .await?;
+        let mut sums = [0_i64; metrics::OVERDUE_REASONS.len()];
+        for u in rows.iter().filter(|u| u.stripe_customer_id.is_some()) {
+            for (sum, n) in sums
+                .iter_mut()
+                .zip([u.pending, u.failed, u.unbillable, u.unreported])
+            {
+                *sum += n;
+            }
+        }
+        for (reason, sum) in metrics::OVERDUE_REASONS.iter().zip(sums) {
+            self.metrics
+                .overdue_tokens
+                .with_label_values(&[reason])
+                .set(sum);
+        }
+        Ok(())
     }
 
     /// Run [`Billing::tick`] every `flush_interval` (first after one interval).

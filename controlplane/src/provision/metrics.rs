@@ -5,6 +5,7 @@
 //! `boot`, `store`, `crypto`); never a bot, user or machine id.
 
 use super::BotStatus;
+use crate::domain::Millis;
 use crate::metrics::{Metrics, MetricsError};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 
@@ -16,6 +17,9 @@ pub struct ProvisionMetrics {
     pub failures: IntCounterVec,
     /// Bots by status.
     pub bots: IntGaugeVec,
+    /// Per status a worker still has a step to run in: how long the bot
+    /// longest in it has been there (0 with none), so "stuck" is visible.
+    pub oldest_step_seconds: IntGaugeVec,
 }
 
 impl ProvisionMetrics {
@@ -38,24 +42,69 @@ impl ProvisionMetrics {
             &["reason", "final"],
         )?;
         let bots = IntGaugeVec::new(Opts::new("bots", "Bots by status"), &["status"])?;
+        let oldest_step_seconds = IntGaugeVec::new(
+            Opts::new(
+                "provision_oldest_step_seconds",
+                "Seconds the bot longest in an unfinished provisioning state has been in it, by state (0: none)",
+            ),
+            &["status"],
+        )?;
         m.registry().register(Box::new(step_seconds.clone()))?;
         m.registry().register(Box::new(failures.clone()))?;
         m.registry().register(Box::new(bots.clone()))?;
+        m.registry()
+            .register(Box::new(oldest_step_seconds.clone()))?;
         Ok(Self {
             step_seconds,
             failures,
             bots,
+            oldest_step_seconds,
         })
     }
 
-    /// Set the per-status gauge from counts (missing statuses are 0).
-    pub fn set_counts(&self, counts: &[(String, i64)]) {
+    /// Set the per-status gauges from (status, count, oldest step start)
+    /// rows at `now` (missing statuses are 0).
+    pub fn set_counts(&self, counts: &[(String, i64, Millis)], now: Millis) {
         for s in BotStatus::ALL {
-            let n = counts
-                .iter()
-                .find(|(name, _)| name == s.as_str())
-                .map_or(0, |(_, n)| *n);
+            let row = counts.iter().find(|(name, ..)| name == s.as_str());
+            let n = row.map_or(0, |(_, n, _)| *n);
             self.bots.with_label_values(&[s.as_str()]).set(n);
+            if s.is_active() {
+                let age = row.map_or(0, |(_, _, since)| (now - since).max(0) / 1000);
+                self.oldest_step_seconds
+                    .with_label_values(&[s.as_str()])
+                    .set(age);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oldest_step_is_exported_per_unfinished_state_and_zero_without_bots() {
+        let m = Metrics::new().unwrap();
+        let p = ProvisionMetrics::register(&m).unwrap();
+        let now = 1_000_000_000;
+        p.set_counts(
+            &[
+                ("running".into(), 5, now - 90_000_000),
+                ("waiting_health".into(), 2, now - 600_500),
+            ],
+            now,
+        );
+        let text = m.render();
+        for line in [
+            "molt_cp_provision_oldest_step_seconds{status=\"waiting_health\"} 600",
+            "molt_cp_provision_oldest_step_seconds{status=\"requested\"} 0",
+            "molt_cp_bots{status=\"running\"} 5",
+            "molt_cp_bots{status=\"failed\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} not in:\n{text}");
+        }
+        // Finished states are not "stuck" however old they are.
+        assert!(!text.contains("provision_oldest_step_seconds{status=\"running\"}"));
     }
 }

@@ -36,8 +36,9 @@ pub trait WorkerStore: std::fmt::Debug + Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Drop a claim without writing anything else.
     async fn release_bot(&self, id: &str, owner: &str) -> Result<(), StoreError>;
-    /// How many bots are in each status.
-    async fn count_bots(&self) -> Result<Vec<(String, i64)>, StoreError>;
+    /// Per status: how many bots, and when the oldest current step of
+    /// one of them started (Unix ms).
+    async fn count_bots(&self) -> Result<Vec<(String, i64, Millis)>, StoreError>;
 }
 
 #[async_trait::async_trait]
@@ -75,7 +76,7 @@ impl WorkerStore for SqlStore {
         SqlStore::release_bot(self, id, owner).await
     }
 
-    async fn count_bots(&self) -> Result<Vec<(String, i64)>, StoreError> {
+    async fn count_bots(&self) -> Result<Vec<(String, i64, Millis)>, StoreError> {
         SqlStore::count_bots(self).await
     }
 }

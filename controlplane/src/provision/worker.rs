@@ -174,7 +174,7 @@ impl Worker {
             }
         }
         match self.inner.store.count_bots().await {
-            Ok(counts) => self.inner.metrics.set_counts(&counts),
+            Ok(counts) => self.inner.metrics.set_counts(&counts, now_ms()),
             Err(e) => tracing::warn!(error = %e, "bot counts not updated"),
         }
         Ok(ran)

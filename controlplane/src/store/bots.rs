@@ -282,10 +282,12 @@ impl SqlStore {
         records(rows)
     }
 
-    /// How many bots are in each status.
-    pub async fn count_bots(&self) -> Result<Vec<(String, i64)>, StoreError> {
+    /// Per status: how many bots, and when the oldest current step of
+    /// one of them started (Unix ms).
+    pub async fn count_bots(&self) -> Result<Vec<(String, i64, Millis)>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT status, CAST(COUNT(*) AS BIGINT) FROM bots GROUP BY status ORDER BY status",
+            "SELECT status, CAST(COUNT(*) AS BIGINT), CAST(MIN(step_started_at) AS BIGINT) \
+             FROM bots GROUP BY status ORDER BY status",
         )
         .fetch_all(&self.pool)
         .await?)

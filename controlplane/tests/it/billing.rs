@@ -32,6 +32,7 @@ crate::on_both_databases!(
     subscription_deleted_suspends_and_payment_failed_follows_the_grace_policy,
     windows_older_than_35_days_are_unbillable_not_dropped,
     flush_on_demand_is_admin_only_audited_and_documented,
+    overdue_tokens_and_the_last_clean_flush_are_exported,
 );
 
 const WHSEC: &str = "whsec_test_secret_for_molt";
@@ -680,4 +681,56 @@ async fn flush_on_demand_is_admin_only_audited_and_documented(db: TestDb) {
             "{schema} missing"
         );
     }
+}
+
+async fn metrics_text(cp: &Cp) -> String {
+    String::from_utf8_lossy(&cp.get("/metrics").await.body).into_owned()
+}
+
+/// What the alerts on billing read: tokens Stripe should hold by now and
+/// does not (the reconciliation's difference), the time of the last flush
+/// that left nothing pending, and the periodic job's runs.
+async fn overdue_tokens_and_the_last_clean_flush_are_exported(db: TestDb) {
+    let e = env(db).await;
+    checkout_user(&e, "cus_1").await;
+    let started = unix_now();
+    let tokens = ingest_two_windows(&e.cp, &e.seed.user_id, "o").await;
+    let value = |text: &str, series: &str| -> i64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    // Both windows are older than window + settle + flush interval at
+    // `due`: a flush should have delivered them, none has run.
+    let due = now_ms() + 3 * HOUR_MS;
+    e.billing.publish_overdue(due).await.unwrap();
+    let text = metrics_text(&e.cp).await;
+    let overdue = |reason: &str| format!("molt_cp_billing_overdue_tokens{{reason=\"{reason}\"}}");
+    assert_eq!(value(&text, &overdue("unreported")), tokens);
+    for reason in ["pending", "failed", "unbillable"] {
+        assert_eq!(value(&text, &overdue(reason)), 0, "{reason}");
+    }
+    let last = "molt_cp_billing_last_flush_success_timestamp_seconds";
+    let at_start = value(&text, last);
+    assert!(at_start <= started, "{at_start} > {started}");
+
+    let out = e.billing.flusher().flush().await.unwrap();
+    assert_eq!((out.sent, out.left_pending), (2, 0), "{out:?}");
+    e.billing.publish_overdue(due).await.unwrap();
+    let text = metrics_text(&e.cp).await;
+    for reason in ["unreported", "pending", "failed", "unbillable"] {
+        assert_eq!(value(&text, &overdue(reason)), 0, "{reason}");
+    }
+    assert!(value(&text, last) >= started);
+
+    // The periodic job counts its runs.
+    e.billing.tick().await;
+    let text = metrics_text(&e.cp).await;
+    assert_eq!(
+        value(
+            &text,
+            "molt_cp_job_runs_total{job=\"billing_flush\",result=\"ok\"}"
+        ),
+        1
+    );
 }

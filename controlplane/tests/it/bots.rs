@@ -273,6 +273,11 @@ async fn provisions_to_running_and_publishes_the_bot(db: TestDb) {
         "{metrics}"
     );
     assert!(metrics.contains("molt_cp_provision_step_seconds_count{step=\"requested\"}"));
+    // Nothing is left in an unfinished state, so nothing is "stuck".
+    assert!(
+        metrics.contains("molt_cp_provision_oldest_step_seconds{status=\"waiting_health\"} 0"),
+        "{metrics}"
+    );
 
     // A second bot for the same user is refused.
     let r = env.cp.post("/api/v1/bots", json!({"user_id": user})).await;
