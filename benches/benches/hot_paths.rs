@@ -342,11 +342,15 @@ fn bench_scrub(c: &mut Criterion) {
         .map(|i| format!("sk-proj-{i:02}-0123456789abcdefghijklmnopqrstuvwxyz"))
         .collect();
     let secrets = molt_dataplane::scrub::Secrets::new(keys.iter().map(String::as_str));
-    let json: String = std::iter::repeat(r#"{"role":"assistant","content":"Hello, sk-like words and keys. "}"#)
-        .take(60)
-        .collect();
+    let json: String =
+        std::iter::repeat(r#"{"role":"assistant","content":"Hello, sk-like words and keys. "}"#)
+            .take(60)
+            .collect();
     let chunks = [
-        ("sse_event", Bytes::from_static(SSE_CONTENT_CHUNK.as_bytes())),
+        (
+            "sse_event",
+            Bytes::from_static(SSE_CONTENT_CHUNK.as_bytes()),
+        ),
         ("json_4k", Bytes::from(json.into_bytes())),
     ];
     let mut g = c.benchmark_group("scrub");

@@ -128,6 +128,10 @@ pub struct Launch {
     pub usage_sink: Option<Arc<dyn UsageSink>>,
     /// Run once the listeners are up (e.g. to write a ready file).
     pub on_listening: Option<OnListening>,
+    /// Listen addresses the embedding process already resolved (port 0
+    /// reserved, see [`crate::listen`]); a configured address equal to one
+    /// of these uses it instead of resolving again.
+    pub reserved: Vec<ListenAddr>,
 }
 
 /// Load, validate and run the data plane until the process is signalled.
@@ -163,14 +167,18 @@ impl DataPlane {
         }
         let server_cfg = config.server.clone();
         let tls_settings = server_cfg.tls.as_ref().map(tls::settings).transpose()?;
-        let http = ListenAddr::resolve(server_cfg.listen).map_err(StartError::Listen)?;
+        let mut reserved = launch.reserved;
+        let mut resolve = |addr: SocketAddr| match reserved.iter().position(|r| r.addr == addr) {
+            Some(i) => Ok(reserved.swap_remove(i)),
+            None => ListenAddr::resolve(addr).map_err(StartError::Listen),
+        };
+        let http = resolve(server_cfg.listen)?;
         let https = server_cfg
             .tls
             .as_ref()
-            .map(|t| ListenAddr::resolve(t.listen))
-            .transpose()
-            .map_err(StartError::Listen)?;
-        let admin = ListenAddr::resolve(config.admin_listen).map_err(StartError::Listen)?;
+            .map(|t| resolve(t.listen))
+            .transpose()?;
+        let admin = resolve(config.admin_listen)?;
         let listeners = Listeners {
             http: http.addr,
             https: https.as_ref().map(|l| l.addr),

@@ -77,6 +77,61 @@ pub(crate) struct DevArgs {
     /// Do not run the fake Stripe nor bill usage.
     #[arg(long)]
     no_billing: bool,
+    // Any address above may use port 0; the ready file reports them all as
+    // `http`, `https`, `admin`, `api` (the control plane), `mock` and
+    // `stripe`.
+    #[command(flatten)]
+    ready: crate::fakes::ReadyFileArg,
+}
+
+/// The listeners `molt dev` binds before anything starts, so every address
+/// is known (port 0 resolved) before the configs are written.
+struct Bound {
+    mock: std::net::TcpListener,
+    stripe: Option<std::net::TcpListener>,
+    controlplane: std::net::TcpListener,
+    /// The data plane's listeners, reserved for it (see `molt_dataplane::listen`).
+    dataplane: Vec<molt_dataplane::listen::ListenAddr>,
+}
+
+impl Bound {
+    /// Bind or reserve every address in `args`, and write back the ports
+    /// they got.
+    fn new(args: &mut DevArgs) -> anyhow::Result<Self> {
+        let bind = |addr: &mut SocketAddr, what: &str| -> anyhow::Result<std::net::TcpListener> {
+            let listener = std::net::TcpListener::bind(*addr)
+                .with_context(|| format!("{what} cannot listen on {addr}"))?;
+            *addr = listener.local_addr()?;
+            listener.set_nonblocking(true)?;
+            Ok(listener)
+        };
+        let mock = bind(&mut args.mock, "the mock provider (see --mock)")?;
+        let stripe = (!args.no_billing)
+            .then(|| {
+                bind(
+                    &mut args.stripe,
+                    "the fake Stripe (see --stripe, --no-billing)",
+                )
+            })
+            .transpose()?;
+        let controlplane = bind(
+            &mut args.controlplane,
+            "the control plane (see --controlplane)",
+        )?;
+        let mut dataplane = Vec::new();
+        for addr in [&mut args.http, &mut args.tls, &mut args.admin] {
+            let reserved = molt_dataplane::listen::ListenAddr::resolve(*addr)
+                .with_context(|| format!("the data plane cannot listen on {addr}"))?;
+            *addr = reserved.addr;
+            dataplane.push(reserved);
+        }
+        Ok(Self {
+            mock,
+            stripe,
+            controlplane,
+            dataplane,
+        })
+    }
 }
 
 /// A new random API key: `molt_sk_` + 32 random bytes, base64url.
@@ -92,7 +147,8 @@ fn random_hex() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
-pub(crate) fn run(args: DevArgs) -> anyhow::Result<()> {
+pub(crate) fn run(mut args: DevArgs) -> anyhow::Result<()> {
+    let bound = Bound::new(&mut args)?;
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     // Holds every name it is indexed by below: `load_secrets` generates
@@ -110,11 +166,17 @@ pub(crate) fn run(args: DevArgs) -> anyhow::Result<()> {
     std::fs::write(&config_path, dataplane_config(&args))
         .with_context(|| format!("writing {}", config_path.display()))?;
 
-    start_mock(args.mock)?;
-    if !args.no_billing {
-        start_fake_stripe(args.stripe, &secrets[STRIPE_API_KEY_ENV])?;
+    start_mock(bound.mock)?;
+    if let Some(stripe) = bound.stripe {
+        start_fake_stripe(stripe, &secrets[STRIPE_API_KEY_ENV])?;
     }
-    let key = start_controlplane(&args, &secrets, old_key, use_openai, use_anthropic)?;
+    let key = start_controlplane(
+        &args,
+        bound.controlplane,
+        &secrets,
+        old_key,
+        (use_openai, use_anthropic),
+    )?;
 
     let url = format!("http://{}/v1", args.http);
     let metrics = format!("http://{}/metrics", args.admin);
@@ -177,17 +239,18 @@ pub(crate) fn run(args: DevArgs) -> anyhow::Result<()> {
         env_file = env_file.display(),
     );
     eprintln!("{banner}");
-    let never = molt_dataplane::server::run(&config_path, dataplane_launch())
+    let never = molt_dataplane::server::run(&config_path, dataplane_launch(&args, bound.dataplane))
         .context("data plane failed to start")?;
     match never {}
 }
 
-fn start_mock(mock: SocketAddr) -> anyhow::Result<()> {
+fn start_mock(listener: std::net::TcpListener) -> anyhow::Result<()> {
+    let mock = listener.local_addr()?;
     std::thread::Builder::new()
         .name("mock-provider".into())
         .spawn(move || {
             let run = async move {
-                let listener = tokio::net::TcpListener::bind(mock).await?;
+                let listener = tokio::net::TcpListener::from_std(listener)?;
                 molt_fakes::mock_provider::MockProvider::new(Default::default())
                     .serve(listener)
                     .await
@@ -208,14 +271,11 @@ fn start_mock(mock: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The fake Stripe on its own thread and runtime. The port is bound here,
-/// before the thread starts, so a port in use is an error now rather than
-/// a billing flush that fails later.
-fn start_fake_stripe(addr: SocketAddr, api_key: &str) -> anyhow::Result<()> {
-    let listener = std::net::TcpListener::bind(addr).with_context(|| {
-        format!("fake Stripe cannot listen on {addr} (see --stripe, --no-billing)")
-    })?;
-    listener.set_nonblocking(true)?;
+/// The fake Stripe on its own thread and runtime, on a listener bound
+/// before anything started (so a port in use is an error at once rather
+/// than a billing flush that fails later).
+fn start_fake_stripe(listener: std::net::TcpListener, api_key: &str) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
     let opts = molt_fakes::fake_stripe::FakeStripeOptions {
         api_key: api_key.to_owned(),
         ..Default::default()
@@ -248,10 +308,10 @@ fn start_fake_stripe(addr: SocketAddr, api_key: &str) -> anyhow::Result<()> {
 /// its first snapshot to the data plane's cache, and return the dev key.
 fn start_controlplane(
     args: &DevArgs,
+    listener: std::net::TcpListener,
     secrets: &HashMap<String, String>,
     old_key: Option<String>,
-    use_openai: bool,
-    use_anthropic: bool,
+    (use_openai, use_anthropic): (bool, bool),
 ) -> anyhow::Result<String> {
     let cp_config = args.dir.join("controlplane.toml");
     std::fs::write(&cp_config, controlplane_config(args))
@@ -315,11 +375,7 @@ fn start_controlplane(
                     if published.version > 0 {
                         molt_config::files::write_atomically(&cache, &published.body)?;
                     }
-                    let listener = tokio::net::TcpListener::bind(settings.listen)
-                        .await
-                        .with_context(|| {
-                            format!("control plane cannot listen on {}", settings.listen)
-                        })?;
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
                     anyhow::Ok((app, listener, key))
                 }
                 .await;
@@ -660,10 +716,30 @@ ship_interval = "1s"
     )
 }
 
-/// How `molt dev` starts its data plane.
-fn dataplane_launch() -> molt_dataplane::server::Launch {
+/// How `molt dev` starts its data plane: on the listeners reserved for it,
+/// and, with `--ready-file`, reporting every listener of the whole product
+/// once the data plane's are up (the others were bound before it started).
+fn dataplane_launch(
+    args: &DevArgs,
+    reserved: Vec<molt_dataplane::listen::ListenAddr>,
+) -> molt_dataplane::server::Launch {
+    use molt_config::ready::API;
+    let others = [("mock", args.mock), (API, args.controlplane)]
+        .into_iter()
+        .chain((!args.no_billing).then_some(("stripe", args.stripe)))
+        .collect::<Vec<_>>();
+    let on_listening = args.ready.ready_file.clone().map(|path| {
+        Box::new(move |dp: &molt_dataplane::server::Listeners| {
+            let named = dp.named().into_iter().chain(others);
+            if let Err(e) = molt_config::ready::write_ready_file(&path, named) {
+                tracing::error!(path = %path.display(), error = %e, "cannot write the ready file");
+            }
+        }) as molt_dataplane::server::OnListening
+    });
     molt_dataplane::server::Launch {
         init_tracing: true,
+        reserved,
+        on_listening,
         ..Default::default()
     }
 }

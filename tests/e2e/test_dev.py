@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,9 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
-from harness import MOLT_BIN, Process, free_port, require_binary, sign_stripe_webhook, wait_until
+from harness import MOLT_BIN, Process, read_ready_file, require_binary, sign_stripe_webhook, wait_until
 
 PORTS = ("http", "tls", "admin", "mock", "controlplane", "stripe")
+# The ready file's name for each of them.
+READY_NAMES = {"http": "http", "tls": "https", "admin": "admin", "mock": "mock", "controlplane": "api", "stripe": "stripe"}
 
 
 class Dev:
@@ -27,15 +30,22 @@ class Dev:
 
     def __init__(self, workdir: Path, *extra: str) -> None:
         self.dir = workdir / ".molt"
-        # TODO(dataplane ready-file): `molt dev --ready-file` reports them.
-        self.ports = {name: free_port() for name in PORTS}
         argv: list[str | Path] = [require_binary(MOLT_BIN, "molt binary"), "dev", "--dir", self.dir]
-        for name, port in self.ports.items():
-            argv += [f"--{name}", f"127.0.0.1:{port}"]
+        for name in PORTS:
+            argv += [f"--{name}", "127.0.0.1:0"]
+        ready = workdir / "dev.ready.json"
         # Empty provider keys: the mock provider answers, never a real API.
         self.process = Process(
-            [*argv, *extra], workdir / "dev.log", extra_env={"OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": ""}
+            [*argv, "--ready-file", ready, *extra],
+            workdir / "dev.log",
+            extra_env={"OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": ""},
         )
+        listeners = read_ready_file(self.process, ready, "molt dev", timeout=60)
+        self.ports = {
+            name: int(listeners[READY_NAMES[name]].rsplit(":", 1)[1])
+            for name in PORTS
+            if READY_NAMES[name] in listeners
+        }
         wait_until(self._started, "molt dev's banner and .molt/dev.env", timeout=60, interval=0.1)
         self.env = read_env_file(self.dir / "dev.env")
         self.admin = {"authorization": f"Bearer {self.env['MOLT_ADMIN_TOKEN']}"}
@@ -143,8 +153,8 @@ def test_molt_dev_no_billing_runs_without_stripe(tmp_path: Path) -> None:
         cp = dev.env["MOLT_ADMIN_URL"]
         response = httpx.get(f"{cp}/api/v1/billing/reconciliation", headers=dev.admin, timeout=5)
         assert response.status_code == 404, response.text
-        with pytest.raises(httpx.TransportError):
-            httpx.get(f"http://127.0.0.1:{dev.ports['stripe']}/_fake/meter_events", timeout=2)
+        # Nothing listens for Stripe: the ready file names no such listener.
+        assert "stripe" not in dev.ports, dev.ports
     finally:
         dev.process.kill()
 
@@ -163,3 +173,16 @@ def test_printed_operate_command_works_as_printed(dev: Dev, tmp_path: Path) -> N
     )
     assert done.returncode == 0, f"{command!r} failed:\n{done.stdout}\n{done.stderr}"
     assert "dev@molt.local" in done.stdout, done.stdout
+
+
+def test_molt_dev_stops_at_once_on_sigterm_when_idle(tmp_path: Path) -> None:
+    dev = Dev(tmp_path, "--no-billing")
+    try:
+        dev.wait_serving()
+        started = time.monotonic()
+        dev.process.send_signal(signal.SIGTERM)
+        assert dev.process.wait(20) == 0
+        took = time.monotonic() - started
+        assert took < 5, f"an idle molt dev took {took:.1f}s to stop on SIGTERM"
+    finally:
+        dev.process.kill()

@@ -221,6 +221,7 @@ impl Dataplane {
             on_listening: Some(Box::new(move |_: &Listeners| {
                 let _ = up_tx.send(());
             })),
+            ..Launch::default()
         };
         let dataplane = DataPlane::assemble(&path, launch).expect("the data plane starts");
         let listeners = dataplane.listeners();
