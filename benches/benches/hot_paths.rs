@@ -342,10 +342,7 @@ fn bench_scrub(c: &mut Criterion) {
         .map(|i| format!("sk-proj-{i:02}-0123456789abcdefghijklmnopqrstuvwxyz"))
         .collect();
     let secrets = molt_dataplane::scrub::Secrets::new(keys.iter().map(String::as_str));
-    let json: String =
-        std::iter::repeat(r#"{"role":"assistant","content":"Hello, sk-like words and keys. "}"#)
-            .take(60)
-            .collect();
+    let json = r#"{"role":"assistant","content":"Hello, sk-like words and keys. "}"#.repeat(60);
     let chunks = [
         (
             "sse_event",

@@ -47,16 +47,6 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (and that anyone may take before the caller
-    binds it). Only for processes that cannot report the port they got yet; every other server is started on
-    port 0 and read from its ready file (`start_server`)."""
-    # TODO(dataplane ready-file): remove once `molt dataplane` and `molt dev` take --ready-file.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 _REFUSING: list[socket.socket] = []
 
 

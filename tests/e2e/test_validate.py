@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from harness import MOLT_BIN, REPO_ROOT, World, free_port, require_binary, sha256_hex, to_toml
+from harness import MOLT_BIN, REPO_ROOT, World, refused_port, require_binary, sha256_hex, to_toml
 
 EXAMPLES = sorted((REPO_ROOT / "config" / "examples").glob("*.toml"))
 
@@ -206,5 +206,5 @@ def test_probe_exits_zero_only_on_a_2xx(health_server: tuple[str, dict[str, int]
     state["status"] = 503
     result = molt("probe", url)
     assert result.returncode == 1 and "503" in result.stderr, result.stderr
-    result = molt("probe", f"http://127.0.0.1:{free_port()}/readyz", "--timeout", "1s")
+    result = molt("probe", f"http://127.0.0.1:{refused_port()}/readyz", "--timeout", "1s")
     assert result.returncode == 1 and "request failed" in result.stderr, result.stderr
