@@ -41,6 +41,8 @@ pub struct WsMetrics {
     pub brain_events: IntCounterVec,
     /// By close reason label (see `CloseReason::label`).
     pub closed: IntCounterVec,
+    /// Ticket claims that fell back to this process's record (Redis away).
+    pub ticket_claim_fallbacks: prometheus::IntCounter,
 }
 
 impl WsMetrics {
@@ -92,8 +94,14 @@ impl WsMetrics {
         registry.register(Box::new(messages.clone()))?;
         registry.register(Box::new(bytes.clone()))?;
         registry.register(Box::new(brain_events.clone()))?;
+        let ticket_claim_fallbacks = prometheus::IntCounter::new(
+            "molt_ws_ticket_claim_fallbacks_total",
+            "WebSocket tickets claimed only in this process because Redis could not be reached (single use per replica meanwhile).",
+        )?;
         registry.register(Box::new(closed.clone()))?;
+        registry.register(Box::new(ticket_claim_fallbacks.clone()))?;
         Ok(Self {
+            ticket_claim_fallbacks,
             open,
             duration,
             messages,

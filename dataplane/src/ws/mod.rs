@@ -49,6 +49,7 @@ pub mod realtime;
 pub mod registry;
 pub mod relay;
 pub mod ticket;
+pub mod ticket_claims;
 
 use crate::auth::AuthError;
 use crate::log_limit::upstream_warnings;
@@ -140,6 +141,8 @@ pub struct WsHub {
     /// Secrets masked in upstream messages.
     scrub: crate::scrub::ScrubMetrics,
     tickets: Tickets,
+    /// Single use across replicas, through Redis when configured.
+    claims: ticket_claims::TicketClaims,
     registry: Arc<ConnRegistry>,
 }
 
@@ -160,8 +163,10 @@ impl WsHub {
             let fallback = prometheus::Registry::new();
             metrics::WsMetrics::new(&fallback).unwrap_or_else(|_| unreachable_metrics())
         });
+        let claims = ticket_claims::TicketClaims::new(metrics.ticket_claim_fallbacks.clone());
         Self {
             runtime,
+            claims,
             metrics,
             ledger,
             scrub,
@@ -311,11 +316,15 @@ impl WsHub {
             Credential::Bearer(t) | Credential::Protocol(t) => self.authenticate(rt, t)?,
             Credential::Ticket(t) => {
                 let cfg = &rt.config.websocket;
-                let h = self.tickets.redeem(
-                    t,
-                    now_ms(),
-                    cfg.ticket_secret.as_ref().map(|s| s.expose()),
-                )?;
+                let now = now_ms();
+                let verified =
+                    self.tickets
+                        .verify(t, now, cfg.ticket_secret.as_ref().map(|s| s.expose()))?;
+                let redis = rt.config.limits.redis.as_ref();
+                let h = self
+                    .claims
+                    .claim(&self.tickets, verified, redis, now)
+                    .await?;
                 Caller {
                     key_id: h.key_id,
                     user: h.user,

@@ -8,12 +8,13 @@
 //! browser history or a proxy log) is worth at most one connection within
 //! its TTL.
 //!
-//! Single use is enforced per process: the nonces redeemed here are kept
-//! until they expire. With several data plane replicas behind a load
-//! balancer a ticket could be redeemed once on each replica within its TTL;
-//! closing that needs a shared store (Redis `SET NX PX`), which the data
-//! plane deliberately does not talk to yet. The TTL (60 s by default) bounds
-//! the exposure.
+//! Single use: the nonces redeemed in this process are kept until they
+//! expire. Across replicas, with `[limits.redis]` configured, a redeemed
+//! nonce is also claimed in Redis (`SET NX PX` until the ticket's expiry,
+//! [`super::ticket_claims`]), so a ticket spent on one replica is refused on
+//! every other. Without Redis (or while it is unreachable, counted in
+//! `molt_ws_ticket_claim_fallbacks_total`) a ticket could be redeemed once
+//! per replica within its TTL (60 s by default), which bounds the exposure.
 
 use crate::ws::error::WsReject;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -43,6 +44,16 @@ struct Payload {
 pub struct TicketHolder {
     pub key_id: String,
     pub user: String,
+}
+
+/// A ticket whose signature and expiry check out, not yet marked used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub holder: TicketHolder,
+    /// The ticket's unique nonce (what single use is about).
+    pub nonce: String,
+    /// Unix ms after which the ticket is worthless anyway.
+    pub expires_ms: u64,
 }
 
 /// Issues and redeems tickets.
@@ -112,13 +123,24 @@ impl Tickets {
         Ok((ticket, expires))
     }
 
-    /// Check a ticket and mark it used.
+    /// Check a ticket and mark it used in this process.
     pub fn redeem(
         &self,
         ticket: &str,
         now_ms: u64,
         secret: Option<&str>,
     ) -> Result<TicketHolder, WsReject> {
+        let verified = self.verify(ticket, now_ms, secret)?;
+        self.claim_local(verified, now_ms)
+    }
+
+    /// Check a ticket's signature and expiry, without marking it used.
+    pub fn verify(
+        &self,
+        ticket: &str,
+        now_ms: u64,
+        secret: Option<&str>,
+    ) -> Result<Verified, WsReject> {
         let (body, sig) = ticket.split_once('.').ok_or(WsReject::TicketInvalid)?;
         let json = URL_SAFE_NO_PAD
             .decode(body)
@@ -135,17 +157,27 @@ impl Tickets {
         if p.e <= now_ms {
             return Err(WsReject::TicketExpired);
         }
+        Ok(Verified {
+            holder: TicketHolder {
+                key_id: p.k,
+                user: p.u,
+            },
+            nonce: p.n,
+            expires_ms: p.e,
+        })
+    }
+
+    /// Mark a verified ticket used in this process; refused if it already
+    /// was.
+    pub fn claim_local(&self, ticket: Verified, now_ms: u64) -> Result<TicketHolder, WsReject> {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
         if used.len() >= SWEEP_AT {
             used.retain(|_, exp| *exp > now_ms);
         }
-        if used.insert(p.n, p.e).is_some() {
+        if used.insert(ticket.nonce, ticket.expires_ms).is_some() {
             return Err(WsReject::TicketReused);
         }
-        Ok(TicketHolder {
-            key_id: p.k,
-            user: p.u,
-        })
+        Ok(ticket.holder)
     }
 }
 

@@ -3,6 +3,7 @@
 //! shares and recovers. Needs `REDIS_URL`; outside CI a missing or
 //! unreachable Redis skips these tests loudly, under `CI=true` it fails them.
 
+use crate::support::redis_addr;
 use molt_config::limits::{LimitsConfig, RawLimits};
 use molt_config::ConfigErrors;
 use molt_dataplane::limits::{AdmissionRequest, Limiter};
@@ -10,31 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-
-/// The Redis to use, or `None` (skip) outside CI.
-async fn redis_addr() -> Option<String> {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    let Some(url) = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty()) else {
-        assert!(!ci, "REDIS_URL must be set in CI");
-        eprintln!("!!! SKIPPED: REDIS_URL is not set; the Redis-backed limiter tests did not run");
-        return None;
-    };
-    let addr = url
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .rsplit('@')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    if TcpStream::connect(&addr).await.is_err() {
-        assert!(!ci, "Redis at {addr} is unreachable in CI");
-        eprintln!("!!! SKIPPED: Redis at {addr} is unreachable; the Redis-backed limiter tests did not run");
-        return None;
-    }
-    Some(addr)
-}
 
 fn config(text: &str) -> LimitsConfig {
     let raw: RawLimits = toml::from_str(text).unwrap();

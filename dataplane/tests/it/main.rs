@@ -14,3 +14,4 @@ mod limits;
 mod proxy;
 mod secrets;
 mod support;
+mod tickets;

@@ -282,3 +282,28 @@ pub(crate) async fn text(resp: http::Response<hyper::body::Incoming>) -> String 
 pub(crate) fn request_id<B>(resp: &http::Response<B>) -> String {
     resp.headers()["x-request-id"].to_str().unwrap().to_owned()
 }
+
+/// The Redis to use, or `None` (skip) outside CI.
+pub(crate) async fn redis_addr() -> Option<String> {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let Some(url) = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty()) else {
+        assert!(!ci, "REDIS_URL must be set in CI");
+        eprintln!("!!! SKIPPED: REDIS_URL is not set; the Redis-backed limiter tests did not run");
+        return None;
+    };
+    let addr = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .rsplit('@')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    if tokio::net::TcpStream::connect(&addr).await.is_err() {
+        assert!(!ci, "Redis at {addr} is unreachable in CI");
+        eprintln!("!!! SKIPPED: Redis at {addr} is unreachable; the Redis-backed limiter tests did not run");
+        return None;
+    }
+    Some(addr)
+}
