@@ -29,6 +29,10 @@ pub enum ClientError {
     BodyTimeout,
     #[error("the client went away while sending its body")]
     BodyAborted,
+    /// The body's framing (HTTP/1.1 chunked encoding) is broken: where the
+    /// body ends, and so where a next request would start, is unknown.
+    #[error("the request body's chunked encoding is invalid")]
+    BodyFraming,
     #[error("no route for {0}")]
     NotFound(String),
     #[error("method not allowed on this route")]
@@ -57,7 +61,10 @@ impl ClientError {
             Self::Auth(_) => 401,
             Self::ModelNotAllowed(_) | Self::OriginNotAllowed => 403,
             Self::UnknownModel(_) | Self::NotFound(_) => 404,
-            Self::MissingModel | Self::MalformedJson(_) | Self::BodyAborted => 400,
+            Self::MissingModel
+            | Self::MalformedJson(_)
+            | Self::BodyAborted
+            | Self::BodyFraming => 400,
             Self::MethodNotAllowed => 405,
             Self::BodyTimeout => 408,
             Self::BodyTooLarge(_) => 413,
@@ -81,6 +88,7 @@ impl ClientError {
             Self::BodyTooLarge(_) => ("invalid_request_error", "request_too_large"),
             Self::BodyTimeout => ("invalid_request_error", "request_timeout"),
             Self::BodyAborted => ("invalid_request_error", "incomplete_body"),
+            Self::BodyFraming => ("invalid_request_error", "invalid_body_framing"),
             Self::NotFound(_) => ("invalid_request_error", "unknown_url"),
             Self::MethodNotAllowed => ("invalid_request_error", "method_not_allowed"),
             Self::UpstreamUnavailable => ("api_error", "upstream_unavailable"),
@@ -104,6 +112,7 @@ impl ClientError {
             | Self::MalformedJson(_)
             | Self::BodyTimeout
             | Self::BodyAborted
+            | Self::BodyFraming
             | Self::MethodNotAllowed => "invalid_request_error",
             Self::UpstreamTimeout => "timeout_error",
             Self::ShuttingDown => "overloaded_error",

@@ -8,8 +8,10 @@
 //! the limiter updated. One lock serialises them, so a file reload never
 //! swaps back to an older snapshot.
 //!
-//! Listener settings (addresses, TLS files, threads) are bound at start and
-//! need a restart; a reload that changes them applies the rest and says so.
+//! Listener settings (addresses, TLS file paths, threads) are bound at start
+//! and need a restart; a reload that changes them applies the rest and says
+//! so. The certificate *in* those files is reloaded on its own, when the
+//! files change or on SIGHUP ([`crate::tls::watch`]).
 
 use crate::metrics::Metrics;
 use crate::runtime::{Runtime, RuntimeHandle};

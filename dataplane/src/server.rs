@@ -1,7 +1,8 @@
 //! Assembling and running the data plane: Pingora server, client listeners
-//! (plain HTTP with h2c, and TLS), admin listener, reload and readiness
-//! services, and with `[control_plane]` the config watch ([`crate::sync`])
-//! and the usage spool with its shipper ([`crate::spool`]).
+//! (plain HTTP with h2c, and TLS), admin listener, reload (the config, and
+//! the TLS certificate: [`crate::tls::watch`]) and readiness services, and
+//! with `[control_plane]` the config watch ([`crate::sync`]) and the usage
+//! spool with its shipper ([`crate::spool`]).
 
 use crate::admin::AdminApp;
 use crate::conn_gate::{ConnectionCount, Gate};
@@ -14,6 +15,7 @@ use crate::runtime::{BuildError, Runtime, RuntimeHandle};
 use crate::sink::{JsonlFileSink, Tee, TotalsOnlySink, UsageSink, UsageTotals};
 use crate::spool::{Spool, SpoolError};
 use crate::sync::{ControlPlaneClient, SyncService};
+use crate::tls::watch::CertWatchService;
 use crate::tls::{self, TlsError};
 use async_trait::async_trait;
 use molt_config::{ConfigErrors, LogFormat};
@@ -166,7 +168,12 @@ impl DataPlane {
             tracing::warn!(problem, "starting from the config file alone");
         }
         let server_cfg = config.server.clone();
-        let tls_settings = server_cfg.tls.as_ref().map(tls::settings).transpose()?;
+        let metrics = Arc::new(Metrics::new()?);
+        let tls = server_cfg
+            .tls
+            .as_ref()
+            .map(|t| tls::prepare(t, metrics.registry()))
+            .transpose()?;
         let mut reserved = launch.reserved;
         let mut resolve = |addr: SocketAddr| match reserved.iter().position(|r| r.addr == addr) {
             Some(i) => Ok(reserved.swap_remove(i)),
@@ -185,7 +192,6 @@ impl DataPlane {
             admin: admin.addr,
         };
 
-        let metrics = Arc::new(Metrics::new()?);
         let totals = Arc::new(UsageTotals::default());
         let sink: Arc<dyn UsageSink> = match (launch.usage_sink, &config.usage_file) {
             (Some(sink), _) => sink,
@@ -261,9 +267,13 @@ impl DataPlane {
             Gate::new(proxy_app, connections.clone()),
         );
         proxy_service.add_listener(client_listener(&http));
-        if let (Some(https), Some(settings)) = (&https, tls_settings) {
-            proxy_service.add_listener(client_listener(https).tls(settings));
-        }
+        let cert_watch = match (&https, tls) {
+            (Some(https), Some(tls)) => {
+                proxy_service.add_listener(client_listener(https).tls(tls.settings));
+                Some(CertWatchService(tls.reloader))
+            }
+            _ => None,
+        };
 
         let ready = Arc::new(AtomicBool::new(true));
         let mut admin_service = Service::new(
@@ -304,6 +314,9 @@ impl DataPlane {
             server.add_service(background_service("usage-shipper", shipper));
         }
         server.add_service(background_service("config-reload", ReloadService(reloader)));
+        if let Some(cert_watch) = cert_watch {
+            server.add_service(background_service("tls-certificate-reload", cert_watch));
+        }
         server.add_service(background_service("readiness", Readiness(ready)));
         tracing::info!(listen = %listeners.http, tls = ?listeners.https, admin = %listeners.admin, max_connections, "molt data plane starting");
         let reserved = [Some(http), https, Some(admin)]

@@ -7,7 +7,9 @@ use crate::error::ClientError;
 use crate::json_scan::JsonScanner;
 use crate::splice::Edit;
 use bytes::Bytes;
-use http::header;
+use http::{header, Version};
+use pingora_error::ErrorType;
+use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
 /// Top-level request fields the scanner tracks, in this order.
@@ -43,7 +45,8 @@ pub(super) struct BodyLimits {
 impl RequestBody {
     /// Read and validate the whole body: 413 past `max_bytes` (declared or
     /// sent), 408 if it does not arrive within `timeout`, 400 if it is not
-    /// one JSON document or the client goes away mid-body.
+    /// one JSON document, its chunked encoding is broken or the client goes
+    /// away mid-body. After a failed read the connection is not kept alive.
     pub(super) async fn read(
         session: &mut Session,
         limits: BodyLimits,
@@ -58,12 +61,7 @@ impl RequestBody {
         if declared.is_some_and(|n| n > max as u64) {
             return Err(ClientError::BodyTooLarge(max));
         }
-        let expects_continue = session
-            .req_header()
-            .headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if expects_continue {
+        if expects_continue(session.req_header()) {
             // Without this, curl waits a second before sending the body.
             let _ = session.as_downstream_mut().write_continue_response().await;
         }
@@ -75,7 +73,12 @@ impl RequestBody {
             let next = tokio::time::timeout_at(deadline, session.read_request_body()).await;
             match next {
                 Err(_) => return Err(ClientError::BodyTimeout),
-                Ok(Err(_)) => return Err(ClientError::BodyAborted),
+                Ok(Err(e)) => {
+                    // Whatever went wrong, the connection's framing is lost:
+                    // no byte after this one may be read as a next request.
+                    session.set_keepalive(None);
+                    return Err(read_error(&e));
+                }
                 Ok(Ok(None)) => break,
                 Ok(Ok(Some(chunk))) => {
                     len += chunk.len();
@@ -129,6 +132,30 @@ impl RequestBody {
     /// client did not ask for it (so the proxy must cut the usage chunk out).
     pub(super) fn include_usage_edit(&self) -> (Option<Edit>, bool) {
         include_usage_edit(&self.scanner)
+    }
+}
+
+/// `Expect: 100-continue` on a request that may be answered with a
+/// `100 Continue`: HTTP/1.0 clients do not know 1xx answers, and RFC 9110
+/// (10.1.1) has the server ignore their expectation.
+fn expects_continue(req: &RequestHeader) -> bool {
+    req.version >= Version::HTTP_11
+        && req
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// What a failed body read means for the client's answer. Pingora reports a
+/// broken chunked encoding (a size that is not hex, overflows, or a chunk
+/// without its CRLF) as `InvalidChunk`; a closed or reset connection, or an
+/// HTTP/2 stream the client reset, as a read error.
+fn read_error(e: &pingora_error::Error) -> ClientError {
+    match e.etype() {
+        ErrorType::ConnectionClosed | ErrorType::ReadError => ClientError::BodyAborted,
+        // Pingora's own per-read timeout, when it is shorter than ours.
+        ErrorType::ReadTimedout => ClientError::BodyTimeout,
+        _ => ClientError::BodyFraming,
     }
 }
 
@@ -243,6 +270,35 @@ mod tests {
             assert_eq!(s, strip, "{input}");
             serde_json::from_str::<serde_json::Value>(&got).unwrap();
         }
+    }
+
+    #[test]
+    fn a_broken_encoding_is_told_from_a_client_that_left() {
+        let err = |t| read_error(&pingora_error::Error::new(t));
+        let invalid_chunk = ErrorType::Custom("InvalidChunk");
+        assert!(matches!(err(invalid_chunk), ClientError::BodyFraming));
+        assert!(matches!(
+            err(ErrorType::ConnectionClosed),
+            ClientError::BodyAborted
+        ));
+        assert!(matches!(err(ErrorType::ReadError), ClientError::BodyAborted));
+        assert!(matches!(
+            err(ErrorType::ReadTimedout),
+            ClientError::BodyTimeout
+        ));
+    }
+
+    #[test]
+    fn only_http_1_1_and_later_get_100_continue() {
+        let mut req = RequestHeader::build("POST", b"/v1/messages", None).unwrap();
+        req.insert_header("expect", "100-Continue").unwrap();
+        assert!(expects_continue(&req));
+        req.set_version(Version::HTTP_10);
+        assert!(!expects_continue(&req));
+        req.set_version(Version::HTTP_2);
+        assert!(expects_continue(&req));
+        req.insert_header("expect", "something-else").unwrap();
+        assert!(!expects_continue(&req));
     }
 
     #[test]

@@ -313,13 +313,22 @@ impl MoltProxy {
         }
         let body = err.body(ctx.route.format());
         let (retry_after, limits) = (ctx.limits.retry_after, ctx.limits.headers.as_ref());
-        respond::write_json(session, &ctx.stamp(), err.status(), body, |resp| {
+        let written = respond::write_json(session, &ctx.stamp(), err.status(), body, |resp| {
             if let Some(secs) = retry_after {
                 resp.insert_header(header::RETRY_AFTER, secs)?;
             }
             headers::insert_limit_headers(resp, limits)
         })
-        .await
+        .await;
+        match written {
+            // A client that left mid-body (or reset its HTTP/2 stream) cannot
+            // be answered; that is its own doing, counted above, not an error.
+            Err(e) if matches!(err, ClientError::BodyAborted) => {
+                tracing::debug!(request_id = %ctx.request_id, error = %e, "no answer for a client that left mid-body");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// `GET /v1/models`: the models this caller may use, answered locally.
