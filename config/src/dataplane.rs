@@ -145,6 +145,8 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TlsConfig {
     pub listen: SocketAddr,
+    /// PEM: the leaf certificate first, then its intermediates. The files'
+    /// contents are reloaded when they change; their paths need a restart.
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
     /// Make a self-signed certificate for loopback if the files are missing.

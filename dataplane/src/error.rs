@@ -61,10 +61,9 @@ impl ClientError {
             Self::Auth(_) => 401,
             Self::ModelNotAllowed(_) | Self::OriginNotAllowed => 403,
             Self::UnknownModel(_) | Self::NotFound(_) => 404,
-            Self::MissingModel
-            | Self::MalformedJson(_)
-            | Self::BodyAborted
-            | Self::BodyFraming => 400,
+            Self::MissingModel | Self::MalformedJson(_) | Self::BodyAborted | Self::BodyFraming => {
+                400
+            }
             Self::MethodNotAllowed => 405,
             Self::BodyTimeout => 408,
             Self::BodyTooLarge(_) => 413,

@@ -281,7 +281,10 @@ mod tests {
             err(ErrorType::ConnectionClosed),
             ClientError::BodyAborted
         ));
-        assert!(matches!(err(ErrorType::ReadError), ClientError::BodyAborted));
+        assert!(matches!(
+            err(ErrorType::ReadError),
+            ClientError::BodyAborted
+        ));
         assert!(matches!(
             err(ErrorType::ReadTimedout),
             ClientError::BodyTimeout

@@ -337,13 +337,21 @@ mod tests {
             ("garbage", "not a certificate", &a.key),
             ("empty", "", &a.key),
             ("someone else's key", &b.cert, &a.key),
-            ("a key that is not PEM", &b.cert, "-----BEGIN PRIVATE KEY-----\nAAAA\n"),
+            (
+                "a key that is not PEM",
+                &b.cert,
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n",
+            ),
             ("expired", &expired.cert, &expired.key),
         ];
         for (i, (what, cert, key)) in cases.into_iter().enumerate() {
             write(r.files(), cert, key);
             assert!(r.reload(false).is_err(), "{what} was accepted");
-            assert_eq!(served(&r), a.fingerprint, "{what} replaced the served certificate");
+            assert_eq!(
+                served(&r),
+                a.fingerprint,
+                "{what} replaced the served certificate"
+            );
             assert_eq!(metrics.reload_failures.get(), i as u64 + 1, "{what}");
             // The same broken bytes are reported once, not at every event.
             assert!(matches!(r.reload(false), Ok(Reloaded::Unchanged)), "{what}");
