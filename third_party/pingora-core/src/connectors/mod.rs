@@ -30,7 +30,7 @@ use crate::upstreams::peer::{Peer, ALPN};
 use crate::offload::OffloadRuntime;
 pub use l4::Connect as L4Connect;
 use l4::{connect as l4_connect, BindTo};
-use log::{debug, error, warn};
+use log::{debug, warn}; // molt patch 4: `error` no longer used
 use parking_lot::RwLock;
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
 use pingora_pool::{ConnectionMeta, ConnectionPool};
@@ -255,7 +255,9 @@ impl TransportConnector {
                 {
                     let _ = s.lock().await;
                 } // wait for the idle poll to release it
-                match Arc::try_unwrap(s) {
+                // molt patch 4: the idle poll unlocks before it drops its reference,
+                // so the unwrap waits for that reference to go (see `take_when_released`).
+                match take_when_released(s).await {
                     Ok(l) => {
                         let mut stream = l.into_inner();
                         // test_reusable_stream: we assume server would never actively send data
@@ -290,7 +292,8 @@ impl TransportConnector {
                         }
                     }
                     Err(_) => {
-                        error!("failed to acquire reusable stream");
+                        // molt patch 4: a new connection is made instead; nothing failed.
+                        debug!("failed to acquire reusable stream");
                         None
                     }
                 }
@@ -384,6 +387,31 @@ impl TransportConnector {
     pub fn unexpected_data_connection_counter(&self) -> Arc<AtomicU64> {
         self.unexpected_data_conn_count.clone()
     }
+}
+
+/// molt patch 4: how many times [`take_when_released`] looks before giving up.
+const RELEASE_WAIT_ATTEMPTS: usize = 64;
+
+/// molt patch 4: unwrap a pooled stream whose lock the idle poll has just
+/// released. The idle poll's `OwnedMutexGuard` releases the lock first and
+/// drops its `Arc` right after; a task on another worker thread that wakes on
+/// the release can get to `Arc::try_unwrap` in between, which then fails and
+/// a good connection was dropped (about one reuse in twenty on a 4-thread
+/// runtime). Yield (then sleep a millisecond) until that last reference is
+/// gone; the `Err` of a stream still shared after that is the caller's.
+async fn take_when_released<T>(mut shared: Arc<T>) -> std::result::Result<T, Arc<T>> {
+    for attempt in 0..RELEASE_WAIT_ATTEMPTS {
+        match Arc::try_unwrap(shared) {
+            Ok(inner) => return Ok(inner),
+            Err(still_shared) => shared = still_shared,
+        }
+        if attempt < 8 {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    Arc::try_unwrap(shared)
 }
 
 // Perform the actual L4 and tls connection steps while respecting the peer's
