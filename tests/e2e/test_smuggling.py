@@ -431,7 +431,10 @@ def h2_exchange(dataplane: Dataplane, headers: Headers, body: bytes) -> H2Outcom
         sock.sendall(conn.data_to_send())
         deadline = time.monotonic() + CLOSE_WAIT_S
         while not (outcome.ended or outcome.reset is not None) and time.monotonic() < deadline:
-            data = sock.recv(65536)
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                break
             if not data:
                 break
             for event in conn.receive_data(data):
@@ -444,7 +447,10 @@ def h2_exchange(dataplane: Dataplane, headers: Headers, body: bytes) -> H2Outcom
                     outcome.ended = True
                 elif isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
                     outcome.reset = h2.errors.ErrorCodes(event.error_code)
-            sock.sendall(conn.data_to_send())
+            try:
+                sock.sendall(conn.data_to_send())
+            except (BrokenPipeError, ConnectionResetError):
+                break  # the server closed after its GOAWAY; what it said is already read
     return outcome
 
 
