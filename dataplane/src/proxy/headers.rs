@@ -175,9 +175,21 @@ pub(super) fn upstream_request(head: &UpstreamHead<'_>) -> Result<RequestHeader>
         path.as_bytes(),
         Some(client.headers.len() + 4),
     )?;
+    // Headers the client named in `Connection` are hop-by-hop too (RFC 9110
+    // §7.6.1), e.g. `HTTP2-Settings` beside `Upgrade: h2c`.
+    let connection_named = |name: &str| {
+        client
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case(name))
+    };
     for (name, value) in &client.headers {
         if !STRIPPED_REQUEST_HEADERS.contains(&name.as_str())
             && !carries_credential(value.as_bytes(), credential)
+            && !connection_named(name.as_str())
         {
             req.append_header(name.clone(), value.clone())?;
         }
@@ -304,6 +316,49 @@ mod tests {
             "api-version=2024-10-21&x=1"
         );
         assert_eq!(forwarded_query("api-version=1", Some(key)), "api-version=1");
+    }
+
+    #[test]
+    fn headers_the_client_names_in_connection_stay_behind() {
+        let mut client = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+        client
+            .insert_header("connection", "Upgrade, HTTP2-Settings, x-hop")
+            .unwrap();
+        client
+            .insert_header("http2-settings", "AAMAAABkAAQAAP__")
+            .unwrap();
+        client.insert_header("x-hop", "1").unwrap();
+        client.insert_header("x-end-to-end", "1").unwrap();
+        let config = molt_config::DataplaneConfig::from_wire(
+            toml::from_str(
+                r#"version = 1
+[server]
+listen = "127.0.0.1:0"
+[[providers]]
+name = "p"
+kind = "openai"
+base_url = "http://127.0.0.1:1/v1"
+keys = ["sk-test-key-0123456789"]
+"#,
+            )
+            .unwrap(),
+            &molt_config::dataplane::ProcessEnv,
+        )
+        .unwrap();
+        let rt = crate::runtime::Runtime::build(config, 1).unwrap();
+        let req = upstream_request(&UpstreamHead {
+            client: &client,
+            route: Route::ChatCompletions,
+            provider: &rt.providers[0],
+            body_len: 2,
+            request_id: "r",
+            h2: false,
+            credential: None,
+        })
+        .unwrap();
+        assert!(req.headers.get("http2-settings").is_none());
+        assert!(req.headers.get("x-hop").is_none());
+        assert!(req.headers.get("x-end-to-end").is_some());
     }
 
     #[test]
