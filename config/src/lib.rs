@@ -22,6 +22,8 @@
 //!   from config and shares: the certificates of a `ca_file`, and the cause
 //!   chain of a failed connection for its error message.
 //! - [`files`]: replacing a file whole (temp file, fsync, rename).
+//! - [`metrics`]: [`metrics::Registrar`], making a Prometheus metric and
+//!   registering it in one call, for both planes' registries.
 //! - [`ready`]: the ready file every server writes once its listeners are
 //!   bound (`--ready-file`), naming the address each one got.
 //!
@@ -36,6 +38,7 @@ pub mod dataplane;
 pub mod error;
 pub mod files;
 pub mod limits;
+pub mod metrics;
 pub mod outbound;
 pub mod ready;
 pub mod secret;

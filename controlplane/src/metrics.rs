@@ -4,9 +4,9 @@
 //! Labels are bounded: `route` is the matched route template (never a raw
 //! path with ids), `status` an HTTP status code, `result` a fixed word.
 
+use molt_config::metrics::Registrar;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry, TextEncoder,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -31,66 +31,52 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new_custom(Some("molt_cp".into()), None)?;
-        let http_requests = IntCounterVec::new(
-            Opts::new("http_requests_total", "HTTP requests by route and status"),
-            &["route", "status"],
-        )?;
-        let http_duration = HistogramVec::new(
-            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
-                .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0]),
-            &["route"],
-        )?;
-        let snapshot_version = IntGauge::new(
-            "snapshot_version",
-            "Version of the published config snapshot",
-        )?;
-        let snapshot_rejected = IntCounter::new(
-            "snapshot_rejected_total",
-            "Compiled snapshots that failed validation and were not published",
-        )?;
-        let connected_dataplanes = IntGauge::new(
-            "connected_dataplanes",
-            "Data planes currently holding a config long-poll",
-        )?;
-        let ingest_events = IntCounterVec::new(
-            Opts::new("ingest_events_total", "Usage events received, by result"),
-            &["result"],
-        )?;
-        let ingest_batch_seconds = Histogram::with_opts(HistogramOpts::new(
-            "ingest_batch_seconds",
-            "Time to store one usage batch",
-        ))?;
-        let ingest_lag_seconds = Histogram::with_opts(
-            HistogramOpts::new(
+        let r = Registrar(&registry);
+        Ok(Self {
+            http_requests: r.counter_vec(
+                "http_requests_total",
+                "HTTP requests by route and status",
+                &["route", "status"],
+            )?,
+            http_duration: r.histogram_vec(
+                "http_request_duration_seconds",
+                "HTTP request latency",
+                &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0],
+                &["route"],
+            )?,
+            snapshot_version: r.gauge(
+                "snapshot_version",
+                "Version of the published config snapshot",
+            )?,
+            snapshot_rejected: r.counter(
+                "snapshot_rejected_total",
+                "Compiled snapshots that failed validation and were not published",
+            )?,
+            connected_dataplanes: r.gauge(
+                "connected_dataplanes",
+                "Data planes currently holding a config long-poll",
+            )?,
+            ingest_events: r.counter_vec(
+                "ingest_events_total",
+                "Usage events received, by result",
+                &["result"],
+            )?,
+            ingest_batch_seconds: r.histogram(
+                "ingest_batch_seconds",
+                "Time to store one usage batch",
+                prometheus::DEFAULT_BUCKETS,
+            )?,
+            ingest_lag_seconds: r.histogram(
                 "ingest_lag_seconds",
                 "Time from a request's start to its usage event being stored",
-            )
-            .buckets(vec![0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0]),
-        )?;
-        let job_runs = IntCounterVec::new(
-            Opts::new("job_runs_total", "Background job runs, by job and result"),
-            &["job", "result"],
-        )?;
-        registry.register(Box::new(http_requests.clone()))?;
-        registry.register(Box::new(http_duration.clone()))?;
-        registry.register(Box::new(snapshot_version.clone()))?;
-        registry.register(Box::new(snapshot_rejected.clone()))?;
-        registry.register(Box::new(connected_dataplanes.clone()))?;
-        registry.register(Box::new(ingest_events.clone()))?;
-        registry.register(Box::new(ingest_batch_seconds.clone()))?;
-        registry.register(Box::new(ingest_lag_seconds.clone()))?;
-        registry.register(Box::new(job_runs.clone()))?;
-        Ok(Self {
+                &[0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0],
+            )?,
+            job_runs: r.counter_vec(
+                "job_runs_total",
+                "Background job runs, by job and result",
+                &["job", "result"],
+            )?,
             registry,
-            http_requests,
-            http_duration,
-            snapshot_version,
-            snapshot_rejected,
-            connected_dataplanes,
-            ingest_events,
-            ingest_batch_seconds,
-            ingest_lag_seconds,
-            job_runs,
         })
     }
 

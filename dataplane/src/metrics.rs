@@ -4,9 +4,9 @@
 //! error kind. No label ever carries a user, key or request id; a model
 //! name the config doesn't know is reported as `unknown`.
 
+use molt_config::metrics::Registrar;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry, TextEncoder,
 };
 
 /// Buckets in seconds for whole requests and upstream first bytes.
@@ -51,25 +51,20 @@ pub struct ClientMetrics {
 }
 
 impl ClientMetrics {
-    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let connections = IntGauge::new(
+    fn new(r: Registrar<'_>) -> Result<Self, prometheus::Error> {
+        let connections = r.gauge(
             "molt_client_connections",
             "Client connections this process holds.",
         )?;
-        let refused = IntCounter::new(
+        let refused = r.counter(
             "molt_client_connections_refused_total",
             "Client connections turned away at server.max_connections.",
         )?;
-        let ends = IntCounterVec::new(
-            Opts::new(
-                "molt_client_ends_total",
-                "Connections and requests the client ended early, by kind (closed, reset, header_timeout, body_timeout, gone_mid_response).",
-            ),
+        let ends = r.counter_vec(
+            "molt_client_ends_total",
+            "Connections and requests the client ended early, by kind (closed, reset, header_timeout, body_timeout, gone_mid_response).",
             &["kind"],
         )?;
-        registry.register(Box::new(connections.clone()))?;
-        registry.register(Box::new(refused.clone()))?;
-        registry.register(Box::new(ends.clone()))?;
         Ok(Self {
             connections,
             refused,
@@ -82,90 +77,63 @@ impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "molt_requests_total",
-                "Requests by route, model, provider and status.",
-            ),
+        let r = Registrar(&registry);
+        let requests = r.counter_vec(
+            "molt_requests_total",
+            "Requests by route, model, provider and status.",
             &["route", "model", "provider", "status"],
         )?;
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "molt_request_duration_seconds",
-                "Time from request start to the last byte sent.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        let request_duration = r.histogram_vec(
+            "molt_request_duration_seconds",
+            "Time from request start to the last byte sent.",
+            LATENCY_BUCKETS,
             &["route"],
         )?;
-        let upstream_ttfb = HistogramVec::new(
-            HistogramOpts::new(
-                "molt_upstream_ttfb_seconds",
-                "Time from sending the request upstream to the upstream's response header.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        let upstream_ttfb = r.histogram_vec(
+            "molt_upstream_ttfb_seconds",
+            "Time from sending the request upstream to the upstream's response header.",
+            LATENCY_BUCKETS,
             &["provider"],
         )?;
-        let proxy_overhead = HistogramVec::new(
-            HistogramOpts::new(
-                "molt_proxy_overhead_seconds",
-                "The proxy's own time on a request: from the body fully read to the request sent upstream, plus from the upstream header to the client header.",
-            )
-            .buckets(OVERHEAD_BUCKETS.to_vec()),
+        let proxy_overhead = r.histogram_vec(
+            "molt_proxy_overhead_seconds",
+            "The proxy's own time on a request: from the body fully read to the request sent upstream, plus from the upstream header to the client header.",
+            OVERHEAD_BUCKETS,
             &["route"],
         )?;
-        let tokens = IntCounterVec::new(
-            Opts::new(
-                "molt_tokens_total",
-                "Tokens used, by direction (input/output), model and provider.",
-            ),
+        let tokens = r.counter_vec(
+            "molt_tokens_total",
+            "Tokens used, by direction (input/output), model and provider.",
             &["direction", "model", "provider"],
         )?;
         let active_streams =
-            IntGauge::new("molt_active_streams", "Responses being streamed right now.")?;
-        let upstream_errors = IntCounterVec::new(
-            Opts::new(
-                "molt_upstream_errors_total",
-                "Upstream failures by provider and kind.",
-            ),
+            r.gauge("molt_active_streams", "Responses being streamed right now.")?;
+        let upstream_errors = r.counter_vec(
+            "molt_upstream_errors_total",
+            "Upstream failures by provider and kind.",
             &["provider", "kind"],
         )?;
-        let fallbacks = IntCounterVec::new(
-            Opts::new(
-                "molt_fallbacks_total",
-                "Requests retried on a fallback model, by the model that failed.",
-            ),
+        let fallbacks = r.counter_vec(
+            "molt_fallbacks_total",
+            "Requests retried on a fallback model, by the model that failed.",
             &["model"],
         )?;
         let config_version =
-            IntGauge::new("molt_config_version", "Version of the config being served.")?;
-        let config_reloads =
-            IntCounter::new("molt_config_reloads_total", "Config reloads applied.")?;
-        let config_reload_failures = IntCounter::new(
+            r.gauge("molt_config_version", "Version of the config being served.")?;
+        let config_reloads = r.counter("molt_config_reloads_total", "Config reloads applied.")?;
+        let config_reload_failures = r.counter(
             "molt_config_reload_failures_total",
             "Config reloads rejected as invalid.",
         )?;
-        let usage_events_dropped = IntCounter::new(
+        let usage_events_dropped = r.counter(
             "molt_usage_events_dropped_total",
             "Usage events dropped because the sink could not keep up or failed.",
         )?;
-        let usage_record_wait_timeouts = IntCounter::new(
+        let usage_record_wait_timeouts = r.counter(
             "molt_usage_record_wait_timeouts_total",
             "Responses ended before their usage event was durable because the spool's commit took too long.",
         )?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(request_duration.clone()))?;
-        registry.register(Box::new(upstream_ttfb.clone()))?;
-        registry.register(Box::new(proxy_overhead.clone()))?;
-        registry.register(Box::new(tokens.clone()))?;
-        registry.register(Box::new(active_streams.clone()))?;
-        registry.register(Box::new(upstream_errors.clone()))?;
-        registry.register(Box::new(fallbacks.clone()))?;
-        registry.register(Box::new(config_version.clone()))?;
-        registry.register(Box::new(config_reloads.clone()))?;
-        registry.register(Box::new(config_reload_failures.clone()))?;
-        registry.register(Box::new(usage_events_dropped.clone()))?;
-        registry.register(Box::new(usage_record_wait_timeouts.clone()))?;
-        let clients = ClientMetrics::new(&registry)?;
+        let clients = ClientMetrics::new(r)?;
         let scrub = crate::scrub::ScrubMetrics::new(&registry)?;
         Ok(Self {
             clients,

@@ -45,6 +45,7 @@ use hyper_util::rt::TokioExecutor;
 use molt_config::contract::{self, ConfigPoll};
 use molt_config::dataplane::{ControlPlaneConfig, ProcessEnv};
 use molt_config::files::write_atomically;
+use molt_config::metrics::Registrar;
 use molt_config::wire::{RawDataplaneConfig, RawSnapshot};
 use molt_config::{ConfigErrors, DataplaneConfig};
 use pingora_core::server::ShutdownWatch;
@@ -302,32 +303,24 @@ struct SyncMetrics {
 
 impl SyncMetrics {
     fn new(metrics: &Metrics) -> Result<Self, prometheus::Error> {
-        let version = IntGauge::new(
-            "molt_control_plane_snapshot_version",
-            "Version of the control-plane snapshot being served (0: none).",
-        )?;
-        let last_sync = IntGauge::new(
-            "molt_control_plane_last_sync_timestamp_seconds",
-            "Unix time of the last control-plane answer that left this data plane up to date.",
-        )?;
-        let errors = IntCounter::new(
-            "molt_control_plane_errors_total",
-            "Failed exchanges with the control plane (config watch and usage shipping).",
-        )?;
-        let unknown_fields = IntGauge::new(
-            "molt_control_plane_snapshot_unknown_fields",
-            "Fields of the last control-plane snapshot this build does not know and ignored (a newer control plane).",
-        )?;
-        let r = metrics.registry();
-        r.register(Box::new(version.clone()))?;
-        r.register(Box::new(last_sync.clone()))?;
-        r.register(Box::new(errors.clone()))?;
-        r.register(Box::new(unknown_fields.clone()))?;
+        let r = Registrar(metrics.registry());
         Ok(Self {
-            version,
-            last_sync,
-            errors,
-            unknown_fields,
+            version: r.gauge(
+                "molt_control_plane_snapshot_version",
+                "Version of the control-plane snapshot being served (0: none).",
+            )?,
+            last_sync: r.gauge(
+                "molt_control_plane_last_sync_timestamp_seconds",
+                "Unix time of the last control-plane answer that left this data plane up to date.",
+            )?,
+            errors: r.counter(
+                "molt_control_plane_errors_total",
+                "Failed exchanges with the control plane (config watch and usage shipping).",
+            )?,
+            unknown_fields: r.gauge(
+                "molt_control_plane_snapshot_unknown_fields",
+                "Fields of the last control-plane snapshot this build does not know and ignored (a newer control plane).",
+            )?,
         })
     }
 

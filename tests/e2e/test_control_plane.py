@@ -273,7 +273,7 @@ def test_no_usage_lost_or_duplicated_when_either_side_is_killed(
     ok = set(load.completed)
 
     # The data plane holds the end of each response until its usage event is fsynced (see
-    # dataplane/src/spool.rs), so every response a client saw complete has its row, even those that ended a
+    # dataplane/src/spool/), so every response a client saw complete has its row, even those that ended a
     # moment before the SIGKILL.
     missing = ok - stored
     assert not missing, f"{len(missing)} completed requests have no usage row: {sorted(missing)[:5]}"

@@ -3,9 +3,8 @@
 //! fixed list (anything else is `other`); never a user or customer id.
 
 use crate::metrics::{Metrics, MetricsError};
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-};
+use molt_config::metrics::Registrar;
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 
 /// The `reason` values of `billing_overdue_tokens`, all always exported.
 pub const OVERDUE_REASONS: [&str; 4] = ["pending", "failed", "unbillable", "unreported"];
@@ -35,61 +34,44 @@ pub struct BillingMetrics {
 impl BillingMetrics {
     /// Register in `m`'s registry (once per registry).
     pub fn register(m: &Metrics) -> Result<Self, MetricsError> {
-        let events = IntCounterVec::new(
-            Opts::new(
-                "billing_meter_events_total",
-                "Stripe meter event sends, by result",
-            ),
-            &["result"],
-        )?;
-        let tokens_reported = IntCounter::new(
-            "billing_tokens_reported_total",
-            "Tokens reported to Stripe and accepted",
-        )?;
-        let unbillable_tokens = IntCounter::new(
-            "billing_unbillable_tokens_total",
-            "Tokens in windows older than Stripe accepts",
-        )?;
-        let flush_seconds = Histogram::with_opts(
-            HistogramOpts::new("billing_flush_seconds", "Duration of one meter flush")
-                .buckets(vec![0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0]),
-        )?;
-        let webhooks = IntCounterVec::new(
-            Opts::new(
-                "billing_webhooks_total",
-                "Stripe webhook deliveries, by type and result",
-            ),
-            &["type", "result"],
-        )?;
-        let last_success = IntGauge::new(
+        let r = Registrar(m.registry());
+        let last_success = r.gauge(
             "billing_last_flush_success_timestamp_seconds",
             "Unix time of the last meter flush that left no report pending (start time until the first)",
         )?;
         last_success.set(crate::domain::now_ms() / 1000);
-        let overdue_tokens = IntGaugeVec::new(
-            Opts::new(
-                "billing_overdue_tokens",
-                "Billable tokens a flush should have delivered by now that Stripe does not hold, by reason",
-            ),
+        let overdue_tokens = r.gauge_vec(
+            "billing_overdue_tokens",
+            "Billable tokens a flush should have delivered by now that Stripe does not hold, by reason",
             &["reason"],
         )?;
         for reason in OVERDUE_REASONS {
             overdue_tokens.with_label_values(&[reason]).set(0);
         }
-        let r = m.registry();
-        r.register(Box::new(events.clone()))?;
-        r.register(Box::new(tokens_reported.clone()))?;
-        r.register(Box::new(unbillable_tokens.clone()))?;
-        r.register(Box::new(flush_seconds.clone()))?;
-        r.register(Box::new(webhooks.clone()))?;
-        r.register(Box::new(last_success.clone()))?;
-        r.register(Box::new(overdue_tokens.clone()))?;
         Ok(Self {
-            events,
-            tokens_reported,
-            unbillable_tokens,
-            flush_seconds,
-            webhooks,
+            events: r.counter_vec(
+                "billing_meter_events_total",
+                "Stripe meter event sends, by result",
+                &["result"],
+            )?,
+            tokens_reported: r.counter(
+                "billing_tokens_reported_total",
+                "Tokens reported to Stripe and accepted",
+            )?,
+            unbillable_tokens: r.counter(
+                "billing_unbillable_tokens_total",
+                "Tokens in windows older than Stripe accepts",
+            )?,
+            flush_seconds: r.histogram(
+                "billing_flush_seconds",
+                "Duration of one meter flush",
+                &[0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0],
+            )?,
+            webhooks: r.counter_vec(
+                "billing_webhooks_total",
+                "Stripe webhook deliveries, by type and result",
+                &["type", "result"],
+            )?,
             last_success,
             overdue_tokens,
         })

@@ -7,7 +7,8 @@
 use super::BotStatus;
 use crate::domain::Millis;
 use crate::metrics::{Metrics, MetricsError};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+use molt_config::metrics::Registrar;
+use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
 
 #[derive(Debug, Clone)]
 pub struct ProvisionMetrics {
@@ -26,39 +27,25 @@ impl ProvisionMetrics {
     /// Register in `m`'s registry. Only one set per registry: a second
     /// registration fails, so the app builds this once.
     pub fn register(m: &Metrics) -> Result<Self, MetricsError> {
-        let step_seconds = HistogramVec::new(
-            HistogramOpts::new(
+        let r = Registrar(m.registry());
+        Ok(Self {
+            step_seconds: r.histogram_vec(
                 "provision_step_seconds",
                 "Duration of one provisioning step, by step",
-            )
-            .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0]),
-            &["step"],
-        )?;
-        let failures = IntCounterVec::new(
-            Opts::new(
+                &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0],
+                &["step"],
+            )?,
+            failures: r.counter_vec(
                 "provision_failures_total",
                 "Failed provisioning steps, by reason and whether the bot gave up",
-            ),
-            &["reason", "final"],
-        )?;
-        let bots = IntGaugeVec::new(Opts::new("bots", "Bots by status"), &["status"])?;
-        let oldest_step_seconds = IntGaugeVec::new(
-            Opts::new(
+                &["reason", "final"],
+            )?,
+            bots: r.gauge_vec("bots", "Bots by status", &["status"])?,
+            oldest_step_seconds: r.gauge_vec(
                 "provision_oldest_step_seconds",
                 "Seconds the bot longest in an unfinished provisioning state has been in it, by state (0: none)",
-            ),
-            &["status"],
-        )?;
-        m.registry().register(Box::new(step_seconds.clone()))?;
-        m.registry().register(Box::new(failures.clone()))?;
-        m.registry().register(Box::new(bots.clone()))?;
-        m.registry()
-            .register(Box::new(oldest_step_seconds.clone()))?;
-        Ok(Self {
-            step_seconds,
-            failures,
-            bots,
-            oldest_step_seconds,
+                &["status"],
+            )?,
         })
     }
 

@@ -2,7 +2,8 @@
 //! kind only: never a user, key or model, so cardinality is fixed.
 
 use super::LimitKind;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use molt_config::metrics::Registrar;
+use prometheus::{Histogram, IntCounter, IntGauge, Registry};
 
 /// Redis round trips are expected in the sub-millisecond to few-ms range.
 const REDIS_BUCKETS: &[f64] = &[
@@ -24,47 +25,35 @@ pub(crate) struct LimitMetrics {
 
 impl LimitMetrics {
     pub(crate) fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let decisions = IntCounterVec::new(
-            Opts::new(
-                "molt_limit_decisions_total",
-                "Limiter decisions: admitted, or rejected by the limit kind that refused.",
-            ),
+        let r = Registrar(registry);
+        let decisions = r.counter_vec(
+            "molt_limit_decisions_total",
+            "Limiter decisions: admitted, or rejected by the limit kind that refused.",
             &["decision", "kind"],
         )?;
-        let redis_latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "molt_limits_redis_seconds",
-                "Latency of the limiter's Redis lease operations (off the request path).",
-            )
-            .buckets(REDIS_BUCKETS.to_vec()),
-        )?;
-        let redis_errors = IntCounter::new(
-            "molt_limits_redis_errors_total",
-            "Failed Redis connects and lease operations.",
-        )?;
-        let redis_fallback = IntGauge::new(
-            "molt_limits_redis_fallback",
-            "1 while Redis is configured but unreachable and limits are enforced locally (limit / replicas).",
-        )?;
-        let anomalies = IntCounter::new(
-            "molt_anomalies_total",
-            "Users flagged for unusual token usage (counted when a user becomes anomalous).",
-        )?;
-        registry.register(Box::new(decisions.clone()))?;
-        registry.register(Box::new(redis_latency.clone()))?;
-        registry.register(Box::new(redis_errors.clone()))?;
-        registry.register(Box::new(redis_fallback.clone()))?;
-        registry.register(Box::new(anomalies.clone()))?;
         Ok(LimitMetrics {
             admitted: decisions.with_label_values(&["admitted", "none"]),
             rejected: LimitKind::ALL
                 .iter()
                 .map(|k| decisions.with_label_values(&["rejected", k.as_str()]))
                 .collect(),
-            redis_latency,
-            redis_errors,
-            redis_fallback,
-            anomalies,
+            redis_latency: r.histogram(
+                "molt_limits_redis_seconds",
+                "Latency of the limiter's Redis lease operations (off the request path).",
+                REDIS_BUCKETS,
+            )?,
+            redis_errors: r.counter(
+                "molt_limits_redis_errors_total",
+                "Failed Redis connects and lease operations.",
+            )?,
+            redis_fallback: r.gauge(
+                "molt_limits_redis_fallback",
+                "1 while Redis is configured but unreachable and limits are enforced locally (limit / replicas).",
+            )?,
+            anomalies: r.counter(
+                "molt_anomalies_total",
+                "Users flagged for unusual token usage (counted when a user becomes anomalous).",
+            )?,
         })
     }
 
