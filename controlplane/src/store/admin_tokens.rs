@@ -1,44 +1,19 @@
 //! `admin_tokens`: operator tokens as stored (their hash, never the token).
 
-use super::query::{named, Row, Rows};
+use super::query::{record, Rows};
 use super::{Range, SqlStore, StoreError};
 use crate::domain::{AdminToken, AuditEntry, Millis, Role};
 
-/// The columns [`AdminTokenRow`] reads.
+/// The columns an [`AdminToken`] is read from.
 macro_rules! columns {
     () => {
         "id, name, role, sha256, created_at, revoked_at"
     };
 }
 
-#[derive(sqlx::FromRow)]
-struct AdminTokenRow {
-    id: String,
-    name: String,
-    role: String,
-    sha256: String,
-    created_at: i64,
-    revoked_at: Option<i64>,
-}
-
-impl Row for AdminTokenRow {
-    type Record = AdminToken;
-}
-
-impl TryFrom<AdminTokenRow> for AdminToken {
-    type Error = StoreError;
-
-    fn try_from(r: AdminTokenRow) -> Result<Self, StoreError> {
-        Ok(AdminToken {
-            role: named("admin_tokens.role", &r.role, Role::parse)?,
-            id: r.id,
-            name: r.name,
-            sha256: r.sha256,
-            created_at: r.created_at,
-            revoked_at: r.revoked_at,
-        })
-    }
-}
+record!(AdminToken in "admin_tokens" {
+    id, name, role: named(Role::parse), sha256, created_at, revoked_at,
+});
 
 impl SqlStore {
     pub async fn insert_admin_token(
@@ -84,7 +59,7 @@ impl SqlStore {
             columns!(),
             " FROM admin_tokens WHERE sha256 = $1 AND revoked_at IS NULL"
         );
-        self.find::<AdminTokenRow>(SQL, sha256).await
+        self.find(SQL, sha256).await
     }
 
     pub async fn list_admin_tokens(&self, range: &Range) -> Result<Vec<AdminToken>, StoreError> {
@@ -93,6 +68,6 @@ impl SqlStore {
             columns!(),
             " FROM admin_tokens WHERE id > $1 ORDER BY id LIMIT $2"
         );
-        self.page::<AdminTokenRow>(SQL, &[], range).await
+        self.page(SQL, &[], range).await
     }
 }

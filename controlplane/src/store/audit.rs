@@ -2,39 +2,14 @@
 //! of the change it describes ([`write`]), read newest first, and pruned by
 //! the retention job.
 
-use super::query::{json, Row};
+use super::query::record;
 use super::{Range, SqlStore, StoreError};
 use crate::domain::{AuditEntry, Millis};
 use sqlx::AnyConnection;
 
-#[derive(sqlx::FromRow)]
-struct AuditRow {
-    id: String,
-    at: i64,
-    actor: String,
-    action: String,
-    target: String,
-    diff: String,
-}
-
-impl Row for AuditRow {
-    type Record = AuditEntry;
-}
-
-impl TryFrom<AuditRow> for AuditEntry {
-    type Error = StoreError;
-
-    fn try_from(r: AuditRow) -> Result<Self, StoreError> {
-        Ok(AuditEntry {
-            diff: json("audit_log.diff", &r.diff)?,
-            id: r.id,
-            at: r.at,
-            actor: r.actor,
-            action: r.action,
-            target: r.target,
-        })
-    }
-}
+record!(AuditEntry in "audit_log" {
+    id, at, actor, action, target, diff: json,
+});
 
 /// Write `a` on `conn` (inside the transaction of the change it records).
 pub(super) async fn write(conn: &mut AnyConnection, a: &AuditEntry) -> Result<(), StoreError> {
@@ -66,7 +41,7 @@ impl SqlStore {
     pub async fn list_audit(&self, range: &Range) -> Result<Vec<AuditEntry>, StoreError> {
         const SQL: &str = "SELECT id, at, actor, action, target, diff FROM audit_log \
              WHERE ($1 = '' OR id < $1) ORDER BY id DESC LIMIT $2";
-        self.page::<AuditRow>(SQL, &[], range).await
+        self.page(SQL, &[], range).await
     }
 
     /// Delete entries older than `before`; returns how many.

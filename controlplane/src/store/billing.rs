@@ -5,7 +5,7 @@
 //! claimed through [`usage::claim`](super::usage), in the transaction that
 //! stores the report.
 
-use super::query::{named, records, Row};
+use super::query::{record, records};
 use super::usage::{self, OpenWindow};
 use super::{SqlStore, StoreError};
 use crate::domain::{MeterReport, Millis, ReportStatus};
@@ -22,44 +22,10 @@ pub struct HandledEvent<'a> {
     pub received_at: Millis,
 }
 
-#[derive(sqlx::FromRow)]
-struct ReportRow {
-    identifier: String,
-    user_id: String,
-    stripe_customer_id: String,
-    event_name: String,
-    window_start: i64,
-    window_end: i64,
-    seq: i64,
-    value: i64,
-    status: String,
-    attempts: i64,
-    last_error: Option<String>,
-}
-
-impl Row for ReportRow {
-    type Record = MeterReport;
-}
-
-impl TryFrom<ReportRow> for MeterReport {
-    type Error = StoreError;
-
-    fn try_from(r: ReportRow) -> Result<Self, StoreError> {
-        Ok(MeterReport {
-            status: named("meter_reports.status", &r.status, ReportStatus::parse)?,
-            identifier: r.identifier,
-            user_id: r.user_id,
-            stripe_customer_id: r.stripe_customer_id,
-            event_name: r.event_name,
-            window_start: r.window_start,
-            window_end: r.window_end,
-            seq: r.seq,
-            value: r.value,
-            attempts: r.attempts,
-            last_error: r.last_error,
-        })
-    }
-}
+record!(MeterReport in "meter_reports" {
+    identifier, user_id, stripe_customer_id, event_name, window_start, window_end, seq,
+    value, status: named(ReportStatus::parse), attempts, last_error,
+});
 
 impl SqlStore {
     /// Whether a Stripe event id has been handled.
@@ -177,7 +143,7 @@ impl SqlStore {
 
     /// Reports still to send, oldest window first.
     pub async fn pending_reports(&self) -> Result<Vec<MeterReport>, StoreError> {
-        let rows: Vec<ReportRow> = sqlx::query_as(
+        let rows = sqlx::query(
             "SELECT identifier, user_id, stripe_customer_id, event_name, window_start, window_end, \
              seq, value, status, attempts, last_error FROM meter_reports \
              WHERE status = $1 ORDER BY window_start, identifier",
@@ -185,7 +151,7 @@ impl SqlStore {
         .bind(ReportStatus::Pending.as_str())
         .fetch_all(&self.pool)
         .await?;
-        records(rows)
+        records(&rows)
     }
 
     /// Move a pending report to `status` (sent, unbillable, failed) or

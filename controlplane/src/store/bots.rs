@@ -6,7 +6,7 @@
 //! the claim is still the writer's and the bot is still in the state the
 //! step began in.
 
-use super::query::{named, records, Row, Rows};
+use super::query::{records, Columns, Record, Rows};
 use super::{Range, SqlStore, StoreError};
 use crate::domain::{AuditEntry, Bot, BotRecord, BotStatus, Desired, Millis, UserStatus};
 
@@ -35,7 +35,7 @@ pub struct WishChange {
     pub at: Millis,
 }
 
-/// The columns [`BotRow`] reads (as `b` in a join).
+/// The columns a [`BotRecord`] is read from (as `b` in a join).
 macro_rules! columns {
     () => {
         "b.id, b.user_id, b.name, b.status, b.desired, b.region, b.model, b.volume_id, \
@@ -50,56 +50,31 @@ const DUE: &str = "SELECT id FROM bots WHERE next_attempt_at <= $1 \
      AND (lease_until IS NULL OR lease_until <= $1) \
      AND status IN ($3, $4, $5, $6, $7, $8, $9) ORDER BY next_attempt_at LIMIT $2";
 
-#[derive(sqlx::FromRow)]
-struct BotRow {
-    id: String,
-    user_id: String,
-    name: String,
-    status: String,
-    desired: String,
-    region: Option<String>,
-    model: String,
-    volume_id: Option<String>,
-    machine_id: Option<String>,
-    gateway_url: Option<String>,
-    token_sealed: String,
-    error: Option<String>,
-    attempts: i64,
-    next_attempt_at: i64,
-    step_started_at: i64,
-    created_at: i64,
-    updated_at: i64,
-}
+impl Record for BotRecord {
+    const TABLE: &'static str = "bots";
 
-impl Row for BotRow {
-    type Record = BotRecord;
-}
-
-impl TryFrom<BotRow> for BotRecord {
-    type Error = StoreError;
-
-    fn try_from(r: BotRow) -> Result<Self, StoreError> {
+    fn read(c: &Columns<'_>) -> Result<Self, StoreError> {
         Ok(BotRecord {
             bot: Bot {
-                status: named("bots.status", &r.status, BotStatus::parse)?,
-                desired: named("bots.desired", &r.desired, Desired::parse)?,
-                id: r.id,
-                user_id: r.user_id,
-                name: r.name,
-                region: r.region,
+                id: c.get("id")?,
+                user_id: c.get("user_id")?,
+                name: c.get("name")?,
+                status: c.named("status", BotStatus::parse)?,
+                desired: c.named("desired", Desired::parse)?,
+                region: c.get("region")?,
                 // '' is "the default": the column is NOT NULL for both databases.
-                model: Some(r.model).filter(|m| !m.is_empty()),
-                volume_id: r.volume_id,
-                machine_id: r.machine_id,
-                gateway_url: r.gateway_url,
-                error: r.error,
-                attempts: r.attempts,
-                created_at: r.created_at,
-                updated_at: r.updated_at,
+                model: Some(c.get::<String>("model")?).filter(|m| !m.is_empty()),
+                volume_id: c.get("volume_id")?,
+                machine_id: c.get("machine_id")?,
+                gateway_url: c.get("gateway_url")?,
+                error: c.get("error")?,
+                attempts: c.get("attempts")?,
+                created_at: c.get("created_at")?,
+                updated_at: c.get("updated_at")?,
             },
-            token_sealed: r.token_sealed,
-            next_attempt_at: r.next_attempt_at,
-            step_started_at: r.step_started_at,
+            token_sealed: c.get("token_sealed")?,
+            next_attempt_at: c.get("next_attempt_at")?,
+            step_started_at: c.get("step_started_at")?,
         })
     }
 }
@@ -136,7 +111,7 @@ impl SqlStore {
 
     pub async fn get_bot(&self, id: &str) -> Result<Option<BotRecord>, StoreError> {
         const SQL: &str = concat!("SELECT ", columns!(), " FROM bots b WHERE b.id = $1");
-        self.find::<BotRow>(SQL, id).await
+        self.find(SQL, id).await
     }
 
     /// A page of bots, of one user's only when `user_id` is given.
@@ -150,8 +125,7 @@ impl SqlStore {
             columns!(),
             " FROM bots b WHERE ($1 = '' OR b.user_id = $1) AND b.id > $2 ORDER BY b.id LIMIT $3"
         );
-        self.page::<BotRow>(SQL, &[user_id.unwrap_or("")], range)
-            .await
+        self.page(SQL, &[user_id.unwrap_or("")], range).await
     }
 
     /// `NotFound` when the bot is no longer in `change.from`.
@@ -274,12 +248,12 @@ impl SqlStore {
             " FROM bots b JOIN users u ON u.id = b.user_id \
              WHERE b.status = $1 AND u.status = $2 AND b.gateway_url IS NOT NULL ORDER BY b.id"
         );
-        let rows: Vec<BotRow> = sqlx::query_as(SQL)
+        let rows = sqlx::query(SQL)
             .bind(BotStatus::Running.as_str())
             .bind(UserStatus::Active.as_str())
             .fetch_all(&self.pool)
             .await?;
-        records(rows)
+        records(&rows)
     }
 
     /// Per status: how many bots, and when the oldest current step of

@@ -1,11 +1,11 @@
 //! `api_keys`: client keys as stored (their hash, never the key).
 
-use super::query::{json, records, to_json, Row, Rows};
+use super::query::{fetch_records, record, to_json, Rows};
 use super::{Range, SqlStore, StoreError};
 use crate::domain::{ApiKey, AuditEntry, Millis};
 use sqlx::AnyConnection;
 
-/// The columns [`KeyRow`] reads (as `k` in a join).
+/// The columns an [`ApiKey`] is read from (as `k` in a join).
 macro_rules! columns {
     () => {
         "k.id, k.user_id, k.name, k.prefix, k.sha256, k.models, k.expires_at, k.revoked_at, \
@@ -13,44 +13,10 @@ macro_rules! columns {
     };
 }
 
-#[derive(sqlx::FromRow)]
-struct KeyRow {
-    id: String,
-    user_id: String,
-    name: String,
-    prefix: String,
-    sha256: String,
-    models: Option<String>,
-    expires_at: Option<i64>,
-    revoked_at: Option<i64>,
-    created_at: i64,
-}
-
-impl Row for KeyRow {
-    type Record = ApiKey;
-}
-
-impl TryFrom<KeyRow> for ApiKey {
-    type Error = StoreError;
-
-    fn try_from(r: KeyRow) -> Result<Self, StoreError> {
-        Ok(ApiKey {
-            models: r
-                .models
-                .as_deref()
-                .map(|m| json::<Vec<String>>("api_keys.models", m))
-                .transpose()?,
-            id: r.id,
-            user_id: r.user_id,
-            name: r.name,
-            prefix: r.prefix,
-            sha256: r.sha256,
-            expires_at: r.expires_at,
-            revoked_at: r.revoked_at,
-            created_at: r.created_at,
-        })
-    }
-}
+record!(ApiKey in "api_keys" {
+    id, user_id, name, prefix, sha256, models: json_or_null, expires_at, revoked_at,
+    created_at,
+});
 
 /// Unrevoked, unexpired keys of active users at `now`, by id: the keys a
 /// config snapshot carries.
@@ -62,12 +28,10 @@ pub(super) async fn live(conn: &mut AnyConnection, now: Millis) -> Result<Vec<Ap
          WHERE u.status = $1 AND k.revoked_at IS NULL \
          AND (k.expires_at IS NULL OR k.expires_at > $2) ORDER BY k.id"
     );
-    let rows: Vec<KeyRow> = sqlx::query_as(SQL)
+    let query = sqlx::query(SQL)
         .bind(crate::domain::UserStatus::Active.as_str())
-        .bind(now)
-        .fetch_all(conn)
-        .await?;
-    records(rows)
+        .bind(now);
+    fetch_records(query, conn).await
 }
 
 impl SqlStore {
@@ -104,7 +68,7 @@ impl SqlStore {
 
     pub async fn get_api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
         const SQL: &str = concat!("SELECT ", columns!(), " FROM api_keys k WHERE k.id = $1");
-        self.find::<KeyRow>(SQL, id).await
+        self.find(SQL, id).await
     }
 
     /// A page of keys, of one user's only when `user_id` is given.
@@ -119,7 +83,6 @@ impl SqlStore {
             " FROM api_keys k WHERE ($1 = '' OR k.user_id = $1) AND k.id > $2 \
              ORDER BY k.id LIMIT $3"
         );
-        self.page::<KeyRow>(SQL, &[user_id.unwrap_or("")], range)
-            .await
+        self.page(SQL, &[user_id.unwrap_or("")], range).await
     }
 }

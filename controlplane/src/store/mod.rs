@@ -4,8 +4,9 @@
 //!
 //! The store depends on the domain types and sqlx, nothing above them. It
 //! does not say what its callers need: each caller declares the narrow
-//! trait it uses and implements it for [`SqlStore`] beside the trait, from
-//! the methods here (`service::ServiceStore` and its per-resource parts,
+//! trait it uses with [`store_trait!`], which implements it for
+//! [`SqlStore`] by calling the method of the same name here
+//! (`service::ServiceStore` and its per-resource parts,
 //! `snapshot::SnapshotStore`, `provision::WorkerStore`,
 //! `billing::BillingStore`). The store stores what it is given; validation
 //! and diffs are the services' business.
@@ -67,6 +68,42 @@ use sqlx::migrate::Migrator;
 use sqlx::AnyPool;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Declares a caller's narrow storage trait (an `#[async_trait]` trait of
+/// `async fn`s) and implements it for [`SqlStore`] by calling the store's
+/// inherent method of the same name with the same arguments. So each
+/// signature is written once, by the caller that owns the trait, and the
+/// SQL has one implementation.
+macro_rules! store_trait {
+    (
+        $(#[$attr:meta])*
+        $vis:vis trait $name:ident: $($bound:ident)::+ $(+ $($bounds:ident)::+)* {
+            $(
+                $(#[$fn_attr:meta])*
+                async fn $fn:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty;
+            )*
+        }
+    ) => {
+        $(#[$attr])*
+        #[async_trait::async_trait]
+        $vis trait $name: $($bound)::+ $(+ $($bounds)::+)* {
+            $(
+                $(#[$fn_attr])*
+                async fn $fn(&self $(, $arg: $ty)*) -> $ret;
+            )*
+        }
+
+        #[async_trait::async_trait]
+        impl $name for $crate::store::SqlStore {
+            $(
+                async fn $fn(&self $(, $arg: $ty)*) -> $ret {
+                    $crate::store::SqlStore::$fn(self $(, $arg)*).await
+                }
+            )*
+        }
+    };
+}
+pub(crate) use store_trait;
 
 /// What went wrong in the database, in terms the services can act on.
 #[derive(Debug, thiserror::Error)]

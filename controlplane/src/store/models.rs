@@ -1,12 +1,12 @@
 //! `models`: the models clients may name, their provider, aliases,
 //! fallbacks and prices.
 
-use super::query::{json, records, to_json, Row, Rows};
+use super::query::{fetch_records, record, to_json, Rows};
 use super::{Range, SqlStore, StoreError};
 use crate::domain::{AuditEntry, Model};
 use sqlx::AnyConnection;
 
-/// The columns [`ModelRow`] reads.
+/// The columns a [`Model`] is read from.
 macro_rules! columns {
     () => {
         "id, name, provider, upstream_name, aliases, fallbacks, input_price_per_mtok, \
@@ -14,48 +14,15 @@ macro_rules! columns {
     };
 }
 
-#[derive(sqlx::FromRow)]
-struct ModelRow {
-    id: String,
-    name: String,
-    provider: String,
-    upstream_name: Option<String>,
-    aliases: String,
-    fallbacks: String,
-    input_price_per_mtok: f64,
-    output_price_per_mtok: f64,
-    created_at: i64,
-    updated_at: i64,
-}
-
-impl Row for ModelRow {
-    type Record = Model;
-}
-
-impl TryFrom<ModelRow> for Model {
-    type Error = StoreError;
-
-    fn try_from(r: ModelRow) -> Result<Self, StoreError> {
-        Ok(Model {
-            aliases: json("models.aliases", &r.aliases)?,
-            fallbacks: json("models.fallbacks", &r.fallbacks)?,
-            id: r.id,
-            name: r.name,
-            provider: r.provider,
-            upstream_name: r.upstream_name,
-            input_price_per_mtok: r.input_price_per_mtok,
-            output_price_per_mtok: r.output_price_per_mtok,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        })
-    }
-}
+record!(Model in "models" {
+    id, name, provider, upstream_name, aliases: json, fallbacks: json,
+    input_price_per_mtok, output_price_per_mtok, created_at, updated_at,
+});
 
 /// Every model, by id.
 pub(super) async fn all(conn: &mut AnyConnection) -> Result<Vec<Model>, StoreError> {
     const SQL: &str = concat!("SELECT ", columns!(), " FROM models ORDER BY id");
-    let rows: Vec<ModelRow> = sqlx::query_as(SQL).fetch_all(conn).await?;
-    records(rows)
+    fetch_records(sqlx::query(SQL), conn).await
 }
 
 impl SqlStore {
@@ -106,7 +73,7 @@ impl SqlStore {
             columns!(),
             " FROM models WHERE id = $1 OR name = $1"
         );
-        self.find::<ModelRow>(SQL, id_or_name).await
+        self.find(SQL, id_or_name).await
     }
 
     pub async fn list_models(&self, range: &Range) -> Result<Vec<Model>, StoreError> {
@@ -115,6 +82,6 @@ impl SqlStore {
             columns!(),
             " FROM models WHERE id > $1 ORDER BY id LIMIT $2"
         );
-        self.page::<ModelRow>(SQL, &[], range).await
+        self.page(SQL, &[], range).await
     }
 }

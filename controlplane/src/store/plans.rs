@@ -1,51 +1,25 @@
 //! `plans`: named limit sets users are on (`users.plan` names one).
 
-use super::query::{json, records, to_json, Row, Rows};
+use super::query::{fetch_records, record, to_json, Rows};
 use super::{Range, SqlStore, StoreError};
 use crate::domain::{AuditEntry, Plan};
 use sqlx::AnyConnection;
 
-/// The columns [`PlanRow`] reads.
+/// The columns a [`Plan`] is read from.
 macro_rules! columns {
     () => {
         "id, name, description, limits, created_at, updated_at"
     };
 }
 
-#[derive(sqlx::FromRow)]
-struct PlanRow {
-    id: String,
-    name: String,
-    description: String,
-    limits: String,
-    created_at: i64,
-    updated_at: i64,
-}
-
-impl Row for PlanRow {
-    type Record = Plan;
-}
-
-impl TryFrom<PlanRow> for Plan {
-    type Error = StoreError;
-
-    fn try_from(r: PlanRow) -> Result<Self, StoreError> {
-        Ok(Plan {
-            limits: json("plans.limits", &r.limits)?,
-            id: r.id,
-            name: r.name,
-            description: r.description,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        })
-    }
-}
+record!(Plan in "plans" {
+    id, name, description, limits: json, created_at, updated_at,
+});
 
 /// Every plan, by id.
 pub(super) async fn all(conn: &mut AnyConnection) -> Result<Vec<Plan>, StoreError> {
     const SQL: &str = concat!("SELECT ", columns!(), " FROM plans ORDER BY id");
-    let rows: Vec<PlanRow> = sqlx::query_as(SQL).fetch_all(conn).await?;
-    records(rows)
+    fetch_records(sqlx::query(SQL), conn).await
 }
 
 impl SqlStore {
@@ -89,7 +63,7 @@ impl SqlStore {
             columns!(),
             " FROM plans WHERE id = $1 OR name = $1"
         );
-        self.find::<PlanRow>(SQL, id_or_name).await
+        self.find(SQL, id_or_name).await
     }
 
     pub async fn list_plans(&self, range: &Range) -> Result<Vec<Plan>, StoreError> {
@@ -98,6 +72,6 @@ impl SqlStore {
             columns!(),
             " FROM plans WHERE id > $1 ORDER BY id LIMIT $2"
         );
-        self.page::<PlanRow>(SQL, &[], range).await
+        self.page(SQL, &[], range).await
     }
 }

@@ -1,48 +1,32 @@
 //! `providers`: upstream providers with their master keys sealed.
 
-use super::query::{named, records, Row, Rows};
+use super::query::{fetch_records, Columns, Record, Rows};
 use super::{Range, SqlStore, StoreError};
 use crate::domain::{AuditEntry, Provider, ProviderKind, SealedProvider};
 use sqlx::AnyConnection;
 
-/// The columns [`ProviderRow`] reads.
+/// The columns a [`SealedProvider`] is read from.
 macro_rules! columns {
     () => {
         "id, name, kind, base_url, keys_sealed, key_count, created_at, updated_at"
     };
 }
 
-#[derive(sqlx::FromRow)]
-struct ProviderRow {
-    id: String,
-    name: String,
-    kind: String,
-    base_url: String,
-    keys_sealed: String,
-    key_count: i64,
-    created_at: i64,
-    updated_at: i64,
-}
+impl Record for SealedProvider {
+    const TABLE: &'static str = "providers";
 
-impl Row for ProviderRow {
-    type Record = SealedProvider;
-}
-
-impl TryFrom<ProviderRow> for SealedProvider {
-    type Error = StoreError;
-
-    fn try_from(r: ProviderRow) -> Result<Self, StoreError> {
+    fn read(c: &Columns<'_>) -> Result<Self, StoreError> {
         Ok(SealedProvider {
             provider: Provider {
-                kind: named("providers.kind", &r.kind, ProviderKind::parse)?,
-                id: r.id,
-                name: r.name,
-                base_url: r.base_url,
-                key_count: r.key_count,
-                created_at: r.created_at,
-                updated_at: r.updated_at,
+                id: c.get("id")?,
+                name: c.get("name")?,
+                kind: c.named("kind", ProviderKind::parse)?,
+                base_url: c.get("base_url")?,
+                key_count: c.get("key_count")?,
+                created_at: c.get("created_at")?,
+                updated_at: c.get("updated_at")?,
             },
-            keys_sealed: r.keys_sealed,
+            keys_sealed: c.get("keys_sealed")?,
         })
     }
 }
@@ -50,8 +34,7 @@ impl TryFrom<ProviderRow> for SealedProvider {
 /// Every provider, by id.
 pub(super) async fn all(conn: &mut AnyConnection) -> Result<Vec<SealedProvider>, StoreError> {
     const SQL: &str = concat!("SELECT ", columns!(), " FROM providers ORDER BY id");
-    let rows: Vec<ProviderRow> = sqlx::query_as(SQL).fetch_all(conn).await?;
-    records(rows)
+    fetch_records(sqlx::query(SQL), conn).await
 }
 
 impl SqlStore {
@@ -105,7 +88,7 @@ impl SqlStore {
             columns!(),
             " FROM providers WHERE id = $1 OR name = $1"
         );
-        self.find::<ProviderRow>(SQL, id_or_name).await
+        self.find(SQL, id_or_name).await
     }
 
     pub async fn list_providers(&self, range: &Range) -> Result<Vec<SealedProvider>, StoreError> {
@@ -114,6 +97,6 @@ impl SqlStore {
             columns!(),
             " FROM providers WHERE id > $1 ORDER BY id LIMIT $2"
         );
-        self.page::<ProviderRow>(SQL, &[], range).await
+        self.page(SQL, &[], range).await
     }
 }

@@ -1,23 +1,132 @@
-//! What every resource's SQL shares: reading columns into domain types
-//! (JSON text, text enums), a change written with its audit entry in one
-//! transaction, a record by key, a page of a list.
+//! What every resource's SQL shares: reading a row's columns into a
+//! domain record ([`Record`], [`Columns`]: plain values, JSON text, text
+//! enums), a change written with its audit entry in one transaction, a
+//! record by key, a page of a list.
 
 use super::{audit, Range, SqlStore, StoreError};
 use crate::domain::AuditEntry;
 use sqlx::any::{AnyArguments, AnyQueryResult, AnyRow};
+use sqlx::{Any, AnyConnection, Row};
 
 pub(super) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, AnyArguments<'q>>;
 
-/// A row type and the domain type it becomes.
-pub(super) trait Row: for<'r> sqlx::FromRow<'r, AnyRow> + Send + Unpin {
-    type Record: TryFrom<Self, Error = StoreError>;
+/// A domain record stored as one row, read straight from the row's
+/// columns by name ([`record!`] for the plain ones), so its fields are
+/// listed once.
+pub(super) trait Record: Sized {
+    /// The table, for messages about corrupt values (`users.status: ...`).
+    const TABLE: &'static str;
+    fn read(columns: &Columns<'_>) -> Result<Self, StoreError>;
+}
+
+/// Implements [`Record`] for a domain struct whose fields are each read
+/// from the column of the same name in `table`: `field` as the driver
+/// decodes it, `field: json` from JSON text, `field: json_or_null` from
+/// nullable JSON text, `field: named(parse)` from a `text_enum!`'s name.
+/// (sqlx's `FromRow` derive cannot decode those on the `Any` driver; this
+/// reads them without a row struct mirroring the record.)
+macro_rules! record {
+    ($record:ident in $table:literal {
+        $($field:ident $(: $how:ident $(($parse:path))?)?),+ $(,)?
+    }) => {
+        impl $crate::store::query::Record for $record {
+            const TABLE: &'static str = $table;
+
+            fn read(
+                c: &$crate::store::query::Columns<'_>,
+            ) -> Result<Self, $crate::store::StoreError> {
+                Ok($record {
+                    $($field: record!(@column c, $field $(, $how $(, $parse)?)?)?,)+
+                })
+            }
+        }
+    };
+    (@column $c:ident, $field:ident) => {
+        $c.get(stringify!($field))
+    };
+    (@column $c:ident, $field:ident, $how:ident) => {
+        $c.$how(stringify!($field))
+    };
+    (@column $c:ident, $field:ident, $how:ident, $parse:path) => {
+        $c.$how(stringify!($field), $parse)
+    };
+}
+pub(super) use record;
+
+/// One row's columns, as a [`Record`] reads them.
+pub(super) struct Columns<'r> {
+    row: &'r AnyRow,
+    table: &'static str,
+}
+
+impl<'r> Columns<'r> {
+    /// A column the `Any` driver decodes as is: text, BIGINT, DOUBLE
+    /// PRECISION, and NULL as `None`.
+    pub(super) fn get<T>(&self, column: &str) -> Result<T, StoreError>
+    where
+        T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
+    {
+        Ok(self.row.try_get(column)?)
+    }
+
+    /// A text column holding one of a `text_enum!`'s names.
+    pub(super) fn named<T>(
+        &self,
+        column: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<T, StoreError> {
+        let text: String = self.get(column)?;
+        named(&self.path(column), &text, parse)
+    }
+
+    /// A JSON text column.
+    pub(super) fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        column: &str,
+    ) -> Result<T, StoreError> {
+        let text: String = self.get(column)?;
+        json(&self.path(column), &text)
+    }
+
+    /// A nullable JSON text column.
+    pub(super) fn json_or_null<T: serde::de::DeserializeOwned>(
+        &self,
+        column: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let text: Option<String> = self.get(column)?;
+        text.map(|t| json(&self.path(column), &t)).transpose()
+    }
+
+    fn path(&self, column: &str) -> String {
+        format!("{}.{column}", self.table)
+    }
+}
+
+/// `row` read as an `R`.
+pub(super) fn from_row<R: Record>(row: &AnyRow) -> Result<R, StoreError> {
+    R::read(&Columns {
+        row,
+        table: R::TABLE,
+    })
+}
+
+pub(super) fn records<R: Record>(rows: &[AnyRow]) -> Result<Vec<R>, StoreError> {
+    rows.iter().map(from_row).collect()
+}
+
+/// Every record `query` selects, read on `conn` (inside a transaction).
+pub(super) async fn fetch_records<R: Record>(
+    query: AnyQuery<'_>,
+    conn: &mut AnyConnection,
+) -> Result<Vec<R>, StoreError> {
+    records(&query.fetch_all(conn).await?)
 }
 
 pub(super) fn corrupt(field: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("{field}: unexpected value {value:?}"))
 }
 
-/// A text column holding one of a `text_enum!`'s names.
+/// Text holding one of a `text_enum!`'s names.
 pub(super) fn named<T>(
     field: &str,
     value: &str,
@@ -26,7 +135,7 @@ pub(super) fn named<T>(
     parse(value).ok_or_else(|| corrupt(field, value))
 }
 
-/// A JSON text column.
+/// JSON text.
 pub(super) fn json<T: serde::de::DeserializeOwned>(
     field: &str,
     text: &str,
@@ -43,10 +152,6 @@ pub(super) fn to_json<T: serde::Serialize>(value: &T) -> String {
 /// Saturate a counter into the database's signed 64-bit range.
 pub(super) fn i64_of(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-pub(super) fn records<R: Row>(rows: Vec<R>) -> Result<Vec<R::Record>, StoreError> {
-    rows.into_iter().map(R::Record::try_from).collect()
 }
 
 /// Fail with `NotFound` when a targeted write touched no row.
@@ -87,27 +192,27 @@ impl SqlStore {
     }
 
     /// The record `sql` selects with `key` as `$1`, if any.
-    pub(super) async fn find<R: Row>(
+    pub(super) async fn find<R: Record>(
         &self,
         sql: &'static str,
         key: &str,
-    ) -> Result<Option<R::Record>, StoreError> {
-        let row: Option<R> = sqlx::query_as(sql)
+    ) -> Result<Option<R>, StoreError> {
+        let row = sqlx::query(sql)
             .bind(key)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(R::Record::try_from).transpose()
+        row.as_ref().map(from_row).transpose()
     }
 
     /// One page of a list: `sql` takes the `filters` as its first binds,
     /// then the range's cursor (`''` for the start) and its limit.
-    pub(super) async fn page<R: Row>(
+    pub(super) async fn page<R: Record>(
         &self,
         sql: &'static str,
         filters: &[&str],
         range: &Range,
-    ) -> Result<Vec<R::Record>, StoreError> {
-        let mut query = sqlx::query_as::<_, R>(sql);
+    ) -> Result<Vec<R>, StoreError> {
+        let mut query = sqlx::query(sql);
         for filter in filters {
             query = query.bind(*filter);
         }
@@ -116,6 +221,6 @@ impl SqlStore {
             .bind(range.limit)
             .fetch_all(&self.pool)
             .await?;
-        records(rows)
+        records(&rows)
     }
 }

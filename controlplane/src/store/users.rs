@@ -1,71 +1,32 @@
 //! `users`: who may use the gateway, on which plan, with which overrides
 //! and Stripe customer.
 
-use super::query::{json, named, records, to_json, Row, Rows};
+use super::query::{fetch_records, record, to_json, Columns, Record, Rows};
 use super::snapshot::UserLimits;
 use super::{Range, SqlStore, StoreError};
-use crate::domain::{AuditEntry, LimitOverrides, User, UserStatus};
+use crate::domain::{AuditEntry, User, UserStatus};
 use sqlx::AnyConnection;
 
-/// The columns [`UserRow`] reads.
+/// The columns a [`User`] is read from.
 macro_rules! columns {
     () => {
         "id, email, status, plan, stripe_customer_id, limits, created_at, updated_at"
     };
 }
 
-#[derive(sqlx::FromRow)]
-struct UserRow {
-    id: String,
-    email: String,
-    status: String,
-    plan: Option<String>,
-    stripe_customer_id: Option<String>,
-    limits: String,
-    created_at: i64,
-    updated_at: i64,
-}
+record!(User in "users" {
+    id, email, status: named(UserStatus::parse), plan, stripe_customer_id, limits: json,
+    created_at, updated_at,
+});
 
-impl Row for UserRow {
-    type Record = User;
-}
+impl Record for UserLimits {
+    const TABLE: &'static str = "users";
 
-impl TryFrom<UserRow> for User {
-    type Error = StoreError;
-
-    fn try_from(r: UserRow) -> Result<Self, StoreError> {
-        Ok(User {
-            status: named("users.status", &r.status, UserStatus::parse)?,
-            limits: json::<LimitOverrides>("users.limits", &r.limits)?,
-            id: r.id,
-            email: r.email,
-            plan: r.plan,
-            stripe_customer_id: r.stripe_customer_id,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct UserLimitsRow {
-    id: String,
-    plan: Option<String>,
-    limits: String,
-}
-
-impl Row for UserLimitsRow {
-    type Record = UserLimits;
-}
-
-impl TryFrom<UserLimitsRow> for UserLimits {
-    type Error = StoreError;
-
-    fn try_from(r: UserLimitsRow) -> Result<Self, StoreError> {
+    fn read(c: &Columns<'_>) -> Result<Self, StoreError> {
         Ok(UserLimits {
-            overrides: json::<LimitOverrides>("users.limits", &r.limits)?,
-            user_id: r.id,
-            plan: r.plan,
+            user_id: c.get("id")?,
+            plan: c.get("plan")?,
+            overrides: c.json("limits")?,
         })
     }
 }
@@ -75,12 +36,11 @@ impl TryFrom<UserLimitsRow> for UserLimits {
 pub(super) async fn limited(conn: &mut AnyConnection) -> Result<Vec<UserLimits>, StoreError> {
     // `limits <> '{}'` is a cheap pre-filter; rows whose overrides parse to
     // nothing are dropped below.
-    let rows: Vec<UserLimitsRow> = sqlx::query_as(
+    let query = sqlx::query(
         "SELECT id, plan, limits FROM users WHERE plan IS NOT NULL OR limits <> '{}' ORDER BY id",
-    )
-    .fetch_all(conn)
-    .await?;
-    Ok(records(rows)?
+    );
+    Ok(fetch_records::<UserLimits>(query, conn)
+        .await?
         .into_iter()
         .filter(|u| u.plan.is_some() || !u.overrides.is_empty())
         .collect())
@@ -121,7 +81,7 @@ impl SqlStore {
 
     pub async fn get_user(&self, id: &str) -> Result<Option<User>, StoreError> {
         const SQL: &str = concat!("SELECT ", columns!(), " FROM users WHERE id = $1");
-        self.find::<UserRow>(SQL, id).await
+        self.find(SQL, id).await
     }
 
     pub async fn list_users(&self, range: &Range) -> Result<Vec<User>, StoreError> {
@@ -130,7 +90,7 @@ impl SqlStore {
             columns!(),
             " FROM users WHERE id > $1 ORDER BY id LIMIT $2"
         );
-        self.page::<UserRow>(SQL, &[], range).await
+        self.page(SQL, &[], range).await
     }
 
     /// The user whose Stripe customer id this is.
