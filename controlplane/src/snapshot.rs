@@ -16,7 +16,7 @@ use crate::crypto::Cipher;
 use crate::domain::BotRecord;
 use crate::domain::{now_ms, Millis, Plan, SealedProvider};
 use crate::metrics::Metrics;
-use crate::store::{SnapshotSource, SqlStore, StoreError, UserLimits};
+use crate::store::{store_trait, SnapshotSource, StoreError, UserLimits};
 use bytes::Bytes;
 use molt_config::limits::{RawLimitSet, RawUserLimits};
 use molt_config::wire::{
@@ -28,29 +28,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{watch, Mutex};
 
-/// What the snapshot compiler reads and writes in storage.
-#[async_trait::async_trait]
-pub trait SnapshotStore: std::fmt::Debug + Send + Sync {
-    /// Everything the config snapshot needs, as of `now`, in one read.
-    async fn snapshot_source(&self, now: Millis) -> Result<SnapshotSource, StoreError>;
-    /// Running bots of active users.
-    async fn running_bots(&self) -> Result<Vec<BotRecord>, StoreError>;
-    /// Increment and return the persisted config version.
-    async fn bump_config_version(&self) -> Result<u64, StoreError>;
-}
-
-#[async_trait::async_trait]
-impl SnapshotStore for SqlStore {
-    async fn snapshot_source(&self, now: Millis) -> Result<SnapshotSource, StoreError> {
-        SqlStore::snapshot_source(self, now).await
-    }
-
-    async fn running_bots(&self) -> Result<Vec<BotRecord>, StoreError> {
-        SqlStore::running_bots(self).await
-    }
-
-    async fn bump_config_version(&self) -> Result<u64, StoreError> {
-        SqlStore::bump_config_version(self).await
+store_trait! {
+    /// What the snapshot compiler reads and writes in storage.
+    pub trait SnapshotStore: std::fmt::Debug + Send + Sync {
+        /// Everything the config snapshot needs, as of `now`, in one read.
+        async fn snapshot_source(&self, now: Millis) -> Result<SnapshotSource, StoreError>;
+        /// Running bots of active users.
+        async fn running_bots(&self) -> Result<Vec<BotRecord>, StoreError>;
+        /// Increment and return the persisted config version.
+        async fn bump_config_version(&self) -> Result<u64, StoreError>;
     }
 }
 

@@ -4,123 +4,59 @@
 //! `usage_events` table's one owner, so billing writes no SQL of its own.
 
 use crate::domain::{MeterReport, Millis, ReportStatus};
+use crate::store::{store_trait, StoreError};
 pub use crate::store::{HandledEvent, OpenWindow, UserTokens};
-use crate::store::{SqlStore, StoreError};
 
 /// Turns (seq, value) into the report to store for a window.
 pub type MakeReport<'a> = dyn Fn(i64, i64) -> MeterReport + Send + Sync + 'a;
 
-/// Storage as billing uses it: webhook deliveries, the grace period, meter
-/// reports and the usage they cover.
-#[async_trait::async_trait]
-pub trait BillingStore: std::fmt::Debug + Send + Sync {
-    /// Whether a Stripe event id has been handled.
-    async fn event_seen(&self, id: &str) -> Result<bool, StoreError>;
-    /// Record a handled event; false if it was already recorded.
-    async fn record_event(&self, event: &HandledEvent<'_>) -> Result<bool, StoreError>;
-    /// The user whose Stripe customer id this is.
-    async fn user_by_customer(&self, customer: &str) -> Result<Option<String>, StoreError>;
-    /// Start the grace period (kept if already running).
-    async fn mark_past_due(&self, user_id: &str, since: Millis) -> Result<(), StoreError>;
-    async fn clear_past_due(&self, user_id: &str) -> Result<(), StoreError>;
-    /// Users past due since before `before`.
-    async fn past_due_before(&self, before: Millis) -> Result<Vec<String>, StoreError>;
-    /// Users with a Stripe customer and unreported usage in windows that
-    /// ended by `closed_before`, with each window's start.
-    async fn open_windows(
-        &self,
-        window_ms: i64,
-        closed_before: Millis,
-    ) -> Result<Vec<OpenWindow>, StoreError>;
-    /// In one transaction: claim the window's unreported usage rows and
-    /// store the report `make` gives for their token sum. `None` when
-    /// another flush claimed the rows first.
-    async fn create_report(
-        &self,
-        window: &OpenWindow,
-        window_ms: i64,
-        event_name: &str,
-        now: Millis,
-        make: &MakeReport<'_>,
-    ) -> Result<Option<MeterReport>, StoreError>;
-    /// Reports still to send, oldest window first.
-    async fn pending_reports(&self) -> Result<Vec<MeterReport>, StoreError>;
-    /// Move a pending report to `status`, or keep it pending with a new
-    /// attempt count and error.
-    async fn finish_report(
-        &self,
-        identifier: &str,
-        status: ReportStatus,
-        attempts: i64,
-        error: Option<&str>,
-        now: Millis,
-    ) -> Result<(), StoreError>;
-    /// Per user, tokens of usage rows with `from <= timestamp < to`, and
-    /// how they stand with Stripe.
-    async fn reconcile(&self, from: Millis, to: Millis) -> Result<Vec<UserTokens>, StoreError>;
-}
-
-#[async_trait::async_trait]
-impl BillingStore for SqlStore {
-    async fn event_seen(&self, id: &str) -> Result<bool, StoreError> {
-        SqlStore::event_seen(self, id).await
-    }
-
-    async fn record_event(&self, e: &HandledEvent<'_>) -> Result<bool, StoreError> {
-        SqlStore::record_event(self, e).await
-    }
-
-    async fn user_by_customer(&self, customer: &str) -> Result<Option<String>, StoreError> {
-        SqlStore::user_by_customer(self, customer).await
-    }
-
-    async fn mark_past_due(&self, user_id: &str, since: Millis) -> Result<(), StoreError> {
-        SqlStore::mark_past_due(self, user_id, since).await
-    }
-
-    async fn clear_past_due(&self, user_id: &str) -> Result<(), StoreError> {
-        SqlStore::clear_past_due(self, user_id).await
-    }
-
-    async fn past_due_before(&self, before: Millis) -> Result<Vec<String>, StoreError> {
-        SqlStore::past_due_before(self, before).await
-    }
-
-    async fn open_windows(
-        &self,
-        window_ms: i64,
-        closed_before: Millis,
-    ) -> Result<Vec<OpenWindow>, StoreError> {
-        SqlStore::open_windows(self, window_ms, closed_before).await
-    }
-
-    async fn create_report(
-        &self,
-        window: &OpenWindow,
-        window_ms: i64,
-        event_name: &str,
-        now: Millis,
-        make: &MakeReport<'_>,
-    ) -> Result<Option<MeterReport>, StoreError> {
-        SqlStore::create_report(self, window, window_ms, event_name, now, make).await
-    }
-
-    async fn pending_reports(&self) -> Result<Vec<MeterReport>, StoreError> {
-        SqlStore::pending_reports(self).await
-    }
-
-    async fn finish_report(
-        &self,
-        identifier: &str,
-        status: ReportStatus,
-        attempts: i64,
-        error: Option<&str>,
-        now: Millis,
-    ) -> Result<(), StoreError> {
-        SqlStore::finish_report(self, identifier, status, attempts, error, now).await
-    }
-
-    async fn reconcile(&self, from: Millis, to: Millis) -> Result<Vec<UserTokens>, StoreError> {
-        SqlStore::reconcile(self, from, to).await
+store_trait! {
+    /// Storage as billing uses it: webhook deliveries, the grace period, meter
+    /// reports and the usage they cover.
+    pub trait BillingStore: std::fmt::Debug + Send + Sync {
+        /// Whether a Stripe event id has been handled.
+        async fn event_seen(&self, id: &str) -> Result<bool, StoreError>;
+        /// Record a handled event; false if it was already recorded.
+        async fn record_event(&self, event: &HandledEvent<'_>) -> Result<bool, StoreError>;
+        /// The user whose Stripe customer id this is.
+        async fn user_by_customer(&self, customer: &str) -> Result<Option<String>, StoreError>;
+        /// Start the grace period (kept if already running).
+        async fn mark_past_due(&self, user_id: &str, since: Millis) -> Result<(), StoreError>;
+        async fn clear_past_due(&self, user_id: &str) -> Result<(), StoreError>;
+        /// Users past due since before `before`.
+        async fn past_due_before(&self, before: Millis) -> Result<Vec<String>, StoreError>;
+        /// Users with a Stripe customer and unreported usage in windows that
+        /// ended by `closed_before`, with each window's start.
+        async fn open_windows(
+            &self,
+            window_ms: i64,
+            closed_before: Millis,
+        ) -> Result<Vec<OpenWindow>, StoreError>;
+        /// In one transaction: claim the window's unreported usage rows and
+        /// store the report `make` gives for their token sum. `None` when
+        /// another flush claimed the rows first.
+        async fn create_report(
+            &self,
+            window: &OpenWindow,
+            window_ms: i64,
+            event_name: &str,
+            now: Millis,
+            make: &MakeReport<'_>,
+        ) -> Result<Option<MeterReport>, StoreError>;
+        /// Reports still to send, oldest window first.
+        async fn pending_reports(&self) -> Result<Vec<MeterReport>, StoreError>;
+        /// Move a pending report to `status`, or keep it pending with a new
+        /// attempt count and error.
+        async fn finish_report(
+            &self,
+            identifier: &str,
+            status: ReportStatus,
+            attempts: i64,
+            error: Option<&str>,
+            now: Millis,
+        ) -> Result<(), StoreError>;
+        /// Per user, tokens of usage rows with `from <= timestamp < to`, and
+        /// how they stand with Stripe.
+        async fn reconcile(&self, from: Millis, to: Millis) -> Result<Vec<UserTokens>, StoreError>;
     }
 }

@@ -6,7 +6,7 @@ use super::{audit_entry, not_found, paginate, range, Operator, Service, ServiceE
 use crate::crypto::{new_admin_token, sha256_hex};
 use crate::domain::AuditEntry;
 use crate::domain::{new_id, now_ms, AdminToken, Millis, Page, PageRequest, Role, UserStatus};
-use crate::store::{Range, SqlStore, StoreError};
+use crate::store::{store_trait, Range, StoreError};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -66,51 +66,24 @@ fn same_digest(a: &str, b: &str) -> bool {
             == 0
 }
 
-/// Operator tokens, as operator auth uses them.
-#[async_trait::async_trait]
-pub trait AdminTokenStore: Send + Sync {
-    async fn insert_admin_token(
-        &self,
-        token: &AdminToken,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError>;
-    /// `NotFound` if there is no such unrevoked token.
-    async fn revoke_admin_token(
-        &self,
-        id: &str,
-        at: Millis,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError>;
-    /// An unrevoked token with this hash.
-    async fn admin_token_by_hash(&self, sha256: &str) -> Result<Option<AdminToken>, StoreError>;
-    async fn list_admin_tokens(&self, range: &Range) -> Result<Vec<AdminToken>, StoreError>;
-}
-
-#[async_trait::async_trait]
-impl AdminTokenStore for SqlStore {
-    async fn insert_admin_token(
-        &self,
-        token: &AdminToken,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError> {
-        SqlStore::insert_admin_token(self, token, audit).await
-    }
-
-    async fn revoke_admin_token(
-        &self,
-        id: &str,
-        at: Millis,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError> {
-        SqlStore::revoke_admin_token(self, id, at, audit).await
-    }
-
-    async fn admin_token_by_hash(&self, sha256: &str) -> Result<Option<AdminToken>, StoreError> {
-        SqlStore::admin_token_by_hash(self, sha256).await
-    }
-
-    async fn list_admin_tokens(&self, range: &Range) -> Result<Vec<AdminToken>, StoreError> {
-        SqlStore::list_admin_tokens(self, range).await
+store_trait! {
+    /// Operator tokens, as operator auth uses them.
+    pub trait AdminTokenStore: Send + Sync {
+        async fn insert_admin_token(
+            &self,
+            token: &AdminToken,
+            audit: &AuditEntry,
+        ) -> Result<(), StoreError>;
+        /// `NotFound` if there is no such unrevoked token.
+        async fn revoke_admin_token(
+            &self,
+            id: &str,
+            at: Millis,
+            audit: &AuditEntry,
+        ) -> Result<(), StoreError>;
+        /// An unrevoked token with this hash.
+        async fn admin_token_by_hash(&self, sha256: &str) -> Result<Option<AdminToken>, StoreError>;
+        async fn list_admin_tokens(&self, range: &Range) -> Result<Vec<AdminToken>, StoreError>;
     }
 }
 
@@ -219,11 +192,7 @@ impl Service {
                 "ttl_seconds must be between 1 and {max}"
             )));
         }
-        let user = self
-            .store
-            .get_user(&req.user_id)
-            .await?
-            .ok_or_else(|| not_found("user", &req.user_id))?;
+        let user = self.get_user(op, &req.user_id).await?;
         if user.status != UserStatus::Active {
             return Err(ServiceError::Conflict(format!(
                 "user {:?} is {}, not active",

@@ -10,8 +10,7 @@ use super::{audit_entry, not_found, paginate, range, Operator, Service, ServiceE
 use crate::domain::AuditEntry;
 use crate::domain::{new_id, now_ms, Page, PageRequest};
 use crate::provision::{bot_name, Bot, BotRecord, BotStatus, Desired};
-use crate::store::StoreError;
-use crate::store::{Range, SqlStore, WishChange};
+use crate::store::{store_trait, Range, StoreError, WishChange};
 use rand::RngCore;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -83,52 +82,25 @@ fn new_gateway_token() -> String {
     hex::encode(bytes)
 }
 
-/// Bots, as the bot services use them (the worker's slice is
-/// [`crate::provision::WorkerStore`]).
-#[async_trait::async_trait]
-pub trait BotWishStore: Send + Sync {
-    async fn insert_bot(&self, bot: &BotRecord, audit: &AuditEntry) -> Result<(), StoreError>;
-    async fn get_bot(&self, id: &str) -> Result<Option<BotRecord>, StoreError>;
-    /// A page of bots, of one user's only when `user_id` is given.
-    async fn list_bots(
-        &self,
-        user_id: Option<&str>,
-        range: &Range,
-    ) -> Result<Vec<BotRecord>, StoreError>;
-    /// `NotFound` when the bot is no longer in `change.from`.
-    async fn change_wish(
-        &self,
-        id: &str,
-        change: &WishChange,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError>;
-}
-
-#[async_trait::async_trait]
-impl BotWishStore for SqlStore {
-    async fn insert_bot(&self, bot: &BotRecord, audit: &AuditEntry) -> Result<(), StoreError> {
-        SqlStore::insert_bot(self, bot, audit).await
-    }
-
-    async fn get_bot(&self, id: &str) -> Result<Option<BotRecord>, StoreError> {
-        SqlStore::get_bot(self, id).await
-    }
-
-    async fn list_bots(
-        &self,
-        user_id: Option<&str>,
-        range: &Range,
-    ) -> Result<Vec<BotRecord>, StoreError> {
-        SqlStore::list_bots(self, user_id, range).await
-    }
-
-    async fn change_wish(
-        &self,
-        id: &str,
-        change: &WishChange,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError> {
-        SqlStore::change_wish(self, id, change, audit).await
+store_trait! {
+    /// Bots, as the bot services use them (the worker's slice is
+    /// [`crate::provision::WorkerStore`]).
+    pub trait BotWishStore: Send + Sync {
+        async fn insert_bot(&self, bot: &BotRecord, audit: &AuditEntry) -> Result<(), StoreError>;
+        async fn get_bot(&self, id: &str) -> Result<Option<BotRecord>, StoreError>;
+        /// A page of bots, of one user's only when `user_id` is given.
+        async fn list_bots(
+            &self,
+            user_id: Option<&str>,
+            range: &Range,
+        ) -> Result<Vec<BotRecord>, StoreError>;
+        /// `NotFound` when the bot is no longer in `change.from`.
+        async fn change_wish(
+            &self,
+            id: &str,
+            change: &WishChange,
+            audit: &AuditEntry,
+        ) -> Result<(), StoreError>;
     }
 }
 

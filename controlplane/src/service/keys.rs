@@ -5,7 +5,7 @@ use super::{audit_entry, not_found, paginate, range, Operator, Service, ServiceE
 use crate::crypto::{new_api_key, sha256_hex};
 use crate::domain::AuditEntry;
 use crate::domain::{new_id, now_ms, ApiKey, Millis, Page, PageRequest};
-use crate::store::{Range, SqlStore, StoreError};
+use crate::store::{store_trait, Range, StoreError};
 use molt_config::wire::RawKey;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -34,51 +34,24 @@ pub struct CreatedKey {
     pub secret: String,
 }
 
-/// Client keys, as the key services use them.
-#[async_trait::async_trait]
-pub trait KeyStore: Send + Sync {
-    async fn insert_api_key(&self, key: &ApiKey, audit: &AuditEntry) -> Result<(), StoreError>;
-    /// Set `revoked_at` on an unrevoked key; `NotFound` if there is none.
-    async fn revoke_api_key(
-        &self,
-        id: &str,
-        at: Millis,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError>;
-    async fn get_api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError>;
-    /// A page of keys, of one user's only when `user_id` is given.
-    async fn list_api_keys(
-        &self,
-        user_id: Option<&str>,
-        range: &Range,
-    ) -> Result<Vec<ApiKey>, StoreError>;
-}
-
-#[async_trait::async_trait]
-impl KeyStore for SqlStore {
-    async fn insert_api_key(&self, key: &ApiKey, audit: &AuditEntry) -> Result<(), StoreError> {
-        SqlStore::insert_api_key(self, key, audit).await
-    }
-
-    async fn revoke_api_key(
-        &self,
-        id: &str,
-        at: Millis,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError> {
-        SqlStore::revoke_api_key(self, id, at, audit).await
-    }
-
-    async fn get_api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
-        SqlStore::get_api_key(self, id).await
-    }
-
-    async fn list_api_keys(
-        &self,
-        user_id: Option<&str>,
-        range: &Range,
-    ) -> Result<Vec<ApiKey>, StoreError> {
-        SqlStore::list_api_keys(self, user_id, range).await
+store_trait! {
+    /// Client keys, as the key services use them.
+    pub trait KeyStore: Send + Sync {
+        async fn insert_api_key(&self, key: &ApiKey, audit: &AuditEntry) -> Result<(), StoreError>;
+        /// Set `revoked_at` on an unrevoked key; `NotFound` if there is none.
+        async fn revoke_api_key(
+            &self,
+            id: &str,
+            at: Millis,
+            audit: &AuditEntry,
+        ) -> Result<(), StoreError>;
+        async fn get_api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError>;
+        /// A page of keys, of one user's only when `user_id` is given.
+        async fn list_api_keys(
+            &self,
+            user_id: Option<&str>,
+            range: &Range,
+        ) -> Result<Vec<ApiKey>, StoreError>;
     }
 }
 
@@ -160,11 +133,7 @@ impl Service {
     pub async fn revoke_key(&self, op: &Operator, id: &str) -> Result<ApiKey, ServiceError> {
         op.require_admin()?;
         let write = self.write_lock.lock().await;
-        let before = self
-            .store
-            .get_api_key(id)
-            .await?
-            .ok_or_else(|| not_found("key", id))?;
+        let before = self.get_key(op, id).await?;
         if before.revoked_at.is_some() {
             return Err(ServiceError::Conflict(format!(
                 "key {id:?} is already revoked"

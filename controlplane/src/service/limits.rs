@@ -10,7 +10,7 @@
 use super::{audit_entry, Operator, Service, ServiceError};
 use crate::domain::now_ms;
 use crate::domain::{AuditEntry, Millis};
-use crate::store::{SqlStore, StoreError};
+use crate::store::{store_trait, StoreError};
 use molt_config::wire::RawLimits;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -24,32 +24,17 @@ use utoipa::ToSchema;
 #[serde(transparent)]
 pub struct LimitsDocument(pub RawLimits);
 
-/// The limits document, as the limits service uses it.
-#[async_trait::async_trait]
-pub trait LimitsStore: Send + Sync {
-    async fn get_limits(&self) -> Result<RawLimits, StoreError>;
-    /// Replace the document.
-    async fn set_limits(
-        &self,
-        limits: &RawLimits,
-        at: Millis,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError>;
-}
-
-#[async_trait::async_trait]
-impl LimitsStore for SqlStore {
-    async fn get_limits(&self) -> Result<RawLimits, StoreError> {
-        SqlStore::get_limits(self).await
-    }
-
-    async fn set_limits(
-        &self,
-        limits: &RawLimits,
-        at: Millis,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError> {
-        SqlStore::set_limits(self, limits, at, audit).await
+store_trait! {
+    /// The limits document, as the limits service uses it.
+    pub trait LimitsStore: Send + Sync {
+        async fn get_limits(&self) -> Result<RawLimits, StoreError>;
+        /// Replace the document.
+        async fn set_limits(
+            &self,
+            limits: &RawLimits,
+            at: Millis,
+            audit: &AuditEntry,
+        ) -> Result<(), StoreError>;
     }
 }
 

@@ -2,8 +2,9 @@
 //! providers, models, usage, audit and operator auth lives here, between
 //! the thin HTTP handlers and storage. Each service file declares the slice
 //! of storage it needs ([`users::UserStore`], [`keys::KeyStore`], ...,
-//! [`AuditStore`] here) and implements it for the store beside it;
-//! [`ServiceStore`] is all of them, what [`Service`] holds.
+//! [`AuditStore`] here) with [`store_trait!`](crate::store::store_trait),
+//! which implements it for the store; [`ServiceStore`] is all of them,
+//! what [`Service`] holds.
 //!
 //! Every mutation:
 //! 1. is authorised here (`Operator::require_admin`), not in handlers;
@@ -29,36 +30,22 @@ use crate::crypto::{Cipher, CryptoError};
 use crate::domain::{new_id, now_ms, AuditEntry, Millis, Page, PageRequest, Role};
 use crate::metrics::Metrics;
 use crate::snapshot::{JwtSettings, Publisher, SnapshotError, SnapshotStore};
-use crate::store::{Range, SqlStore, StoreError};
+use crate::store::{store_trait, Range, SqlStore, StoreError};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
-/// The audit log, as every service and the retention job use it.
-#[async_trait::async_trait]
-pub trait AuditStore: Send + Sync {
-    /// An entry for an action that changes nothing else in the store (e.g.
-    /// minting a client JWT).
-    async fn insert_audit(&self, audit: &AuditEntry) -> Result<(), StoreError>;
-    /// Newest first.
-    async fn list_audit(&self, range: &Range) -> Result<Vec<AuditEntry>, StoreError>;
-    /// Delete entries older than `before`; returns how many.
-    async fn delete_audit_before(&self, before: Millis) -> Result<u64, StoreError>;
-}
-
-#[async_trait::async_trait]
-impl AuditStore for SqlStore {
-    async fn insert_audit(&self, audit: &AuditEntry) -> Result<(), StoreError> {
-        SqlStore::insert_audit(self, audit).await
-    }
-
-    async fn list_audit(&self, range: &Range) -> Result<Vec<AuditEntry>, StoreError> {
-        SqlStore::list_audit(self, range).await
-    }
-
-    async fn delete_audit_before(&self, before: Millis) -> Result<u64, StoreError> {
-        SqlStore::delete_audit_before(self, before).await
+store_trait! {
+    /// The audit log, as every service and the retention job use it.
+    pub trait AuditStore: Send + Sync {
+        /// An entry for an action that changes nothing else in the store (e.g.
+        /// minting a client JWT).
+        async fn insert_audit(&self, audit: &AuditEntry) -> Result<(), StoreError>;
+        /// Newest first.
+        async fn list_audit(&self, range: &Range) -> Result<Vec<AuditEntry>, StoreError>;
+        /// Delete entries older than `before`; returns how many.
+        async fn delete_audit_before(&self, before: Millis) -> Result<u64, StoreError>;
     }
 }
 

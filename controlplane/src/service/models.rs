@@ -6,7 +6,7 @@
 use super::{audit_entry, not_found, paginate, range, Operator, Service, ServiceError};
 use crate::domain::AuditEntry;
 use crate::domain::{new_id, now_ms, Model, Page, PageRequest};
-use crate::store::{Range, SqlStore, StoreError};
+use crate::store::{store_trait, Range, StoreError};
 use molt_config::wire::RawModel;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -70,37 +70,15 @@ fn check_price(field: &str, price: f64) -> Result<f64, ServiceError> {
     }
 }
 
-/// Models, as the model and usage services use them.
-#[async_trait::async_trait]
-pub trait ModelStore: Send + Sync {
-    async fn insert_model(&self, model: &Model, audit: &AuditEntry) -> Result<(), StoreError>;
-    async fn update_model(&self, model: &Model, audit: &AuditEntry) -> Result<(), StoreError>;
-    async fn delete_model(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError>;
-    /// By id or by name.
-    async fn get_model(&self, id_or_name: &str) -> Result<Option<Model>, StoreError>;
-    async fn list_models(&self, range: &Range) -> Result<Vec<Model>, StoreError>;
-}
-
-#[async_trait::async_trait]
-impl ModelStore for SqlStore {
-    async fn insert_model(&self, model: &Model, audit: &AuditEntry) -> Result<(), StoreError> {
-        SqlStore::insert_model(self, model, audit).await
-    }
-
-    async fn update_model(&self, model: &Model, audit: &AuditEntry) -> Result<(), StoreError> {
-        SqlStore::update_model(self, model, audit).await
-    }
-
-    async fn delete_model(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError> {
-        SqlStore::delete_model(self, id, audit).await
-    }
-
-    async fn get_model(&self, id_or_name: &str) -> Result<Option<Model>, StoreError> {
-        SqlStore::get_model(self, id_or_name).await
-    }
-
-    async fn list_models(&self, range: &Range) -> Result<Vec<Model>, StoreError> {
-        SqlStore::list_models(self, range).await
+store_trait! {
+    /// Models, as the model and usage services use them.
+    pub trait ModelStore: Send + Sync {
+        async fn insert_model(&self, model: &Model, audit: &AuditEntry) -> Result<(), StoreError>;
+        async fn update_model(&self, model: &Model, audit: &AuditEntry) -> Result<(), StoreError>;
+        async fn delete_model(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError>;
+        /// By id or by name.
+        async fn get_model(&self, id_or_name: &str) -> Result<Option<Model>, StoreError>;
+        async fn list_models(&self, range: &Range) -> Result<Vec<Model>, StoreError>;
     }
 }
 
@@ -167,11 +145,7 @@ impl Service {
     ) -> Result<Model, ServiceError> {
         op.require_admin()?;
         let write = self.write_lock.lock().await;
-        let before = self
-            .store
-            .get_model(id)
-            .await?
-            .ok_or_else(|| not_found("model", id))?;
+        let before = self.get_model(op, id).await?;
         let mut after = before.clone();
         if let Some(p) = req.provider {
             after.provider = p;
@@ -210,11 +184,7 @@ impl Service {
     pub async fn delete_model(&self, op: &Operator, id: &str) -> Result<(), ServiceError> {
         op.require_admin()?;
         let write = self.write_lock.lock().await;
-        let before = self
-            .store
-            .get_model(id)
-            .await?
-            .ok_or_else(|| not_found("model", id))?;
+        let before = self.get_model(op, id).await?;
         self.publisher
             .check(|snap| snap.models.retain(|m| m.name != before.name))
             .await

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::domain::AuditEntry;
 use crate::domain::{new_id, now_ms, Page, PageRequest, Plan};
-use crate::store::{Range, SqlStore, StoreError};
+use crate::store::{store_trait, Range, StoreError};
 use molt_config::limits::RawLimitSet;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -74,45 +74,19 @@ fn check_description(description: &str) -> Result<(), ServiceError> {
     Ok(())
 }
 
-/// Plans, as the plan and user services use them.
-#[async_trait::async_trait]
-pub trait PlanStore: Send + Sync {
-    async fn insert_plan(&self, plan: &Plan, audit: &AuditEntry) -> Result<(), StoreError>;
-    /// Change a plan's description and limits (the name is fixed).
-    async fn update_plan(&self, plan: &Plan, audit: &AuditEntry) -> Result<(), StoreError>;
-    /// `Reference` while users are on it.
-    async fn delete_plan(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError>;
-    /// By id or by name.
-    async fn get_plan(&self, id_or_name: &str) -> Result<Option<Plan>, StoreError>;
-    async fn list_plans(&self, range: &Range) -> Result<Vec<Plan>, StoreError>;
-    /// How many users are on the plan named `name`.
-    async fn count_plan_users(&self, name: &str) -> Result<i64, StoreError>;
-}
-
-#[async_trait::async_trait]
-impl PlanStore for SqlStore {
-    async fn insert_plan(&self, plan: &Plan, audit: &AuditEntry) -> Result<(), StoreError> {
-        SqlStore::insert_plan(self, plan, audit).await
-    }
-
-    async fn update_plan(&self, plan: &Plan, audit: &AuditEntry) -> Result<(), StoreError> {
-        SqlStore::update_plan(self, plan, audit).await
-    }
-
-    async fn delete_plan(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError> {
-        SqlStore::delete_plan(self, id, audit).await
-    }
-
-    async fn get_plan(&self, id_or_name: &str) -> Result<Option<Plan>, StoreError> {
-        SqlStore::get_plan(self, id_or_name).await
-    }
-
-    async fn list_plans(&self, range: &Range) -> Result<Vec<Plan>, StoreError> {
-        SqlStore::list_plans(self, range).await
-    }
-
-    async fn count_plan_users(&self, name: &str) -> Result<i64, StoreError> {
-        SqlStore::count_plan_users(self, name).await
+store_trait! {
+    /// Plans, as the plan and user services use them.
+    pub trait PlanStore: Send + Sync {
+        async fn insert_plan(&self, plan: &Plan, audit: &AuditEntry) -> Result<(), StoreError>;
+        /// Change a plan's description and limits (the name is fixed).
+        async fn update_plan(&self, plan: &Plan, audit: &AuditEntry) -> Result<(), StoreError>;
+        /// `Reference` while users are on it.
+        async fn delete_plan(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError>;
+        /// By id or by name.
+        async fn get_plan(&self, id_or_name: &str) -> Result<Option<Plan>, StoreError>;
+        async fn list_plans(&self, range: &Range) -> Result<Vec<Plan>, StoreError>;
+        /// How many users are on the plan named `name`.
+        async fn count_plan_users(&self, name: &str) -> Result<i64, StoreError>;
     }
 }
 

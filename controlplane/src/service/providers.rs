@@ -7,7 +7,7 @@ use super::{audit_entry, not_found, paginate, range, Operator, Service, ServiceE
 use crate::domain::AuditEntry;
 use crate::domain::{new_id, now_ms, Page, PageRequest, Provider, ProviderKind, SealedProvider};
 use crate::snapshot::seal_keys;
-use crate::store::{Range, SqlStore, StoreError};
+use crate::store::{store_trait, Range, StoreError};
 use molt_config::wire::RawProvider;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -85,48 +85,22 @@ fn redacted_keys_change(audit: &mut crate::domain::AuditEntry) {
     }
 }
 
-/// Providers (master keys sealed), as the provider services use them.
-#[async_trait::async_trait]
-pub trait ProviderStore: Send + Sync {
-    async fn insert_provider(
-        &self,
-        provider: &SealedProvider,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError>;
-    async fn update_provider(
-        &self,
-        provider: &SealedProvider,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError>;
-    /// By id or by name.
-    async fn get_provider(&self, id_or_name: &str) -> Result<Option<SealedProvider>, StoreError>;
-    async fn list_providers(&self, range: &Range) -> Result<Vec<SealedProvider>, StoreError>;
-}
-
-#[async_trait::async_trait]
-impl ProviderStore for SqlStore {
-    async fn insert_provider(
-        &self,
-        provider: &SealedProvider,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError> {
-        SqlStore::insert_provider(self, provider, audit).await
-    }
-
-    async fn update_provider(
-        &self,
-        provider: &SealedProvider,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError> {
-        SqlStore::update_provider(self, provider, audit).await
-    }
-
-    async fn get_provider(&self, id_or_name: &str) -> Result<Option<SealedProvider>, StoreError> {
-        SqlStore::get_provider(self, id_or_name).await
-    }
-
-    async fn list_providers(&self, range: &Range) -> Result<Vec<SealedProvider>, StoreError> {
-        SqlStore::list_providers(self, range).await
+store_trait! {
+    /// Providers (master keys sealed), as the provider services use them.
+    pub trait ProviderStore: Send + Sync {
+        async fn insert_provider(
+            &self,
+            provider: &SealedProvider,
+            audit: &AuditEntry,
+        ) -> Result<(), StoreError>;
+        async fn update_provider(
+            &self,
+            provider: &SealedProvider,
+            audit: &AuditEntry,
+        ) -> Result<(), StoreError>;
+        /// By id or by name.
+        async fn get_provider(&self, id_or_name: &str) -> Result<Option<SealedProvider>, StoreError>;
+        async fn list_providers(&self, range: &Range) -> Result<Vec<SealedProvider>, StoreError>;
     }
 }
 

@@ -5,8 +5,7 @@
 use super::{Operator, Service, ServiceError};
 use crate::domain::Millis;
 use crate::domain::{now_ms, PageRequest, UsageRow};
-use crate::store::{IngestCounts, UsageFilter};
-use crate::store::{SqlStore, StoreError, UsageSums};
+use crate::store::{store_trait, IngestCounts, StoreError, UsageFilter, UsageSums};
 use molt_config::contract::{IngestAnswer, UsageBatch, MAX_BATCH_EVENTS, MAX_EVENT_ID_BYTES};
 use molt_config::UsageEvent;
 use serde::{Deserialize, Serialize};
@@ -63,31 +62,17 @@ fn check_events(events: &[UsageEvent]) -> Result<(), ServiceError> {
     Ok(())
 }
 
-/// Usage rows, as ingest and the usage report use them.
-#[async_trait::async_trait]
-pub trait UsageStore: Send + Sync {
-    /// Store events, ignoring those whose `event_id` is already stored, all
-    /// in one transaction.
-    async fn insert_usage(
-        &self,
-        events: &[UsageEvent],
-        received_at: Millis,
-    ) -> Result<IngestCounts, StoreError>;
-    async fn usage_by_day(&self, filter: &UsageFilter) -> Result<Vec<UsageSums>, StoreError>;
-}
-
-#[async_trait::async_trait]
-impl UsageStore for SqlStore {
-    async fn insert_usage(
-        &self,
-        events: &[UsageEvent],
-        received_at: Millis,
-    ) -> Result<IngestCounts, StoreError> {
-        SqlStore::insert_usage(self, events, received_at).await
-    }
-
-    async fn usage_by_day(&self, filter: &UsageFilter) -> Result<Vec<UsageSums>, StoreError> {
-        SqlStore::usage_by_day(self, filter).await
+store_trait! {
+    /// Usage rows, as ingest and the usage report use them.
+    pub trait UsageStore: Send + Sync {
+        /// Store events, ignoring those whose `event_id` is already stored, all
+        /// in one transaction.
+        async fn insert_usage(
+            &self,
+            events: &[UsageEvent],
+            received_at: Millis,
+        ) -> Result<IngestCounts, StoreError>;
+        async fn usage_by_day(&self, filter: &UsageFilter) -> Result<Vec<UsageSums>, StoreError>;
     }
 }
 

@@ -9,8 +9,7 @@ use super::{
 };
 use crate::domain::AuditEntry;
 use crate::domain::{new_id, now_ms, LimitOverrides, Page, PageRequest, User, UserStatus};
-use crate::store::{Range, SqlStore};
-use crate::store::{StoreError, UserLimits};
+use crate::store::{store_trait, Range, StoreError, UserLimits};
 use serde::{Deserialize, Deserializer};
 use utoipa::ToSchema;
 
@@ -103,32 +102,14 @@ fn user_write_error(e: StoreError, user: &User) -> ServiceError {
     }
 }
 
-/// Users, as the user services (and billing and bots, through them) use them.
-#[async_trait::async_trait]
-pub trait UserStore: Send + Sync {
-    async fn insert_user(&self, user: &User, audit: &AuditEntry) -> Result<(), StoreError>;
-    /// `NotFound` if there is no such user.
-    async fn update_user(&self, user: &User, audit: &AuditEntry) -> Result<(), StoreError>;
-    async fn get_user(&self, id: &str) -> Result<Option<User>, StoreError>;
-    async fn list_users(&self, range: &Range) -> Result<Vec<User>, StoreError>;
-}
-
-#[async_trait::async_trait]
-impl UserStore for SqlStore {
-    async fn insert_user(&self, user: &User, audit: &AuditEntry) -> Result<(), StoreError> {
-        SqlStore::insert_user(self, user, audit).await
-    }
-
-    async fn update_user(&self, user: &User, audit: &AuditEntry) -> Result<(), StoreError> {
-        SqlStore::update_user(self, user, audit).await
-    }
-
-    async fn get_user(&self, id: &str) -> Result<Option<User>, StoreError> {
-        SqlStore::get_user(self, id).await
-    }
-
-    async fn list_users(&self, range: &Range) -> Result<Vec<User>, StoreError> {
-        SqlStore::list_users(self, range).await
+store_trait! {
+    /// Users, as the user services (and billing and bots, through them) use them.
+    pub trait UserStore: Send + Sync {
+        async fn insert_user(&self, user: &User, audit: &AuditEntry) -> Result<(), StoreError>;
+        /// `NotFound` if there is no such user.
+        async fn update_user(&self, user: &User, audit: &AuditEntry) -> Result<(), StoreError>;
+        async fn get_user(&self, id: &str) -> Result<Option<User>, StoreError>;
+        async fn list_users(&self, range: &Range) -> Result<Vec<User>, StoreError>;
     }
 }
 
@@ -212,11 +193,7 @@ impl Service {
             check_limits(limits)?;
         }
         let write = self.write_lock.lock().await;
-        let before = self
-            .store
-            .get_user(id)
-            .await?
-            .ok_or_else(|| not_found("user", id))?;
+        let before = self.get_user(op, id).await?;
         let mut after = before.clone();
         if let Some(email) = email {
             after.email = email;
