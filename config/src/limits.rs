@@ -27,72 +27,85 @@ pub const DEFAULT_LEASE_FRACTION: f64 = 0.05;
 
 // === wire ===
 
-/// `[limits]` as written. The top-level limit fields are the defaults every
-/// user gets; `users`, `models` and `providers` refine them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct RawLimits {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests_per_second: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests_per_minute: Option<u64>,
-    /// Input plus output tokens.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens_per_minute: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens_per_day: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub concurrent_streams: Option<u64>,
-    /// Tokens per calendar month (UTC).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub monthly_token_budget: Option<u64>,
-    pub default_max_output_tokens: Option<u64>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub users: Vec<RawUserLimits>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub models: Vec<RawModelLimits>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub providers: Vec<RawProviderLimits>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub redis: Option<RawRedisLimits>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub anomaly: Option<RawAnomaly>,
+// The wire structs with a name field (`RawUserLimits`, `RawModelLimits`)
+// carry the six fields themselves, because the unknown fields of a
+// `flatten`ed struct cannot be told apart (nor `deny_unknown_fields`
+// combined with it): `limit_struct!` declares them once for every struct
+// that holds them, and `limit_fields!` converts between them.
+
+/// Declares a struct holding the six limit fields of one scope (each an
+/// `Option<u64>`, carrying the attributes written after `limits`) where
+/// `[limits ...]` stands among its other fields. The one place the six
+/// fields are declared.
+macro_rules! limit_struct {
+    (
+        $(#[$attr:meta])*
+        pub struct $name:ident {
+            $($(#[$head_attr:meta])* pub $head:ident: $head_ty:ty,)*
+            [limits $(#[$limit_attr:meta])*]
+            $($(#[$tail_attr:meta])* pub $tail:ident: $tail_ty:ty,)*
+        }
+    ) => {
+        $(#[$attr])*
+        pub struct $name {
+            $($(#[$head_attr])* pub $head: $head_ty,)*
+            $(#[$limit_attr])*
+            pub requests_per_second: Option<u64>,
+            $(#[$limit_attr])*
+            pub requests_per_minute: Option<u64>,
+            /// Input plus output tokens.
+            $(#[$limit_attr])*
+            pub tokens_per_minute: Option<u64>,
+            $(#[$limit_attr])*
+            pub tokens_per_day: Option<u64>,
+            $(#[$limit_attr])*
+            pub concurrent_streams: Option<u64>,
+            /// Tokens per calendar month (UTC).
+            $(#[$limit_attr])*
+            pub monthly_token_budget: Option<u64>,
+            $($(#[$tail_attr])* pub $tail: $tail_ty,)*
+        }
+    };
 }
 
-// The wire structs with a name field (`RawUserLimits`, `RawModelLimits`)
-// spell the six fields out, because the unknown fields of a `flatten`ed
-// struct cannot be told apart (nor `deny_unknown_fields` combined with it);
-// `limit_fields!` converts between them.
+limit_struct! {
+    /// `[limits]` as written. The top-level limit fields are the defaults every
+    /// user gets; `users`, `models` and `providers` refine them.
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    pub struct RawLimits {
+        [limits
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+        ]
+        pub default_max_output_tokens: Option<u64>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub users: Vec<RawUserLimits>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub models: Vec<RawModelLimits>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub providers: Vec<RawProviderLimits>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub redis: Option<RawRedisLimits>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub anomaly: Option<RawAnomaly>,
+    }
+}
 
-/// The six limit fields of one scope: what a control-plane plan and a
-/// user's own overrides hold. An absent field sets no limit of this scope
-/// (the scope below it applies: the deployment default for a plan); zero
-/// is an error. Never part of a file or a snapshot (only of the control
-/// plane's API), so it denies unknown fields itself.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = LimitSet))]
-#[serde(deny_unknown_fields)]
-pub struct RawLimitSet {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
-    pub requests_per_second: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
-    pub requests_per_minute: Option<u64>,
-    /// Input plus output tokens.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
-    pub tokens_per_minute: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
-    pub tokens_per_day: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
-    pub concurrent_streams: Option<u64>,
-    /// Tokens per calendar month (UTC).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
-    pub monthly_token_budget: Option<u64>,
+limit_struct! {
+    /// The six limit fields of one scope: what a control-plane plan and a
+    /// user's own overrides hold. An absent field sets no limit of this scope
+    /// (the scope below it applies: the deployment default for a plan); zero
+    /// is an error. Never part of a file or a snapshot (only of the control
+    /// plane's API), so it denies unknown fields itself.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = LimitSet))]
+    #[serde(deny_unknown_fields)]
+    pub struct RawLimitSet {
+        [limits
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+        ]
+    }
 }
 
 /// Build a struct with the six limit fields, each computed by the macro
@@ -132,45 +145,27 @@ macro_rules! raw_limit_set {
     };
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct RawUserLimits {
-    pub user: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests_per_second: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests_per_minute: Option<u64>,
-    /// Input plus output tokens.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens_per_minute: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens_per_day: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub concurrent_streams: Option<u64>,
-    /// Tokens per calendar month (UTC).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub monthly_token_budget: Option<u64>,
+limit_struct! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    pub struct RawUserLimits {
+        pub user: String,
+        [limits
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+        ]
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct RawModelLimits {
-    /// Canonical model name or alias.
-    pub model: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests_per_second: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests_per_minute: Option<u64>,
-    /// Input plus output tokens.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens_per_minute: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens_per_day: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub concurrent_streams: Option<u64>,
-    /// Tokens per calendar month (UTC).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub monthly_token_budget: Option<u64>,
+limit_struct! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    pub struct RawModelLimits {
+        /// Canonical model name or alias.
+        pub model: String,
+        [limits
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+        ]
+    }
 }
 
 /// Ceilings on one provider across all users. Only rates: concurrency and
@@ -227,16 +222,13 @@ pub struct RawAnomaly {
 
 // === validated ===
 
-/// The limits one scope (a user, or a user on one model) has. `None` is
-/// unlimited.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LimitSet {
-    pub requests_per_second: Option<u64>,
-    pub requests_per_minute: Option<u64>,
-    pub tokens_per_minute: Option<u64>,
-    pub tokens_per_day: Option<u64>,
-    pub concurrent_streams: Option<u64>,
-    pub monthly_token_budget: Option<u64>,
+limit_struct! {
+    /// The limits one scope (a user, or a user on one model) has. `None` is
+    /// unlimited.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct LimitSet {
+        [limits]
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
