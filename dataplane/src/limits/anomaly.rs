@@ -116,13 +116,7 @@ mod tests {
     use super::*;
 
     fn cfg() -> AnomalyConfig {
-        AnomalyConfig {
-            window: Duration::from_secs(60),
-            baseline_half_life: Duration::from_secs(3600),
-            multiple: 5.0,
-            floor_tokens_per_minute: 10_000,
-            block: false,
-        }
+        AnomalyConfig::default()
     }
 
     #[test]
