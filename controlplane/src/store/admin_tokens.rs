@@ -4,13 +4,6 @@ use super::query::{record, Rows};
 use super::{Range, SqlStore, StoreError};
 use crate::domain::{AdminToken, AuditEntry, Millis, Role};
 
-/// The columns an [`AdminToken`] is read from.
-macro_rules! columns {
-    () => {
-        "id, name, role, sha256, created_at, revoked_at"
-    };
-}
-
 record!(AdminToken in "admin_tokens" {
     id, name, role: named(Role::parse), sha256, created_at, revoked_at,
 });
@@ -21,18 +14,12 @@ impl SqlStore {
         t: &AdminToken,
         audit: &AuditEntry,
     ) -> Result<(), StoreError> {
-        let query = sqlx::query(concat!(
+        const SQL: &str = concat!(
             "INSERT INTO admin_tokens (",
             columns!(),
             ") VALUES ($1, $2, $3, $4, $5, $6)"
-        ))
-        .bind(&t.id)
-        .bind(&t.name)
-        .bind(t.role.as_str())
-        .bind(&t.sha256)
-        .bind(t.created_at)
-        .bind(t.revoked_at);
-        self.audited(query, Rows::Any, audit).await
+        );
+        self.insert(SQL, t, audit).await
     }
 
     pub async fn revoke_admin_token(

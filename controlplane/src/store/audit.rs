@@ -2,7 +2,7 @@
 //! of the change it describes ([`write`]), read newest first, and pruned by
 //! the retention job.
 
-use super::query::record;
+use super::query::{record, Insertable};
 use super::{Range, SqlStore, StoreError};
 use crate::domain::{AuditEntry, Millis};
 use sqlx::AnyConnection;
@@ -13,18 +13,12 @@ record!(AuditEntry in "audit_log" {
 
 /// Write `a` on `conn` (inside the transaction of the change it records).
 pub(super) async fn write(conn: &mut AnyConnection, a: &AuditEntry) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO audit_log (id, at, actor, action, target, diff) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(&a.id)
-    .bind(a.at)
-    .bind(&a.actor)
-    .bind(&a.action)
-    .bind(&a.target)
-    .bind(a.diff.to_string())
-    .execute(&mut *conn)
-    .await?;
+    const SQL: &str = concat!(
+        "INSERT INTO audit_log (",
+        columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6)"
+    );
+    a.bind_columns(sqlx::query(SQL)).execute(&mut *conn).await?;
     Ok(())
 }
 
@@ -39,8 +33,11 @@ impl SqlStore {
     /// Newest first: the cursor is the last id seen, so the next page holds
     /// smaller ids. An empty cursor means "from the newest".
     pub async fn list_audit(&self, range: &Range) -> Result<Vec<AuditEntry>, StoreError> {
-        const SQL: &str = "SELECT id, at, actor, action, target, diff FROM audit_log \
-             WHERE ($1 = '' OR id < $1) ORDER BY id DESC LIMIT $2";
+        const SQL: &str = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM audit_log WHERE ($1 = '' OR id < $1) ORDER BY id DESC LIMIT $2"
+        );
         self.page(SQL, &[], range).await
     }
 

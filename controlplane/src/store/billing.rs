@@ -5,7 +5,7 @@
 //! claimed through [`usage::claim`](super::usage), in the transaction that
 //! stores the report.
 
-use super::query::{record, records};
+use super::query::{record, records, Insertable};
 use super::usage::{self, OpenWindow};
 use super::{SqlStore, StoreError};
 use crate::domain::{MeterReport, Millis, ReportStatus};
@@ -117,40 +117,33 @@ impl SqlStore {
             return Ok(None);
         };
         let report = make(seq, value);
-        sqlx::query(
-            "INSERT INTO meter_reports (identifier, user_id, stripe_customer_id, event_name, \
-             window_start, window_end, seq, value, status, attempts, last_error, created_at, sent_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(&report.identifier)
-        .bind(&report.user_id)
-        .bind(&report.stripe_customer_id)
-        .bind(&report.event_name)
-        .bind(report.window_start)
-        .bind(report.window_end)
-        .bind(report.seq)
-        .bind(report.value)
-        .bind(report.status.as_str())
-        .bind(report.attempts)
-        .bind(&report.last_error)
-        .bind(now)
-        .bind((report.status == ReportStatus::Sent).then_some(now))
-        .execute(&mut *tx)
-        .await?;
+        const INSERT: &str = concat!(
+            "INSERT INTO meter_reports (",
+            columns!(),
+            ", created_at, sent_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        );
+        report
+            .bind_columns(sqlx::query(INSERT))
+            .bind(now)
+            .bind((report.status == ReportStatus::Sent).then_some(now))
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Some(report))
     }
 
     /// Reports still to send, oldest window first.
     pub async fn pending_reports(&self) -> Result<Vec<MeterReport>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT identifier, user_id, stripe_customer_id, event_name, window_start, window_end, \
-             seq, value, status, attempts, last_error FROM meter_reports \
-             WHERE status = $1 ORDER BY window_start, identifier",
-        )
-        .bind(ReportStatus::Pending.as_str())
-        .fetch_all(&self.pool)
-        .await?;
+        const SQL: &str = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM meter_reports WHERE status = $1 ORDER BY window_start, identifier"
+        );
+        let rows = sqlx::query(SQL)
+            .bind(ReportStatus::Pending.as_str())
+            .fetch_all(&self.pool)
+            .await?;
         records(&rows)
     }
 

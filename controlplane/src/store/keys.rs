@@ -1,19 +1,11 @@
 //! `api_keys`: client keys as stored (their hash, never the key).
 
-use super::query::{fetch_records, record, to_json, Rows};
+use super::query::{fetch_records, record, Rows};
 use super::{Range, SqlStore, StoreError};
 use crate::domain::{ApiKey, AuditEntry, Millis};
 use sqlx::AnyConnection;
 
-/// The columns an [`ApiKey`] is read from (as `k` in a join).
-macro_rules! columns {
-    () => {
-        "k.id, k.user_id, k.name, k.prefix, k.sha256, k.models, k.expires_at, k.revoked_at, \
-         k.created_at"
-    };
-}
-
-record!(ApiKey in "api_keys" {
+record!(ApiKey in "api_keys" as k {
     id, user_id, name, prefix, sha256, models: json_or_null, expires_at, revoked_at,
     created_at,
 });
@@ -36,20 +28,10 @@ pub(super) async fn live(conn: &mut AnyConnection, now: Millis) -> Result<Vec<Ap
 
 impl SqlStore {
     pub async fn insert_api_key(&self, k: &ApiKey, audit: &AuditEntry) -> Result<(), StoreError> {
-        let query = sqlx::query(
-            "INSERT INTO api_keys (id, user_id, name, prefix, sha256, models, expires_at, \
-             revoked_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&k.id)
-        .bind(&k.user_id)
-        .bind(&k.name)
-        .bind(&k.prefix)
-        .bind(&k.sha256)
-        .bind(k.models.as_ref().map(to_json))
-        .bind(k.expires_at)
-        .bind(k.revoked_at)
-        .bind(k.created_at);
-        self.audited(query, Rows::Any, audit).await
+        // The columns in `columns!()`'s order, unqualified.
+        const SQL: &str = "INSERT INTO api_keys (id, user_id, name, prefix, sha256, models, \
+             expires_at, revoked_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+        self.insert(SQL, k, audit).await
     }
 
     /// Set `revoked_at` on an unrevoked key; `NotFound` if there is none.

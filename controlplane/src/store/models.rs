@@ -6,14 +6,6 @@ use super::{Range, SqlStore, StoreError};
 use crate::domain::{AuditEntry, Model};
 use sqlx::AnyConnection;
 
-/// The columns a [`Model`] is read from.
-macro_rules! columns {
-    () => {
-        "id, name, provider, upstream_name, aliases, fallbacks, input_price_per_mtok, \
-         output_price_per_mtok, created_at, updated_at"
-    };
-}
-
 record!(Model in "models" {
     id, name, provider, upstream_name, aliases: json, fallbacks: json,
     input_price_per_mtok, output_price_per_mtok, created_at, updated_at,
@@ -27,22 +19,12 @@ pub(super) async fn all(conn: &mut AnyConnection) -> Result<Vec<Model>, StoreErr
 
 impl SqlStore {
     pub async fn insert_model(&self, m: &Model, audit: &AuditEntry) -> Result<(), StoreError> {
-        let query = sqlx::query(concat!(
+        const SQL: &str = concat!(
             "INSERT INTO models (",
             columns!(),
             ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-        ))
-        .bind(&m.id)
-        .bind(&m.name)
-        .bind(&m.provider)
-        .bind(&m.upstream_name)
-        .bind(to_json(&m.aliases))
-        .bind(to_json(&m.fallbacks))
-        .bind(m.input_price_per_mtok)
-        .bind(m.output_price_per_mtok)
-        .bind(m.created_at)
-        .bind(m.updated_at);
-        self.audited(query, Rows::Any, audit).await
+        );
+        self.insert(SQL, m, audit).await
     }
 
     pub async fn update_model(&self, m: &Model, audit: &AuditEntry) -> Result<(), StoreError> {

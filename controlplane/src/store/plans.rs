@@ -5,13 +5,6 @@ use super::{Range, SqlStore, StoreError};
 use crate::domain::{AuditEntry, Plan};
 use sqlx::AnyConnection;
 
-/// The columns a [`Plan`] is read from.
-macro_rules! columns {
-    () => {
-        "id, name, description, limits, created_at, updated_at"
-    };
-}
-
 record!(Plan in "plans" {
     id, name, description, limits: json, created_at, updated_at,
 });
@@ -24,18 +17,12 @@ pub(super) async fn all(conn: &mut AnyConnection) -> Result<Vec<Plan>, StoreErro
 
 impl SqlStore {
     pub async fn insert_plan(&self, p: &Plan, audit: &AuditEntry) -> Result<(), StoreError> {
-        let query = sqlx::query(concat!(
+        const SQL: &str = concat!(
             "INSERT INTO plans (",
             columns!(),
             ") VALUES ($1, $2, $3, $4, $5, $6)"
-        ))
-        .bind(&p.id)
-        .bind(&p.name)
-        .bind(&p.description)
-        .bind(to_json(&p.limits))
-        .bind(p.created_at)
-        .bind(p.updated_at);
-        self.audited(query, Rows::Any, audit).await
+        );
+        self.insert(SQL, p, audit).await
     }
 
     /// Change a plan's description and limits (the name is fixed).

@@ -19,15 +19,45 @@ pub(super) trait Record: Sized {
     fn read(columns: &Columns<'_>) -> Result<Self, StoreError>;
 }
 
-/// Implements [`Record`] for a domain struct whose fields are each read
-/// from the column of the same name in `table`: `field` as the driver
-/// decodes it, `field: json` from JSON text, `field: json_or_null` from
-/// nullable JSON text, `field: named(parse)` from a `text_enum!`'s name.
-/// (sqlx's `FromRow` derive cannot decode those on the `Any` driver; this
-/// reads them without a row struct mirroring the record.)
+/// A record written as a whole row: [`record!`]'s.
+pub(super) trait Insertable: Record {
+    /// Bind every column, in the order of the file's `columns!()`.
+    fn bind_columns<'q>(&'q self, query: AnyQuery<'q>) -> AnyQuery<'q>;
+}
+
+/// Declares how a domain struct is stored in `table`, one column per field
+/// of the same name: `field` as the driver decodes and encodes it, `field:
+/// json` as JSON text, `field: json_or_null` as nullable JSON text, `field:
+/// named(parse)` as a `text_enum!`'s name. From that one list it defines
+/// `columns!()` (the column list, as `alias.column` with `as alias`, for
+/// the file's SQL) and implements [`Record`] and [`Insertable`]. (sqlx's
+/// `FromRow` derive cannot decode JSON or text enums on the `Any` driver;
+/// this needs no row struct mirroring the record.)
 macro_rules! record {
+    ($record:ident in $table:literal as $alias:ident {
+        $($field:ident $(: $how:ident $(($parse:path))?)?),+ $(,)?
+    }) => {
+        /// The columns, in order, as the file's SQL selects and inserts them.
+        macro_rules! columns {
+            () => {
+                stringify!($($alias.$field),+)
+            };
+        }
+        record!(@impl $record $table { $($field $(: $how $(($parse))?)?),+ });
+    };
     ($record:ident in $table:literal {
         $($field:ident $(: $how:ident $(($parse:path))?)?),+ $(,)?
+    }) => {
+        /// The columns, in order, as the file's SQL selects and inserts them.
+        macro_rules! columns {
+            () => {
+                stringify!($($field),+)
+            };
+        }
+        record!(@impl $record $table { $($field $(: $how $(($parse))?)?),+ });
+    };
+    (@impl $record:ident $table:literal {
+        $($field:ident $(: $how:ident $(($parse:path))?)?),+
     }) => {
         impl $crate::store::query::Record for $record {
             const TABLE: &'static str = $table;
@@ -36,19 +66,40 @@ macro_rules! record {
                 c: &$crate::store::query::Columns<'_>,
             ) -> Result<Self, $crate::store::StoreError> {
                 Ok($record {
-                    $($field: record!(@column c, $field $(, $how $(, $parse)?)?)?,)+
+                    $($field: record!(@read c, $field $(, $how $(, $parse)?)?)?,)+
                 })
             }
         }
+
+        impl $crate::store::query::Insertable for $record {
+            fn bind_columns<'q>(
+                &'q self,
+                query: $crate::store::query::AnyQuery<'q>,
+            ) -> $crate::store::query::AnyQuery<'q> {
+                query $(.bind(record!(@write self, $field $(, $how)?)))+
+            }
+        }
     };
-    (@column $c:ident, $field:ident) => {
+    (@read $c:ident, $field:ident) => {
         $c.get(stringify!($field))
     };
-    (@column $c:ident, $field:ident, $how:ident) => {
+    (@read $c:ident, $field:ident, $how:ident) => {
         $c.$how(stringify!($field))
     };
-    (@column $c:ident, $field:ident, $how:ident, $parse:path) => {
+    (@read $c:ident, $field:ident, $how:ident, $parse:path) => {
         $c.$how(stringify!($field), $parse)
+    };
+    (@write $r:ident, $field:ident) => {
+        &$r.$field
+    };
+    (@write $r:ident, $field:ident, json) => {
+        $crate::store::query::to_json(&$r.$field)
+    };
+    (@write $r:ident, $field:ident, json_or_null) => {
+        $r.$field.as_ref().map($crate::store::query::to_json)
+    };
+    (@write $r:ident, $field:ident, named) => {
+        $r.$field.as_str()
     };
 }
 pub(super) use record;
@@ -189,6 +240,18 @@ impl SqlStore {
         audit::write(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Insert `record` with `sql` (an INSERT of the file's `columns!()`, one
+    /// placeholder each) and its audit entry.
+    pub(super) async fn insert<R: Insertable>(
+        &self,
+        sql: &'static str,
+        record: &R,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        self.audited(record.bind_columns(sqlx::query(sql)), Rows::Any, audit)
+            .await
     }
 
     /// The record `sql` selects with `key` as `$1`, if any.

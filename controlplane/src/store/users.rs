@@ -7,13 +7,6 @@ use super::{Range, SqlStore, StoreError};
 use crate::domain::{AuditEntry, User, UserStatus};
 use sqlx::AnyConnection;
 
-/// The columns a [`User`] is read from.
-macro_rules! columns {
-    () => {
-        "id, email, status, plan, stripe_customer_id, limits, created_at, updated_at"
-    };
-}
-
 record!(User in "users" {
     id, email, status: named(UserStatus::parse), plan, stripe_customer_id, limits: json,
     created_at, updated_at,
@@ -48,20 +41,12 @@ pub(super) async fn limited(conn: &mut AnyConnection) -> Result<Vec<UserLimits>,
 
 impl SqlStore {
     pub async fn insert_user(&self, u: &User, audit: &AuditEntry) -> Result<(), StoreError> {
-        let query = sqlx::query(concat!(
+        const SQL: &str = concat!(
             "INSERT INTO users (",
             columns!(),
             ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-        ))
-        .bind(&u.id)
-        .bind(&u.email)
-        .bind(u.status.as_str())
-        .bind(&u.plan)
-        .bind(&u.stripe_customer_id)
-        .bind(to_json(&u.limits))
-        .bind(u.created_at)
-        .bind(u.updated_at);
-        self.audited(query, Rows::Any, audit).await
+        );
+        self.insert(SQL, u, audit).await
     }
 
     pub async fn update_user(&self, u: &User, audit: &AuditEntry) -> Result<(), StoreError> {
