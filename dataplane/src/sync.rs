@@ -479,7 +479,6 @@ mod tests {
     use hyper_util::rt::TokioIo;
     use molt_config::dataplane::UpstreamUrl;
     use molt_config::Secret;
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
     const TOKEN: &str = "dataplane-token-0123";
     const SNAPSHOT: &str = r#"{"version":5}"#;
@@ -488,19 +487,8 @@ mod tests {
     /// certificate for 127.0.0.1 (its PEM written to `dir/cp.pem`): config
     /// and usage for the right token, 401 otherwise. Returns the port.
     async fn tls_control_plane(dir: &Path) -> (u16, PathBuf) {
-        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-        let pem = dir.join("cp.pem");
-        std::fs::write(&pem, ck.cert.pem()).unwrap();
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![ck.cert.der().clone()], key)
-        .unwrap();
-        let acceptor = pingora_rustls::TlsAcceptor::from(Arc::new(config));
+        let (pem, config) = molt_fakes::tls::loopback_certificate(dir, "cp.pem").unwrap();
+        let acceptor = pingora_rustls::TlsAcceptor::from(config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move {

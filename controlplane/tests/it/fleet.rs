@@ -10,8 +10,8 @@ use molt_controlplane::fleet::local::{BotGateway, BotLauncher, LocalFleet};
 use molt_controlplane::fleet::{Fleet, FleetError, MachineSpec, VolumeSpec};
 use molt_fakes::fake_fly::{FakeFly, FakeFlyOptions, Fault};
 use molt_fakes::mock_bot::{MockBot, MockBotOptions};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use std::path::{Path, PathBuf};
+use molt_fakes::tls::loopback_certificate;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,15 @@ async fn fleet(opts: FakeFlyOptions, image: &str) -> (FakeFly, FlyFleet, String)
     s.base_url = base.clone();
     s.backoff = Duration::from_millis(200);
     (fake, FlyFleet::new(s).unwrap(), base)
+}
+
+/// A 1 GB volume named `name`, in the default region.
+fn volume(name: &str) -> VolumeSpec {
+    VolumeSpec {
+        name: name.into(),
+        region: None,
+        size_gb: 1,
+    }
 }
 
 fn spec(volume_id: &str) -> MachineSpec {
@@ -49,14 +58,7 @@ async fn fly_statuses_become_fleet_errors() {
         "img:1",
     )
     .await;
-    let vol = fly
-        .create_volume(&VolumeSpec {
-            name: "bot_x".into(),
-            region: None,
-            size_gb: 1,
-        })
-        .await
-        .unwrap();
+    let vol = fly.create_volume(&volume("bot_x")).await.unwrap();
     assert_eq!(fly.find_volumes("bot_x").await.unwrap(), vec![vol.clone()]);
     let m = fly.create_machine(&spec(&vol.id)).await.unwrap();
     assert_eq!(fly.find_machine("bot_1").await.unwrap().unwrap().id, m.id);
@@ -116,14 +118,7 @@ async fn rate_limits_and_5xx_on_reads_are_retried() {
     assert!(fly.find_volumes("x").await.unwrap().is_empty());
     // A create is never repeated after a 5xx: the provisioner looks first.
     fake.inject(Fault::fail(500, 1));
-    let e = fly
-        .create_volume(&VolumeSpec {
-            name: "v".into(),
-            region: None,
-            size_gb: 1,
-        })
-        .await
-        .unwrap_err();
+    let e = fly.create_volume(&volume("v")).await.unwrap_err();
     assert!(matches!(e, FleetError::Api { status: 500, .. }), "{e:?}");
     assert!(fake.volumes().is_empty());
 }
@@ -139,14 +134,7 @@ async fn delete_with_force_and_volume_cleanup() {
         "img:1",
     )
     .await;
-    let vol = fly
-        .create_volume(&VolumeSpec {
-            name: "bot_x".into(),
-            region: None,
-            size_gb: 1,
-        })
-        .await
-        .unwrap();
+    let vol = fly.create_volume(&volume("bot_x")).await.unwrap();
     let m = fly.create_machine(&spec(&vol.id)).await.unwrap();
     fly.wait_started(&m.id, Duration::from_secs(5))
         .await
@@ -159,24 +147,6 @@ async fn delete_with_force_and_volume_cleanup() {
     fly.delete_volume(&vol.id).await.unwrap();
     fly.delete_volume(&vol.id).await.unwrap();
     assert!(fake.live_machines().is_empty() && fake.volumes().is_empty());
-}
-
-/// A fresh self-signed certificate for `127.0.0.1`: its PEM written to
-/// `dir/name` (what `ca_file` points at) and a server config presenting it.
-fn self_signed(dir: &Path, name: &str) -> (PathBuf, Arc<rustls::ServerConfig>) {
-    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-    let pem = dir.join(name);
-    std::fs::write(&pem, ck.cert.pem()).unwrap();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![ck.cert.der().clone()], key)
-    .unwrap();
-    (pem, Arc::new(config))
 }
 
 fn temp_dir() -> PathBuf {
@@ -196,7 +166,7 @@ fn tls_settings(base: &str, ca_file: Option<PathBuf>) -> FlySettings {
 #[tokio::test]
 async fn https_with_the_ca_file_creates_and_reads_back() {
     let dir = temp_dir();
-    let (ca, server) = self_signed(&dir, "ca.pem");
+    let (ca, server) = loopback_certificate(&dir, "ca.pem").unwrap();
     let fake = FakeFly::new(FakeFlyOptions {
         boot_delay: Duration::from_millis(10),
         rate_limits: false,
@@ -207,14 +177,7 @@ async fn https_with_the_ca_file_creates_and_reads_back() {
     assert!(base.starts_with("https://127.0.0.1:"), "{base}");
     let fly = FlyFleet::new(tls_settings(&base, Some(ca))).unwrap();
 
-    let vol = fly
-        .create_volume(&VolumeSpec {
-            name: "bot_x".into(),
-            region: None,
-            size_gb: 1,
-        })
-        .await
-        .unwrap();
+    let vol = fly.create_volume(&volume("bot_x")).await.unwrap();
     let m = fly.create_machine(&spec(&vol.id)).await.unwrap();
     assert_eq!(fly.find_volumes("bot_x").await.unwrap(), vec![vol.clone()]);
     assert_eq!(fly.find_machine("bot_1").await.unwrap().unwrap().id, m.id);
@@ -242,8 +205,8 @@ async fn https_with_the_ca_file_creates_and_reads_back() {
 #[tokio::test]
 async fn https_with_an_untrusted_certificate_is_a_tls_error() {
     let dir = temp_dir();
-    let (_, server) = self_signed(&dir, "server.pem");
-    let (other_ca, _) = self_signed(&dir, "other.pem");
+    let (_, server) = loopback_certificate(&dir, "server.pem").unwrap();
+    let (other_ca, _) = loopback_certificate(&dir, "other.pem").unwrap();
     let fake = FakeFly::new(FakeFlyOptions {
         rate_limits: false,
         spawn_bots: false,
@@ -308,14 +271,7 @@ async fn bot_status(url: &str) -> Option<u16> {
 #[tokio::test]
 async fn local_fleet_runs_bots_through_its_launcher_and_keeps_their_port() {
     let fleet = LocalFleet::new(Arc::new(MockBots));
-    let vol = fleet
-        .create_volume(&VolumeSpec {
-            name: "bot_x".into(),
-            region: None,
-            size_gb: 1,
-        })
-        .await
-        .unwrap();
+    let vol = fleet.create_volume(&volume("bot_x")).await.unwrap();
     assert_eq!(
         fleet.find_volumes("bot_x").await.unwrap(),
         vec![vol.clone()]

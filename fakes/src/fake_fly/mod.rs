@@ -47,7 +47,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use state::{Inner, Machine};
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,15 +132,7 @@ impl FakeFly {
     /// Bind `127.0.0.1:0`, serve in the background and return the base URL
     /// (`http://127.0.0.1:PORT`, without `/v1`).
     pub async fn spawn(&self) -> std::io::Result<String> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let me = self.clone();
-        tokio::spawn(async move {
-            if let Err(error) = me.serve(listener).await {
-                tracing::error!(%error, "fake fly stopped");
-            }
-        });
-        Ok(format!("http://{addr}"))
+        crate::serve::spawn(self.router(), "fake fly").await
     }
 
     /// Serve on `listener` until the process ends.
@@ -152,11 +143,7 @@ impl FakeFly {
     /// Like [`Self::spawn`], over TLS with `tls` (which holds the
     /// certificate, valid for `127.0.0.1`); returns `https://127.0.0.1:PORT`.
     pub async fn spawn_tls(&self, tls: Arc<rustls::ServerConfig>) -> std::io::Result<String> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let me = self.clone();
-        tokio::spawn(me.serve_tls(listener, tls));
-        Ok(format!("https://{addr}"))
+        crate::serve::spawn_tls(self.router(), tls, "fake fly").await
     }
 
     /// Serve the same router as [`Self::serve`] over TLS until the process
@@ -166,37 +153,7 @@ impl FakeFly {
         listener: tokio::net::TcpListener,
         tls: Arc<rustls::ServerConfig>,
     ) {
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        let router = self.router();
-        loop {
-            let tcp = match listener.accept().await {
-                Ok((tcp, _)) => tcp,
-                Err(error) => {
-                    // Out of descriptors and the like: pause, as axum::serve does.
-                    tracing::warn!(%error, "fake fly accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let acceptor = acceptor.clone();
-            let service = hyper_util::service::TowerToHyperService::new(router.clone());
-            tokio::spawn(async move {
-                let stream = match acceptor.accept(tcp).await {
-                    Ok(s) => s,
-                    Err(error) => {
-                        tracing::debug!(%error, "fake fly TLS handshake failed");
-                        return;
-                    }
-                };
-                if let Err(error) =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await
-                {
-                    tracing::debug!(%error, "fake fly TLS connection ended");
-                }
-            });
-        }
+        crate::serve::serve_tls(self.router(), listener, tls, "fake fly").await;
     }
 
     pub fn router(&self) -> Router {

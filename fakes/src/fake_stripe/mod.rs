@@ -212,15 +212,7 @@ impl FakeStripe {
     /// Bind `127.0.0.1:0`, serve in the background and return the base URL
     /// (`http://127.0.0.1:PORT`, without `/v1`).
     pub async fn spawn(&self) -> std::io::Result<String> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let me = self.clone();
-        tokio::spawn(async move {
-            if let Err(error) = me.serve(listener).await {
-                tracing::error!(%error, "fake stripe stopped");
-            }
-        });
-        Ok(format!("http://{addr}"))
+        crate::serve::spawn(self.router(), "fake stripe").await
     }
 
     /// Serve on `listener` until the process ends.
