@@ -7,6 +7,7 @@ Fixtures that wire these together live in conftest.py.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -69,6 +70,13 @@ def wait_until(probe: Callable[[], T | None], what: str, timeout: float = 10.0, 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def get_ok(url: str, **kwargs: Any) -> httpx.Response:
+    """GET `url` (5 s timeout), raising on an error status: the test hooks of the mocks and fakes."""
+    response = httpx.get(url, timeout=5, **kwargs)
+    response.raise_for_status()
+    return response
 
 
 def new_request_id() -> str:
@@ -267,9 +275,7 @@ class MockProvider:
 
     def requests(self) -> list[dict[str, Any]]:
         """Every request the mock received since the last clear(), oldest first."""
-        response = httpx.get(f"{self.url}/_mock/requests", timeout=5)
-        response.raise_for_status()
-        return response.json()
+        return get_ok(f"{self.url}/_mock/requests").json()
 
     def clear(self) -> None:
         httpx.delete(f"{self.url}/_mock/requests", timeout=5).raise_for_status()
@@ -354,9 +360,7 @@ class Dataplane:
         return events[0]
 
     def metrics(self) -> str:
-        response = httpx.get(f"{self.admin_url}/metrics", timeout=5)
-        response.raise_for_status()
-        return response.text
+        return get_ok(f"{self.admin_url}/metrics").text
 
     def metric_value(self, name: str) -> float:
         """Sum of all samples of metric `name` (any labels); 0 when absent."""
@@ -815,6 +819,14 @@ class ControlPlane:
             process.kill()
 
 
+def serve_controlplane(cp: ControlPlane) -> Iterator[ControlPlane]:
+    """Yield `cp` (to a fixture's test), then kill it and check its log holds no secret."""
+    try:
+        yield cp
+    finally:
+        cp.kill()
+        assert_no_secrets(cp.logs(), "control plane log")
+
 
 # --------------------------------------------------------------------------------------------
 # Fakes of Fly Machines and Stripe (separate `molt` processes)
@@ -843,15 +855,11 @@ class FakeFly:
         self.url = f"http://{listeners['http']}"
 
     def state(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.url}/_fake/state", timeout=5)
-        response.raise_for_status()
-        return response.json()
+        return get_ok(f"{self.url}/_fake/state").json()
 
     def calls(self) -> list[tuple[str, int]]:
         """Every Fly API call the fake received, in order, as (`METHOD /path`, status)."""
-        response = httpx.get(f"{self.url}/_fake/calls", timeout=5)
-        response.raise_for_status()
-        return [(call, status) for call, status in response.json()]
+        return [(call, status) for call, status in get_ok(f"{self.url}/_fake/calls").json()]
 
     def delay_next(self, matching: str, ms: int) -> None:
         """Act on the next call whose `METHOD /path` contains `matching`, but answer it only `ms` ms later."""
@@ -863,14 +871,11 @@ class FakeFly:
 
     def machines_of_bot(self, app: str, bot_id: str) -> list[dict[str, Any]]:
         """Fly's own list-by-metadata (`GET /v1/apps/{app}/machines?metadata.molt_bot_id=`): live machines."""
-        response = httpx.get(
+        return get_ok(
             f"{self.url}/v1/apps/{app}/machines",
             params={"metadata.molt_bot_id": bot_id},
             headers={"authorization": f"Bearer {self.token}"},
-            timeout=5,
-        )
-        response.raise_for_status()
-        return response.json()
+        ).json()
 
 
 class FakeStripe:
@@ -888,9 +893,7 @@ class FakeStripe:
         self.url = f"http://{listeners['http']}"
 
     def _inspect(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.url}/_fake/meter_events", timeout=5)
-        response.raise_for_status()
-        return response.json()
+        return get_ok(f"{self.url}/_fake/meter_events").json()
 
     def meter_events(self) -> list[dict[str, Any]]:
         """Every meter event the fake stored, oldest first (`value` is a string, as Stripe returns it)."""
@@ -911,3 +914,14 @@ def sign_stripe_webhook(payload: bytes, secret: str, timestamp: int | None = Non
     t = int(time.time()) if timestamp is None else timestamp
     signature = hmac.new(secret.encode(), f"{t}.".encode() + payload, hashlib.sha256).hexdigest()
     return f"t={t},v1={signature}"
+
+
+async def chat_once(ws: Any, text: str = "hi") -> list[dict[str, Any]]:
+    """Send one chat message on a `/ws/chat` socket and collect every frame up to the `done` chunk."""
+    await ws.send(json.dumps({"type": "message", "content": text}))
+    frames = []
+    while True:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        frames.append(frame)
+        if frame.get("done") is True:
+            return frames

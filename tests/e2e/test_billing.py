@@ -139,6 +139,19 @@ def unpaid_user(cp: ControlPlane) -> dict[str, Any]:
     return cp.api("POST", "/users", {"email": f"bill-{uuid.uuid4().hex[:8]}@example.com", "status": "suspended"}, 201)
 
 
+def unpaid_user_on_a_synced_dataplane(
+    world: World, mock: MockProvider, stack: Stack, start: StartDataplane, tmp_path: Path
+) -> tuple[Dataplane, dict[str, Any], dict[str, Any], str]:
+    """A synced data plane serving the mock's models, an unpaid user with a molt key, and the Stripe customer id
+    their checkout will carry."""
+    dataplane = start_synced_dataplane(world, stack, start, tmp_path / "dp")
+    seed_models(stack.cp, world, mock)
+    user = unpaid_user(stack.cp)
+    key = stack.cp.api("POST", "/keys", {"user_id": user["id"]}, expect=201)
+    SECRETS.add(key["secret"])
+    return dataplane, user, key, f"cus_{uuid.uuid4().hex[:14]}"
+
+
 def checkout_event(user_id: str, customer: str) -> bytes:
     """A `checkout.session.completed` event as Stripe delivers it (the fields Molt reads, and the usual others)."""
     event = {
@@ -268,12 +281,7 @@ def test_paid_checkout_then_sdk_traffic_is_billed_exactly_once(
     world: World, mock: MockProvider, stack: Stack, start_dataplane: StartDataplane, tmp_path: Path
 ) -> None:
     cp = stack.cp
-    dataplane = start_synced_dataplane(world, stack, start_dataplane, tmp_path / "dp")
-    seed_models(cp, world, mock)
-    user = unpaid_user(cp)
-    key = cp.api("POST", "/keys", {"user_id": user["id"]}, expect=201)
-    SECRETS.add(key["secret"])
-    customer = f"cus_{uuid.uuid4().hex[:14]}"
+    dataplane, user, key, customer = unpaid_user_on_a_synced_dataplane(world, mock, stack, start_dataplane, tmp_path)
 
     # The same signed delivery three times (Stripe retries until it sees a 2xx): one effect.
     body = checkout_event(user["id"], customer)
@@ -338,12 +346,7 @@ def test_stripe_faults_and_a_controlplane_killed_mid_flush_bill_exactly_once(
     world: World, mock: MockProvider, stack: Stack, start_dataplane: StartDataplane, tmp_path: Path
 ) -> None:
     cp = stack.cp
-    dataplane = start_synced_dataplane(world, stack, start_dataplane, tmp_path / "dp")
-    seed_models(cp, world, mock)
-    user = unpaid_user(cp)
-    key = cp.api("POST", "/keys", {"user_id": user["id"]}, expect=201)
-    SECRETS.add(key["secret"])
-    customer = f"cus_{uuid.uuid4().hex[:14]}"
+    dataplane, user, key, customer = unpaid_user_on_a_synced_dataplane(world, mock, stack, start_dataplane, tmp_path)
     pay(stack, user["id"], customer)
     wait_for_key(dataplane, key["secret"])
 

@@ -24,7 +24,7 @@ from harness import (
     MockProvider,
     StartDataplane,
     World,
-    assert_no_secrets,
+    serve_controlplane,
     wait_until,
 )
 
@@ -36,11 +36,7 @@ def controlplane(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Co
     cp = ControlPlane(tmp_path / "controlplane")
     # Data planes started by the test inherit the environment and read their token from it.
     monkeypatch.setenv(CONTROLPLANE_TOKEN_ENV, cp.dataplane_token)
-    try:
-        yield cp
-    finally:
-        cp.kill()
-        assert_no_secrets(cp.logs(), "control plane log")
+    yield from serve_controlplane(cp)
 
 
 def dataplane_config(world: World, cp: ControlPlane, workdir: Path, ship_interval: str = "200ms") -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from harness import MOLT_BIN, ControlPlane, assert_no_secrets, new_secret, require_binary
+from harness import MOLT_BIN, ControlPlane, new_secret, require_binary, serve_controlplane
 
 PROVIDER_KEY_ENV = "MOLT_E2E_CTL_PROVIDER_KEY"
 
@@ -24,11 +24,7 @@ PROVIDER_KEY_ENV = "MOLT_E2E_CTL_PROVIDER_KEY"
 def controlplane(tmp_path: Path) -> Iterator[ControlPlane]:
     fleet = {"kind": "local", "proxy_url": "http://127.0.0.1:1/v1", "poll_interval": "100ms"}
     cp = ControlPlane(tmp_path / "controlplane", extra_config={"fleet": fleet})
-    try:
-        yield cp
-    finally:
-        cp.kill()
-        assert_no_secrets(cp.logs(), "control plane log")
+    yield from serve_controlplane(cp)
 
 
 def ctl(

@@ -35,7 +35,9 @@ from harness import (
     StartDataplane,
     World,
     assert_no_secrets,
+    chat_once,
     refused_port,
+    serve_controlplane,
     wait_until,
 )
 
@@ -82,26 +84,11 @@ def controlplane(
         extra_env={FLY_TOKEN_ENV: fake_fly.token},
     )
     monkeypatch.setenv(CONTROLPLANE_TOKEN_ENV, cp.dataplane_token)
-    try:
-        yield cp
-    finally:
-        cp.kill()
-        assert_no_secrets(cp.logs(), "control plane log")
+    yield from serve_controlplane(cp)
 
 
 def ws_url(dataplane_url: str, bot_id: str) -> str:
     return f"{dataplane_url.replace('http://', 'ws://')}/ws/chat?bot={bot_id}"
-
-
-async def chat_once(ws: Any, text: str) -> list[dict[str, Any]]:
-    """Send one chat message and collect every frame up to the `done` chunk."""
-    await ws.send(json.dumps({"type": "message", "content": text}))
-    frames = []
-    while True:
-        frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        frames.append(frame)
-        if frame.get("done") is True:
-            return frames
 
 
 def handshake_status(url: str, secret: str) -> int:

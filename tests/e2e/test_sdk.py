@@ -64,6 +64,37 @@ def controls(request_id: str, chunks: int = CHUNKS, **extra: Any) -> dict[str, s
     return {"x-request-id": request_id, **mock_headers(chunks=chunks, **extra)}
 
 
+def chat_is_forwarded(
+    clients: Clients,
+    dataplane: Dataplane,
+    mock: MockProvider,
+    world: World,
+    key: ClientKey,
+    asked: str,
+    *,
+    model: str,
+    upstream_model: str | None = None,
+) -> None:
+    """A non-streaming chat completion with `key` asking for model `asked` gets the mock's answer, and its one
+    upstream request and usage event are right (`forwarded`) for the canonical `model`."""
+    rid = new_request_id()
+    completion = clients.openai(key).chat.completions.create(
+        model=asked, messages=MESSAGES, extra_headers=controls(rid)
+    )
+    assert completion.choices[0].message.content == expected_answer(CHUNKS)
+    forwarded(
+        dataplane,
+        mock,
+        world,
+        rid,
+        route="/v1/chat/completions",
+        model=model,
+        stream=False,
+        key=key,
+        upstream_model=upstream_model,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Chat completions
 # ---------------------------------------------------------------------------------------------
@@ -296,41 +327,15 @@ def test_model_names_are_resolved_before_forwarding(
     canonical: str,
     upstream: str,
 ) -> None:
-    rid = new_request_id()
-    completion = http_clients.openai(world.full_key).chat.completions.create(
-        model=asked, messages=MESSAGES, extra_headers=controls(rid)
-    )
-    assert completion.choices[0].message.content == expected_answer(CHUNKS)
-    forwarded(
-        module_dataplane,
-        mock,
-        world,
-        rid,
-        route="/v1/chat/completions",
-        model=canonical,
-        stream=False,
-        upstream_model=upstream,
+    chat_is_forwarded(
+        http_clients, module_dataplane, mock, world, world.full_key, asked, model=canonical, upstream_model=upstream
     )
 
 
 def test_an_allowlisted_key_works_for_its_model(
     http_clients: Clients, module_dataplane: Dataplane, mock: MockProvider, world: World
 ) -> None:
-    rid = new_request_id()
-    completion = http_clients.openai(world.mini_key).chat.completions.create(
-        model=CHAT_MODEL, messages=MESSAGES, extra_headers=controls(rid)
-    )
-    assert completion.choices[0].message.content == expected_answer(CHUNKS)
-    forwarded(
-        module_dataplane,
-        mock,
-        world,
-        rid,
-        route="/v1/chat/completions",
-        model=CHAT_MODEL,
-        stream=False,
-        key=world.mini_key,
-    )
+    chat_is_forwarded(http_clients, module_dataplane, mock, world, world.mini_key, CHAT_MODEL, model=CHAT_MODEL)
 
 
 def test_master_keys_are_spread_across_requests(http_clients: Clients, mock: MockProvider, world: World) -> None:

@@ -28,6 +28,8 @@ from harness import (
     DataplaneFleet,
     StartDataplane,
     World,
+    chat_once,
+    get_ok,
     new_client_key,
     new_secret,
     refused_port,
@@ -52,9 +54,7 @@ class MockBot:
         self.url = f"http://{listeners['http']}"
 
     def handshakes(self) -> list[dict[str, Any]]:
-        response = httpx.get(f"{self.url}/_mock/connections", timeout=5)
-        response.raise_for_status()
-        return response.json()
+        return get_ok(f"{self.url}/_mock/connections").json()
 
     def clear(self) -> None:
         httpx.delete(f"{self.url}/_mock/connections", timeout=5).raise_for_status()
@@ -112,17 +112,6 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-async def chat_once(ws: Any, text: str = "hi") -> list[dict[str, Any]]:
-    """Send one chat message, collect everything up to the `done` chunk."""
-    await ws.send(json.dumps({"type": "message", "content": text}))
-    frames = []
-    while True:
-        frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        frames.append(frame)
-        if frame.get("done") is True:
-            return frames
-
-
 def assert_seed_reply(frames: list[dict[str, Any]], said: str) -> None:
     """Brain events and chunks in the mock's order, chunks adding up to the final content."""
     kinds = [f["event"]["type"] if f.get("type") == "brain_event" else "chunk" for f in frames]
@@ -154,6 +143,15 @@ def assert_refused(url: str, status: int, code: str, **kwargs: Any) -> None:
 
 def close_code(exc: ConnectionClosed) -> int | None:
     return exc.rcvd.code if exc.rcvd else None
+
+
+async def next_close(ws: Any) -> int | None:
+    """Wait (10 s) for the next frame: the close code if the connection closes instead, else None."""
+    try:
+        await asyncio.wait_for(ws.recv(), 10)
+    except ConnectionClosed as e:
+        return close_code(e)
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -295,11 +293,7 @@ def test_oversized_message_closes_1009(dp: Dataplane) -> None:
     async def go() -> int | None:
         async with websockets.connect(ws_url(dp), additional_headers=bearer(OWNER), max_size=None) as ws:
             await ws.send("x" * 70_000)  # max_message_bytes = 65536
-            try:
-                await asyncio.wait_for(ws.recv(), 10)
-            except ConnectionClosed as e:
-                return close_code(e)
-            return None
+            return await next_close(ws)
 
     assert run(go()) == 1009
 
@@ -308,11 +302,7 @@ def test_bot_failure_codes_reach_the_client(dp: Dataplane) -> None:
     async def closes_with(command: dict[str, Any]) -> int | None:
         async with websockets.connect(ws_url(dp), additional_headers=bearer(OWNER)) as ws:
             await ws.send(json.dumps(command))
-            try:
-                await asyncio.wait_for(ws.recv(), 10)
-            except ConnectionClosed as e:
-                return close_code(e)
-            return None
+            return await next_close(ws)
 
     assert run(closes_with({"type": "close", "code": 1011})) == 1011
     assert run(closes_with({"type": "drop"})) == 1014
@@ -333,12 +323,7 @@ def test_reload_moving_a_bot_closes_only_its_connections(
                 new = copy.deepcopy(config)
                 new["bots"][0]["gateway_url"] = f"ws://127.0.0.1:{bot.port}/moved"
                 dataplane.reload(new)
-                try:
-                    await asyncio.wait_for(moved.recv(), 10)
-                    code = None
-                except ConnectionClosed as e:
-                    code = close_code(e)
-                return code, await chat_once(kept)
+                return await next_close(moved), await chat_once(kept)
 
     bot.clear()
     code, frames = run(go())
@@ -361,11 +346,7 @@ def test_shutdown_closes_1001(world: World, bot: MockBot, start_dataplane: Start
         async with websockets.connect(ws_url(dataplane), additional_headers=bearer(OWNER)) as ws:
             await chat_once(ws)
             dataplane.stop()
-            try:
-                await asyncio.wait_for(ws.recv(), 10)
-            except ConnectionClosed as e:
-                return close_code(e)
-            return None
+            return await next_close(ws)
 
     assert run(go()) == 1001
     assert dataplane.wait_exit(15) == 0
