@@ -97,6 +97,56 @@ enum Repeat {
     OnlyIfRefused,
 }
 
+/// One Fly API call, as [`FlyFleet::call`] sends it.
+#[derive(Debug, Clone)]
+struct Call<'a> {
+    method: Method,
+    /// Under `/v1/apps/{app}`.
+    path: &'a str,
+    body: Option<&'a Value>,
+    /// The lease nonce of a leased mutation.
+    nonce: Option<&'a str>,
+    repeat: Repeat,
+    /// Added to the request timeout (a wait Fly holds open).
+    extra_timeout: Duration,
+}
+
+impl<'a> Call<'a> {
+    /// A call without a body, safe to repeat: reads, deletes, lease
+    /// releases.
+    fn safe(method: Method, path: &'a str) -> Self {
+        Self {
+            method,
+            path,
+            body: None,
+            nonce: None,
+            repeat: Repeat::Safe,
+            extra_timeout: Duration::ZERO,
+        }
+    }
+
+    /// A create: repeated only when Fly refused it (429), since a lost
+    /// answer may mean it was done.
+    fn create(path: &'a str, body: &'a Value) -> Self {
+        Self {
+            body: Some(body),
+            repeat: Repeat::OnlyIfRefused,
+            ..Self::safe(Method::POST, path)
+        }
+    }
+
+    fn with_body(self, body: Option<&'a Value>) -> Self {
+        Self { body, ..self }
+    }
+
+    fn with_nonce(self, nonce: &'a str) -> Self {
+        Self {
+            nonce: Some(nonce),
+            ..self
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct FlyErrorBody {
     error: Option<String>,
@@ -167,22 +217,15 @@ impl FlyFleet {
     }
 
     /// One API call with retries; the JSON body of a 2xx answer.
-    async fn call(
-        &self,
-        method: Method,
-        rest: &str,
-        body: Option<&Value>,
-        nonce: Option<&str>,
-        repeat: Repeat,
-        extra_timeout: Duration,
-    ) -> Result<Value, FleetError> {
+    async fn call(&self, call: Call<'_>) -> Result<Value, FleetError> {
+        let (method, rest, repeat) = (&call.method, call.path, call.repeat);
         let url = self.path(rest);
         let mut delay = self.s.backoff;
         let mut tries = 0;
         loop {
             tries += 1;
             let last = tries >= self.s.max_tries;
-            let outcome = self.send(&method, &url, body, nonce, extra_timeout).await;
+            let outcome = self.send(&url, &call).await;
             let retry = match &outcome {
                 Ok((status, _)) if *status == StatusCode::TOO_MANY_REQUESTS => true,
                 Ok((status, _)) if status.is_server_error() => repeat == Repeat::Safe,
@@ -210,14 +253,8 @@ impl FlyFleet {
         }
     }
 
-    async fn send(
-        &self,
-        method: &Method,
-        url: &str,
-        body: Option<&Value>,
-        nonce: Option<&str>,
-        extra_timeout: Duration,
-    ) -> Result<(StatusCode, Bytes), FleetError> {
+    async fn send(&self, url: &str, call: &Call<'_>) -> Result<(StatusCode, Bytes), FleetError> {
+        let method = &call.method;
         let mut req = Request::builder()
             .method(method.clone())
             .uri(url)
@@ -226,10 +263,10 @@ impl FlyFleet {
                 format!("Bearer {}", self.s.token.expose()),
             )
             .header(hyper::header::ACCEPT, "application/json");
-        if let Some(n) = nonce {
+        if let Some(n) = call.nonce {
             req = req.header("fly-machine-lease-nonce", n);
         }
-        let payload = match body {
+        let payload = match call.body {
             Some(b) => {
                 req = req.header(hyper::header::CONTENT_TYPE, "application/json");
                 Bytes::from(b.to_string())
@@ -254,32 +291,16 @@ impl FlyFleet {
                 .to_bytes();
             Ok((status, bytes))
         };
-        tokio::time::timeout(self.s.request_timeout + extra_timeout, exchange)
+        tokio::time::timeout(self.s.request_timeout + call.extra_timeout, exchange)
             .await
             .map_err(|_| FleetError::Transport(format!("{method} {url}: timed out")))?
     }
 
     /// One mutation of machine `id` under its lease (safe to repeat: the
     /// lease makes it ours alone), answer discarded.
-    async fn leased(
-        &self,
-        id: &str,
-        release: bool,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<(), FleetError> {
+    async fn leased(&self, id: &str, release: bool, call: Call<'_>) -> Result<(), FleetError> {
         self.with_lease(id, release, |nonce| async move {
-            self.call(
-                method,
-                path,
-                body,
-                Some(&nonce),
-                Repeat::Safe,
-                Duration::ZERO,
-            )
-            .await
-            .map(drop)
+            self.call(call.with_nonce(&nonce)).await.map(drop)
         })
         .await
     }
@@ -291,30 +312,15 @@ impl FlyFleet {
         F: FnOnce(String) -> Fut,
         Fut: std::future::Future<Output = Result<(), FleetError>>,
     {
-        let lease = self
-            .call(
-                Method::POST,
-                &format!("/machines/{id}/lease"),
-                Some(&json!({"ttl": 60, "description": "molt control plane"})),
-                None,
-                // A held lease (409) is someone else at work: worth a
-                // second try after a pause, like fly-go does.
-                Repeat::Safe,
-                Duration::ZERO,
-            )
-            .await;
-        let lease = match lease {
+        let path = format!("/machines/{id}/lease");
+        let ask = json!({"ttl": 60, "description": "molt control plane"});
+        let acquire = Call::safe(Method::POST, &path).with_body(Some(&ask));
+        let lease = match self.call(acquire.clone()).await {
+            // A held lease (409) is someone else at work: worth a second
+            // try after a pause, like fly-go does.
             Err(FleetError::Api { status: 409, .. }) => {
                 tokio::time::sleep(self.s.backoff * 4).await;
-                self.call(
-                    Method::POST,
-                    &format!("/machines/{id}/lease"),
-                    Some(&json!({"ttl": 60, "description": "molt control plane"})),
-                    None,
-                    Repeat::Safe,
-                    Duration::ZERO,
-                )
-                .await?
+                self.call(acquire).await?
             }
             other => other?,
         };
@@ -325,17 +331,8 @@ impl FlyFleet {
             .to_owned();
         let result = op(nonce.clone()).await;
         if release {
-            if let Err(e) = self
-                .call(
-                    Method::DELETE,
-                    &format!("/machines/{id}/lease"),
-                    None,
-                    Some(&nonce),
-                    Repeat::Safe,
-                    Duration::ZERO,
-                )
-                .await
-            {
+            let release = Call::safe(Method::DELETE, &path).with_nonce(&nonce);
+            if let Err(e) = self.call(release).await {
                 tracing::debug!(machine = id, error = %e, "lease not released; it will expire");
             }
         }
@@ -421,16 +418,7 @@ fn not_found(e: &FleetError) -> bool {
 #[async_trait::async_trait]
 impl Fleet for FlyFleet {
     async fn find_volumes(&self, name: &str) -> Result<Vec<Volume>, FleetError> {
-        let v = self
-            .call(
-                Method::GET,
-                "/volumes",
-                None,
-                None,
-                Repeat::Safe,
-                Duration::ZERO,
-            )
-            .await?;
+        let v = self.call(Call::safe(Method::GET, "/volumes")).await?;
         let vols: Vec<VolumeJson> = serde_json::from_value(v)
             .map_err(|e| FleetError::Transport(format!("unreadable volume list: {e}")))?;
         Ok(vols
@@ -451,16 +439,7 @@ impl Fleet for FlyFleet {
         if let Some(r) = spec.region.as_ref().or(self.s.region.as_ref()) {
             body["region"] = json!(r);
         }
-        let v = self
-            .call(
-                Method::POST,
-                "/volumes",
-                Some(&body),
-                None,
-                Repeat::OnlyIfRefused,
-                Duration::ZERO,
-            )
-            .await?;
+        let v = self.call(Call::create("/volumes", &body)).await?;
         serde_json::from_value::<VolumeJson>(v)
             .map(Volume::from)
             .map_err(|e| FleetError::Transport(format!("unreadable volume: {e}")))
@@ -468,14 +447,7 @@ impl Fleet for FlyFleet {
 
     async fn delete_volume(&self, id: &str) -> Result<(), FleetError> {
         match self
-            .call(
-                Method::DELETE,
-                &format!("/volumes/{id}"),
-                None,
-                None,
-                Repeat::Safe,
-                Duration::ZERO,
-            )
+            .call(Call::safe(Method::DELETE, &format!("/volumes/{id}")))
             .await
         {
             Err(e) if not_found(&e) => Ok(()),
@@ -485,14 +457,10 @@ impl Fleet for FlyFleet {
 
     async fn find_machine(&self, bot_id: &str) -> Result<Option<Machine>, FleetError> {
         let v = self
-            .call(
+            .call(Call::safe(
                 Method::GET,
                 &format!("/machines?metadata.molt_bot_id={bot_id}"),
-                None,
-                None,
-                Repeat::Safe,
-                Duration::ZERO,
-            )
+            ))
             .await?;
         let ms: Vec<MachineJson> = serde_json::from_value(v)
             .map_err(|e| FleetError::Transport(format!("unreadable machine list: {e}")))?;
@@ -504,16 +472,7 @@ impl Fleet for FlyFleet {
 
     async fn create_machine(&self, spec: &MachineSpec) -> Result<Machine, FleetError> {
         let body = self.machine_body(spec);
-        let v = self
-            .call(
-                Method::POST,
-                "/machines",
-                Some(&body),
-                None,
-                Repeat::OnlyIfRefused,
-                Duration::ZERO,
-            )
-            .await?;
+        let v = self.call(Call::create("/machines", &body)).await?;
         serde_json::from_value::<MachineJson>(v)
             .map(Machine::from)
             .map_err(|e| FleetError::Transport(format!("unreadable machine: {e}")))
@@ -521,14 +480,7 @@ impl Fleet for FlyFleet {
 
     async fn get_machine(&self, id: &str) -> Result<Option<Machine>, FleetError> {
         match self
-            .call(
-                Method::GET,
-                &format!("/machines/{id}"),
-                None,
-                None,
-                Repeat::Safe,
-                Duration::ZERO,
-            )
+            .call(Call::safe(Method::GET, &format!("/machines/{id}")))
             .await
         {
             Ok(v) => {
@@ -545,34 +497,36 @@ impl Fleet for FlyFleet {
     async fn wait_started(&self, id: &str, timeout: Duration) -> Result<(), FleetError> {
         // Fly's proxy cuts waits at 60 s; the API takes whole seconds.
         let secs = timeout.as_secs().clamp(1, 60);
-        self.call(
-            Method::GET,
-            &format!("/machines/{id}/wait?state=started&timeout={secs}"),
-            None,
-            None,
-            Repeat::Safe,
-            Duration::from_secs(secs),
-        )
-        .await
-        .map(drop)
+        let path = format!("/machines/{id}/wait?state=started&timeout={secs}");
+        let wait = Call {
+            extra_timeout: Duration::from_secs(secs),
+            ..Call::safe(Method::GET, &path)
+        };
+        self.call(wait).await.map(drop)
     }
 
     async fn start_machine(&self, id: &str) -> Result<(), FleetError> {
         let path = format!("/machines/{id}/start");
-        self.leased(id, true, Method::POST, &path, None).await
+        self.leased(id, true, Call::safe(Method::POST, &path)).await
     }
 
     async fn stop_machine(&self, id: &str) -> Result<(), FleetError> {
         let path = format!("/machines/{id}/stop");
         let body = json!({"signal": "SIGTERM", "timeout": "10s"});
-        self.leased(id, true, Method::POST, &path, Some(&body))
-            .await
+        self.leased(
+            id,
+            true,
+            Call::safe(Method::POST, &path).with_body(Some(&body)),
+        )
+        .await
     }
 
     async fn delete_machine(&self, id: &str) -> Result<(), FleetError> {
         // A deleted machine's lease goes with it: nothing to release.
         let path = format!("/machines/{id}?force=true");
-        let result = self.leased(id, false, Method::DELETE, &path, None).await;
+        let result = self
+            .leased(id, false, Call::safe(Method::DELETE, &path))
+            .await;
         match result {
             Err(e) if not_found(&e) => Ok(()),
             other => other,
