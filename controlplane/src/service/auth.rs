@@ -33,10 +33,8 @@ pub struct CreatedAdminToken {
 pub struct MintToken {
     pub user_id: String,
     /// Lifetime in seconds (default 900, at most the configured maximum).
-    #[serde(default)]
     pub ttl_seconds: Option<u64>,
     /// Models (names or aliases) the token may use; absent means all.
-    #[serde(default)]
     pub models: Option<Vec<String>>,
 }
 

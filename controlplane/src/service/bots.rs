@@ -20,10 +20,8 @@ use utoipa::ToSchema;
 pub struct CreateBot {
     pub user_id: String,
     /// Fly region; absent means the fleet's default.
-    #[serde(default)]
     pub region: Option<String>,
     /// Primary model; absent means the provisioner's default.
-    #[serde(default)]
     pub model: Option<String>,
 }
 

@@ -17,13 +17,10 @@ const DISPLAY_PREFIX_LEN: usize = 12;
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     pub user_id: String,
-    #[serde(default)]
     pub name: Option<String>,
     /// Unix milliseconds after which the key stops working.
-    #[serde(default)]
     pub expires_at: Option<Millis>,
     /// Models (names or aliases) the key may use; absent means all.
-    #[serde(default)]
     pub models: Option<Vec<String>>,
 }
 

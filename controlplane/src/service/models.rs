@@ -17,7 +17,6 @@ pub struct CreateModel {
     pub name: String,
     /// Provider name.
     pub provider: String,
-    #[serde(default)]
     pub upstream_name: Option<String>,
     #[serde(default)]
     pub aliases: Vec<String>,
@@ -36,17 +35,11 @@ pub struct CreateModel {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateModel {
-    #[serde(default)]
     pub provider: Option<String>,
-    #[serde(default)]
     pub upstream_name: Option<String>,
-    #[serde(default)]
     pub aliases: Option<Vec<String>>,
-    #[serde(default)]
     pub fallbacks: Option<Vec<String>>,
-    #[serde(default)]
     pub input_price_per_mtok: Option<f64>,
-    #[serde(default)]
     pub output_price_per_mtok: Option<f64>,
 }
 

@@ -42,9 +42,7 @@ pub struct CreatePlan {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdatePlan {
-    #[serde(default)]
     pub description: Option<String>,
-    #[serde(default)]
     pub limits: Option<RawLimitSet>,
 }
 

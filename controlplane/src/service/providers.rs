@@ -27,9 +27,7 @@ pub struct CreateProvider {
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProvider {
-    #[serde(default)]
     pub base_url: Option<String>,
-    #[serde(default)]
     pub keys: Option<Vec<String>>,
 }
 

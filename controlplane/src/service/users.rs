@@ -18,12 +18,9 @@ use utoipa::ToSchema;
 pub struct CreateUser {
     pub email: String,
     /// Defaults to `active`.
-    #[serde(default)]
     pub status: Option<UserStatus>,
     /// The name of an existing plan; `null` or absent for none.
-    #[serde(default)]
     pub plan: Option<String>,
-    #[serde(default)]
     pub stripe_customer_id: Option<String>,
     /// The user's own limits, each winning over the plan's.
     #[serde(default)]
@@ -35,9 +32,7 @@ pub struct CreateUser {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
-    #[serde(default)]
     pub email: Option<String>,
-    #[serde(default)]
     pub status: Option<UserStatus>,
     /// The name of an existing plan, or `null` for none.
     #[serde(default, deserialize_with = "present")]
@@ -47,7 +42,6 @@ pub struct UpdateUser {
     #[schema(value_type = Option<String>)]
     pub stripe_customer_id: Option<Option<String>>,
     /// Replaces the user's whole set of overrides.
-    #[serde(default)]
     pub limits: Option<LimitOverrides>,
 }
 
