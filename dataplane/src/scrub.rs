@@ -268,14 +268,11 @@ pub struct ScrubMetrics {
 
 impl ScrubMetrics {
     pub fn new(registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
-        let masked = prometheus::IntCounterVec::new(
-            prometheus::Opts::new(
-                "molt_secrets_masked_total",
-                "Secrets (master keys, bot tokens, signing secrets) masked in what an upstream sent towards a client, by where.",
-            ),
+        let masked = molt_config::metrics::Registrar(registry).counter_vec(
+            "molt_secrets_masked_total",
+            "Secrets (master keys, bot tokens, signing secrets) masked in what an upstream sent towards a client, by where.",
             &["where"],
         )?;
-        registry.register(Box::new(masked.clone()))?;
         for place in ["header", "body", "websocket"] {
             masked.with_label_values(&[place]);
         }
