@@ -2,9 +2,8 @@
 //! providers, models, usage, audit and operator auth lives here, between
 //! the thin HTTP handlers and storage. Each service file declares the slice
 //! of storage it needs ([`users::UserStore`], [`keys::KeyStore`], ...,
-//! [`AuditStore`] here) with [`store_trait!`](crate::store::store_trait),
-//! which implements it for the store; [`ServiceStore`] is all of them,
-//! what [`Service`] holds.
+//! [`AuditStore`] here) with `store::store_trait!`, which implements it
+//! for the store; [`ServiceStore`] is all of them, what [`Service`] holds.
 //!
 //! Every mutation:
 //! 1. is authorised here (`Operator::require_admin`), not in handlers;

@@ -4,7 +4,7 @@
 //!
 //! The store depends on the domain types and sqlx, nothing above them. It
 //! does not say what its callers need: each caller declares the narrow
-//! trait it uses with [`store_trait!`], which implements it for
+//! trait it uses with `store_trait!`, which implements it for
 //! [`SqlStore`] by calling the method of the same name here
 //! (`service::ServiceStore` and its per-resource parts,
 //! `snapshot::SnapshotStore`, `provision::WorkerStore`,
@@ -42,7 +42,9 @@
 //! NUMERIC). Optional filters use `''` as "no filter" (`$1 = '' OR col =
 //! $1`) instead of NULL parameters, whose type PostgreSQL cannot always
 //! infer. Every value is a bind; SQL text is only ever constant fragments
-//! (`concat!` of a file's column list), never built from values.
+//! (`concat!` of a file's `columns!()`, which `query::record!` defines
+//! from the same field list the record is read and inserted by), never
+//! built from values.
 
 mod admin_tokens;
 mod audit;

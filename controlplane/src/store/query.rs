@@ -1,7 +1,8 @@
-//! What every resource's SQL shares: reading a row's columns into a
-//! domain record ([`Record`], [`Columns`]: plain values, JSON text, text
-//! enums), a change written with its audit entry in one transaction, a
-//! record by key, a page of a list.
+//! What every resource's SQL shares: a table's columns declared once
+//! ([`record!`]) and read into its domain record ([`Record`], [`Columns`]:
+//! plain values, JSON text, text enums) or bound for an insert
+//! ([`Insertable`]), a change written with its audit entry in one
+//! transaction, a record by key, a page of a list.
 
 use super::{audit, Range, SqlStore, StoreError};
 use crate::domain::AuditEntry;
