@@ -201,8 +201,8 @@ impl JsonScanner {
                     // Skip ordinary string content in bulk.
                     let rest = &chunk[i..];
                     let stop = memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
-                    if rest[..stop].iter().any(|&c| c < 0x20) {
-                        return Err(self.err(base, i, "control character in string"));
+                    if let Some(at) = rest[..stop].iter().position(|&c| c < 0x20) {
+                        return Err(self.err(base, i + at, "control character in string"));
                     }
                     if key {
                         self.push_key_bytes(&rest[..stop]);
@@ -624,6 +624,17 @@ mod tests {
             for piece in [1, 3, 100] {
                 scan_in_pieces(good, piece).unwrap();
             }
+        }
+    }
+
+    /// Found by `fuzz/` (json_scan): the offset was where the string's run
+    /// in the chunk began, so it moved with the chunking.
+    #[test]
+    fn a_control_character_is_reported_at_its_own_offset() {
+        let doc = b"{\"model\":\"gpt\x01x\"}";
+        for piece in [1, 2, 5, 100] {
+            let e = scan_in_pieces(doc, piece).unwrap_err();
+            assert_eq!((e.offset, e.reason), (13, "control character in string"), "piece {piece}");
         }
     }
 

@@ -7,7 +7,9 @@
 //! that error would otherwise read the master key.
 //!
 //! A match is replaced by a mask of the same length (`*`), so a
-//! `content-length` stays true and nothing is re-framed. Matching is one
+//! `content-length` stays true and nothing is re-framed. Every byte of
+//! every occurrence is masked, overlapping ones included (one secret may
+//! begin inside another, or be a prefix of another). Matching is one
 //! Aho-Corasick automaton built with the runtime (prepare-then-swap, like
 //! everything else in it).
 //!
@@ -15,9 +17,10 @@
 //! a chunk is forwarded as is unless it contains a secret (then it is
 //! copied once and masked) or ends with what could be the start of one
 //! (then only that tail, at most the longest secret's length less one, is
-//! held until the next chunk shows whether it completes a secret). An SSE
-//! chunk ends with a newline, which no secret contains, so streams are
-//! never held. Cost: `cargo bench -p molt-benches --bench hot_paths --
+//! held, as it came, until the next chunk shows whether it completes a
+//! secret). The result is the same whatever the chunking. An SSE chunk
+//! ends with a newline, which no secret contains, so streams are never
+//! held. Cost: `cargo bench -p molt-benches --bench hot_paths --
 //! scrub` (see the README's figures).
 
 use aho_corasick::AhoCorasick;
@@ -99,15 +102,23 @@ impl Secrets {
 
     /// Mask every secret in `bytes` in place; how many were masked.
     pub fn mask_in_place(&self, bytes: &mut [u8]) -> usize {
-        let Some(ac) = &self.automaton else { return 0 };
-        let spans: Vec<(usize, usize)> = ac
-            .find_iter(&*bytes)
-            .map(|m| (m.start(), m.end()))
-            .collect();
+        let spans = self.occurrences(bytes);
         for &(start, end) in &spans {
             bytes[start..end].fill(MASK);
         }
         spans.len()
+    }
+
+    /// Where every secret occurs in `bytes`, overlapping occurrences too:
+    /// leftmost-first matching would leave the rest of a secret that
+    /// begins inside (or is a longer form of) one it already matched.
+    fn occurrences(&self, bytes: &[u8]) -> Vec<(usize, usize)> {
+        let Some(ac) = &self.automaton else {
+            return Vec::new();
+        };
+        ac.find_overlapping_iter(bytes)
+            .map(|m| (m.start(), m.end()))
+            .collect()
     }
 
     /// Whether `bytes` holds a secret.
@@ -137,8 +148,12 @@ impl Secrets {
 /// Scrubs one response body as it passes.
 #[derive(Debug, Default)]
 pub struct BodyScrubber {
-    /// A tail held back because it may be the start of a secret.
+    /// A tail held back, as it came, because it may be the start of a
+    /// secret.
     held: BytesMut,
+    /// How many leading bytes of `held` an occurrence that began before it
+    /// already covers (they are masked when released).
+    held_covered: usize,
     /// Secrets masked so far.
     pub masked: usize,
 }
@@ -149,7 +164,8 @@ impl BodyScrubber {
         if secrets.is_empty() {
             return Some(chunk);
         }
-        let whole = if self.held.is_empty() {
+        let seen = self.held.len();
+        let whole = if seen == 0 {
             // The common case: nothing held, no secret, no open tail.
             if !secrets.found_in(&chunk) && secrets.open_tail(&chunk) == 0 {
                 return Some(chunk);
@@ -160,7 +176,7 @@ impl BodyScrubber {
             joined.extend_from_slice(&chunk);
             joined
         };
-        self.release(secrets, whole)
+        self.release(secrets, whole, seen)
     }
 
     /// The end of the body: whatever is still held, masked if need be.
@@ -169,14 +185,32 @@ impl BodyScrubber {
         if rest.is_empty() {
             return None;
         }
-        self.masked += secrets.mask_in_place(&mut rest);
+        // Every occurrence in the held tail was counted when its last byte
+        // arrived; here they are only masked.
+        rest[..self.held_covered].fill(MASK);
+        self.held_covered = 0;
+        secrets.mask_in_place(&mut rest);
         Some(rest.freeze())
     }
 
-    fn release(&mut self, secrets: &Secrets, mut whole: BytesMut) -> Option<Bytes> {
-        self.masked += secrets.mask_in_place(&mut whole);
-        let open = secrets.open_tail(&whole);
-        self.held = whole.split_off(whole.len() - open);
+    /// Mask `whole` (the held tail, `seen` bytes already scanned, then the
+    /// new chunk, as they came) and hold back its open tail, unmasked, with
+    /// how much of it an occurrence beginning before it covers.
+    fn release(&mut self, secrets: &Secrets, mut whole: BytesMut, seen: usize) -> Option<Bytes> {
+        let spans = secrets.occurrences(&whole);
+        // Counted once, when the occurrence's last byte arrives: one that
+        // lies within the held tail is found again with the next chunk.
+        self.masked += spans.iter().filter(|&&(_, end)| end > seen).count();
+        let keep = whole.len() - secrets.open_tail(&whole);
+        let covered = std::mem::take(&mut self.held_covered);
+        whole[..covered.min(keep)].fill(MASK);
+        let mut tail_covered = covered.saturating_sub(keep);
+        for &(start, end) in spans.iter().filter(|&&(start, _)| start < keep) {
+            whole[start..end.min(keep)].fill(MASK);
+            tail_covered = tail_covered.max(end.saturating_sub(keep));
+        }
+        self.held = whole.split_off(keep);
+        self.held_covered = tail_covered;
         (!whole.is_empty()).then(|| whole.freeze())
     }
 }
@@ -249,6 +283,31 @@ mod tests {
             Some(&b"sk-massive thing\n"[..])
         );
         assert_eq!(scrubber.masked, 0);
+    }
+
+    /// Found by `fuzz/` (scrub): with one secret a prefix of another, or
+    /// beginning inside another, only the first match was masked and the
+    /// rest of the other secret went out to the client.
+    #[test]
+    fn overlapping_secrets_are_masked_whole_at_any_split() {
+        let long = "sk-live-0123456789-abcdef";
+        let s = Secrets::new(["sk-live-0123456789", long, "0123456789-abcdef-more"]);
+        let body = format!("key {long}-more end");
+        let want = format!("key {} end", "*".repeat(30));
+        let mut whole = body.clone().into_bytes();
+        assert_eq!(s.mask_in_place(&mut whole), 3);
+        assert_eq!(String::from_utf8(whole).unwrap(), want);
+        for split in 0..=body.len() {
+            let (a, b) = body.split_at(split);
+            let mut scrubber = BodyScrubber::default();
+            let mut out = Vec::new();
+            for piece in [a, b] {
+                out.extend(scrubber.feed(&s, Bytes::copy_from_slice(piece.as_bytes())));
+            }
+            out.extend(scrubber.finish(&s));
+            assert_eq!(String::from_utf8(out.concat()).unwrap(), want, "split at {split}");
+            assert_eq!(scrubber.masked, 3, "split at {split}");
+        }
     }
 
     #[test]
