@@ -627,14 +627,18 @@ mod tests {
         }
     }
 
-    /// Found by `fuzz/` (json_scan): the offset was where the string's run
-    /// in the chunk began, so it moved with the chunking.
+    /// Found while writing `fuzz/`'s json_scan target: the offset was where the
+    /// string's run in the chunk began, so it moved with the chunking.
     #[test]
     fn a_control_character_is_reported_at_its_own_offset() {
         let doc = b"{\"model\":\"gpt\x01x\"}";
         for piece in [1, 2, 5, 100] {
             let e = scan_in_pieces(doc, piece).unwrap_err();
-            assert_eq!((e.offset, e.reason), (13, "control character in string"), "piece {piece}");
+            assert_eq!(
+                (e.offset, e.reason),
+                (13, "control character in string"),
+                "piece {piece}"
+            );
         }
     }
 

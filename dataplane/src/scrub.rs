@@ -285,9 +285,9 @@ mod tests {
         assert_eq!(scrubber.masked, 0);
     }
 
-    /// Found by `fuzz/` (scrub): with one secret a prefix of another, or
-    /// beginning inside another, only the first match was masked and the
-    /// rest of the other secret went out to the client.
+    /// Found while writing `fuzz/`'s scrub target: with one secret a prefix of
+    /// another, or beginning inside another, only the first match was masked
+    /// and the rest of the other secret went out to the client.
     #[test]
     fn overlapping_secrets_are_masked_whole_at_any_split() {
         let long = "sk-live-0123456789-abcdef";
@@ -305,7 +305,11 @@ mod tests {
                 out.extend(scrubber.feed(&s, Bytes::copy_from_slice(piece.as_bytes())));
             }
             out.extend(scrubber.finish(&s));
-            assert_eq!(String::from_utf8(out.concat()).unwrap(), want, "split at {split}");
+            assert_eq!(
+                String::from_utf8(out.concat()).unwrap(),
+                want,
+                "split at {split}"
+            );
             assert_eq!(scrubber.masked, 3, "split at {split}");
         }
     }

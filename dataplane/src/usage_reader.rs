@@ -42,12 +42,22 @@ impl RawUsage {
     fn tokens(&self) -> TokenUsage {
         // OpenAI's prompt_tokens already include cached tokens; Anthropic's
         // input_tokens exclude cache writes and reads, which are billed input.
-        let input = self.prompt_tokens.unwrap_or(0)
-            + self.input_tokens.unwrap_or(0)
-            + self.cache_creation_input_tokens.unwrap_or(0)
-            + self.cache_read_input_tokens.unwrap_or(0);
-        let output = self.completion_tokens.unwrap_or(0) + self.output_tokens.unwrap_or(0);
-        TokenUsage { input, output }
+        // Saturating: an upstream's counts are untrusted, and a sum that
+        // wrapped would bill next to nothing.
+        let sum = |counts: &[Option<u64>]| {
+            counts
+                .iter()
+                .fold(0u64, |sum, c| sum.saturating_add(c.unwrap_or(0)))
+        };
+        TokenUsage {
+            input: sum(&[
+                self.prompt_tokens,
+                self.input_tokens,
+                self.cache_creation_input_tokens,
+                self.cache_read_input_tokens,
+            ]),
+            output: sum(&[self.completion_tokens, self.output_tokens]),
+        }
     }
 }
 
@@ -505,6 +515,37 @@ mod tests {
         let (r, _) = run(cut, StreamKind::OpenAi, false, 8);
         assert!(!r.terminal_seen());
         assert_eq!(r.usage(), None);
+    }
+
+    /// Found while writing `fuzz/`'s sse_usage target: usage fields whose sum
+    /// passes `u64::MAX` overflowed: a panic in debug builds, a wrapped (tiny)
+    /// count in release ones.
+    #[test]
+    fn huge_counts_saturate() {
+        let max = u64::MAX;
+        let stream = format!(
+            "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"usage\":{{\"input_tokens\":{max},\"cache_read_input_tokens\":7,\"output_tokens\":{max}}}}}}}\n\n"
+        );
+        let (r, _) = run(&stream, StreamKind::Anthropic, false, 16);
+        assert_eq!(
+            r.usage(),
+            Some(TokenUsage {
+                input: max,
+                output: max
+            })
+        );
+        let body = format!(
+            r#"{{"usage":{{"prompt_tokens":{max},"input_tokens":1,"completion_tokens":{max},"output_tokens":2}}}}"#
+        );
+        let mut r = JsonUsageReader::default();
+        r.feed(body.as_bytes());
+        assert_eq!(
+            r.finish(),
+            Some(TokenUsage {
+                input: max,
+                output: max
+            })
+        );
     }
 
     #[test]

@@ -90,7 +90,10 @@ pub fn verify_signature(
             "no v1 signature in Stripe-Signature",
         ));
     }
-    if (now_secs - t).abs() > tolerance_secs {
+    // `abs_diff`: `now - t` overflows for a timestamp near `i64::MIN` (a
+    // panic in debug builds, a wrap past this check in release ones).
+    let within = u64::try_from(tolerance_secs).is_ok_and(|tol| now_secs.abs_diff(t) <= tol);
+    if !within {
         return Err(BillingError::Signature(
             "timestamp outside the tolerance (stale or replayed delivery)",
         ));
@@ -395,6 +398,20 @@ mod tests {
         assert!(verify_signature(&h, b"{}", "whsec_new", 1000, 300).is_err());
         let v0_only = format!("t=1000,v0={good}");
         assert!(verify_signature(&v0_only, body, "whsec_new", 1000, 300).is_err());
+    }
+
+    /// Found while writing `fuzz/`'s stripe_signature target: `now - t`
+    /// overflowed for a timestamp near `i64::MIN`: a panic in debug builds, and
+    /// in release builds a wrap to `i64::MIN` that passed the tolerance check.
+    #[test]
+    fn extreme_timestamps_are_refused_not_overflowed() {
+        let body = b"{}";
+        for t in [i64::MIN, i64::MIN + 1000, i64::MAX] {
+            let h = format!("t={t},v1={}", sign(body, "s", t));
+            assert!(verify_signature(&h, body, "s", 1000, 300).is_err(), "t={t}");
+        }
+        let h = format!("t=1000,v1={}", sign(body, "s", 1000));
+        assert!(verify_signature(&h, body, "s", 1000, -1).is_err());
     }
 
     #[test]

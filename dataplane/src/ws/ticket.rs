@@ -103,7 +103,10 @@ impl Tickets {
     ) -> Result<(String, u64), WsReject> {
         let mut nonce = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let expires = now_ms + ttl.as_millis() as u64;
+        // Saturating: `ticket_ttl` has no upper bound, and a wrapped expiry
+        // would lie in the past.
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let expires = now_ms.saturating_add(ttl_ms);
         let payload = Payload {
             k: holder.key_id.clone(),
             u: holder.user.clone(),
@@ -204,6 +207,17 @@ mod tests {
             t.redeem(&ticket, 2_000, None),
             Err(WsReject::TicketReused)
         ));
+    }
+
+    /// Found while writing `fuzz/`'s ws_ticket target: `now + ttl` overflowed
+    /// for a huge `ticket_ttl` (a panic in debug builds; in release ones the
+    /// ticket was born expired).
+    #[test]
+    fn a_huge_ttl_saturates() {
+        let t = Tickets::new();
+        let (ticket, exp) = t.issue(&holder(), Duration::MAX, 1_000, None).unwrap();
+        assert_eq!(exp, u64::MAX);
+        assert_eq!(t.redeem(&ticket, 2_000, None).unwrap(), holder());
     }
 
     #[test]
