@@ -20,9 +20,10 @@ use memchr::memchr2;
 /// Deepest nesting accepted; deeper documents are rejected, not recursed.
 pub const MAX_DEPTH: usize = 128;
 
-/// Longest object key compared against the tracked keys; longer keys are
-/// skipped without copying.
-const MAX_KEY_LEN: usize = 64;
+/// Bytes one key byte may take in the document: `\u0065` for `e`. A key
+/// longer than this many times the longest tracked key cannot be one of
+/// them, and is skipped without copying.
+const ESCAPED_BYTE_LEN: usize = 6;
 
 /// Where a tracked top-level value sits in the document.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -136,6 +137,9 @@ impl Num {
 pub struct JsonScanner {
     tracked: &'static [&'static str],
     capture_limit: usize,
+    /// Longest key (as written, escapes and all) compared against the
+    /// tracked ones.
+    key_limit: usize,
     fields: Vec<Option<FieldSpan>>,
     stack: Vec<Container>,
     state: State,
@@ -154,9 +158,11 @@ impl JsonScanner {
     /// Track these top-level keys; keep copies of values up to
     /// `capture_limit` bytes.
     pub fn new(tracked: &'static [&'static str], capture_limit: usize) -> Self {
+        let longest = tracked.iter().map(|t| t.len()).max().unwrap_or(0);
         Self {
             tracked,
             capture_limit,
+            key_limit: longest * ESCAPED_BYTE_LEN,
             fields: vec![None; tracked.len()],
             stack: Vec::with_capacity(16),
             state: State::Start,
@@ -411,7 +417,7 @@ impl JsonScanner {
             return;
         }
         if let Some(k) = &mut self.key {
-            if k.len() + bytes.len() > MAX_KEY_LEN {
+            if k.len() + bytes.len() > self.key_limit {
                 self.key = None;
             } else {
                 k.extend_from_slice(bytes);
@@ -575,6 +581,28 @@ mod tests {
     fn escaped_key_is_still_recognised() {
         let s = scan_in_pieces(br#"{"mod\u0065l":"x"}"#, 3).unwrap();
         assert_eq!(s.field(0).unwrap().as_str().as_deref(), Some("x"));
+    }
+
+    /// Found while writing `fuzz/`'s json_scan target (fields must agree
+    /// with serde_json's reading): a tracked key written with escapes was
+    /// longer than the 64 bytes compared, so `stream_options` or
+    /// `max_completion_tokens` could hide from the proxy but not from the
+    /// upstream.
+    #[test]
+    fn a_fully_escaped_key_is_still_recognised() {
+        let escaped: String = "max_completion_tokens"
+            .bytes()
+            .map(|b| format!("\\u{b:04x}"))
+            .collect();
+        let doc = format!(r#"{{"{escaped}":7,"max_completion_tokens":8}}"#);
+        const CAPS: &[&str] = &["model", "max_completion_tokens"];
+        let mut s = JsonScanner::new(CAPS, 64);
+        let e = s.feed(doc.as_bytes()).unwrap_err();
+        assert_eq!(e.reason, "duplicate key");
+        let mut s = JsonScanner::new(CAPS, 64);
+        s.feed(format!(r#"{{"{escaped}":7}}"#).as_bytes()).unwrap();
+        s.finish().unwrap();
+        assert_eq!(s.field(1).unwrap().as_u64(), Some(7));
     }
 
     #[test]
