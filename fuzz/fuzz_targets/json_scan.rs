@@ -64,7 +64,10 @@ fn check_found(doc: &[u8], o: &Outcome) {
     assert!(doc[end + 1..].iter().all(u8::is_ascii_whitespace));
     for span in o.fields.iter().flatten() {
         let (start, stop) = (span.start as usize, span.end as usize);
-        assert!(start < stop && stop <= end, "span {start}..{stop} outside 0..{end}");
+        assert!(
+            start < stop && stop <= end,
+            "span {start}..{stop} outside 0..{end}"
+        );
         let bytes = &doc[start..stop];
         match &span.raw {
             Some(raw) => {
@@ -103,7 +106,9 @@ fn agree_with_serde(doc: &[u8], ours: &Result<Outcome, JsonError>) {
             for (i, name) in FIELDS.iter().enumerate() {
                 assert_eq!(o.fields[i].is_some(), map.contains_key(*name), "{name}");
             }
-            if let (Some(model), Some(serde_json::Value::String(s))) = (&o.fields[0], map.get("model")) {
+            if let (Some(model), Some(serde_json::Value::String(s))) =
+                (&o.fields[0], map.get("model"))
+            {
                 if model.raw.is_some() {
                     assert_eq!(model.as_str().as_deref(), Some(s.as_str()));
                 }

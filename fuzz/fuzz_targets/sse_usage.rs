@@ -52,7 +52,10 @@ fuzz_target!(|data: &[u8]| {
     let pieces = read(kind, strip, &chunks(seed, stream));
     assert_eq!(whole, pieces, "the outcome depends on the chunking");
     if strip {
-        assert!(whole.forwarded.len() <= stream.len(), "stripping added bytes");
+        assert!(
+            whole.forwarded.len() <= stream.len(),
+            "stripping added bytes"
+        );
         if !stream.windows(7).any(|w| w == b"\"usage\"") {
             assert_eq!(whole.forwarded, stream, "changed a stream without usage");
         }

@@ -39,7 +39,9 @@ fuzz_target!(|input: Input| {
     assert!(expires >= input.now_ms);
     let before = expires.saturating_sub(1).max(input.now_ms);
     if expires > input.now_ms {
-        let verified = tickets.verify(&ticket, before, secret).expect("a fresh ticket verifies");
+        let verified = tickets
+            .verify(&ticket, before, secret)
+            .expect("a fresh ticket verifies");
         assert_eq!(verified.holder, holder);
         assert_eq!(verified.expires_ms, expires);
     }
