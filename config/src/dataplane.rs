@@ -333,7 +333,13 @@ impl DataplaneConfig {
     pub fn parse_toml(text: &str) -> Result<RawDataplaneConfig, ConfigErrors> {
         let (raw, unknown) = crate::unknown::from_toml(text).map_err(|e| {
             let mut errs = ConfigErrors::default();
-            errs.push(toml_error_path(text, &e), e.message().to_owned());
+            // Some syntax errors (a control character in a comment) come
+            // with an empty message; their `Display` still says what it is.
+            let message = match e.message().trim() {
+                "" => e.to_string(),
+                m => m.to_owned(),
+            };
+            errs.push(toml_error_path(text, &e), message);
             errs
         })?;
         if unknown.is_empty() {

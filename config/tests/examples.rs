@@ -206,3 +206,14 @@ fn a_snapshot_replaces_the_managed_sections() {
     assert_eq!(cfg.models[0].name, "m");
     assert_eq!(cfg.keys[0].id, "k");
 }
+
+/// Found by `fuzz/`'s config target: a NUL in a comment gave an error with
+/// an empty message.
+#[test]
+fn a_control_character_in_a_comment_is_explained() {
+    let errs = DataplaneConfig::from_toml("version = 1\n# a\0b\n", &example_env()).unwrap_err();
+    assert!(
+        errs.iter().all(|e| !e.message.trim().is_empty()),
+        "{errs:?}"
+    );
+}
