@@ -354,14 +354,20 @@ mod tests {
         let sealed_new = ring.seal(b"sk-1", "prv_1").unwrap();
         assert!(sealed_new.starts_with("v2:new:"), "{sealed_new}");
         assert!(ring.is_stale(&sealed_old) && !ring.is_stale(&sealed_new));
-        assert_eq!(sealed_with(&sealed_old).unwrap(), SealedWith::Kid("old".into()));
+        assert_eq!(
+            sealed_with(&sealed_old).unwrap(),
+            SealedWith::Kid("old".into())
+        );
 
         // The old key dropped: a clear error naming the kid, not the key.
         let new_only = Cipher::from_text(&format!("new:{KEY_B}")).unwrap();
         let err = new_only.open(&sealed_old, "prv_1").unwrap_err();
         assert!(matches!(&err, CryptoError::UnknownKey { kid } if kid == "old"));
         let message = err.to_string();
-        assert!(message.contains("\"old\"") && !message.contains(KEY_A), "{message}");
+        assert!(
+            message.contains("\"old\"") && !message.contains(KEY_A),
+            "{message}"
+        );
         assert_eq!(new_only.open(&sealed_new, "prv_1").unwrap(), b"sk-1");
     }
 
@@ -373,7 +379,10 @@ mod tests {
         let plain_a = Cipher::from_text(KEY_A).unwrap();
         assert_eq!(plain_a.open(&v1, "bot_1").unwrap(), b"tok");
         // A key as current, or as previous: either way it opens.
-        let ring = Cipher::from_text(KEY_B).unwrap().with_previous(KEY_A).unwrap();
+        let ring = Cipher::from_text(KEY_B)
+            .unwrap()
+            .with_previous(KEY_A)
+            .unwrap();
         assert_eq!(ring.open(&v1, "bot_1").unwrap(), b"tok");
         assert!(ring.is_stale(&v1));
         let without = Cipher::from_text(KEY_B).unwrap();
@@ -393,8 +402,14 @@ mod tests {
         // Without a kid: derived from the key, the same every time.
         let derived = Cipher::from_text(KEY_A).unwrap();
         assert_eq!(derived.current_kid().len(), 8);
-        assert_eq!(derived.current_kid(), Cipher::from_text(KEY_A).unwrap().current_kid());
-        assert_ne!(derived.current_kid(), Cipher::from_text(KEY_B).unwrap().current_kid());
+        assert_eq!(
+            derived.current_kid(),
+            Cipher::from_text(KEY_A).unwrap().current_kid()
+        );
+        assert_ne!(
+            derived.current_kid(),
+            Cipher::from_text(KEY_B).unwrap().current_kid()
+        );
         assert!(matches!(
             Cipher::from_text(&format!("bad kid:{KEY_A}")),
             Err(CryptoError::BadKeyId)

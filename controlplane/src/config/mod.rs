@@ -470,10 +470,21 @@ mod tests {
         );
         let err = resolve(NEW, "old:0123").unwrap_err();
         assert_eq!(err.0.len(), 1, "{err}");
-        assert!(err.0[0].starts_with("secrets: previous encryption keys: encryption key must be 32 bytes"), "{err}");
+        assert!(
+            err.0[0]
+                .starts_with("secrets: previous encryption keys: encryption key must be 32 bytes"),
+            "{err}"
+        );
         assert!(!err.to_string().contains("0123"), "{err}");
-        let err = resolve(NEW, "new:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff").unwrap_err();
-        assert_eq!(err.0, ["secrets: previous encryption keys: key id \"new\" is given to more than one key"]);
+        let err = resolve(
+            NEW,
+            "new:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.0,
+            ["secrets: previous encryption keys: key id \"new\" is given to more than one key"]
+        );
         let both = text.replace(
             "previous_encryption_keys_env",
             "previous_encryption_keys_file = \"/nonexistent\"\nprevious_encryption_keys_env",

@@ -140,7 +140,8 @@ impl Service {
             for value in &page {
                 let with = sealed_with(&value.sealed);
                 if let Ok(SealedWith::Kid(kid)) = &with {
-                    let known = kid == cipher.current_kid() || cipher.previous_kids().any(|k| k == kid);
+                    let known =
+                        kid == cipher.current_kid() || cipher.previous_kids().any(|k| k == kid);
                     if !known && !status.missing_key_ids.contains(kid) {
                         status.missing_key_ids.push(kid.clone());
                     }

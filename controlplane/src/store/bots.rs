@@ -51,7 +51,8 @@ pub(super) const SEALED_PAGE: &str =
 
 /// Re-sealed gateway token `$3` for bot `$1`, only while it is still `$2`.
 /// No other column changes: a worker's claim and steps are untouched.
-pub(super) const RESEAL: &str = "UPDATE bots SET token_sealed = $3 WHERE id = $1 AND token_sealed = $2";
+pub(super) const RESEAL: &str =
+    "UPDATE bots SET token_sealed = $3 WHERE id = $1 AND token_sealed = $2";
 
 /// Bots with a step due: `$1` now, `$2` the limit, then one bind per
 /// [`BotStatus::ACTIVE`] state (a test keeps the two in step).

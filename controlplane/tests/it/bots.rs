@@ -214,7 +214,10 @@ async fn provisions_to_running_and_publishes_the_bot(db: TestDb) {
     env.assert_one_of_each(&bot);
     assert_eq!(bot["error"], Value::Null);
     let machine = serde_json::to_string(&env.fake.live_machines()[0].config).unwrap();
-    assert!(!machine.contains(MASTER_KEY), "a master key in the bot's machine: {machine}");
+    assert!(
+        !machine.contains(MASTER_KEY),
+        "a master key in the bot's machine: {machine}"
+    );
 
     // The machine is what the seed asks for.
     let m = &env.fake.live_machines()[0];

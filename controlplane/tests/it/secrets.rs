@@ -142,8 +142,13 @@ async fn rotation_keeps_serving_and_the_snapshot_unchanged(db: TestDb) {
     let stop = Arc::new(AtomicBool::new(false));
     let polls = Arc::new(AtomicU64::new(0));
     let poller = tokio::spawn({
-        let (old, new, stop, polls, before) =
-            (old.clone(), new.clone(), stop.clone(), polls.clone(), before.clone());
+        let (old, new, stop, polls, before) = (
+            old.clone(),
+            new.clone(),
+            stop.clone(),
+            polls.clone(),
+            before.clone(),
+        );
         async move {
             while !stop.load(Ordering::Relaxed) {
                 for cp in [&old, &new] {
@@ -160,7 +165,11 @@ async fn rotation_keeps_serving_and_the_snapshot_unchanged(db: TestDb) {
     assert_eq!(report["rewritten"], json!(values), "{report}");
     assert_eq!(report["failed"], json!([]), "{report}");
     assert_eq!(report["status"]["stale"], json!(0), "{report}");
-    assert_eq!(report["status"]["sealed"], json!({"new": values}), "{report}");
+    assert_eq!(
+        report["status"]["sealed"],
+        json!({"new": values}),
+        "{report}"
+    );
     // Idempotent: nothing left to do.
     let again = reencrypt(&new).await;
     assert_eq!(again["rewritten"], json!(0), "{again}");
@@ -251,8 +260,14 @@ async fn reseal_only_replaces_what_was_read(db: TestDb) {
     let store = &cp.db.store;
     let mut changed = read.clone();
     changed.sealed = format!("{}x", read.sealed);
-    assert!(!store.reseal(SealedKind::BotToken, &changed, "v2:x:AAAA").await.unwrap());
-    assert_eq!(stored(&cp, SealedKind::BotToken).await[0].sealed, read.sealed);
+    assert!(!store
+        .reseal(SealedKind::BotToken, &changed, "v2:x:AAAA")
+        .await
+        .unwrap());
+    assert_eq!(
+        stored(&cp, SealedKind::BotToken).await[0].sealed,
+        read.sealed
+    );
 }
 
 async fn reencrypt_is_admin_only_and_audited_without_secrets(db: TestDb) {
@@ -265,7 +280,9 @@ async fn reencrypt_is_admin_only_and_audited_without_secrets(db: TestDb) {
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
     // Reading where things stand is allowed.
-    let r = rotated.send("GET", "/api/v1/secrets", Some(&viewer), None).await;
+    let r = rotated
+        .send("GET", "/api/v1/secrets", Some(&viewer), None)
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.json()["stale"], json!(3));
 

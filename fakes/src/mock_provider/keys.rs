@@ -25,7 +25,9 @@ pub struct KeySet {
 impl AcceptedKeys {
     fn lock(&self) -> MutexGuard<'_, Vec<String>> {
         // A plain replace or read under the lock cannot be left half done.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(super) fn set(&self, keys: KeySet) {

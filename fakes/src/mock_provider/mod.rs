@@ -39,8 +39,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use control::Controls;
-pub use keys::KeySet;
 use errors::{error_response, Flavor};
+pub use keys::KeySet;
 use sse::{event_stream_response, truncated_response, Pacing, StreamEvents};
 
 /// Request bodies up to this size are accepted (tests send multi-MiB bodies).
@@ -248,15 +248,13 @@ impl MockProvider {
             )
             .route(
                 "/_mock/keys",
-                get(|State(provider): State<Self>| async move {
-                    Json(provider.inner.keys.get())
-                })
-                .put(
-                    |State(provider): State<Self>, Json(keys): Json<KeySet>| async move {
-                        provider.accept_keys(keys);
-                        StatusCode::NO_CONTENT
-                    },
-                ),
+                get(|State(provider): State<Self>| async move { Json(provider.inner.keys.get()) })
+                    .put(
+                        |State(provider): State<Self>, Json(keys): Json<KeySet>| async move {
+                            provider.accept_keys(keys);
+                            StatusCode::NO_CONTENT
+                        },
+                    ),
             )
             .route("/_mock/health", get(|| async { "ok" }))
             .fallback(
