@@ -24,6 +24,11 @@
 //! Architecture invariant: provider master keys are sealed before they are
 //! stored and are only ever opened to build a snapshot for data planes; no
 //! type returned by an `/api/v1` read can hold one.
+//!
+//! Architecture invariant: every value sealed at rest names the key that
+//! sealed it ([`crypto`]), and re-encryption ([`service::secrets`]) changes
+//! only which key seals a value, never the value: a rotation of the
+//! at-rest key leaves every snapshot's content as it was.
 
 #![forbid(unsafe_code)]
 

@@ -141,6 +141,11 @@ impl App {
         let service = Arc::new(
             Service::start(store.clone(), store, settings.service.clone(), metrics).await?,
         );
+        // In the background: it reads every sealed value, and start-up need not wait.
+        tokio::spawn({
+            let service = service.clone();
+            async move { service.log_secrets_status().await }
+        });
         let router = router(AppState {
             service: service.clone(),
             settings: settings.api.clone(),

@@ -11,6 +11,7 @@
 //!
 //! [secrets]
 //! encryption_key_file = "/etc/molt/master.key"  # or encryption_key_env
+//! # previous_encryption_keys_env = "MOLT_ENCRYPTION_KEYS_PREVIOUS"  # or _file
 //! dataplane_token_env = "MOLT_DATAPLANE_TOKEN"
 //! bootstrap_admin_token_env = "MOLT_ADMIN_TOKEN"
 //!
@@ -126,6 +127,13 @@ pub struct RawSecrets {
     pub encryption_key_file: Option<PathBuf>,
     /// Environment variable holding the at-rest key (hex or base64).
     pub encryption_key_env: Option<String>,
+    /// File holding previous at-rest keys, which only open what they
+    /// sealed (during a rotation): each `KID:KEY` or `KEY`, separated by
+    /// commas or whitespace. A missing or empty file is no previous key.
+    pub previous_encryption_keys_file: Option<PathBuf>,
+    /// Environment variable holding previous at-rest keys, as in the file.
+    /// Unset or empty is no previous key, so a deployment can always name it.
+    pub previous_encryption_keys_env: Option<String>,
     /// Environment variable holding the token data planes present.
     pub dataplane_token_env: String,
     /// Environment variable holding an admin token that always works.
@@ -248,13 +256,19 @@ impl Settings {
                 var("billing.stripe_api_key_env", &b.stripe_api_key_env),
             )
         });
-        let cipher = match key_text {
-            Ok(Some(text)) => Cipher::from_text(&text)
-                .map_err(|e| errs.push(format!("secrets: encryption key: {e}")))
+        let cipher = match (key_text, previous_keys(&raw.secrets, env)) {
+            (Ok(Some(text)), Ok(previous)) => Cipher::from_text(&text)
+                .map_err(|e| format!("secrets: encryption key: {e}"))
+                .and_then(|c| {
+                    c.with_previous(&previous)
+                        .map_err(|e| format!("secrets: previous encryption keys: {e}"))
+                })
+                .map_err(|e| errs.push(e))
                 .ok(),
-            Ok(None) => None,
-            Err(e) => {
-                errs.push(e);
+            (Ok(None), Ok(_)) => None,
+            (key, previous) => {
+                errs.extend(key.err());
+                errs.extend(previous.err());
                 None
             }
         };
@@ -358,6 +372,27 @@ impl Settings {
     }
 }
 
+/// The previous at-rest keys' text (empty for none): from the file or the
+/// variable `secrets` names, at most one of them.
+fn previous_keys(secrets: &RawSecrets, env: &dyn Env) -> Result<String, String> {
+    match (
+        &secrets.previous_encryption_keys_file,
+        &secrets.previous_encryption_keys_env,
+    ) {
+        (Some(_), Some(_)) => Err("secrets: set at most one of previous_encryption_keys_file or previous_encryption_keys_env".to_owned()),
+        (Some(file), None) => match std::fs::read_to_string(file) {
+            Ok(text) => Ok(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(format!(
+                "secrets.previous_encryption_keys_file: cannot read {}: {e}",
+                file.display()
+            )),
+        },
+        (None, Some(name)) => Ok(env.var(name).unwrap_or_default()),
+        (None, None) => Ok(String::new()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,6 +441,57 @@ mod tests {
         let raw: RawControlplaneConfig = toml::from_str(FILE).unwrap();
         let err = Settings::resolve(raw, &HashMap::<&str, &str>::new()).unwrap_err();
         assert_eq!(err.0.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn previous_encryption_keys_join_the_keyring() {
+        const NEW: &str = "new:ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+        let text = FILE.replace(
+            "encryption_key_env = \"KEY\"",
+            "encryption_key_env = \"KEY\"\nprevious_encryption_keys_env = \"PREV\"",
+        );
+        let raw: RawControlplaneConfig = toml::from_str(&text).unwrap();
+        // Unset (or empty): the single key, as before.
+        let s = Settings::resolve(raw.clone(), &env()).unwrap();
+        assert_eq!(s.service.cipher.previous_kids().count(), 0);
+        let resolve = |key: &'static str, previous: &'static str| {
+            let mut vars = env();
+            vars.insert("KEY", key);
+            vars.insert("PREV", previous);
+            Settings::resolve(raw.clone(), &vars)
+        };
+        let old = env()["KEY"];
+        let s = resolve(NEW, old).unwrap();
+        let cipher = &s.service.cipher;
+        assert_eq!(cipher.current_kid(), "new");
+        assert_eq!(
+            cipher.previous_kids().collect::<Vec<_>>(),
+            [Cipher::from_text(old).unwrap().current_kid()]
+        );
+        let err = resolve(NEW, "old:0123").unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(
+            err.0[0]
+                .starts_with("secrets: previous encryption keys: encryption key must be 32 bytes"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("0123"), "{err}");
+        let err = resolve(
+            NEW,
+            "new:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.0,
+            ["secrets: previous encryption keys: key id \"new\" is given to more than one key"]
+        );
+        let both = text.replace(
+            "previous_encryption_keys_env",
+            "previous_encryption_keys_file = \"/nonexistent\"\nprevious_encryption_keys_env",
+        );
+        let err = Settings::resolve(toml::from_str(&both).unwrap(), &env()).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.0[0].contains("at most one"), "{err}");
     }
 
     #[test]

@@ -133,6 +133,25 @@ pub struct SealedProvider {
     pub keys_sealed: String,
 }
 
+molt_config::text_enum! {
+    /// What holds a value sealed at rest: each kind is one column of one
+    /// table, sealed bound to its row's id.
+    #[derive(ToSchema, PartialOrd, Ord)]
+    pub enum SealedKind {
+        /// `providers.keys_sealed`: a provider's master keys.
+        ProviderKeys = "provider_keys",
+        /// `bots.token_sealed`: a bot's gateway token.
+        BotToken = "bot_token",
+    }
+}
+
+/// One value sealed at rest and the id of its row (bound into it).
+#[derive(Debug, Clone)]
+pub struct SealedValue {
+    pub id: String,
+    pub sealed: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Model {
     pub id: String,

@@ -1,6 +1,7 @@
 //! The control plane's business logic: every rule about users, plans, keys,
 //! providers, models, usage, audit and operator auth lives here, between
-//! the thin HTTP handlers and storage. Each service file declares the slice
+//! the thin HTTP handlers and storage (and re-encryption of secrets at
+//! rest, [`secrets`]). Each service file declares the slice
 //! of storage it needs ([`users::UserStore`], [`keys::KeyStore`], ...,
 //! [`AuditStore`] here) with `store::store_trait!`, which implements it
 //! for the store; [`ServiceStore`] is all of them, what [`Service`] holds.
@@ -22,6 +23,7 @@ pub mod limits;
 pub mod models;
 pub mod plans;
 pub mod providers;
+pub mod secrets;
 pub mod usage;
 pub mod users;
 
@@ -59,6 +61,7 @@ pub trait ServiceStore:
     + usage::UsageStore
     + auth::AdminTokenStore
     + bots::BotWishStore
+    + secrets::SealedStore
     + AuditStore
     + std::fmt::Debug
     + 'static

@@ -18,14 +18,14 @@
 //! | --- | --- | --- |
 //! | `users` | [`users`] | user service; billing through the user service |
 //! | `api_keys` | [`keys`] | key service |
-//! | `providers` | [`providers`] | provider service |
+//! | `providers` | [`providers`] | provider service; re-encryption (`keys_sealed`, through [`sealed`]) |
 //! | `models` | [`models`] | model service |
 //! | `plans` | [`plans`] | plan service |
 //! | `limits_document`, `config_state` | [`config`] | limits service; snapshot publisher (version) |
 //! | `usage_events` | [`usage`] | ingest (insert); billing's claim of rows for a report (`meter_report`) |
 //! | `audit_log` | [`audit`] | every audited write; audit retention |
 //! | `admin_tokens` | [`admin_tokens`] | operator auth service |
-//! | `bots` | [`bots`] | bot service (wishes); provisioning worker (steps, claims) |
+//! | `bots` | [`bots`] | bot service (wishes); provisioning worker (steps, claims); re-encryption (`token_sealed`, through [`sealed`]) |
 //! | `stripe_events`, `billing_past_due`, `meter_reports` | [`billing`] | billing |
 //!
 //! Every write an operator makes takes the [`AuditEntry`](crate::domain::AuditEntry)
@@ -56,6 +56,7 @@ mod models;
 mod plans;
 mod providers;
 mod query;
+mod sealed;
 mod snapshot;
 mod usage;
 mod users;

@@ -204,7 +204,12 @@ impl Resp {
 
 impl Cp {
     pub(crate) async fn start(db: TestDb) -> Self {
-        let app = App::start(db.store.clone(), &settings())
+        Self::start_with(db, &settings()).await
+    }
+
+    /// With `settings` instead of the test config (another at-rest key).
+    pub(crate) async fn start_with(db: TestDb, settings: &Settings) -> Self {
+        let app = App::start(db.store.clone(), settings)
             .await
             .expect("control plane starts");
         Self { app, db }
