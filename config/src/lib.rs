@@ -11,6 +11,8 @@
 //!   [`DataplaneConfig::from_wire`] / `TryFrom`, which checks every field and
 //!   reports *all* problems with their field paths ([`ConfigErrors`]).
 //! - [`browser`]: `[browser]`, the origins browser apps may call from.
+//! - [`jwks`]: `[auth.jwks]`, an identity provider's tokens verified
+//!   against its published keys and mapped to Molt users.
 //! - [`usage`]: one [`UsageEvent`] per completed request.
 //! - [`contract`]: everything that crosses between the planes: the
 //!   `/internal/v1` paths and auth header, the usage batch and its answer,
@@ -37,6 +39,7 @@ pub mod contract;
 pub mod dataplane;
 pub mod error;
 pub mod files;
+pub mod jwks;
 pub mod limits;
 pub mod metrics;
 pub mod outbound;

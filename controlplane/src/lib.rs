@@ -35,10 +35,12 @@ pub mod ctl;
 pub mod domain;
 pub mod fleet;
 pub mod https;
+pub mod identity;
 pub mod metrics;
 pub mod provision;
 pub mod server;
 pub mod service;
+pub mod signing;
 pub mod snapshot;
 pub mod store;
 

@@ -14,6 +14,7 @@ mod billing;
 mod bots;
 mod fleet;
 mod harness;
+mod identity;
 mod limits;
 mod plans;
 mod store;
