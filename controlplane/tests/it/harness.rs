@@ -339,6 +339,33 @@ impl Cp {
     }
 }
 
+/// POST `body` (JSON) to `uri` with `headers`, as a webhook sender does.
+pub(crate) async fn post_with_headers(
+    app: &App,
+    uri: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> Resp {
+    let mut req = Request::builder()
+        .method("POST")
+        .uri(uri)
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        req = req.header(*name, value);
+    }
+    let resp = app
+        .router
+        .clone()
+        .oneshot(req.body(Body::from(body.to_owned())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    Resp { status, body }
+}
+
 /// A provider master key: must appear in snapshots and nowhere else.
 pub(crate) const MASTER_KEY: &str = "sk-MASTER-never-shown-4f1d2c";
 

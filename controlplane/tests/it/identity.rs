@@ -5,16 +5,14 @@
 //! the JWKS fetched from the fake into the snapshot (rotation, the endpoint
 //! down keeping the last good keys).
 
-use crate::harness::{settings_with, Cp, Resp, TestDb, CLERK_WHSEC};
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use crate::harness::{post_with_headers, settings_with, Cp, Resp, TestDb, CLERK_WHSEC};
+use axum::http::StatusCode;
 use molt_controlplane::identity::jwks::{JwksFetcher, RETRY_FIRST};
 use molt_controlplane::App;
 use molt_fakes::fake_clerk::jwks::{FakeJwks, JWKS_PATH};
 use molt_fakes::fake_clerk::{sign_svix, user_deleted_event, user_event};
 use serde_json::{json, Value};
 use std::time::Duration;
-use tower::ServiceExt;
 
 crate::on_both_databases!(
     a_signed_user_created_makes_one_user_and_a_replay_changes_nothing,
@@ -52,24 +50,7 @@ async fn start(db: TestDb) -> Cp {
 
 /// POST `body` to `/webhooks/clerk` with these Svix headers.
 async fn post_raw(app: &App, headers: &[(&str, String)], body: &str) -> Resp {
-    let mut req = Request::builder()
-        .method("POST")
-        .uri("/webhooks/clerk")
-        .header("content-type", "application/json");
-    for (name, value) in headers {
-        req = req.header(*name, value);
-    }
-    let resp = app
-        .router
-        .clone()
-        .oneshot(req.body(Body::from(body.to_owned())).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    Resp { status, body }
+    post_with_headers(app, "/webhooks/clerk", headers, body).await
 }
 
 fn svix_headers(id: &str, t: i64, signature: String) -> Vec<(&'static str, String)> {

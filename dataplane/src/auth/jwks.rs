@@ -56,12 +56,14 @@ impl JwksVerifier {
             // `Validation::new` pins the algorithm list to exactly this one.
             let mut validation = Validation::new(alg);
             validation.set_issuer(&[&cfg.issuer]);
-            validation.set_required_spec_claims(&["exp", "iss", "sub"]);
             validation.validate_nbf = true;
             validation.leeway = cfg.leeway.as_secs();
             if cfg.audiences.is_empty() {
+                validation.set_required_spec_claims(&["exp", "iss", "sub"]);
                 validation.validate_aud = false;
             } else {
+                // `aud` is only checked when present unless it is required.
+                validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
                 validation.set_audience(&cfg.audiences);
             }
             keys.insert(jwk.kid.clone(), PreparedKey { key, validation });
@@ -246,6 +248,10 @@ mod tests {
         let a = auth(&cfg);
         let mut c = claims("user_clerk");
         assert!(a.authenticate(Some(&fake.sign(&c)), |_| None).is_err());
+        c["aud"] = json!("other");
+        assert!(a.authenticate(Some(&fake.sign(&c)), |_| None).is_err());
+        c["aud"] = json!(["other", "molt"]);
+        assert!(a.authenticate(Some(&fake.sign(&c)), |_| None).is_ok());
         c["aud"] = json!("molt");
         assert!(a.authenticate(Some(&fake.sign(&c)), |_| None).is_ok());
     }

@@ -189,11 +189,17 @@ fn build_jwt(cfg: &JwtConfig) -> Result<JwtVerifier, AuthBuildError> {
     // `Validation::new` pins the algorithm list to exactly this one.
     let mut validation = Validation::new(alg);
     validation.set_issuer(&[&cfg.issuer]);
-    validation.set_required_spec_claims(&["exp", "iss", "sub"]);
     validation.leeway = cfg.leeway.as_secs();
     match &cfg.audience {
-        Some(aud) => validation.set_audience(&[aud]),
-        None => validation.validate_aud = false,
+        Some(aud) => {
+            // `aud` is only checked when present unless it is required.
+            validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+            validation.set_audience(&[aud]);
+        }
+        None => {
+            validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+            validation.validate_aud = false;
+        }
     }
     Ok(JwtVerifier { key, validation })
 }
@@ -213,14 +219,17 @@ mod tests {
             sha256: Sha256::digest(b"molt_sk_good").into(),
             models: Some(vec!["gpt-4o-mini".into()]),
         };
-        let jwt = JwtConfig {
+        Authenticator::new(&[key], Some(&jwt_config())).unwrap()
+    }
+
+    fn jwt_config() -> JwtConfig {
+        JwtConfig {
             issuer: "molt".into(),
             algorithm: JwtAlgorithm::Hs256,
             key: JwtKey::Hmac(Secret::new(SECRET)),
             audience: None,
             leeway: Duration::ZERO,
-        };
-        Authenticator::new(&[key], Some(&jwt)).unwrap()
+        }
     }
 
     fn now() -> u64 {
@@ -309,6 +318,25 @@ mod tests {
             a.authenticate(Some(&t), |_| None).unwrap_err(),
             AuthError::Invalid
         );
+
+        // A configured audience is required, not only checked when sent.
+        let with_aud = Authenticator::new(
+            &[],
+            Some(&JwtConfig {
+                audience: Some("molt".into()),
+                ..jwt_config()
+            }),
+        )
+        .unwrap();
+        let no_aud = serde_json::json!({"sub":"u9","iss":"molt","exp":now()+60});
+        let t = token(jsonwebtoken::Header::default(), no_aud, SECRET);
+        assert_eq!(
+            with_aud.authenticate(Some(&t), |_| None).unwrap_err(),
+            AuthError::Invalid
+        );
+        let aud = serde_json::json!({"sub":"u9","iss":"molt","exp":now()+60,"aud":"molt"});
+        let t = token(jsonwebtoken::Header::default(), aud, SECRET);
+        assert!(with_aud.authenticate(Some(&t), |_| None).is_ok());
 
         // alg=none: header {"alg":"none"}, no signature.
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1OSIsImlzcyI6Im1vbHQiLCJleHAiOjk5OTk5OTk5OTl9.";

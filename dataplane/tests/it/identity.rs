@@ -58,16 +58,29 @@ async fn a_provider_token_is_its_mapped_users_and_others_are_refused() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let event = dp.events.of(&request_id(&resp)).await;
-    assert_eq!((event.key_id.as_str(), event.user_id.as_str()), ("jwt", "usr_molt"));
+    assert_eq!(
+        (event.key_id.as_str(), event.user_id.as_str()),
+        ("jwt", "usr_molt")
+    );
     assert_eq!(mock.records().len(), 1);
 
     for (what, token) in [
-        ("unpublished key", fake.sign_unpublished(&claims("user_clerk", APP))),
+        (
+            "unpublished key",
+            fake.sign_unpublished(&claims("user_clerk", APP)),
+        ),
         ("unmapped subject", fake.sign(&claims("user_other", APP))),
-        ("another app", fake.sign(&claims("user_clerk", "https://evil.example"))),
+        (
+            "another app",
+            fake.sign(&claims("user_clerk", "https://evil.example")),
+        ),
     ] {
         let resp = client().request(chat(&dp, &token)).await.unwrap();
         assert_eq!(resp.status(), 401, "{what}");
     }
-    assert_eq!(mock.records().len(), 1, "nothing refused reached the provider");
+    assert_eq!(
+        mock.records().len(),
+        1,
+        "nothing refused reached the provider"
+    );
 }
