@@ -21,7 +21,7 @@ fn jwks_tail(fake: &FakeJwks) -> String {
         "[auth.jwks]\nissuer = \"{ISS}\"\nauthorized_parties = [\"{APP}\"]\n[auth.jwks.users]\nuser_clerk = \"usr_molt\"\n"
     );
     for k in fake.document()["keys"].as_array().unwrap() {
-        let _ = write!(tail, "[[auth.jwks.keys]]\n");
+        let _ = writeln!(tail, "[[auth.jwks.keys]]");
         for field in ["kid", "kty", "alg", "use", "crv", "x", "y"] {
             let _ = writeln!(tail, "{field} = {}", k[field]);
         }
