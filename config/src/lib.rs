@@ -13,7 +13,10 @@
 //! - [`browser`]: `[browser]`, the origins browser apps may call from.
 //! - [`jwks`]: `[auth.jwks]`, an identity provider's tokens verified
 //!   against its published keys and mapped to Molt users.
-//! - [`usage`]: one [`UsageEvent`] per completed request.
+//! - [`usage`]: one [`UsageEvent`] per completed request, its tokens split
+//!   into the classes providers price apart ([`usage::TokenClasses`]).
+//! - [`money`]: amounts in integer picodollars, token prices per class, and
+//!   the exact cost of a usage.
 //! - [`contract`]: everything that crosses between the planes: the
 //!   `/internal/v1` paths and auth header, the usage batch and its answer,
 //!   the batch limits, reading a snapshot from a newer control plane.
@@ -42,6 +45,7 @@ pub mod files;
 pub mod jwks;
 pub mod limits;
 pub mod metrics;
+pub mod money;
 pub mod outbound;
 pub mod ready;
 pub mod secret;
@@ -55,8 +59,9 @@ pub use dataplane::{
     Provider, ProviderKind, ServerConfig, TlsConfig, UpstreamUrl,
 };
 pub use error::{ConfigError, ConfigErrors};
+pub use money::{ModelPrice, Picodollars, TokenClass, TokenPrice};
 pub use secret::Secret;
-pub use usage::UsageEvent;
+pub use usage::{TokenClasses, UsageEvent};
 
 /// Hex SHA-256 of a client API key: the only form in which keys are stored.
 pub fn hash_api_key(key: &str) -> String {

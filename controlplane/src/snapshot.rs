@@ -268,6 +268,7 @@ impl Publisher {
                     upstream_name: m.upstream_name,
                     aliases: m.aliases,
                     fallbacks: m.fallbacks,
+                    price: None,
                 })
                 .collect(),
             limits,
