@@ -53,7 +53,10 @@ async fn post_raw(app: &App, headers: &[(&str, String)], body: &str) -> Resp {
     post_with_headers(app, "/webhooks/clerk", headers, body).await
 }
 
-fn svix_headers(id: &str, t: i64, signature: String) -> Vec<(&'static str, String)> {
+/// Header names and values of one delivery.
+type Headers = Vec<(&'static str, String)>;
+
+fn svix_headers(id: &str, t: i64, signature: String) -> Headers {
     vec![
         ("svix-id", id.to_owned()),
         ("svix-timestamp", t.to_string()),
@@ -138,7 +141,7 @@ async fn tampered_expired_and_unsigned_deliveries_change_nothing(db: TestDb) {
         now,
         body.as_bytes(),
     );
-    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+    let cases: Vec<(&str, Headers, &str)> = vec![
         (
             "tampered body",
             svix_headers("msg_x", now, good(now)),
