@@ -13,8 +13,11 @@
 //! [`provision`] runs bots on a [`fleet::Fleet`] (Fly Machines, or local
 //! bots through a [`fleet::local::BotLauncher`]) through a durable state machine in the same database.
 //! [`billing`] verifies Stripe webhooks and flushes metered usage to Stripe
-//! exactly once. The services, the snapshot compiler, the provisioner and
-//! billing each reach storage through a narrow trait they declare, which
+//! exactly once. [`identity`] verifies Clerk's (Svix-signed) webhooks and
+//! applies them through the user services, and fetches Clerk's JWKS into
+//! the snapshot; [`signing`] is what the webhook verifiers share. The
+//! services, the snapshot compiler, the provisioner, billing and identity
+//! each reach storage through a narrow trait they declare, which
 //! [`server`] fills with the one [`store::SqlStore`].
 //!
 //! Architecture invariant: this crate is the only owner of the database;
@@ -40,10 +43,12 @@ pub mod ctl;
 pub mod domain;
 pub mod fleet;
 pub mod https;
+pub mod identity;
 pub mod metrics;
 pub mod provision;
 pub mod server;
 pub mod service;
+pub mod signing;
 pub mod snapshot;
 pub mod store;
 

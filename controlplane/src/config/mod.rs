@@ -40,6 +40,12 @@
 //! # health_deadline = "3m"  poll_interval = "1s"  step_timeout = "10s"  lease = "1m"
 //! # max_attempts = 8  backoff = "1s"  concurrency = 4
 //!
+//! [identity]                      # optional: Clerk users and session tokens
+//! webhook_secret_env = "MOLT_CLERK_WEBHOOK_SECRET"  # whsec_...; POST /webhooks/clerk
+//! # jwks_url = "https://clerk.example.com/.well-known/jwks.json"
+//! # issuer = "https://clerk.example.com"  authorized_parties = ["https://app.example.com"]
+//! # audiences = []  jwks_refresh = "5m"  ca_file = "/etc/molt/idp-ca.pem"
+//!
 //! [browser]                       # optional: shipped to every data plane
 //! allowed_origins = ["https://app.example.com"]  # CORS and WebSocket Origin
 //! # max_age = "10m"
@@ -58,9 +64,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod fleet;
+mod identity;
 
 use fleet::resolve_fleet;
 pub use fleet::{FleetConfig, FleetKind, RawFleet, RawFleetKind};
+use identity::resolve_identity;
+pub use identity::{IdentityConfig, JwksSource, RawIdentity};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,6 +86,9 @@ pub struct RawControlplaneConfig {
     pub billing: Option<RawBilling>,
     #[serde(default)]
     pub fleet: Option<RawFleet>,
+    /// `[identity]`: the identity provider's webhooks and tokens.
+    #[serde(default)]
+    pub identity: Option<RawIdentity>,
     /// `[browser]`, shipped to every data plane in the snapshot (the
     /// origins browser apps may call from); without it, each data plane
     /// keeps its own file's.
@@ -184,6 +196,8 @@ pub struct Settings {
     /// `None` without a `[fleet]` section: bots can be requested but
     /// nothing provisions them.
     pub fleet: Option<FleetConfig>,
+    /// `None` without an `[identity]` section.
+    pub identity: Option<IdentityConfig>,
 }
 
 /// Every problem found in a config file, one per line.
@@ -256,6 +270,10 @@ impl Settings {
                 var("billing.stripe_api_key_env", &b.stripe_api_key_env),
             )
         });
+        let identity_secret = raw
+            .identity
+            .as_ref()
+            .and_then(|i| var("identity.webhook_secret_env", &i.webhook_secret_env));
         let cipher = match (key_text, previous_keys(&raw.secrets, env)) {
             (Ok(Some(text)), Ok(previous)) => Cipher::from_text(&text)
                 .map_err(|e| format!("secrets: encryption key: {e}"))
@@ -322,6 +340,11 @@ impl Settings {
             .fleet
             .as_ref()
             .and_then(|f| resolve_fleet(f, fly_token, &mut errs));
+        let (identity, identity_tokens) = raw
+            .identity
+            .as_ref()
+            .and_then(|i| resolve_identity(i, identity_secret, &mut errs))
+            .unzip();
         if let Some(browser) = &raw.browser {
             let mut problems = molt_config::ConfigErrors::default();
             molt_config::browser::BrowserConfig::check(browser, &mut problems);
@@ -353,6 +376,7 @@ impl Settings {
                         dataplane_token_sha256: sha256_hex(&dataplane),
                         max_jwt_ttl: raw.jwt.max_ttl.unwrap_or(Duration::from_secs(3600)),
                         browser: raw.browser,
+                        identity_tokens: identity_tokens.flatten(),
                     },
                     api: ApiSettings {
                         poll_hold,
@@ -365,6 +389,7 @@ impl Settings {
                         .unwrap_or(Duration::from_secs(90 * 24 * 3600)),
                     billing,
                     fleet,
+                    identity,
                 })
             }
             _ => Err(SettingsError(errs)),
@@ -632,6 +657,50 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn identity_section_resolves_and_names_its_errors() {
+        let whsec = "whsec_MDEyMzQ1Njc4OWFiY2RlZg==";
+        let text = format!(
+            "{FILE}\n[identity]\nwebhook_secret_env = \"CLERK\"\njwks_url = \"https://clerk.example.com/.well-known/jwks.json\"\nissuer = \"https://clerk.example.com\"\nauthorized_parties = [\"https://app.example.com\"]\n"
+        );
+        let raw: RawControlplaneConfig = toml::from_str(&text).unwrap();
+        let mut vars = env();
+        vars.insert("CLERK", whsec);
+        let s = Settings::resolve(raw.clone(), &vars).unwrap();
+        let jwks = s.identity.unwrap().jwks.unwrap();
+        assert_eq!(jwks.refresh, Duration::from_secs(300));
+        let tokens = s.service.identity_tokens.unwrap();
+        assert_eq!(tokens.issuer, "https://clerk.example.com");
+        assert_eq!(tokens.authorized_parties, ["https://app.example.com"]);
+        let err = Settings::resolve(raw, &env()).unwrap_err();
+        assert_eq!(
+            err.0,
+            ["identity.webhook_secret_env: environment variable CLERK is not set"]
+        );
+
+        let text = format!(
+            "{FILE}\n[identity]\nwebhook_secret_env = \"CLERK\"\njwks_url = \"ftp://x\"\njwks_refresh = \"1s\"\n"
+        );
+        let raw: RawControlplaneConfig = toml::from_str(&text).unwrap();
+        let mut vars = env();
+        vars.insert("CLERK", "whsec_not base64!");
+        let err = Settings::resolve(raw, &vars).unwrap_err();
+        for field in [
+            "identity.webhook_secret_env:",
+            "identity.jwks_refresh:",
+            "identity.jwks_url:",
+            "identity.issuer:",
+        ] {
+            assert!(err.0.iter().any(|e| e.starts_with(field)), "{field}: {err}");
+        }
+        let text = format!("{FILE}\n[identity]\nwebhook_secret_env = \"CLERK\"\nissuer = \"x\"\n");
+        let raw: RawControlplaneConfig = toml::from_str(&text).unwrap();
+        let mut vars = env();
+        vars.insert("CLERK", whsec);
+        let err = Settings::resolve(raw, &vars).unwrap_err();
+        assert_eq!(err.0, ["identity.issuer: only with jwks_url"]);
     }
 
     #[test]

@@ -58,6 +58,8 @@ molt_config::text_enum! {
         Active = "active",
         Suspended = "suspended",
         PastDue = "past_due",
+        /// Deleted at the identity provider: keys revoked, bots stopped.
+        Deactivated = "deactivated",
     }
 }
 
@@ -89,6 +91,13 @@ pub struct User {
     pub plan: Option<String>,
     pub stripe_customer_id: Option<String>,
     pub limits: LimitOverrides,
+    /// The identity provider's (Clerk's) user id, once its webhook linked
+    /// the user; `null` for users made through the API only.
+    pub clerk_id: Option<String>,
+    /// Clerk's time (Unix ms) of the last identity change applied; internal
+    /// (orders webhook deliveries), never serialised.
+    #[serde(skip)]
+    pub clerk_updated_at: Option<Millis>,
     pub created_at: Millis,
     pub updated_at: Millis,
 }

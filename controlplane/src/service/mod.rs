@@ -18,6 +18,7 @@
 
 pub mod auth;
 pub mod bots;
+pub mod identity;
 pub mod keys;
 pub mod limits;
 pub mod models;
@@ -53,6 +54,7 @@ store_trait! {
 /// Everything the services need from storage: each service's slice.
 pub trait ServiceStore:
     users::UserStore
+    + identity::IdentityStore
     + keys::KeyStore
     + providers::ProviderStore
     + models::ModelStore
@@ -159,6 +161,9 @@ pub struct ServiceSettings {
     pub max_jwt_ttl: Duration,
     /// `[browser]` shipped to every data plane, if configured.
     pub browser: Option<molt_config::browser::RawBrowser>,
+    /// The identity provider's tokens data planes accept (`[identity]`
+    /// with a `jwks_url`), if configured.
+    pub identity_tokens: Option<crate::snapshot::IdentityTokens>,
 }
 
 /// The services, shared by every handler.

@@ -27,6 +27,7 @@
 //! | `admin_tokens` | [`admin_tokens`] | operator auth service |
 //! | `bots` | [`bots`] | bot service (wishes); provisioning worker (steps, claims); re-encryption (`token_sealed`, through [`sealed`]) |
 //! | `stripe_events`, `billing_past_due`, `meter_reports` | [`billing`] | billing |
+//! | `clerk_events` | [`identity`] | identity webhooks (their user changes go through the user service) |
 //!
 //! Every write an operator makes takes the [`AuditEntry`](crate::domain::AuditEntry)
 //! describing it and writes both in one transaction, so a change is never
@@ -51,6 +52,7 @@ mod audit;
 mod billing;
 mod bots;
 mod config;
+mod identity;
 mod keys;
 mod models;
 mod plans;
@@ -63,6 +65,7 @@ mod users;
 
 pub use billing::HandledEvent;
 pub use bots::{StepUpdate, WishChange};
+pub use identity::IdentityEvent;
 pub use snapshot::{SnapshotSource, UserLimits};
 pub use usage::{IngestCounts, OpenWindow, UsageFilter, UsageSums, UserTokens};
 

@@ -15,6 +15,7 @@ mod billing;
 mod bots;
 mod fleet;
 mod harness;
+mod identity;
 mod limits;
 mod plans;
 mod secrets;
