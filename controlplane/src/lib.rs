@@ -13,8 +13,10 @@
 //! [`provision`] runs bots on a [`fleet::Fleet`] (Fly Machines, or local
 //! bots through a [`fleet::local::BotLauncher`]) through a durable state machine in the same database.
 //! [`billing`] verifies Stripe webhooks and flushes metered usage to Stripe
-//! exactly once. The services, the snapshot compiler, the provisioner and
-//! billing each reach storage through a narrow trait they declare, which
+//! exactly once. [`notify`] delivers the notifications that state changes
+//! write to an outbox (email, webhooks; in-app through the API). The
+//! services, the snapshot compiler, the provisioner, billing and the
+//! notifier each reach storage through a narrow trait they declare, which
 //! [`server`] fills with the one [`store::SqlStore`].
 //!
 //! Architecture invariant: this crate is the only owner of the database;
@@ -36,6 +38,7 @@ pub mod domain;
 pub mod fleet;
 pub mod https;
 pub mod metrics;
+pub mod notify;
 pub mod provision;
 pub mod server;
 pub mod service;

@@ -25,6 +25,10 @@
 //! customer id, and webhooks signed with `MOLT_STRIPE_WEBHOOK_SECRET` are
 //! accepted at the control plane's `/webhooks/stripe`.
 //!
+//! Notifications are delivered locally: email to an SMTP sink in-process
+//! (`--smtp`), each message kept as `<dir>/mail/<n>.eml` (`dev_mail.rs`);
+//! in-app ones through `molt ctl notifications list`.
+//!
 //! Real OpenAI/Anthropic are used when their keys are in the environment;
 //! they are then stored like any provider key: sealed in the database with
 //! the key from `secrets.env`, and in clear only in the data plane's
@@ -77,9 +81,13 @@ pub(crate) struct DevArgs {
     /// Do not run the fake Stripe nor bill usage.
     #[arg(long)]
     no_billing: bool,
+    /// The local SMTP sink notification email goes to (messages are kept
+    /// in `<dir>/mail/`).
+    #[arg(long, default_value = "127.0.0.1:2525")]
+    smtp: SocketAddr,
     // Any address above may use port 0; the ready file reports them all as
-    // `http`, `https`, `admin`, `api` (the control plane), `mock` and
-    // `stripe`.
+    // `http`, `https`, `admin`, `api` (the control plane), `mock`,
+    // `stripe` and `smtp`.
     #[command(flatten)]
     ready: crate::fakes::ReadyFileArg,
 }
@@ -89,6 +97,7 @@ pub(crate) struct DevArgs {
 struct Bound {
     mock: std::net::TcpListener,
     stripe: Option<std::net::TcpListener>,
+    smtp: std::net::TcpListener,
     controlplane: std::net::TcpListener,
     /// The data plane's listeners, reserved for it (see `molt_dataplane::listen`).
     dataplane: Vec<molt_dataplane::listen::ListenAddr>,
@@ -114,6 +123,7 @@ impl Bound {
                 )
             })
             .transpose()?;
+        let smtp = bind(&mut args.smtp, "the SMTP sink (see --smtp)")?;
         let controlplane = bind(
             &mut args.controlplane,
             "the control plane (see --controlplane)",
@@ -128,6 +138,7 @@ impl Bound {
         Ok(Self {
             mock,
             stripe,
+            smtp,
             controlplane,
             dataplane,
         })
@@ -170,6 +181,8 @@ pub(crate) fn run(mut args: DevArgs) -> anyhow::Result<()> {
     if let Some(stripe) = bound.stripe {
         start_fake_stripe(stripe, &secrets[STRIPE_API_KEY_ENV])?;
     }
+    let mail_dir = abs(&args.dir.join("mail"));
+    crate::dev_mail::start_sink(bound.smtp, &mail_dir)?;
     let key = start_controlplane(
         &args,
         bound.controlplane,
@@ -233,6 +246,11 @@ pub(crate) fn run(mut args: DevArgs) -> anyhow::Result<()> {
             cp = args.controlplane,
         );
     }
+    let _ = writeln!(
+        banner,
+        "{}",
+        crate::dev_mail::banner(&mail_dir, args.controlplane)
+    );
     let _ = writeln!(
         banner,
         "\nTry it:\n  curl -sN {url}/chat/completions -H \"Authorization: Bearer {key}\" -H 'content-type: application/json' \\\n    -d '{{\"model\":\"gpt-4o-mini\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'\n\nOperate it:\n  source {env_file} && molt ctl users list\n",
@@ -670,10 +688,11 @@ secret_env = "{JWT_SECRET_ENV}"
 kind = "local"
 proxy_url = "http://{http}/v1"
 health_deadline = "30s"
-{billing}"#,
+{billing}{notifications}"#,
         listen = args.controlplane,
         http = args.http,
         db = abs(&args.dir.join("controlplane.db")).display(),
+        notifications = crate::dev_mail::notifications_config(args.smtp),
     )
 }
 
@@ -724,7 +743,11 @@ fn dataplane_launch(
     reserved: Vec<molt_dataplane::listen::ListenAddr>,
 ) -> molt_dataplane::server::Launch {
     use molt_config::ready::API;
-    let others = [("mock", args.mock), (API, args.controlplane)]
+    let others = [
+        ("mock", args.mock),
+        (API, args.controlplane),
+        ("smtp", args.smtp),
+    ]
         .into_iter()
         .chain((!args.no_billing).then_some(("stripe", args.stripe)))
         .collect::<Vec<_>>();

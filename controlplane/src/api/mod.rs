@@ -12,6 +12,7 @@ pub mod billing;
 mod bots;
 pub mod error;
 mod internal;
+mod notifications;
 mod openapi;
 mod v1;
 
@@ -102,6 +103,7 @@ fn bearer(parts: &Parts) -> Option<&str> {
 pub fn router(state: AppState) -> Router {
     let api = v1::routes()
         .merge(bots::routes())
+        .merge(notifications::routes())
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes));
     let internal = Router::new()
         .route(contract::CONFIG_PATH, get(internal::config))

@@ -17,7 +17,7 @@
 
 use super::store::HandledEvent;
 use super::{Billing, BillingError};
-use crate::domain::{now_ms, PageRequest, Role, UserStatus};
+use crate::domain::{now_ms, NewNotification, PageRequest, Role, UserStatus};
 use crate::provision::BotStatus;
 use crate::service::bots::{BotAction, CreateBot};
 use crate::service::users::UpdateUser;
@@ -160,7 +160,7 @@ impl Billing {
             if self.store.event_seen(&id).await? {
                 return Ok((kind, Outcome::Duplicate));
             }
-            let (outcome, user) = self.apply(&kind, object).await?;
+            let (outcome, user) = self.apply(&id, &kind, object).await?;
             self.store
                 .record_event(&HandledEvent {
                     id: &id,
@@ -195,6 +195,7 @@ impl Billing {
     /// Apply an event; returns the outcome and the user it concerned.
     async fn apply(
         &self,
+        event_id: &str,
         kind: &str,
         obj: &Value,
     ) -> Result<(Outcome, Option<String>), BillingError> {
@@ -237,7 +238,11 @@ impl Billing {
                 if current.status == UserStatus::Active {
                     self.set_status(&user, UserStatus::PastDue).await?;
                 }
-                self.store.mark_past_due(&user, now_ms()).await?;
+                // The invoice dedupes: Stripe's retries of one invoice
+                // (new events) notify once.
+                let invoice = text(obj, &["id"]).unwrap_or(event_id);
+                let notice = NewNotification::payment_failed(&user, invoice);
+                self.store.mark_past_due(&user, now_ms(), &notice).await?;
                 if self.settings.past_due_grace.is_zero() {
                     self.enforce_grace(now_ms()).await?;
                 }

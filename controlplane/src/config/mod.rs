@@ -39,6 +39,17 @@
 //! # health_deadline = "3m"  poll_interval = "1s"  step_timeout = "10s"  lease = "1m"
 //! # max_attempts = 8  backoff = "1s"  concurrency = 4
 //!
+//! [notifications]                 # optional: delivery of notifications (defaults shown)
+//! # poll_interval = "1s"  max_attempts = 12  backoff = "5s"  max_backoff = "1h"
+//! # lease = "1m"  concurrency = 8  webhook_timeout = "10s"
+//! [notifications.email]           # optional: without it email deliveries are `skipped`
+//! host = "smtp.example.com"
+//! # port = 587                    # default by tls: 587, 465, 25
+//! # tls = "starttls"              # or "tls" (implicit), "none" (a local sink only)
+//! # username_env = "SMTP_USERNAME"  password_env = "SMTP_PASSWORD"
+//! from = "Molt <notify@example.com>"
+//! # ca_file = "/etc/molt/smtp-ca.pem"  timeout = "30s"
+//!
 //! [browser]                       # optional: shipped to every data plane
 //! allowed_origins = ["https://app.example.com"]  # CORS and WebSocket Origin
 //! # max_age = "10m"
@@ -57,9 +68,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod fleet;
+mod notifications;
 
 use fleet::resolve_fleet;
 pub use fleet::{FleetConfig, FleetKind, RawFleet, RawFleetKind};
+use notifications::resolve_notifications;
+pub use notifications::{NotificationsConfig, RawEmail, RawNotifications, RawSmtpTls};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +90,9 @@ pub struct RawControlplaneConfig {
     pub billing: Option<RawBilling>,
     #[serde(default)]
     pub fleet: Option<RawFleet>,
+    /// `[notifications]`: delivery knobs and the SMTP server.
+    #[serde(default)]
+    pub notifications: Option<RawNotifications>,
     /// `[browser]`, shipped to every data plane in the snapshot (the
     /// origins browser apps may call from); without it, each data plane
     /// keeps its own file's.
@@ -176,6 +193,8 @@ pub struct Settings {
     /// `None` without a `[fleet]` section: bots can be requested but
     /// nothing provisions them.
     pub fleet: Option<FleetConfig>,
+    /// How notifications are delivered (defaults without the section).
+    pub notifications: NotificationsConfig,
 }
 
 /// Every problem found in a config file, one per line.
@@ -308,6 +327,7 @@ impl Settings {
             .fleet
             .as_ref()
             .and_then(|f| resolve_fleet(f, fly_token, &mut errs));
+        let notifications = resolve_notifications(raw.notifications.as_ref(), env, &mut errs);
         if let Some(browser) = &raw.browser {
             let mut problems = molt_config::ConfigErrors::default();
             molt_config::browser::BrowserConfig::check(browser, &mut problems);
@@ -351,6 +371,7 @@ impl Settings {
                         .unwrap_or(Duration::from_secs(90 * 24 * 3600)),
                     billing,
                     fleet,
+                    notifications,
                 })
             }
             _ => Err(SettingsError(errs)),

@@ -1,6 +1,7 @@
 //! The control plane's records as the API shows them: users, plans, keys,
 //! providers, models, usage, audit entries and operator roles; bots
-//! ([`bots`]) and meter reports ([`billing`]).
+//! ([`bots`]), meter reports ([`billing`]) and notifications
+//! ([`notifications`]).
 //!
 //! These types are what the store returns and what handlers serialise, so
 //! none of them holds a secret: API keys carry only their display prefix,
@@ -13,9 +14,13 @@
 
 pub mod billing;
 pub mod bots;
+pub mod notifications;
 
 pub use billing::{MeterReport, ReportStatus};
 pub use bots::{Bot, BotRecord, BotStatus, Desired};
+pub use notifications::{
+    Channel, Delivery, DeliveryStatus, NewNotification, NoticeKind, Notification, WebhookEndpoint,
+};
 pub use molt_config::ProviderKind;
 
 use serde::{Deserialize, Serialize};

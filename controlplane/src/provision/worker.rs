@@ -17,7 +17,7 @@ use super::metrics::ProvisionMetrics;
 use super::store::{StepUpdate, WorkerStore};
 use super::{clawdbot_config, BotRecord, BotStatus, ProvisionSettings};
 use crate::crypto::Cipher;
-use crate::domain::{now_ms, Millis};
+use crate::domain::{now_ms, Millis, NewNotification};
 use crate::fleet::{Fleet, FleetError, Machine, MachineSpec, VolumeSpec};
 use crate::service::Service;
 use crate::store::StoreError;
@@ -199,7 +199,7 @@ impl Worker {
             .with_label_values(&[from.as_str()])
             .observe(started.elapsed().as_secs_f64());
         let now = now_ms();
-        let update = match outcome {
+        let mut update = match outcome {
             Ok(Outcome::Advance(u)) => u,
             Ok(Outcome::Again(after)) => StepUpdate {
                 attempts: rec.bot.attempts,
@@ -208,6 +208,7 @@ impl Worker {
             },
             Err(e) => self.failure(&rec, &e, now),
         };
+        update.notify = notice(&rec, &update);
         let to = update.status;
         let recorded = inner
             .store
@@ -509,6 +510,21 @@ fn status_uri(gateway_url: &str) -> Option<hyper::Uri> {
         .or_else(|| gateway_url.strip_prefix("http://"))?;
     let authority = rest.split(['/', '?']).next().filter(|a| !a.is_empty())?;
     format!("http://{authority}/status").parse().ok()
+}
+
+/// What the user is told when a step ends in `running` or `failed`
+/// (written with the step, in its transaction). One start of the bot is
+/// told from the next by the time its current run of steps began.
+fn notice(rec: &BotRecord, update: &StepUpdate) -> Option<NewNotification> {
+    let (user, bot, run) = (&rec.bot.user_id, &rec.bot.id, rec.step_started_at);
+    match update.status? {
+        BotStatus::Running => Some(NewNotification::bot_running(user, bot, run)),
+        BotStatus::Failed => {
+            let error = update.error.clone().flatten().unwrap_or_default();
+            Some(NewNotification::bot_failed(user, bot, run, &error))
+        }
+        _ => None,
+    }
 }
 
 /// An update moving to `status` with a clean slate.

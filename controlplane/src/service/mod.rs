@@ -1,5 +1,5 @@
 //! The control plane's business logic: every rule about users, plans, keys,
-//! providers, models, usage, audit and operator auth lives here, between
+//! providers, models, usage, audit, notifications and operator auth lives here, between
 //! the thin HTTP handlers and storage. Each service file declares the slice
 //! of storage it needs ([`users::UserStore`], [`keys::KeyStore`], ...,
 //! [`AuditStore`] here) with `store::store_trait!`, which implements it
@@ -20,6 +20,7 @@ pub mod bots;
 pub mod keys;
 pub mod limits;
 pub mod models;
+pub mod notifications;
 pub mod plans;
 pub mod providers;
 pub mod usage;
@@ -59,6 +60,7 @@ pub trait ServiceStore:
     + usage::UsageStore
     + auth::AdminTokenStore
     + bots::BotWishStore
+    + notifications::NotificationStore
     + AuditStore
     + std::fmt::Debug
     + 'static

@@ -27,6 +27,7 @@
 //! | `admin_tokens` | [`admin_tokens`] | operator auth service |
 //! | `bots` | [`bots`] | bot service (wishes); provisioning worker (steps, claims) |
 //! | `stripe_events`, `billing_past_due`, `meter_reports` | [`billing`] | billing |
+//! | `notifications`, `notification_deliveries`, `webhook_endpoints` | [`notifications`] | the writes that notify ([`notifications::enqueue`], in their own transaction: provisioning steps, billing's past-due mark, usage ingest); notification service (read marks, replays, endpoints); delivery worker (claims, results) |
 //!
 //! Every write an operator makes takes the [`AuditEntry`](crate::domain::AuditEntry)
 //! describing it and writes both in one transaction, so a change is never
@@ -53,6 +54,7 @@ mod bots;
 mod config;
 mod keys;
 mod models;
+mod notifications;
 mod plans;
 mod providers;
 mod query;
@@ -62,6 +64,7 @@ mod users;
 
 pub use billing::HandledEvent;
 pub use bots::{StepUpdate, WishChange};
+pub use notifications::{DeliveryJob, DeliveryUpdate, OutboxDepth};
 pub use snapshot::{SnapshotSource, UserLimits};
 pub use usage::{IngestCounts, OpenWindow, UsageFilter, UsageSums, UserTokens};
 
