@@ -168,10 +168,15 @@ impl SmtpSink {
         let mut list = self.lock();
         if let Some(dir) = &self.state.dir {
             let path = dir.join(format!("{}.eml", list.len() + 1));
-            if let Err(error) = std::fs::create_dir_all(dir)
-                .and_then(|()| std::fs::write(&path, &mail.data))
-            {
-                tracing::warn!(%error, path = %path.display(), "smtp sink cannot write a message");
+            match std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, &mail.data)) {
+                Ok(()) => tracing::info!(
+                    to = mail.to.join(", "),
+                    path = %path.display(),
+                    "email received by the local SMTP sink"
+                ),
+                Err(error) => {
+                    tracing::warn!(%error, path = %path.display(), "smtp sink cannot write a message")
+                }
             }
         }
         list.push(mail);

@@ -54,7 +54,7 @@ from = "Molt dev <notify@molt.local>"
 pub(crate) fn banner(mail_dir: &Path, cp: SocketAddr) -> String {
     format!(
         "Notifications: email goes to a local SMTP sink, one file per message in {mail}/ ;\n  \
-         in-app:  molt ctl notifications list --user-id <id>   (ids: molt ctl users list)\n  \
+         in-app:  molt ctl notifications list --user-id <user id>\n  \
          webhook: molt ctl webhooks create --url http://127.0.0.1:PORT/hook  (API: http://{cp}/api/v1/webhook-endpoints)",
         mail = mail_dir.display(),
     )
