@@ -189,7 +189,7 @@ impl Notifier {
                 let (Some(endpoint_id), Some((url, sealed))) =
                     (&job.delivery.endpoint_id, &job.endpoint)
                 else {
-                    return Attempt::Skip("the webhook endpoint is gone".into());
+                    return Attempt::Skip("the webhook endpoint is disabled".into());
                 };
                 let secret = match self.inner.cipher.open(sealed, endpoint_id) {
                     Ok(s) => String::from_utf8_lossy(&s).into_owned(),

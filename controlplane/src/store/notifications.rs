@@ -75,7 +75,8 @@ pub struct DeliveryJob {
     pub notification: Notification,
     /// The user's address (email deliveries).
     pub email: Option<String>,
-    /// The endpoint's URL and sealed secret (webhook deliveries).
+    /// The endpoint's URL and sealed secret (webhook deliveries to an
+    /// endpoint not disabled).
     pub endpoint: Option<(String, String)>,
 }
 
@@ -407,7 +408,8 @@ impl SqlStore {
             ", u.email AS user_email, e.url AS endpoint_url, e.secret_sealed AS endpoint_secret \
              FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id \
              JOIN users u ON u.id = n.user_id \
-             LEFT JOIN webhook_endpoints e ON e.id = d.endpoint_id WHERE d.id = $1"
+             LEFT JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.disabled_at IS NULL \
+             WHERE d.id = $1"
         );
         let Some(row) = sqlx::query(SQL)
             .bind(id)

@@ -550,6 +550,22 @@ async fn replay_sends_the_same_signed_message_again(db: TestDb) {
         .unwrap();
     env.drain(Duration::from_millis(200)).await;
     assert_eq!(env.receiver.hooks().len(), 2);
+    // Nor does a replay to it.
+    let r = env
+        .cp
+        .post(&format!("/api/v1/notifications/{id}/replay"), json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    env.drain(Duration::from_millis(200)).await;
+    assert_eq!(env.receiver.hooks().len(), 2);
+    let page = env.notifications(&user, "").await;
+    let first = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == json!(id))
+        .unwrap();
+    assert!(statuses(first).contains(&("webhook".into(), "skipped".into())), "{first}");
     let audit = env.cp.get("/api/v1/audit").await.json().to_string();
     for action in ["webhook_endpoint.create", "notification.replay", "webhook_endpoint.disable"] {
         assert!(audit.contains(action), "{action}: {audit}");
