@@ -186,8 +186,7 @@ impl SmtpSink {
 /// The address of `MAIL FROM:<a>` / `RCPT TO:<a>` (parameters dropped).
 fn address(command: &str) -> String {
     let rest = command.split_once(':').map_or("", |(_, r)| r);
-    rest.trim()
-        .split_whitespace()
+    rest.split_whitespace()
         .next()
         .unwrap_or("")
         .trim_matches(|c| c == '<' || c == '>')

@@ -748,9 +748,9 @@ fn dataplane_launch(
         (API, args.controlplane),
         ("smtp", args.smtp),
     ]
-        .into_iter()
-        .chain((!args.no_billing).then_some(("stripe", args.stripe)))
-        .collect::<Vec<_>>();
+    .into_iter()
+    .chain((!args.no_billing).then_some(("stripe", args.stripe)))
+    .collect::<Vec<_>>();
     let on_listening = args.ready.ready_file.clone().map(|path| {
         Box::new(move |dp: &molt_dataplane::server::Listeners| {
             let named = dp.named().into_iter().chain(others);

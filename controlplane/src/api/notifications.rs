@@ -44,7 +44,10 @@ pub(super) fn routes() -> Router<AppState> {
             "/api/v1/users/{id}/notifications/{notification}/read",
             post(read_notification),
         )
-        .route("/api/v1/notifications/{id}/replay", post(replay_notification))
+        .route(
+            "/api/v1/notifications/{id}/replay",
+            post(replay_notification),
+        )
         .route(
             "/api/v1/webhook-endpoints",
             get(list_webhook_endpoints).post(create_webhook_endpoint),

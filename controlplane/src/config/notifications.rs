@@ -245,8 +245,14 @@ mod tests {
             "notifications.email.password_env:",
             "notifications.email: set both",
         ] {
-            assert!(errs.iter().any(|e| e.starts_with(field)), "{field}: {errs:?}");
+            assert!(
+                errs.iter().any(|e| e.starts_with(field)),
+                "{field}: {errs:?}"
+            );
         }
-        assert!(toml::from_str::<RawNotifications>("[email]\nhost=\"h\"\nfrom=\"a@b.c\"\ntls=\"ssl\"\n").is_err());
+        assert!(toml::from_str::<RawNotifications>(
+            "[email]\nhost=\"h\"\nfrom=\"a@b.c\"\ntls=\"ssl\"\n"
+        )
+        .is_err());
     }
 }

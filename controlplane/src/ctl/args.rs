@@ -123,7 +123,9 @@ pub enum WebhooksCmd {
         description: String,
     },
     /// Disable an endpoint: nothing more is sent to it.
-    Delete { id: String },
+    Delete {
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

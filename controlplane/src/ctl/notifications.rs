@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 /// A notification's columns in a table.
 pub(super) const COLUMNS: &[&str] = &["id", "created_at", "kind", "title", "read_at", "deliveries"];
 /// A webhook endpoint's columns in a table.
-pub(super) const ENDPOINT_COLUMNS: &[&str] = &["id", "url", "description", "created_at", "disabled_at"];
+pub(super) const ENDPOINT_COLUMNS: &[&str] =
+    &["id", "url", "description", "created_at", "disabled_at"];
 
 /// Run a notifications command; for a `table`, each delivery is shown as
 /// `channel:status`.
@@ -24,7 +25,11 @@ pub(super) async fn call(
             unread,
             page,
         } => {
-            let mut path = format!("/api/v1/users/{}/notifications{}", encode(&user_id), page.query());
+            let mut path = format!(
+                "/api/v1/users/{}/notifications{}",
+                encode(&user_id),
+                page.query()
+            );
             if unread {
                 path.push_str("&unread=true");
             }
@@ -58,7 +63,13 @@ fn summarise(n: &mut Value) {
     };
     let text: Vec<String> = list
         .iter()
-        .map(|d| format!("{}:{}", d["channel"].as_str().unwrap_or("?"), d["status"].as_str().unwrap_or("?")))
+        .map(|d| {
+            format!(
+                "{}:{}",
+                d["channel"].as_str().unwrap_or("?"),
+                d["status"].as_str().unwrap_or("?")
+            )
+        })
         .collect();
     n["deliveries"] = json!(text.join(" "));
 }
@@ -66,8 +77,12 @@ fn summarise(n: &mut Value) {
 pub(super) async fn webhooks(api: &Api, command: WebhooksCmd) -> Result<Value, CtlError> {
     match command {
         WebhooksCmd::List(p) => {
-            api.call(Method::GET, &format!("/api/v1/webhook-endpoints{}", p.query()), None)
-                .await
+            api.call(
+                Method::GET,
+                &format!("/api/v1/webhook-endpoints{}", p.query()),
+                None,
+            )
+            .await
         }
         WebhooksCmd::Create { url, description } => {
             let body = json!({"url": url, "description": description});

@@ -18,10 +18,10 @@ pub mod notifications;
 
 pub use billing::{MeterReport, ReportStatus};
 pub use bots::{Bot, BotRecord, BotStatus, Desired};
+pub use molt_config::ProviderKind;
 pub use notifications::{
     Channel, Delivery, DeliveryStatus, NewNotification, NoticeKind, Notification, WebhookEndpoint,
 };
-pub use molt_config::ProviderKind;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

@@ -223,7 +223,11 @@ mod tests {
         };
         let e = render(&n, "ada@example.com");
         assert_eq!(e.subject, "Your bot could not be started");
-        assert!(e.text.contains("machine <m1> failed & stopped"), "{}", e.text);
+        assert!(
+            e.text.contains("machine <m1> failed & stopped"),
+            "{}",
+            e.text
+        );
         assert!(e.text.contains("ntf_1"));
         assert!(
             e.html.contains("machine &lt;m1&gt; failed &amp; stopped"),

@@ -61,7 +61,9 @@ impl NotifyMetrics {
                 .with_label_values(&[c.as_str()])
                 .set(row.map_or(0, |r| r.pending));
             let age = row.map_or(0, |r| (now - r.oldest_created_at).max(0) / 1000);
-            self.oldest_seconds.with_label_values(&[c.as_str()]).set(age);
+            self.oldest_seconds
+                .with_label_values(&[c.as_str()])
+                .set(age);
         }
     }
 }

@@ -57,7 +57,10 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<Strin
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|_| WebhookError::Secret)?;
     mac.update(format!("{id}.{timestamp}.").as_bytes());
     mac.update(body);
-    Ok(format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes())))
+    Ok(format!(
+        "v1,{}",
+        STANDARD.encode(mac.finalize().into_bytes())
+    ))
 }
 
 /// One signed request, ready to post.
@@ -71,7 +74,11 @@ pub struct SignedMessage {
 
 /// The Standard Webhooks message for `n`, signed with `secret` at
 /// `now_secs`.
-pub fn message(n: &Notification, secret: &str, now_secs: i64) -> Result<SignedMessage, WebhookError> {
+pub fn message(
+    n: &Notification,
+    secret: &str,
+    now_secs: i64,
+) -> Result<SignedMessage, WebhookError> {
     let body = serde_json::json!({
         "type": n.kind.as_str(),
         "timestamp": rfc3339(n.created_at),

@@ -150,7 +150,10 @@ impl Notifier {
         };
         let attempt = self.attempt(&job).await;
         let update = self.update(&job, attempt, now_ms());
-        let recorded = inner.store.finish_delivery(id, &inner.owner, &update).await?;
+        let recorded = inner
+            .store
+            .finish_delivery(id, &inner.owner, &update)
+            .await?;
         if recorded {
             let result = match update.status {
                 DeliveryStatus::Delivered => "delivered",

@@ -515,16 +515,17 @@ fn status_uri(gateway_url: &str) -> Option<hyper::Uri> {
 /// What the user is told when a step ends in `running` or `failed`
 /// (written with the step, in its transaction). One start of the bot is
 /// told from the next by the time its current run of steps began.
-fn notice(rec: &BotRecord, update: &StepUpdate) -> Option<NewNotification> {
+fn notice(rec: &BotRecord, update: &StepUpdate) -> Option<Box<NewNotification>> {
     let (user, bot, run) = (&rec.bot.user_id, &rec.bot.id, rec.step_started_at);
-    match update.status? {
-        BotStatus::Running => Some(NewNotification::bot_running(user, bot, run)),
+    let n = match update.status? {
+        BotStatus::Running => NewNotification::bot_running(user, bot, run),
         BotStatus::Failed => {
             let error = update.error.clone().flatten().unwrap_or_default();
-            Some(NewNotification::bot_failed(user, bot, run, &error))
+            NewNotification::bot_failed(user, bot, run, &error)
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    Some(Box::new(n))
 }
 
 /// An update moving to `status` with a clean slate.

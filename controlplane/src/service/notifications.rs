@@ -176,7 +176,13 @@ impl Service {
         };
         let secret = new_secret();
         let sealed = self.settings.cipher.seal(secret.as_bytes(), &endpoint.id)?;
-        let audit = audit_entry(op, "webhook_endpoint.create", &endpoint.id, None, Some(&endpoint));
+        let audit = audit_entry(
+            op,
+            "webhook_endpoint.create",
+            &endpoint.id,
+            None,
+            Some(&endpoint),
+        );
         self.store
             .insert_webhook_endpoint(&endpoint, &sealed, &audit)
             .await?;
@@ -209,7 +215,13 @@ impl Service {
             disabled_at: Some(at),
             ..before.clone()
         };
-        let audit = audit_entry(op, "webhook_endpoint.disable", id, Some(&before), Some(&after));
+        let audit = audit_entry(
+            op,
+            "webhook_endpoint.disable",
+            id,
+            Some(&before),
+            Some(&after),
+        );
         self.store.disable_webhook_endpoint(id, at, &audit).await?;
         Ok(after)
     }

@@ -26,8 +26,8 @@ pub struct StepUpdate {
     /// A new step start time (when entering a timed step).
     pub step_started_at: Option<Millis>,
     /// Written to the outbox in the step's transaction (bot running,
-    /// bot failed).
-    pub notify: Option<NewNotification>,
+    /// bot failed). Boxed: most steps have none.
+    pub notify: Option<Box<NewNotification>>,
 }
 
 /// An operator's change of a bot's wish, applied only if the bot is still

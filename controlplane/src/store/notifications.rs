@@ -411,11 +411,7 @@ impl SqlStore {
              LEFT JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.disabled_at IS NULL \
              WHERE d.id = $1"
         );
-        let Some(row) = sqlx::query(SQL)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-        else {
+        let Some(row) = sqlx::query(SQL).bind(id).fetch_optional(&self.pool).await? else {
             return Ok(None);
         };
         let delivery: Delivery = from_row(&row)?;

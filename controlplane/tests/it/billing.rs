@@ -472,11 +472,10 @@ async fn subscription_deleted_suspends_and_payment_failed_follows_the_grace_poli
     deliver(&e.cp.app, &failed("evt_f2")).await;
     // Two failed payments of one invoice tell the user once, written with
     // the past-due mark.
-    let page = e
-        .cp
-        .get(&format!("/api/v1/users/{}/notifications", e.seed.user_id))
-        .await
-        .json();
+    let page =
+        e.cp.get(&format!("/api/v1/users/{}/notifications", e.seed.user_id))
+            .await
+            .json();
     let told: Vec<&Value> = page["items"]
         .as_array()
         .unwrap()

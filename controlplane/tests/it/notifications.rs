@@ -53,11 +53,7 @@ struct Receiver {
 
 impl Receiver {
     async fn spawn(&self) -> String {
-        async fn hook(
-            State(r): State<Receiver>,
-            headers: HeaderMap,
-            body: String,
-        ) -> StatusCode {
+        async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: String) -> StatusCode {
             let h = |name: &str| {
                 headers
                     .get(name)
@@ -326,11 +322,14 @@ async fn a_step_that_is_not_recorded_notifies_no_one(db: TestDb) {
     let bot = r.json()["id"].as_str().unwrap().to_owned();
     let store = env.cp.db.store.clone();
     let now = now_ms();
-    assert!(store.claim_bot(&bot, "w1", now, now + 60_000).await.unwrap());
+    assert!(store
+        .claim_bot(&bot, "w1", now, now + 60_000)
+        .await
+        .unwrap());
     let update = StepUpdate {
         status: Some(BotStatus::Running),
         next_attempt_at: now,
-        notify: Some(NewNotification::bot_running(&user, &bot, 1)),
+        notify: Some(Box::new(NewNotification::bot_running(&user, &bot, 1))),
         ..StepUpdate::default()
     };
     // Not the claim's owner: the step and its notification are dropped
@@ -375,7 +374,10 @@ async fn the_same_event_notifies_once(db: TestDb) {
         .unwrap());
     // A user this database does not know: nothing, and no error.
     assert!(!store
-        .insert_notification(&NewNotification::payment_failed("usr_nobody", "in_1"), now_ms())
+        .insert_notification(
+            &NewNotification::payment_failed("usr_nobody", "in_1"),
+            now_ms()
+        )
         .await
         .unwrap());
 
@@ -535,10 +537,17 @@ async fn replay_sends_the_same_signed_message_again(db: TestDb) {
     // A disabled endpoint gets nothing new.
     let endpoints = env.cp.get("/api/v1/webhook-endpoints").await.json();
     let endpoint = endpoints["items"][0]["id"].as_str().unwrap().to_owned();
-    assert!(endpoints.to_string().find("whsec_").is_none(), "{endpoints}");
+    assert!(
+        endpoints.to_string().find("whsec_").is_none(),
+        "{endpoints}"
+    );
     let r = env
         .cp
-        .admin("DELETE", &format!("/api/v1/webhook-endpoints/{endpoint}"), None)
+        .admin(
+            "DELETE",
+            &format!("/api/v1/webhook-endpoints/{endpoint}"),
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert!(r.json()["disabled_at"].is_i64());
@@ -565,9 +574,16 @@ async fn replay_sends_the_same_signed_message_again(db: TestDb) {
         .iter()
         .find(|n| n["id"] == json!(id))
         .unwrap();
-    assert!(statuses(first).contains(&("webhook".into(), "skipped".into())), "{first}");
+    assert!(
+        statuses(first).contains(&("webhook".into(), "skipped".into())),
+        "{first}"
+    );
     let audit = env.cp.get("/api/v1/audit").await.json().to_string();
-    for action in ["webhook_endpoint.create", "notification.replay", "webhook_endpoint.disable"] {
+    for action in [
+        "webhook_endpoint.create",
+        "notification.replay",
+        "webhook_endpoint.disable",
+    ] {
         assert!(audit.contains(action), "{action}: {audit}");
     }
 }
@@ -604,7 +620,10 @@ async fn in_app_pages_newest_first_with_read_marks(db: TestDb) {
     let last = env
         .notifications(
             &user,
-            &format!("?limit=2&cursor={}", second["next_cursor"].as_str().unwrap()),
+            &format!(
+                "?limit=2&cursor={}",
+                second["next_cursor"].as_str().unwrap()
+            ),
         )
         .await;
     assert_eq!(subjects(&last), ["in_0"]);
@@ -627,7 +646,10 @@ async fn in_app_pages_newest_first_with_read_marks(db: TestDb) {
     let bob = env.user("bob@example.com").await;
     let r = env
         .cp
-        .post(&format!("/api/v1/users/{bob}/notifications/{id}/read"), json!({}))
+        .post(
+            &format!("/api/v1/users/{bob}/notifications/{id}/read"),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     let r = env.cp.get("/api/v1/users/usr_nobody/notifications").await;
