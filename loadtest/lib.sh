@@ -107,6 +107,28 @@ build_molt() {
     fi
 }
 
+# build_floor: set FLOOR to the Pingora floor (loadtest/floor/: stock Pingora
+# from crates.io, outside the workspace), building it unless FLOOR names a
+# prebuilt one. Its own target directory, beside the workspace's.
+build_floor() {
+    if [[ -n ${FLOOR:-} ]]; then
+        [[ -x $FLOOR ]] || die "FLOOR=$FLOOR is not executable"
+    else
+        log "building the Pingora floor (release)"
+        (cd "$ROOT/loadtest/floor" && CARGO_TARGET_DIR=$CARGO_TARGET_DIR-floor cargo build --release --locked --quiet)
+        FLOOR=$CARGO_TARGET_DIR-floor/release/molt-pingora-floor
+    fi
+}
+
+# start_floor PORT MOCK_PORT MASTER_KEY: the floor checking CLIENT_KEY and
+# injecting MASTER_KEY, with PROXY_WORKERS threads. Sets FLOOR_PID.
+start_floor() {
+    local port=$1 mock_port=$2 master_key=$3
+    spawn INT "$WORK/floor.log" "$FLOOR" "127.0.0.1:$port" "127.0.0.1:$mock_port" \
+        "$CLIENT_KEY" "$master_key" "${PROXY_WORKERS:-1}"
+    FLOOR_PID=$SPAWNED_PID
+}
+
 # wait_for WHAT COMMAND...: retry COMMAND for up to 20 s.
 wait_for() {
     local what=$1

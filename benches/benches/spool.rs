@@ -41,6 +41,7 @@ fn event(n: u64) -> UsageEvent {
         status: 200,
         input_tokens: 412,
         output_tokens: 87,
+        classes: Default::default(),
         estimated: false,
         stream: true,
         attempts: 1,

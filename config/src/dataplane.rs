@@ -286,6 +286,8 @@ pub struct Model {
     pub aliases: Vec<String>,
     /// Canonical names of the models tried next, in order.
     pub fallbacks: Vec<String>,
+    /// The price in force, when the config says; dollar budgets need it.
+    pub price: Option<crate::money::ModelPrice>,
 }
 
 /// Where validation reads environment variables from, so tests and the
@@ -902,6 +904,9 @@ fn validate_models(
             upstream_name: m.upstream_name.clone().unwrap_or_else(|| m.name.clone()),
             aliases: m.aliases.clone(),
             fallbacks,
+            price: m.price.as_ref().and_then(|p| {
+                crate::money::ModelPrice::from_wire(p, &format!("models[{i}].price"), errs)
+            }),
         });
     }
     out

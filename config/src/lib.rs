@@ -11,7 +11,10 @@
 //!   [`DataplaneConfig::from_wire`] / `TryFrom`, which checks every field and
 //!   reports *all* problems with their field paths ([`ConfigErrors`]).
 //! - [`browser`]: `[browser]`, the origins browser apps may call from.
-//! - [`usage`]: one [`UsageEvent`] per completed request.
+//! - [`usage`]: one [`UsageEvent`] per completed request, its tokens split
+//!   into the classes providers price apart ([`usage::TokenClasses`]).
+//! - [`money`]: amounts in integer picodollars, token prices per class, and
+//!   the exact cost of a usage.
 //! - [`contract`]: everything that crosses between the planes: the
 //!   `/internal/v1` paths and auth header, the usage batch and its answer,
 //!   the batch limits, reading a snapshot from a newer control plane.
@@ -39,6 +42,7 @@ pub mod error;
 pub mod files;
 pub mod limits;
 pub mod metrics;
+pub mod money;
 pub mod outbound;
 pub mod ready;
 pub mod secret;
@@ -52,8 +56,9 @@ pub use dataplane::{
     Provider, ProviderKind, ServerConfig, TlsConfig, UpstreamUrl,
 };
 pub use error::{ConfigError, ConfigErrors};
+pub use money::{ModelPrice, Picodollars, TokenClass, TokenPrice};
 pub use secret::Secret;
-pub use usage::UsageEvent;
+pub use usage::{TokenClasses, UsageEvent};
 
 /// Hex SHA-256 of a client API key: the only form in which keys are stored.
 pub fn hash_api_key(key: &str) -> String {

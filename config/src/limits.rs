@@ -12,6 +12,7 @@
 //! surprise half of the operators who write it.
 
 use crate::error::ConfigErrors;
+use crate::money::Picodollars;
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -28,14 +29,14 @@ pub const DEFAULT_LEASE_FRACTION: f64 = 0.05;
 // === wire ===
 
 // The wire structs with a name field (`RawUserLimits`, `RawModelLimits`)
-// carry the six fields themselves, because the unknown fields of a
+// carry the seven fields themselves, because the unknown fields of a
 // `flatten`ed struct cannot be told apart (nor `deny_unknown_fields`
 // combined with it): `limit_struct!` declares them once for every struct
 // that holds them, and `limit_fields!` converts between them.
 
-/// Declares a struct holding the six limit fields of one scope (each an
+/// Declares a struct holding the seven limit fields of one scope (each an
 /// `Option<u64>`, carrying the attributes written after `limits`) where
-/// `[limits ...]` stands among its other fields. The one place the six
+/// `[limits ...]` stands among its other fields. The one place the seven
 /// fields are declared.
 macro_rules! limit_struct {
     (
@@ -63,6 +64,9 @@ macro_rules! limit_struct {
             /// Tokens per calendar month (UTC).
             $(#[$limit_attr])*
             pub monthly_token_budget: Option<u64>,
+            /// Dollars per calendar month (UTC), at the models' prices.
+            $(#[$limit_attr])*
+            pub monthly_budget_usd: Option<Picodollars>,
             $($(#[$tail_attr])* pub $tail: $tail_ty,)*
         }
     };
@@ -108,9 +112,9 @@ limit_struct! {
     }
 }
 
-/// Build a struct with the six limit fields, each computed by the macro
+/// Build a struct with the seven limit fields, each computed by the macro
 /// `$per_field!(field $(, $arg)*)`, plus any other fields given in braces.
-/// The one place the six field names are listed for conversions.
+/// The one place the seven field names are listed for conversions.
 macro_rules! limit_fields {
     ($ty:ident { $($k:ident: $v:expr),* $(,)? }, $per_field:ident $(, $arg:expr)*) => {
         $ty {
@@ -121,6 +125,7 @@ macro_rules! limit_fields {
             tokens_per_day: $per_field!(tokens_per_day $(, $arg)*),
             concurrent_streams: $per_field!(concurrent_streams $(, $arg)*),
             monthly_token_budget: $per_field!(monthly_token_budget $(, $arg)*),
+            monthly_budget_usd: $per_field!(monthly_budget_usd $(, $arg)*),
         }
     };
 }
@@ -435,6 +440,7 @@ impl LimitsConfig {
                     tokens_per_day: p.tokens_per_day,
                     concurrent_streams: None,
                     monthly_token_budget: None,
+                    monthly_budget_usd: None,
                 },
                 &at,
                 errs,
@@ -473,9 +479,13 @@ impl LimitsConfig {
     }
 }
 
-fn positive(v: Option<u64>, path: &str, errs: &mut ConfigErrors) -> Option<u64> {
+fn positive<T: Default + PartialEq>(
+    v: Option<T>,
+    path: &str,
+    errs: &mut ConfigErrors,
+) -> Option<T> {
     match v {
-        Some(0) => {
+        Some(zero) if zero == T::default() => {
             errs.push(path, "must be greater than 0 (omit it for no limit)");
             None
         }

@@ -29,8 +29,15 @@ pub struct UsageEvent {
     pub route: String,
     /// Status the client received.
     pub status: u16,
+    /// Every input token: plain, cached, cache writes and audio (the
+    /// classes below say how many of each).
     pub input_tokens: u64,
+    /// Every output token, reasoning and audio included.
     pub output_tokens: u64,
+    /// The tokens of `input_tokens` and `output_tokens` that are priced
+    /// apart (cache reads and writes, audio, reasoning); absent when none.
+    #[serde(default, skip_serializing_if = "TokenClasses::is_empty")]
+    pub classes: TokenClasses,
     /// True when the provider reported no usage and the figures were counted
     /// locally with a tokenizer.
     pub estimated: bool,
@@ -49,4 +56,41 @@ pub struct UsageEvent {
     /// Why the request ended the way it did, when not `ok`
     /// (`client_disconnected`, `upstream_aborted`, `upstream_error`, ...).
     pub outcome: String,
+}
+
+/// The parts of an event's token totals that providers price apart. Each
+/// is a part of `input_tokens` or `output_tokens`, never in addition to
+/// them, whatever the provider's own convention (Anthropic reports cache
+/// tokens beside `input_tokens`; OpenAI reports cached and reasoning tokens
+/// inside its totals): the usage readers normalise to this.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TokenClasses {
+    /// Input read from the provider's prompt cache.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_read_input: u64,
+    /// Input written to the prompt cache with a 5-minute lifetime (also a
+    /// cache write whose lifetime the provider does not say).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_5m_input: u64,
+    /// Input written to the prompt cache with a 1-hour lifetime.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_1h_input: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub audio_input: u64,
+    /// Output spent on reasoning (part of `output_tokens`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reasoning_output: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub audio_output: u64,
+}
+
+impl TokenClasses {
+    pub fn is_empty(&self) -> bool {
+        *self == TokenClasses::default()
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

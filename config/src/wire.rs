@@ -222,6 +222,32 @@ pub struct RawModel {
     pub aliases: Vec<String>,
     #[serde(default)]
     pub fallbacks: Vec<String>,
+    /// What the model costs, for dollar budgets. The control plane ships
+    /// the price in force; the cost it bills is its own, fixed at ingest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<RawModelPrice>,
+}
+
+/// A model's prices in dollars per million tokens, as decimal strings
+/// (`"2.50"`, at most six decimals). `input` and `output` are required; a
+/// class left out is charged at its base price (input, or output).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RawModelPrice {
+    pub input: String,
+    pub output: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read_input: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_5m_input: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_1h_input: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_input: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_output: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_output: Option<String>,
 }
 
 /// A user's bot gateway, reached by the WebSocket chat router.

@@ -243,6 +243,7 @@ impl Publisher {
                     upstream_name: m.upstream_name,
                     aliases: m.aliases,
                     fallbacks: m.fallbacks,
+                    price: None,
                 })
                 .collect(),
             limits,

@@ -50,6 +50,7 @@ fn raw(m: &Model) -> RawModel {
         upstream_name: m.upstream_name.clone(),
         aliases: m.aliases.clone(),
         fallbacks: m.fallbacks.clone(),
+        price: None,
     }
 }
 

@@ -148,6 +148,7 @@ impl Ledger {
             status: closing.status,
             input_tokens: record.tokens.input,
             output_tokens: record.tokens.output,
+            classes: Default::default(),
             estimated: record.estimated,
             stream: record.stream,
             attempts: record.attempts,

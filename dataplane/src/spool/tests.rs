@@ -27,6 +27,7 @@ fn event(n: u64) -> UsageEvent {
         status: 200,
         input_tokens: n,
         output_tokens: 1,
+        classes: Default::default(),
         estimated: false,
         stream: false,
         attempts: 1,
