@@ -40,6 +40,7 @@ pub mod https;
 pub mod metrics;
 pub mod notify;
 pub mod provision;
+pub mod scan;
 pub mod server;
 pub mod service;
 pub mod snapshot;

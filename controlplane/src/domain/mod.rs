@@ -37,6 +37,11 @@ pub fn now_ms() -> Millis {
     i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// A duration in whole milliseconds, saturating.
+pub fn millis(d: std::time::Duration) -> Millis {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// `YYYY-MM-DD` (UTC) of a Unix time in milliseconds.
 pub fn utc_day(timestamp_ms: u64) -> String {
     let secs = i64::try_from(timestamp_ms / 1000).unwrap_or(i64::MAX);

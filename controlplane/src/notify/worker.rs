@@ -17,7 +17,7 @@ use super::store::{DeliveryJob, DeliveryUpdate, NotifyStore};
 use super::webhook::{message, WebhookSender};
 use super::NotifySettings;
 use crate::crypto::Cipher;
-use crate::domain::{now_ms, Channel, DeliveryStatus, Millis};
+use crate::domain::{millis, now_ms, Channel, DeliveryStatus, Millis};
 use crate::store::StoreError;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,10 +67,6 @@ impl std::fmt::Debug for Notifier {
     }
 }
 
-fn ms(d: Duration) -> Millis {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 impl Notifier {
     pub fn new(
         store: Arc<dyn NotifyStore>,
@@ -95,15 +91,10 @@ impl Notifier {
     /// scan found work.
     pub fn spawn(&self) -> JoinHandle<()> {
         let me = self.clone();
-        tokio::spawn(async move {
-            loop {
-                match me.tick().await {
-                    Ok(n) if n > 0 => continue,
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "notification scan failed"),
-                }
-                tokio::time::sleep(me.inner.settings.poll_interval).await;
-            }
+        let pause = self.inner.settings.poll_interval;
+        crate::scan::spawn_scans("notifications", pause, move || {
+            let me = me.clone();
+            async move { me.tick().await }
         })
     }
 
@@ -118,7 +109,7 @@ impl Notifier {
         for id in inner.store.due_deliveries(now, limit).await? {
             if !inner
                 .store
-                .claim_delivery(&id, &inner.owner, now, now + ms(s.lease))
+                .claim_delivery(&id, &inner.owner, now, now + millis(s.lease))
                 .await?
             {
                 continue;
@@ -236,7 +227,7 @@ impl Notifier {
                 let delay = backoff(s, attempts);
                 tracing::info!(delivery = job.delivery.id, error = %why, ?delay, "notification will be retried");
                 DeliveryUpdate {
-                    next_attempt_at: now + ms(delay),
+                    next_attempt_at: now + millis(delay),
                     ..done(DeliveryStatus::Pending, Some(why))
                 }
             }
