@@ -15,8 +15,10 @@
 //! [`billing`] verifies Stripe webhooks and flushes metered usage to Stripe
 //! exactly once. [`identity`] verifies Clerk's (Svix-signed) webhooks and
 //! applies them through the user services, and fetches Clerk's JWKS into
-//! the snapshot; [`signing`] is what the webhook verifiers share. The
-//! services, the snapshot compiler, the provisioner, billing and identity
+//! the snapshot; [`signing`] is what the webhook verifiers share.
+//! [`notify`] delivers the notifications that state changes write to an
+//! outbox (email, webhooks; in-app through the API). The services, the
+//! snapshot compiler, the provisioner, billing, identity and the notifier
 //! each reach storage through a narrow trait they declare, which
 //! [`server`] fills with the one [`store::SqlStore`].
 //!
@@ -45,7 +47,9 @@ pub mod fleet;
 pub mod https;
 pub mod identity;
 pub mod metrics;
+pub mod notify;
 pub mod provision;
+pub mod scan;
 pub mod server;
 pub mod service;
 pub mod signing;

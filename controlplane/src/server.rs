@@ -1,7 +1,8 @@
 //! Wiring: store + services + router + background jobs, and the server
 //! loop behind `molt controlplane`. The one place that knows the store is
 //! a [`SqlStore`]: each part gets it as the narrow trait it declares
-//! (`ServiceStore`, `SnapshotStore`, `WorkerStore`, `BillingStore`).
+//! (`ServiceStore`, `SnapshotStore`, `WorkerStore`, `BillingStore`,
+//! `NotifyStore`).
 
 use crate::api::{router, AppState};
 use crate::billing::stripe_sink::StripeMeterSink;
@@ -14,6 +15,8 @@ use crate::identity::jwks::JwksFetcher;
 use crate::identity::metrics::IdentityMetrics;
 use crate::identity::Identity;
 use crate::metrics::{Metrics, MetricsError};
+use crate::notify::metrics::NotifyMetrics;
+use crate::notify::{HttpWebhookSender, Notifier, NotifyStore, Senders, SmtpMailer};
 use crate::provision::metrics::ProvisionMetrics;
 use crate::provision::{ProvisionSettings, Worker, WorkerStore};
 use crate::service::{Service, ServiceError};
@@ -49,6 +52,8 @@ pub enum ServerError {
     Fleet(String),
     #[error("identity: {0}")]
     Identity(String),
+    #[error("notifications: {0}")]
+    Notifications(String),
 }
 
 impl Provisioning {
@@ -87,6 +92,40 @@ pub struct App {
     pub router: Router,
     jobs: Vec<JoinHandle<()>>,
     provisioner: Option<Provisioner>,
+    notifications: NotifierParts,
+}
+
+/// What new notification workers are made from.
+#[derive(Debug)]
+struct NotifierParts {
+    store: Arc<dyn NotifyStore>,
+    senders: Senders,
+    settings: crate::notify::NotifySettings,
+    metrics: NotifyMetrics,
+}
+
+impl NotifierParts {
+    /// The senders `[notifications]` configures: SMTP with lettre when
+    /// `[notifications.email]` is given, webhooks over HTTP(S).
+    fn new(
+        store: Arc<dyn NotifyStore>,
+        config: &crate::config::NotificationsConfig,
+        metrics: &Metrics,
+    ) -> Result<Self, ServerError> {
+        let bad = |e: &dyn std::fmt::Display| ServerError::Notifications(e.to_string());
+        let mailer = match &config.email {
+            Some(smtp) => Some(Arc::new(SmtpMailer::new(smtp).map_err(|e| bad(&e))?) as _),
+            None => None,
+        };
+        let webhooks =
+            Arc::new(HttpWebhookSender::new(config.settings.webhook_timeout).map_err(|e| bad(&e))?);
+        Ok(Self {
+            store,
+            senders: Senders { mailer, webhooks },
+            settings: config.settings.clone(),
+            metrics: NotifyMetrics::register(metrics)?,
+        })
+    }
 }
 
 /// Where bots run and how they are provisioned.
@@ -108,7 +147,8 @@ struct Provisioner {
 
 impl App {
     /// Start the services on `store` (publishing the first snapshot) and
-    /// the background jobs (snapshot refresh, audit retention), without a
+    /// the background jobs (snapshot refresh, audit retention, notification
+    /// delivery unless `[notifications]` says not to), without a
     /// fleet: bots can be requested but nothing provisions them.
     pub async fn start(store: Arc<SqlStore>, settings: &Settings) -> Result<Self, ServerError> {
         Self::start_with(store, settings, None).await
@@ -128,6 +168,19 @@ impl App {
         ))
     }
 
+    /// A new notification delivery worker with a claim name of its own.
+    /// Several may run at once.
+    pub fn notifier(&self) -> Notifier {
+        let p = &self.notifications;
+        Notifier::new(
+            p.store.clone(),
+            self.service.cipher().clone(),
+            p.senders.clone(),
+            p.settings.clone(),
+            p.metrics.clone(),
+        )
+    }
+
     /// [`App::start`], plus the provisioning worker when a fleet is given.
     pub async fn start_with(
         store: Arc<SqlStore>,
@@ -143,6 +196,7 @@ impl App {
             }),
             None => None,
         };
+        let notifications = NotifierParts::new(store.clone(), &settings.notifications, &metrics)?;
         let service = Arc::new(
             Service::start(store.clone(), store, settings.service.clone(), metrics).await?,
         );
@@ -183,7 +237,12 @@ impl App {
             router,
             jobs,
             provisioner,
+            notifications,
         };
+        if settings.notifications.run_worker {
+            let notifier = app.notifier();
+            app.jobs.push(notifier.spawn());
+        }
         let run = app
             .provisioner
             .as_ref()

@@ -7,7 +7,9 @@
 //! the Fly Machines API; [`fake_stripe`] stands in for Stripe's meter events
 //! API and signs webhooks as Stripe does; [`fake_clerk`] signs Clerk's
 //! webhooks as Svix does and serves a rotating, failing JWKS with tokens
-//! signed by its keys. The fakes share `serve`: serving
+//! signed by its keys; [`smtp_sink`] accepts email as an SMTP server would
+//! and keeps it (for `molt dev` and the control plane's tests). The fakes
+//! share `serve`: serving
 //! a router in the background on a loopback port, or over TLS with a
 //! [`tls::loopback_certificate`].
 //!
@@ -22,4 +24,5 @@ pub mod fake_stripe;
 pub mod mock_bot;
 pub mod mock_provider;
 mod serve;
+pub mod smtp_sink;
 pub mod tls;

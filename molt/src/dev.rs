@@ -29,6 +29,9 @@
 //! (in `dev.env`), are accepted at the control plane's `/webhooks/clerk`
 //! and make users; with `--clerk-jwks-url` and `--clerk-issuer`, the
 //! provider's session tokens are accepted by the data plane too.
+//! Notifications are delivered locally: email to an SMTP sink in-process
+//! (`--smtp`), each message kept as `<dir>/mail/<n>.eml` (`dev_mail.rs`);
+//! in-app ones through `molt ctl notifications list`.
 //!
 //! Real OpenAI/Anthropic are used when their keys are in the environment;
 //! they are then stored like any provider key: sealed in the database with
@@ -95,9 +98,13 @@ pub(crate) struct DevArgs {
     /// An accepted `azp` (the app's origin); repeat for several.
     #[arg(long, requires = "clerk_jwks_url")]
     clerk_authorized_party: Vec<String>,
+    /// The local SMTP sink notification email goes to (messages are kept
+    /// in `<dir>/mail/`).
+    #[arg(long, default_value = "127.0.0.1:2525")]
+    smtp: SocketAddr,
     // Any address above may use port 0; the ready file reports them all as
-    // `http`, `https`, `admin`, `api` (the control plane), `mock` and
-    // `stripe`.
+    // `http`, `https`, `admin`, `api` (the control plane), `mock`,
+    // `stripe` and `smtp`.
     #[command(flatten)]
     ready: crate::fakes::ReadyFileArg,
 }
@@ -107,6 +114,7 @@ pub(crate) struct DevArgs {
 struct Bound {
     mock: std::net::TcpListener,
     stripe: Option<std::net::TcpListener>,
+    smtp: std::net::TcpListener,
     controlplane: std::net::TcpListener,
     /// The data plane's listeners, reserved for it (see `molt_dataplane::listen`).
     dataplane: Vec<molt_dataplane::listen::ListenAddr>,
@@ -132,6 +140,7 @@ impl Bound {
                 )
             })
             .transpose()?;
+        let smtp = bind(&mut args.smtp, "the SMTP sink (see --smtp)")?;
         let controlplane = bind(
             &mut args.controlplane,
             "the control plane (see --controlplane)",
@@ -146,6 +155,7 @@ impl Bound {
         Ok(Self {
             mock,
             stripe,
+            smtp,
             controlplane,
             dataplane,
         })
@@ -188,6 +198,8 @@ pub(crate) fn run(mut args: DevArgs) -> anyhow::Result<()> {
     if let Some(stripe) = bound.stripe {
         start_fake_stripe(stripe, &secrets[STRIPE_API_KEY_ENV])?;
     }
+    let mail_dir = abs(&args.dir.join("mail"));
+    crate::dev_mail::start_sink(bound.smtp, &mail_dir)?;
     let key = start_controlplane(
         &args,
         bound.controlplane,
@@ -266,6 +278,11 @@ pub(crate) fn run(mut args: DevArgs) -> anyhow::Result<()> {
             .map_or("off (--clerk-jwks-url)".to_owned(), |u| format!(
                 "verified against {u}"
             )),
+    );
+    let _ = writeln!(
+        banner,
+        "{}",
+        crate::dev_mail::banner(&mail_dir, args.controlplane)
     );
     let _ = writeln!(
         banner,
@@ -726,10 +743,11 @@ health_deadline = "30s"
 # Clerk's webhooks (POST /webhooks/clerk) make and update users.
 [identity]
 webhook_secret_env = "{CLERK_WEBHOOK_SECRET_ENV}"
-{tokens}{billing}"#,
+{tokens}{billing}{notifications}"#,
         listen = args.controlplane,
         http = args.http,
         db = abs(&args.dir.join("controlplane.db")).display(),
+        notifications = crate::dev_mail::notifications_config(args.smtp),
     )
 }
 
@@ -780,10 +798,14 @@ fn dataplane_launch(
     reserved: Vec<molt_dataplane::listen::ListenAddr>,
 ) -> molt_dataplane::server::Launch {
     use molt_config::ready::API;
-    let others = [("mock", args.mock), (API, args.controlplane)]
-        .into_iter()
-        .chain((!args.no_billing).then_some(("stripe", args.stripe)))
-        .collect::<Vec<_>>();
+    let others = [
+        ("mock", args.mock),
+        (API, args.controlplane),
+        ("smtp", args.smtp),
+    ]
+    .into_iter()
+    .chain((!args.no_billing).then_some(("stripe", args.stripe)))
+    .collect::<Vec<_>>();
     let on_listening = args.ready.ready_file.clone().map(|path| {
         Box::new(move |dp: &molt_dataplane::server::Listeners| {
             let named = dp.named().into_iter().chain(others);

@@ -14,6 +14,7 @@ mod bots;
 pub mod error;
 pub mod identity;
 mod internal;
+mod notifications;
 mod openapi;
 mod v1;
 
@@ -104,6 +105,7 @@ fn bearer(parts: &Parts) -> Option<&str> {
 pub fn router(state: AppState) -> Router {
     let api = v1::routes()
         .merge(bots::routes())
+        .merge(notifications::routes())
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes));
     let internal = Router::new()
         .route(contract::CONFIG_PATH, get(internal::config))

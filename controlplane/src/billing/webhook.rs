@@ -17,7 +17,8 @@
 
 use super::store::HandledEvent;
 use super::{Billing, BillingError};
-use crate::domain::{now_ms, Role, User, UserStatus};
+use crate::domain::{now_ms, NewNotification, PageRequest, Role, User, UserStatus};
+use crate::provision::BotStatus;
 use crate::service::bots::{BotAction, CreateBot};
 use crate::service::users::UpdateUser;
 use crate::service::{Operator, ServiceError};
@@ -152,7 +153,7 @@ impl Billing {
             if self.store.event_seen(&id).await? {
                 return Ok((kind, Outcome::Duplicate));
             }
-            let (outcome, user) = self.apply(&kind, object).await?;
+            let (outcome, user) = self.apply(&id, &kind, object).await?;
             self.store
                 .record_event(&HandledEvent {
                     id: &id,
@@ -187,6 +188,7 @@ impl Billing {
     /// Apply an event; returns the outcome and the user it concerned.
     async fn apply(
         &self,
+        event_id: &str,
         kind: &str,
         obj: &Value,
     ) -> Result<(Outcome, Option<String>), BillingError> {
@@ -236,7 +238,11 @@ impl Billing {
                 if current.status == UserStatus::Active {
                     self.set_status(&user, UserStatus::PastDue).await?;
                 }
-                self.store.mark_past_due(&user, now_ms()).await?;
+                // The invoice dedupes: Stripe's retries of one invoice
+                // (new events) notify once.
+                let invoice = text(obj, &["id"]).unwrap_or(event_id);
+                let notice = NewNotification::payment_failed(&user, invoice);
+                self.store.mark_past_due(&user, now_ms(), &notice).await?;
                 if self.settings.past_due_grace.is_zero() {
                     self.enforce_grace(now_ms()).await?;
                 }

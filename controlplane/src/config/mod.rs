@@ -45,6 +45,16 @@
 //! # jwks_url = "https://clerk.example.com/.well-known/jwks.json"
 //! # issuer = "https://clerk.example.com"  authorized_parties = ["https://app.example.com"]
 //! # audiences = []  jwks_refresh = "5m"  ca_file = "/etc/molt/idp-ca.pem"
+//! [notifications]                 # optional: delivery of notifications (defaults shown)
+//! # poll_interval = "1s"  max_attempts = 12  backoff = "5s"  max_backoff = "1h"
+//! # lease = "1m"  concurrency = 8  webhook_timeout = "10s"
+//! [notifications.email]           # optional: without it email deliveries are `skipped`
+//! host = "smtp.example.com"
+//! # port = 587                    # default by tls: 587, 465, 25
+//! # tls = "starttls"              # or "tls" (implicit), "none" (a local sink only)
+//! # username_env = "SMTP_USERNAME"  password_env = "SMTP_PASSWORD"
+//! from = "Molt <notify@example.com>"
+//! # ca_file = "/etc/molt/smtp-ca.pem"  timeout = "30s"
 //!
 //! [browser]                       # optional: shipped to every data plane
 //! allowed_origins = ["https://app.example.com"]  # CORS and WebSocket Origin
@@ -65,11 +75,14 @@ use std::time::Duration;
 
 mod fleet;
 mod identity;
+mod notifications;
 
 use fleet::resolve_fleet;
 pub use fleet::{FleetConfig, FleetKind, RawFleet, RawFleetKind};
 use identity::resolve_identity;
 pub use identity::{IdentityConfig, JwksSource, RawIdentity};
+use notifications::resolve_notifications;
+pub use notifications::{NotificationsConfig, RawEmail, RawNotifications, RawSmtpTls};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,6 +102,9 @@ pub struct RawControlplaneConfig {
     /// `[identity]`: the identity provider's webhooks and tokens.
     #[serde(default)]
     pub identity: Option<RawIdentity>,
+    /// `[notifications]`: delivery knobs and the SMTP server.
+    #[serde(default)]
+    pub notifications: Option<RawNotifications>,
     /// `[browser]`, shipped to every data plane in the snapshot (the
     /// origins browser apps may call from); without it, each data plane
     /// keeps its own file's.
@@ -198,6 +214,8 @@ pub struct Settings {
     pub fleet: Option<FleetConfig>,
     /// `None` without an `[identity]` section.
     pub identity: Option<IdentityConfig>,
+    /// How notifications are delivered (defaults without the section).
+    pub notifications: NotificationsConfig,
 }
 
 /// Every problem found in a config file, one per line.
@@ -345,6 +363,7 @@ impl Settings {
             .as_ref()
             .and_then(|i| resolve_identity(i, identity_secret, &mut errs))
             .unzip();
+        let notifications = resolve_notifications(raw.notifications.as_ref(), env, &mut errs);
         if let Some(browser) = &raw.browser {
             let mut problems = molt_config::ConfigErrors::default();
             molt_config::browser::BrowserConfig::check(browser, &mut problems);
@@ -390,6 +409,7 @@ impl Settings {
                     billing,
                     fleet,
                     identity,
+                    notifications,
                 })
             }
             _ => Err(SettingsError(errs)),

@@ -78,10 +78,59 @@ pub enum CtlCommand {
         #[command(subcommand)]
         command: SecretsCmd,
     },
+    /// A user's notifications (in-app), newest first; replays of their
+    /// webhooks.
+    Notifications {
+        #[command(subcommand)]
+        command: NotificationsCmd,
+    },
+    /// The webhook endpoints of the operator's app (Standard Webhooks).
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCmd,
+    },
     /// The audit log, newest first.
     Audit {
         #[arg(long, default_value_t = 50)]
         limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotificationsCmd {
+    /// A user's notifications, newest first.
+    List {
+        #[arg(long)]
+        user_id: String,
+        /// Only unread ones.
+        #[arg(long)]
+        unread: bool,
+        #[command(flatten)]
+        page: ListArgs,
+    },
+    /// Mark one of a user's notifications read.
+    Read {
+        #[arg(long)]
+        user_id: String,
+        id: String,
+    },
+    /// Send a notification to its webhook endpoints again.
+    Replay { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCmd {
+    List(ListArgs),
+    /// Add an endpoint; its signing secret is shown once.
+    Create {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Disable an endpoint: nothing more is sent to it.
+    Delete {
+        id: String,
     },
 }
 

@@ -9,10 +9,11 @@
 //! [`crate::https`]; `--ca-file` adds a private CA).
 
 mod args;
+mod notifications;
 
 pub use args::{
-    BotsCmd, CtlArgs, CtlCommand, KeysCmd, LimitsCmd, ListArgs, ModelsCmd, PlansCmd, ProvidersCmd,
-    SecretsCmd, UsersCmd,
+    BotsCmd, CtlArgs, CtlCommand, KeysCmd, LimitsCmd, ListArgs, ModelsCmd, NotificationsCmd,
+    PlansCmd, ProvidersCmd, SecretsCmd, UsersCmd, WebhooksCmd,
 };
 
 use crate::https::{HttpsClient, TlsSetupError};
@@ -284,6 +285,21 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 )));
             }
             return Ok(());
+        }
+        CtlCommand::Notifications { command } => (
+            notifications::call(&api, command, !args.json).await?,
+            notifications::COLUMNS,
+        ),
+        CtlCommand::Webhooks { command } => {
+            let v = notifications::webhooks(&api, command).await?;
+            if !args.json {
+                if let Some(secret) = v.get("secret").and_then(Value::as_str) {
+                    writeln!(out, "secret (shown once): {secret}")?;
+                    let endpoint = v["endpoint"].clone();
+                    return write_table(out, &[endpoint], notifications::ENDPOINT_COLUMNS);
+                }
+            }
+            (v, notifications::ENDPOINT_COLUMNS)
         }
         CtlCommand::Audit { limit } => (
             api.call(Method::GET, &format!("/api/v1/audit?limit={limit}"), None).await?,

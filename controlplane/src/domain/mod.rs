@@ -1,6 +1,7 @@
 //! The control plane's records as the API shows them: users, plans, keys,
 //! providers, models, usage, audit entries and operator roles; bots
-//! ([`bots`]) and meter reports ([`billing`]).
+//! ([`bots`]), meter reports ([`billing`]) and notifications
+//! ([`notifications`]).
 //!
 //! These types are what the store returns and what handlers serialise, so
 //! none of them holds a secret: API keys carry only their display prefix,
@@ -13,10 +14,14 @@
 
 pub mod billing;
 pub mod bots;
+pub mod notifications;
 
 pub use billing::{MeterReport, ReportStatus};
 pub use bots::{Bot, BotRecord, BotStatus, Desired};
 pub use molt_config::ProviderKind;
+pub use notifications::{
+    Channel, Delivery, DeliveryStatus, NewNotification, NoticeKind, Notification, WebhookEndpoint,
+};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -30,6 +35,11 @@ pub fn now_ms() -> Millis {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A duration in whole milliseconds, saturating.
+pub fn millis(d: std::time::Duration) -> Millis {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// `YYYY-MM-DD` (UTC) of a Unix time in milliseconds.

@@ -1,7 +1,7 @@
 //! The control plane's business logic: every rule about users, plans, keys,
-//! providers, models, usage, audit and operator auth lives here, between
-//! the thin HTTP handlers and storage (and re-encryption of secrets at
-//! rest, [`secrets`]). Each service file declares the slice
+//! providers, models, usage, audit, notifications and operator auth lives
+//! here, between the thin HTTP handlers and storage (and re-encryption of
+//! secrets at rest, [`secrets`]). Each service file declares the slice
 //! of storage it needs ([`users::UserStore`], [`keys::KeyStore`], ...,
 //! [`AuditStore`] here) with `store::store_trait!`, which implements it
 //! for the store; [`ServiceStore`] is all of them, what [`Service`] holds.
@@ -22,6 +22,7 @@ pub mod identity;
 pub mod keys;
 pub mod limits;
 pub mod models;
+pub mod notifications;
 pub mod plans;
 pub mod providers;
 pub mod secrets;
@@ -64,6 +65,7 @@ pub trait ServiceStore:
     + auth::AdminTokenStore
     + bots::BotWishStore
     + secrets::SealedStore
+    + notifications::NotificationStore
     + AuditStore
     + std::fmt::Debug
     + 'static

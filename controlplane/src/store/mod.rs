@@ -28,6 +28,7 @@
 //! | `bots` | [`bots`] | bot service (wishes); provisioning worker (steps, claims); re-encryption (`token_sealed`, through [`sealed`]) |
 //! | `stripe_events`, `billing_past_due`, `meter_reports` | [`billing`] | billing |
 //! | `clerk_events` | [`identity`] | identity webhooks (their user changes go through the user service) |
+//! | `notifications`, `notification_deliveries`, `webhook_endpoints` | [`notifications`] | the writes that notify ([`notifications::enqueue`], in their own transaction: provisioning steps, billing's past-due mark, usage ingest); notification service (read marks, replays, endpoints); delivery worker (claims, results) |
 //!
 //! Every write an operator makes takes the [`AuditEntry`](crate::domain::AuditEntry)
 //! describing it and writes both in one transaction, so a change is never
@@ -55,6 +56,7 @@ mod config;
 mod identity;
 mod keys;
 mod models;
+mod notifications;
 mod plans;
 mod providers;
 mod query;
@@ -66,6 +68,7 @@ mod users;
 pub use billing::HandledEvent;
 pub use bots::{StepUpdate, WishChange};
 pub use identity::IdentityEvent;
+pub use notifications::{DeliveryJob, DeliveryUpdate, OutboxDepth};
 pub use snapshot::{SnapshotSource, UserLimits};
 pub use usage::{IngestCounts, OpenWindow, UsageFilter, UsageSums, UserTokens};
 

@@ -455,6 +455,20 @@ async fn subscription_deleted_suspends_and_payment_failed_follows_the_grace_poli
     assert_eq!(user(&e.cp, &e.seed.user_id).await["status"], "active");
     // ...and once it runs out the user is suspended.
     deliver(&e.cp.app, &failed("evt_f2")).await;
+    // Two failed payments of one invoice tell the user once, written with
+    // the past-due mark.
+    let page =
+        e.cp.get(&format!("/api/v1/users/{}/notifications", e.seed.user_id))
+            .await
+            .json();
+    let told: Vec<&Value> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["kind"] == "invoice.payment_failed")
+        .map(|n| &n["subject"])
+        .collect();
+    assert_eq!(told, [&json!("in_1")], "{page}");
     let later = now_ms() + 8 * 24 * HOUR_MS;
     assert_eq!(e.billing.enforce_grace(later).await.unwrap(), 1);
     assert_eq!(user(&e.cp, &e.seed.user_id).await["status"], "suspended");

@@ -17,6 +17,7 @@ mod fleet;
 mod harness;
 mod identity;
 mod limits;
+mod notifications;
 mod plans;
 mod secrets;
 mod store;
