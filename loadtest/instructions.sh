@@ -74,29 +74,7 @@ under_callgrind() {
 }
 
 log "molt under callgrind"
-cat >"$WORK/molt.toml" <<EOF
-version = 1
-[server]
-listen = "127.0.0.1:$MOLT_PORT"
-threads = 1
-grace_period = "1s"
-[admin]
-listen = "127.0.0.1:$MOLT_ADMIN_PORT"
-[log]
-access_log = false
-[[keys]]
-id = "load"
-user = "load"
-sha256 = "$CLIENT_SHA"
-[[providers]]
-name = "mock"
-kind = "openai"
-base_url = "http://127.0.0.1:$MOCK_PORT/v1"
-keys = ["$MASTER_KEY"]
-[[models]]
-name = "gpt-4o-mini"
-provider = "mock"
-EOF
+write_dataplane_config molt $MOLT_PORT $MOLT_ADMIN_PORT $MOCK_PORT $MASTER_KEY
 under_callgrind "$WORK/molt.log" "$MOLT" dataplane --config "$WORK/molt.toml"
 MOLT_VG=$SPAWNED_PID
 for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$MOLT_ADMIN_PORT/readyz" >/dev/null && break; sleep 0.1; done

@@ -159,11 +159,11 @@ new_client_key() {
     [[ $CLIENT_KEY == molt_sk_* && ${#CLIENT_SHA} == 64 ]] || die "unexpected 'molt key new' output"
 }
 
-# start_dataplane NAME PORT ADMIN_PORT MOCK_PORT MASTER_KEY [EXTRA_SERVER_TOML]:
-# one data plane with one worker thread, CLIENT_SHA as its one key, the mock
-# as its one provider (key injection of MASTER_KEY), access log off; the
-# config is validated first. Sets DP_PID.
-start_dataplane() {
+# write_dataplane_config NAME PORT ADMIN_PORT MOCK_PORT MASTER_KEY [EXTRA_SERVER_TOML]:
+# $WORK/NAME.toml for one data plane with PROXY_WORKERS threads, CLIENT_SHA
+# as its one key, the mock as its one provider (key injection of
+# MASTER_KEY), access log off; validated with `molt dataplane --validate`.
+write_dataplane_config() {
     local name=$1 port=$2 admin=$3 mock_port=$4 master_key=$5 extra=${6:-}
     cat >"$WORK/$name.toml" <<EOF
 version = 1
@@ -196,6 +196,13 @@ name = "gpt-4o-mini"
 provider = "mock"
 EOF
     "$MOLT" dataplane --config "$WORK/$name.toml" --validate >/dev/null
+}
+
+# start_dataplane NAME PORT ADMIN_PORT MOCK_PORT MASTER_KEY [EXTRA_SERVER_TOML]:
+# that data plane (write_dataplane_config), started and ready. Sets DP_PID.
+start_dataplane() {
+    local name=$1 admin=$3
+    write_dataplane_config "$@"
     spawn INT "$WORK/$name.log" "$MOLT" dataplane --config "$WORK/$name.toml"
     DP_PID=$SPAWNED_PID
     wait_for "data plane $name" curl -sf "http://127.0.0.1:$admin/readyz"

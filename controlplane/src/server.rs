@@ -1,16 +1,22 @@
 //! Wiring: store + services + router + background jobs, and the server
 //! loop behind `molt controlplane`. The one place that knows the store is
 //! a [`SqlStore`]: each part gets it as the narrow trait it declares
-//! (`ServiceStore`, `SnapshotStore`, `WorkerStore`, `BillingStore`).
+//! (`ServiceStore`, `SnapshotStore`, `WorkerStore`, `BillingStore`,
+//! `NotifyStore`).
 
 use crate::api::{router, AppState};
 use crate::billing::stripe_sink::StripeMeterSink;
 use crate::billing::{Billing, BillingSettings, MeterSink};
-use crate::config::{BillingConfig, FleetConfig, FleetKind, Settings};
+use crate::config::{BillingConfig, FleetConfig, FleetKind, IdentityConfig, Settings};
 use crate::fleet::fly::FlyFleet;
 use crate::fleet::local::{BotLauncher, LocalFleet};
 use crate::fleet::Fleet;
+use crate::identity::jwks::JwksFetcher;
+use crate::identity::metrics::IdentityMetrics;
+use crate::identity::Identity;
 use crate::metrics::{Metrics, MetricsError};
+use crate::notify::metrics::NotifyMetrics;
+use crate::notify::{HttpWebhookSender, Notifier, NotifyStore, Senders, SmtpMailer};
 use crate::provision::metrics::ProvisionMetrics;
 use crate::provision::{ProvisionSettings, Worker, WorkerStore};
 use crate::service::{Service, ServiceError};
@@ -44,6 +50,10 @@ pub enum ServerError {
     Stripe(String),
     #[error("fleet: {0}")]
     Fleet(String),
+    #[error("identity: {0}")]
+    Identity(String),
+    #[error("notifications: {0}")]
+    Notifications(String),
 }
 
 impl Provisioning {
@@ -82,6 +92,40 @@ pub struct App {
     pub router: Router,
     jobs: Vec<JoinHandle<()>>,
     provisioner: Option<Provisioner>,
+    notifications: NotifierParts,
+}
+
+/// What new notification workers are made from.
+#[derive(Debug)]
+struct NotifierParts {
+    store: Arc<dyn NotifyStore>,
+    senders: Senders,
+    settings: crate::notify::NotifySettings,
+    metrics: NotifyMetrics,
+}
+
+impl NotifierParts {
+    /// The senders `[notifications]` configures: SMTP with lettre when
+    /// `[notifications.email]` is given, webhooks over HTTP(S).
+    fn new(
+        store: Arc<dyn NotifyStore>,
+        config: &crate::config::NotificationsConfig,
+        metrics: &Metrics,
+    ) -> Result<Self, ServerError> {
+        let bad = |e: &dyn std::fmt::Display| ServerError::Notifications(e.to_string());
+        let mailer = match &config.email {
+            Some(smtp) => Some(Arc::new(SmtpMailer::new(smtp).map_err(|e| bad(&e))?) as _),
+            None => None,
+        };
+        let webhooks =
+            Arc::new(HttpWebhookSender::new(config.settings.webhook_timeout).map_err(|e| bad(&e))?);
+        Ok(Self {
+            store,
+            senders: Senders { mailer, webhooks },
+            settings: config.settings.clone(),
+            metrics: NotifyMetrics::register(metrics)?,
+        })
+    }
 }
 
 /// Where bots run and how they are provisioned.
@@ -103,7 +147,8 @@ struct Provisioner {
 
 impl App {
     /// Start the services on `store` (publishing the first snapshot) and
-    /// the background jobs (snapshot refresh, audit retention), without a
+    /// the background jobs (snapshot refresh, audit retention, notification
+    /// delivery unless `[notifications]` says not to), without a
     /// fleet: bots can be requested but nothing provisions them.
     pub async fn start(store: Arc<SqlStore>, settings: &Settings) -> Result<Self, ServerError> {
         Self::start_with(store, settings, None).await
@@ -123,6 +168,19 @@ impl App {
         ))
     }
 
+    /// A new notification delivery worker with a claim name of its own.
+    /// Several may run at once.
+    pub fn notifier(&self) -> Notifier {
+        let p = &self.notifications;
+        Notifier::new(
+            p.store.clone(),
+            self.service.cipher().clone(),
+            p.senders.clone(),
+            p.settings.clone(),
+            p.metrics.clone(),
+        )
+    }
+
     /// [`App::start`], plus the provisioning worker when a fleet is given.
     pub async fn start_with(
         store: Arc<SqlStore>,
@@ -138,9 +196,15 @@ impl App {
             }),
             None => None,
         };
+        let notifications = NotifierParts::new(store.clone(), &settings.notifications, &metrics)?;
         let service = Arc::new(
             Service::start(store.clone(), store, settings.service.clone(), metrics).await?,
         );
+        // In the background: it reads every sealed value, and start-up need not wait.
+        tokio::spawn({
+            let service = service.clone();
+            async move { service.log_secrets_status().await }
+        });
         let router = router(AppState {
             service: service.clone(),
             settings: settings.api.clone(),
@@ -173,7 +237,12 @@ impl App {
             router,
             jobs,
             provisioner,
+            notifications,
         };
+        if settings.notifications.run_worker {
+            let notifier = app.notifier();
+            app.jobs.push(notifier.spawn());
+        }
         let run = app
             .provisioner
             .as_ref()
@@ -223,6 +292,50 @@ impl App {
         )
         .map_err(|e| ServerError::Stripe(e.to_string()))?;
         self.enable_billing(store, config.settings.clone(), Arc::new(sink))
+    }
+}
+
+impl App {
+    /// The identity provider on this app: `POST /webhooks/clerk`, and with
+    /// a `jwks_url` the background fetch of its keys into the snapshot.
+    /// Once per app (it registers the identity metrics). The fetcher, if
+    /// any, is returned rather than started when `fetch_in_background` is
+    /// false (tests drive it).
+    pub fn enable_identity(
+        &mut self,
+        store: &SqlStore,
+        config: &IdentityConfig,
+        fetch_in_background: bool,
+    ) -> Result<(Arc<Identity>, Option<JwksFetcher>), ServerError> {
+        let metrics = IdentityMetrics::register(self.service.metrics())?;
+        let identity = Arc::new(Identity::new(
+            self.service.clone(),
+            Arc::new(store.clone()),
+            config.webhook_secret.clone(),
+            metrics.clone(),
+        ));
+        let routes = crate::api::tracked(
+            crate::api::identity::routes(identity.clone()),
+            self.service.metrics().clone(),
+        );
+        self.router = std::mem::take(&mut self.router).merge(routes);
+        let Some(source) = &config.jwks else {
+            return Ok((identity, None));
+        };
+        let client = crate::https::client(source.ca_file.as_deref())
+            .map_err(|e| ServerError::Identity(e.to_string()))?;
+        let fetcher = JwksFetcher::new(
+            source.url.clone(),
+            client,
+            source.keys.clone(),
+            source.refresh,
+            metrics,
+        );
+        if !fetch_in_background {
+            return Ok((identity, Some(fetcher)));
+        }
+        self.jobs.push(fetcher.spawn(self.service.clone()));
+        Ok((identity, None))
     }
 }
 
@@ -289,6 +402,13 @@ impl Server {
                     .as_deref()
                     .unwrap_or("https://api.stripe.com"),
                 "billing enabled"
+            );
+        }
+        if let Some(i) = &settings.identity {
+            app.enable_identity(&store, i, true)?;
+            tracing::info!(
+                jwks = i.jwks.as_ref().map_or("none", |j| j.url.as_str()),
+                "identity provider webhooks enabled"
             );
         }
         let listener =

@@ -409,6 +409,34 @@ def controlplane_rows() -> list[Row]:
                 ),
             ],
         ),
+        Row(
+            "Notifications",
+            [
+                Panel(
+                    "Outbox depth by channel",
+                    [(f"sum by (channel) (molt_cp_notification_outbox_depth{{{J}}})", "{{channel}}")],
+                    description="Deliveries waiting to be sent (email, webhooks); in-app entries need none.",
+                ),
+                Panel(
+                    "Oldest waiting delivery by channel",
+                    [(f"max by (channel) (molt_cp_notification_outbox_oldest_seconds{{{J}}})", "{{channel}}")],
+                    unit="s",
+                    description="MoltNotificationsBacklogged fires above 30 minutes.",
+                ),
+                Panel(
+                    "Delivery attempts by channel and result",
+                    [
+                        (
+                            "sum by (channel, result) "
+                            f"(rate(molt_cp_notification_deliveries_total{{{J}}}[{RATE}]))",
+                            "{{channel}} {{result}}",
+                        )
+                    ],
+                    unit="ops",
+                    description="MoltNotificationsFailed fires on any `failed`.",
+                ),
+            ],
+        ),
     ]
 
 

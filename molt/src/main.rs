@@ -3,6 +3,7 @@
 //! [`dev`], the fakes' subcommands and the local fleet's bots in [`fakes`]).
 
 mod dev;
+mod dev_mail;
 mod fakes;
 
 use anyhow::Context;

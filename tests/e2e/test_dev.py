@@ -5,6 +5,8 @@ traffic to it in short windows, so meter events show up while a developer watche
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import os
 import shlex
@@ -20,9 +22,10 @@ import pytest
 
 from harness import MOLT_BIN, Process, read_ready_file, require_binary, sign_stripe_webhook, wait_until
 
-PORTS = ("http", "tls", "admin", "mock", "controlplane", "stripe")
+PORTS = ("http", "tls", "admin", "mock", "controlplane", "stripe", "smtp")
 # The ready file's name for each of them.
-READY_NAMES = {"http": "http", "tls": "https", "admin": "admin", "mock": "mock", "controlplane": "api", "stripe": "stripe"}
+READY_NAMES = {"http": "http", "tls": "https", "admin": "admin", "mock": "mock", "controlplane": "api", "stripe": "stripe",
+               "smtp": "smtp"}
 
 
 class Dev:
@@ -142,6 +145,22 @@ def test_molt_dev_bills_usage_to_a_local_fake_stripe(dev: Dev) -> None:
         f"{cp}/webhooks/stripe", content=event, headers={"stripe-signature": sign_stripe_webhook(event, secret)}
     )
     assert response.status_code == 200 and response.json()["result"] == "handled", response.text
+
+
+def test_molt_dev_delivers_notification_email_to_its_sink_and_lists_it_in_app(dev: Dev) -> None:
+    cp = dev.env["MOLT_ADMIN_URL"]
+    users = httpx.get(f"{cp}/api/v1/users", headers=dev.admin, timeout=5).json()["items"]
+    user = next(u for u in users if u["email"] == "dev@molt.local")
+    created = httpx.post(f"{cp}/api/v1/bots", json={"user_id": user["id"]}, headers=dev.admin, timeout=5)
+    assert created.status_code == 202, created.text
+    mail = dev.dir / "mail" / "1.eml"
+    wait_until(mail.is_file, f"the bot-ready email in {mail}", timeout=40, interval=0.2)
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    assert message["Subject"] == "Your bot is ready" and message["To"] == "dev@molt.local", message
+    assert message.get_body(("plain",)) is not None and message.get_body(("html",)) is not None
+    assert str(mail) in dev.process.logs(), "molt dev does not say where the email is"
+    entries = httpx.get(f"{cp}/api/v1/users/{user['id']}/notifications", headers=dev.admin, timeout=5).json()
+    assert [e["kind"] for e in entries["items"]] == ["bot.running"], entries
 
 
 def test_molt_dev_no_billing_runs_without_stripe(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 //! The HTTP surface: the operators' API under `/api/v1`, the data planes'
 //! contract under `/internal/v1` (`molt_config::contract`), billing's
-//! endpoints ([`billing`], merged in when billing is configured),
+//! endpoints ([`billing`], merged in when billing is configured), the
+//! identity provider's webhook ([`identity`], likewise),
 //! `/metrics` and `/healthz`.
 //!
 //! Handlers are thin: extract, call one [`Service`] (or `Billing`) method,
@@ -11,7 +12,9 @@
 pub mod billing;
 mod bots;
 pub mod error;
+pub mod identity;
 mod internal;
+mod notifications;
 mod openapi;
 mod v1;
 
@@ -102,6 +105,7 @@ fn bearer(parts: &Parts) -> Option<&str> {
 pub fn router(state: AppState) -> Router {
     let api = v1::routes()
         .merge(bots::routes())
+        .merge(notifications::routes())
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes));
     let internal = Router::new()
         .route(contract::CONFIG_PATH, get(internal::config))

@@ -3,19 +3,22 @@
 //! edited by hand; served at `/api/v1/openapi.json`.
 
 use super::error::{ErrorBody, ErrorDetail};
-use super::{billing, bots, v1};
+use super::{billing, bots, notifications, v1};
 use crate::billing::{CustomerReconciliation, Difference, FlushOutcome, Reconciliation, Totals};
 use crate::domain::{
-    AdminToken, ApiKey, AuditEntry, Bot, BotStatus, Desired, LimitOverrides, Model, Plan, Provider,
-    ProviderKind, Role, UsageRow, User, UserStatus,
+    AdminToken, ApiKey, AuditEntry, Bot, BotStatus, Channel, Delivery, DeliveryStatus, Desired,
+    LimitOverrides, Model, NoticeKind, Notification, Plan, Provider, ProviderKind, Role,
+    SealedKind, UsageRow, User, UserStatus, WebhookEndpoint,
 };
 use crate::service::auth::{CreateAdminToken, CreatedAdminToken, MintToken, MintedToken};
 use crate::service::bots::CreateBot;
 use crate::service::keys::{CreateKey, CreatedKey};
 use crate::service::limits::LimitsDocument;
 use crate::service::models::{CreateModel, UpdateModel};
+use crate::service::notifications::{CreateWebhookEndpoint, CreatedWebhookEndpoint};
 use crate::service::plans::{CreatePlan, UpdatePlan};
 use crate::service::providers::{CreateProvider, UpdateProvider};
+use crate::service::secrets::{ReencryptReport, SealedFailure, SecretsStatus};
 use crate::service::usage::{UsageReport, UsageTotals};
 use crate::service::users::{CreateUser, UpdateUser};
 use axum::Json;
@@ -37,7 +40,11 @@ use utoipa::{Modify, OpenApi};
         v1::mint_token, v1::list_admin_tokens, v1::create_admin_token, v1::revoke_admin_token,
         bots::list_bots, bots::create_bot, bots::get_bot, bots::stop_bot, bots::start_bot,
         bots::retry_bot, bots::delete_bot,
+        v1::secrets_status, v1::reencrypt_secrets,
         billing::reconciliation, billing::flush,
+        notifications::list_notifications, notifications::read_notification,
+        notifications::replay_notification, notifications::list_webhook_endpoints,
+        notifications::create_webhook_endpoint, notifications::disable_webhook_endpoint,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, User, UserStatus, LimitOverrides, CreateUser, UpdateUser,
@@ -46,6 +53,9 @@ use utoipa::{Modify, OpenApi};
         AdminToken, Role, CreateAdminToken, CreatedAdminToken, MintToken, MintedToken,
         Bot, BotStatus, Desired, CreateBot,
         Reconciliation, CustomerReconciliation, Difference, Totals, FlushOutcome,
+        SecretsStatus, ReencryptReport, SealedFailure, SealedKind,
+        Notification, NoticeKind, Delivery, Channel, DeliveryStatus, WebhookEndpoint,
+        CreateWebhookEndpoint, CreatedWebhookEndpoint,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -3,7 +3,7 @@
 //! the usage rows a report covers are claimed through `store::usage`, the
 //! `usage_events` table's one owner, so billing writes no SQL of its own.
 
-use crate::domain::{MeterReport, Millis, ReportStatus};
+use crate::domain::{MeterReport, Millis, NewNotification, ReportStatus};
 use crate::store::{store_trait, StoreError};
 pub use crate::store::{HandledEvent, OpenWindow, UserTokens};
 
@@ -20,8 +20,14 @@ store_trait! {
         async fn record_event(&self, event: &HandledEvent<'_>) -> Result<bool, StoreError>;
         /// The user whose Stripe customer id this is.
         async fn user_by_customer(&self, customer: &str) -> Result<Option<String>, StoreError>;
-        /// Start the grace period (kept if already running).
-        async fn mark_past_due(&self, user_id: &str, since: Millis) -> Result<(), StoreError>;
+        /// Start the grace period (kept if already running) and write
+        /// `notice` to the outbox, in one transaction.
+        async fn mark_past_due(
+            &self,
+            user_id: &str,
+            since: Millis,
+            notice: &NewNotification,
+        ) -> Result<(), StoreError>;
         async fn clear_past_due(&self, user_id: &str) -> Result<(), StoreError>;
         /// Users past due since before `before`.
         async fn past_due_before(&self, before: Millis) -> Result<Vec<String>, StoreError>;

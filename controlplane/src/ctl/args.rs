@@ -72,10 +72,65 @@ pub enum CtlCommand {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Secrets at rest: which key they are under, and re-encryption to the
+    /// current key (a rotation of the at-rest key, see deploy/README.md).
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCmd,
+    },
+    /// A user's notifications (in-app), newest first; replays of their
+    /// webhooks.
+    Notifications {
+        #[command(subcommand)]
+        command: NotificationsCmd,
+    },
+    /// The webhook endpoints of the operator's app (Standard Webhooks).
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCmd,
+    },
     /// The audit log, newest first.
     Audit {
         #[arg(long, default_value_t = 50)]
         limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotificationsCmd {
+    /// A user's notifications, newest first.
+    List {
+        #[arg(long)]
+        user_id: String,
+        /// Only unread ones.
+        #[arg(long)]
+        unread: bool,
+        #[command(flatten)]
+        page: ListArgs,
+    },
+    /// Mark one of a user's notifications read.
+    Read {
+        #[arg(long)]
+        user_id: String,
+        id: String,
+    },
+    /// Send a notification to its webhook endpoints again.
+    Replay { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCmd {
+    List(ListArgs),
+    /// Add an endpoint; its signing secret is shown once.
+    Create {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Disable an endpoint: nothing more is sent to it.
+    Delete {
+        id: String,
     },
 }
 
@@ -246,6 +301,25 @@ pub enum ProvidersCmd {
         #[arg(long = "key-env", required = true)]
         key_env: Vec<String>,
     },
+    /// Replace every master key of a provider (a rotation: data planes
+    /// switch to the new keys on their next snapshot).
+    SetKeys {
+        /// Provider id or name.
+        id: String,
+        /// Environment variable holding a master key (repeatable).
+        #[arg(long = "key-env", required = true)]
+        key_env: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCmd {
+    /// Sealed values per at-rest key id, and how many are not under the
+    /// current key.
+    Status,
+    /// Rewrite every sealed value under the current key (while serving;
+    /// idempotent). Fails if any value is still not under it afterwards.
+    Reencrypt,
 }
 
 #[derive(Debug, Args)]

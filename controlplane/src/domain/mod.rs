@@ -1,6 +1,7 @@
 //! The control plane's records as the API shows them: users, plans, keys,
 //! providers, models, usage, audit entries and operator roles; bots
-//! ([`bots`]) and meter reports ([`billing`]).
+//! ([`bots`]), meter reports ([`billing`]) and notifications
+//! ([`notifications`]).
 //!
 //! These types are what the store returns and what handlers serialise, so
 //! none of them holds a secret: API keys carry only their display prefix,
@@ -13,10 +14,14 @@
 
 pub mod billing;
 pub mod bots;
+pub mod notifications;
 
 pub use billing::{MeterReport, ReportStatus};
 pub use bots::{Bot, BotRecord, BotStatus, Desired};
 pub use molt_config::ProviderKind;
+pub use notifications::{
+    Channel, Delivery, DeliveryStatus, NewNotification, NoticeKind, Notification, WebhookEndpoint,
+};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -30,6 +35,11 @@ pub fn now_ms() -> Millis {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A duration in whole milliseconds, saturating.
+pub fn millis(d: std::time::Duration) -> Millis {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// `YYYY-MM-DD` (UTC) of a Unix time in milliseconds.
@@ -58,6 +68,8 @@ molt_config::text_enum! {
         Active = "active",
         Suspended = "suspended",
         PastDue = "past_due",
+        /// Deleted at the identity provider: keys revoked, bots stopped.
+        Deactivated = "deactivated",
     }
 }
 
@@ -89,6 +101,13 @@ pub struct User {
     pub plan: Option<String>,
     pub stripe_customer_id: Option<String>,
     pub limits: LimitOverrides,
+    /// The identity provider's (Clerk's) user id, once its webhook linked
+    /// the user; `null` for users made through the API only.
+    pub clerk_id: Option<String>,
+    /// Clerk's time (Unix ms) of the last identity change applied; internal
+    /// (orders webhook deliveries), never serialised.
+    #[serde(skip)]
+    pub clerk_updated_at: Option<Millis>,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -131,6 +150,25 @@ pub struct SealedProvider {
     pub provider: Provider,
     /// Output of [`crate::crypto::Cipher::seal`]; opaque to the store.
     pub keys_sealed: String,
+}
+
+molt_config::text_enum! {
+    /// What holds a value sealed at rest: each kind is one column of one
+    /// table, sealed bound to its row's id.
+    #[derive(ToSchema, PartialOrd, Ord)]
+    pub enum SealedKind {
+        /// `providers.keys_sealed`: a provider's master keys.
+        ProviderKeys = "provider_keys",
+        /// `bots.token_sealed`: a bot's gateway token.
+        BotToken = "bot_token",
+    }
+}
+
+/// One value sealed at rest and the id of its row (bound into it).
+#[derive(Debug, Clone)]
+pub struct SealedValue {
+    pub id: String,
+    pub sealed: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -17,7 +17,7 @@ use super::metrics::ProvisionMetrics;
 use super::store::{StepUpdate, WorkerStore};
 use super::{clawdbot_config, BotRecord, BotStatus, ProvisionSettings};
 use crate::crypto::Cipher;
-use crate::domain::{now_ms, Millis};
+use crate::domain::{millis, now_ms, Millis, NewNotification};
 use crate::fleet::{Fleet, FleetError, Machine, MachineSpec, VolumeSpec};
 use crate::service::Service;
 use crate::store::StoreError;
@@ -101,10 +101,6 @@ impl std::fmt::Debug for Worker {
     }
 }
 
-fn ms(d: Duration) -> Millis {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 impl Worker {
     pub fn new(
         store: Arc<dyn WorkerStore>,
@@ -132,15 +128,10 @@ impl Worker {
     /// scan found work.
     pub fn spawn(&self) -> JoinHandle<()> {
         let me = self.clone();
-        tokio::spawn(async move {
-            loop {
-                match me.tick().await {
-                    Ok(n) if n > 0 => continue,
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "provisioning scan failed"),
-                }
-                tokio::time::sleep(me.inner.settings.poll_interval).await;
-            }
+        let pause = self.inner.settings.poll_interval;
+        crate::scan::spawn_scans("provisioning", pause, move || {
+            let me = me.clone();
+            async move { me.tick().await }
         })
     }
 
@@ -156,7 +147,7 @@ impl Worker {
             if !self
                 .inner
                 .store
-                .claim_bot(&id, &self.inner.owner, now, now + ms(s.lease))
+                .claim_bot(&id, &self.inner.owner, now, now + millis(s.lease))
                 .await?
             {
                 continue;
@@ -199,15 +190,16 @@ impl Worker {
             .with_label_values(&[from.as_str()])
             .observe(started.elapsed().as_secs_f64());
         let now = now_ms();
-        let update = match outcome {
+        let mut update = match outcome {
             Ok(Outcome::Advance(u)) => u,
             Ok(Outcome::Again(after)) => StepUpdate {
                 attempts: rec.bot.attempts,
-                next_attempt_at: now + ms(after),
+                next_attempt_at: now + millis(after),
                 ..StepUpdate::default()
             },
             Err(e) => self.failure(&rec, &e, now),
         };
+        update.notify = notice(&rec, &update);
         let to = update.status;
         let recorded = inner
             .store
@@ -266,7 +258,7 @@ impl Worker {
             StepUpdate {
                 error: Some(Some(message)),
                 attempts,
-                next_attempt_at: now + ms(delay),
+                next_attempt_at: now + millis(delay),
                 ..StepUpdate::default()
             }
         }
@@ -366,7 +358,7 @@ impl Worker {
     }
 
     fn deadline_left(&self, rec: &BotRecord) -> Duration {
-        let end = rec.step_started_at + ms(self.inner.settings.health_deadline);
+        let end = rec.step_started_at + millis(self.inner.settings.health_deadline);
         Duration::from_millis(u64::try_from(end - now_ms()).unwrap_or(0))
     }
 
@@ -509,6 +501,22 @@ fn status_uri(gateway_url: &str) -> Option<hyper::Uri> {
         .or_else(|| gateway_url.strip_prefix("http://"))?;
     let authority = rest.split(['/', '?']).next().filter(|a| !a.is_empty())?;
     format!("http://{authority}/status").parse().ok()
+}
+
+/// What the user is told when a step ends in `running` or `failed`
+/// (written with the step, in its transaction). One start of the bot is
+/// told from the next by the time its current run of steps began.
+fn notice(rec: &BotRecord, update: &StepUpdate) -> Option<Box<NewNotification>> {
+    let (user, bot, run) = (&rec.bot.user_id, &rec.bot.id, rec.step_started_at);
+    let n = match update.status? {
+        BotStatus::Running => NewNotification::bot_running(user, bot, run),
+        BotStatus::Failed => {
+            let error = update.error.clone().flatten().unwrap_or_default();
+            NewNotification::bot_failed(user, bot, run, &error)
+        }
+        _ => return None,
+    };
+    Some(Box::new(n))
 }
 
 /// An update moving to `status` with a clean slate.

@@ -1,6 +1,7 @@
 //! The control plane's business logic: every rule about users, plans, keys,
-//! providers, models, usage, audit and operator auth lives here, between
-//! the thin HTTP handlers and storage. Each service file declares the slice
+//! providers, models, usage, audit, notifications and operator auth lives
+//! here, between the thin HTTP handlers and storage (and re-encryption of
+//! secrets at rest, [`secrets`]). Each service file declares the slice
 //! of storage it needs ([`users::UserStore`], [`keys::KeyStore`], ...,
 //! [`AuditStore`] here) with `store::store_trait!`, which implements it
 //! for the store; [`ServiceStore`] is all of them, what [`Service`] holds.
@@ -17,11 +18,14 @@
 
 pub mod auth;
 pub mod bots;
+pub mod identity;
 pub mod keys;
 pub mod limits;
 pub mod models;
+pub mod notifications;
 pub mod plans;
 pub mod providers;
+pub mod secrets;
 pub mod usage;
 pub mod users;
 
@@ -51,6 +55,7 @@ store_trait! {
 /// Everything the services need from storage: each service's slice.
 pub trait ServiceStore:
     users::UserStore
+    + identity::IdentityStore
     + keys::KeyStore
     + providers::ProviderStore
     + models::ModelStore
@@ -59,6 +64,8 @@ pub trait ServiceStore:
     + usage::UsageStore
     + auth::AdminTokenStore
     + bots::BotWishStore
+    + secrets::SealedStore
+    + notifications::NotificationStore
     + AuditStore
     + std::fmt::Debug
     + 'static
@@ -156,6 +163,9 @@ pub struct ServiceSettings {
     pub max_jwt_ttl: Duration,
     /// `[browser]` shipped to every data plane, if configured.
     pub browser: Option<molt_config::browser::RawBrowser>,
+    /// The identity provider's tokens data planes accept (`[identity]`
+    /// with a `jwks_url`), if configured.
+    pub identity_tokens: Option<crate::snapshot::IdentityTokens>,
 }
 
 /// The services, shared by every handler.

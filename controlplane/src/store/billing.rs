@@ -7,8 +7,8 @@
 
 use super::query::{record, records, Insertable};
 use super::usage::{self, OpenWindow};
-use super::{SqlStore, StoreError};
-use crate::domain::{MeterReport, Millis, ReportStatus};
+use super::{notifications, SqlStore, StoreError};
+use crate::domain::{MeterReport, Millis, NewNotification, ReportStatus};
 
 /// A handled Stripe event, as recorded.
 #[derive(Debug, Clone, Copy)]
@@ -53,16 +53,25 @@ impl SqlStore {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Start the grace period (kept if already running).
-    pub async fn mark_past_due(&self, user_id: &str, since: Millis) -> Result<(), StoreError> {
+    /// Start the grace period (kept if already running) and write
+    /// `notice` to the outbox, in one transaction.
+    pub async fn mark_past_due(
+        &self,
+        user_id: &str,
+        since: Millis,
+        notice: &NewNotification,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO billing_past_due (user_id, since) VALUES ($1, $2) \
              ON CONFLICT (user_id) DO NOTHING",
         )
         .bind(user_id)
         .bind(since)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        notifications::enqueue(&mut tx, notice, since).await?;
+        tx.commit().await?;
         Ok(())
     }
 

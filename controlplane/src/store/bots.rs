@@ -7,8 +7,10 @@
 //! step began in.
 
 use super::query::{records, Columns, Record, Rows};
-use super::{Range, SqlStore, StoreError};
-use crate::domain::{AuditEntry, Bot, BotRecord, BotStatus, Desired, Millis, UserStatus};
+use super::{notifications, Range, SqlStore, StoreError};
+use crate::domain::{
+    AuditEntry, Bot, BotRecord, BotStatus, Desired, Millis, NewNotification, UserStatus,
+};
 
 /// What a finished step (or a failed one) writes.
 #[derive(Debug, Clone, Default)]
@@ -23,6 +25,9 @@ pub struct StepUpdate {
     pub next_attempt_at: Millis,
     /// A new step start time (when entering a timed step).
     pub step_started_at: Option<Millis>,
+    /// Written to the outbox in the step's transaction (bot running,
+    /// bot failed). Boxed: most steps have none.
+    pub notify: Option<Box<NewNotification>>,
 }
 
 /// An operator's change of a bot's wish, applied only if the bot is still
@@ -43,6 +48,16 @@ macro_rules! columns {
          b.step_started_at, b.created_at, b.updated_at"
     };
 }
+
+/// Sealed gateway tokens (`id`, `sealed`) after id `$1`, by id, at most
+/// `$2` (for re-encryption, `sealed.rs`).
+pub(super) const SEALED_PAGE: &str =
+    "SELECT id, token_sealed AS sealed FROM bots WHERE id > $1 ORDER BY id LIMIT $2";
+
+/// Re-sealed gateway token `$3` for bot `$1`, only while it is still `$2`.
+/// No other column changes: a worker's claim and steps are untouched.
+pub(super) const RESEAL: &str =
+    "UPDATE bots SET token_sealed = $3 WHERE id = $1 AND token_sealed = $2";
 
 /// Bots with a step due: `$1` now, `$2` the limit, then one bind per
 /// [`BotStatus::ACTIVE`] state (a test keeps the two in step).
@@ -183,8 +198,9 @@ impl SqlStore {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Write a step's result and release the claim; false (nothing
-    /// written) if the claim was lost or the bot left `from` meanwhile.
+    /// Write a step's result (and its notification, in the same
+    /// transaction) and release the claim; false (nothing written) if the
+    /// claim was lost or the bot left `from` meanwhile.
     pub async fn record_step(
         &self,
         id: &str,
@@ -197,6 +213,7 @@ impl SqlStore {
             Some(e) => (1i64, e.clone()),
             None => (0i64, None),
         };
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE bots SET \
              status = CASE WHEN $4 = '' THEN status ELSE $4 END, \
@@ -222,9 +239,16 @@ impl SqlStore {
         .bind(u.next_attempt_at)
         .bind(u.step_started_at)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        if let Some(n) = &u.notify {
+            notifications::enqueue(&mut tx, n, now).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Drop a claim without writing anything else.

@@ -18,15 +18,17 @@
 //! | --- | --- | --- |
 //! | `users` | [`users`] | user service; billing through the user service |
 //! | `api_keys` | [`keys`] | key service |
-//! | `providers` | [`providers`] | provider service |
+//! | `providers` | [`providers`] | provider service; re-encryption (`keys_sealed`, through [`sealed`]) |
 //! | `models` | [`models`] | model service |
 //! | `plans` | [`plans`] | plan service |
 //! | `limits_document`, `config_state` | [`config`] | limits service; snapshot publisher (version) |
 //! | `usage_events` | [`usage`] | ingest (insert); billing's claim of rows for a report (`meter_report`) |
 //! | `audit_log` | [`audit`] | every audited write; audit retention |
 //! | `admin_tokens` | [`admin_tokens`] | operator auth service |
-//! | `bots` | [`bots`] | bot service (wishes); provisioning worker (steps, claims) |
+//! | `bots` | [`bots`] | bot service (wishes); provisioning worker (steps, claims); re-encryption (`token_sealed`, through [`sealed`]) |
 //! | `stripe_events`, `billing_past_due`, `meter_reports` | [`billing`] | billing |
+//! | `clerk_events` | [`identity`] | identity webhooks (their user changes go through the user service) |
+//! | `notifications`, `notification_deliveries`, `webhook_endpoints` | [`notifications`] | the writes that notify ([`notifications::enqueue`], in their own transaction: provisioning steps, billing's past-due mark, usage ingest); notification service (read marks, replays, endpoints); delivery worker (claims, results) |
 //!
 //! Every write an operator makes takes the [`AuditEntry`](crate::domain::AuditEntry)
 //! describing it and writes both in one transaction, so a change is never
@@ -51,17 +53,22 @@ mod audit;
 mod billing;
 mod bots;
 mod config;
+mod identity;
 mod keys;
 mod models;
+mod notifications;
 mod plans;
 mod providers;
 mod query;
+mod sealed;
 mod snapshot;
 mod usage;
 mod users;
 
 pub use billing::HandledEvent;
 pub use bots::{StepUpdate, WishChange};
+pub use identity::IdentityEvent;
+pub use notifications::{DeliveryJob, DeliveryUpdate, OutboxDepth};
 pub use snapshot::{SnapshotSource, UserLimits};
 pub use usage::{IngestCounts, OpenWindow, UsageFilter, UsageSums, UserTokens};
 

@@ -6,10 +6,13 @@
 //! [`reconcile`](SqlStore::reconcile)), never with SQL of its own.
 
 use super::query::{i64_of, named};
-use super::{SqlStore, StoreError};
-use crate::domain::{utc_day, Millis, ReportStatus};
+use super::{notifications, SqlStore, StoreError};
+use crate::domain::{utc_day, Millis, NewNotification, ReportStatus};
 use molt_config::UsageEvent;
 use sqlx::AnyConnection;
+
+/// An anomaly notifies its user at most once per hour of request time.
+const HOUR_MS: i64 = 3_600_000;
 
 /// Filters for usage queries; every field narrows the result.
 #[derive(Debug, Clone, Default)]
@@ -118,7 +121,8 @@ pub(super) async fn claim(
 
 impl SqlStore {
     /// Store events, ignoring those whose `event_id` is already stored, all
-    /// in one transaction.
+    /// in one transaction, with a notification for a newly stored event
+    /// flagged as an anomaly.
     pub async fn insert_usage(
         &self,
         events: &[UsageEvent],
@@ -156,6 +160,11 @@ impl SqlStore {
             .execute(&mut *tx)
             .await?;
             accepted += done.rows_affected();
+            if e.anomaly && done.rows_affected() == 1 && !e.user_id.is_empty() {
+                let hour = i64_of(e.timestamp_ms) / HOUR_MS * HOUR_MS;
+                let notice = NewNotification::anomaly_flagged(&e.user_id, hour);
+                notifications::enqueue(&mut tx, &notice, received_at).await?;
+            }
         }
         tx.commit().await?;
         Ok(IngestCounts {

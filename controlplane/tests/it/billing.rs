@@ -6,9 +6,8 @@
 //! times. Each ends with reconciliation at zero difference and no duplicate
 //! meter event. Bad input is refused with no state change.
 
-use crate::harness::{settings, Cp, Resp, Seed, TestDb};
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use crate::harness::{post_with_headers, settings, Cp, Resp, Seed, TestDb};
+use axum::http::StatusCode;
 use molt_controlplane::billing::meter::identifier;
 use molt_controlplane::billing::stripe_sink::StripeMeterSink;
 use molt_controlplane::billing::{Billing, BillingSettings};
@@ -19,7 +18,6 @@ use molt_fakes::fake_stripe::{
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use tower::ServiceExt;
 
 crate::on_both_databases!(
     checkout_then_usage_then_flush_bills_every_token_once,
@@ -88,24 +86,11 @@ fn now_ms() -> i64 {
 
 /// Deliver `body` to `/webhooks/stripe` with `signature`.
 async fn deliver_raw(app: &App, body: &str, signature: Option<String>) -> Resp {
-    let mut req = Request::builder()
-        .method("POST")
-        .uri("/webhooks/stripe")
-        .header("content-type", "application/json");
-    if let Some(sig) = signature {
-        req = req.header("stripe-signature", sig);
-    }
-    let resp = app
-        .router
-        .clone()
-        .oneshot(req.body(Body::from(body.to_owned())).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    Resp { status, body }
+    let headers: Vec<(&str, String)> = signature
+        .map(|sig| ("stripe-signature", sig))
+        .into_iter()
+        .collect();
+    post_with_headers(app, "/webhooks/stripe", &headers, body).await
 }
 
 /// Deliver an event signed as Stripe signs it now.
@@ -470,6 +455,20 @@ async fn subscription_deleted_suspends_and_payment_failed_follows_the_grace_poli
     assert_eq!(user(&e.cp, &e.seed.user_id).await["status"], "active");
     // ...and once it runs out the user is suspended.
     deliver(&e.cp.app, &failed("evt_f2")).await;
+    // Two failed payments of one invoice tell the user once, written with
+    // the past-due mark.
+    let page =
+        e.cp.get(&format!("/api/v1/users/{}/notifications", e.seed.user_id))
+            .await
+            .json();
+    let told: Vec<&Value> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["kind"] == "invoice.payment_failed")
+        .map(|n| &n["subject"])
+        .collect();
+    assert_eq!(told, [&json!("in_1")], "{page}");
     let later = now_ms() + 8 * 24 * HOUR_MS;
     assert_eq!(e.billing.enforce_grace(later).await.unwrap(), 1);
     assert_eq!(user(&e.cp, &e.seed.user_id).await["status"], "suspended");
