@@ -7,6 +7,7 @@ use crate::support::redis_addr;
 use molt_config::limits::{LimitsConfig, RawLimits};
 use molt_config::ConfigErrors;
 use molt_dataplane::limits::{AdmissionRequest, Limiter};
+use molt_dataplane::usage_reader::TokenUsage;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::{TcpListener, TcpStream};
@@ -50,6 +51,7 @@ fn req(user: &str, input: u64, max_out: u64) -> AdmissionRequest<'_> {
         estimated_input_tokens: input,
         max_output_tokens: Some(max_out),
         stream: false,
+        price: None,
     }
 }
 
@@ -125,7 +127,7 @@ async fn three_replicas_hold_a_global_token_limit() {
     for i in 0..900 {
         // Estimated 300, used 200: settle refunds 100 each time.
         if let Ok(a) = ls[i % 3].admit(&req("user-1", 150, 150)) {
-            a.settle(120, 80);
+            a.settle(&TokenUsage::totals(120, 80));
             tokens += 200;
         }
         if i % 3 == 2 {
