@@ -11,6 +11,7 @@
 mod browser;
 mod clients;
 mod limits;
+mod money;
 mod pool;
 mod proxy;
 mod secrets;
