@@ -1,5 +1,6 @@
 """Token classes through the official SDKs: the usage event carries exactly the cache reads and writes and
-the reasoning tokens the provider reported, as parts of the totals.
+the reasoning tokens the provider reported, as parts of the totals. And a monthly dollar budget held by two
+data planes sharing Redis, counted at each answer's cost by class.
 
 The mock reports classes in each format's real shape when a request asks for them the way clients do: an
 Anthropic `cache_control` block (with `"ttl": "1h"`: a one-hour cache write), OpenAI's `prompt_cache_key`
@@ -8,7 +9,14 @@ Anthropic `cache_control` block (with `"ttl": "1h"`: a one-hour cache write), Op
 
 from __future__ import annotations
 
+import os
+import time
+import uuid
+from pathlib import Path
 from typing import Any
+
+import httpx
+import pytest
 
 from harness import (
     ANTHROPIC_MODEL,
@@ -21,6 +29,7 @@ from harness import (
     expected_answer,
     mock_headers,
     new_request_id,
+    wait_until,
 )
 
 CHUNKS = 5
@@ -162,3 +171,82 @@ def test_responses_stream_with_cached_and_reasoning_tokens(
         "reasoning_output": usage.output_tokens_details.reasoning_tokens,
     }
     assert (event["input_tokens"], event["output_tokens"]) == (usage.input_tokens, usage.output_tokens)
+
+
+def _cost_micro_usd(event: dict[str, Any], prices: dict[str, int]) -> int:
+    """The limiter's count for one event: its exact cost in picodollars at `prices` (picodollars per token,
+    by class; plain input and output are what the classes leave), rounded up to the micro-dollar."""
+    classes = event.get("classes", {})
+    plain_input = event["input_tokens"] - sum(v for k, v in classes.items() if k.endswith("_input"))
+    plain_output = event["output_tokens"] - sum(v for k, v in classes.items() if k.endswith("_output"))
+    pico = plain_input * prices["input"] + plain_output * prices["output"]
+    pico += sum(n * prices.get(k, prices["input"] if k.endswith("_input") else prices["output"]) for k, n in classes.items())
+    return -(-pico // 1_000_000)
+
+
+def test_a_dollar_budget_holds_across_two_data_planes_sharing_redis(
+    start_dataplane: Any, world: World, mock: MockProvider, tmp_path: Path
+) -> None:
+    redis_url = os.environ.get("REDIS_URL")
+    if not redis_url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("REDIS_URL is not set")
+        pytest.skip("REDIS_URL is not set")
+    budget_micro = 2_000  # $0.002
+    limits = {
+        "monthly_budget_usd": "0.002",
+        "redis": {"url": redis_url, "key_prefix": f"molt-e2e:{uuid.uuid4().hex}:", "replicas": 2},
+    }
+    dataplanes = []
+    for name in ("a", "b"):
+        config = world.config(tmp_path / name, tls=False)
+        for model in config["models"]:
+            if model["name"] == CHAT_MODEL:
+                # $1 per 1M tokens: 1 µ$ a token; cached prompt tokens a tenth of that.
+                model["price"] = {"input": "1", "output": "1", "cache_read_input": "0.10"}
+        config["limits"] = limits
+        dataplanes.append(start_dataplane(config))
+    for dp in dataplanes:
+        wait_until(lambda dp=dp: "molt_limits_redis_fallback 0" in dp.metrics() or None, "limits on Redis")
+    prices = {"input": 1_000_000, "output": 1_000_000, "cache_read_input": 100_000}
+    body = {
+        "model": CHAT_MODEL,
+        "max_tokens": 16,
+        "prompt_cache_key": "greeting",
+        "messages": [{"role": "user", "content": "Say hello."}],
+    }
+    spent_ids: list[tuple[int, str]] = []
+    final_refusals: set[int] = set()
+    for i in range(400):
+        which = i % 2
+        if which in final_refusals:
+            if len(final_refusals) == 2:
+                break
+            continue
+        rid = new_request_id()
+        headers = {"authorization": f"Bearer {world.full_key.secret}", "x-request-id": rid, **mock_headers(chunks=2)}
+        r = httpx.post(f"{dataplanes[which].url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+        if r.status_code == 200:
+            assert r.headers["x-ratelimit-limit-usd"] == "0.002"
+            spent_ids.append((which, rid))
+            continue
+        assert r.status_code == 429, r.text
+        assert r.json()["error"]["type"] == "budget_exceeded", r.text
+        if int(r.headers["retry-after"]) > 60:
+            # Redis says the month's budget is gone (not just a lease in flight).
+            final_refusals.add(which)
+        else:
+            time.sleep(0.2)
+    assert final_refusals == {0, 1}, "the budget never ran out on both data planes"
+    spent = sum(_cost_micro_usd(dataplanes[w].usage_event(rid), prices) for w, rid in spent_ids)
+    # Every admitted answer was really priced by class (cached prompt tokens at a tenth).
+    assert all(dataplanes[w].usage_event(rid)["classes"]["cache_read_input"] > 0 for w, rid in spent_ids)
+    # Global, not per replica: each alone would have admitted the whole budget. A request is admitted against
+    # its estimate (prompt + 16 output tokens, ~50 µ$), and a replica may overdraw by at most one lease
+    # (5% of the budget) while a grant is in flight.
+    print(f"spent {spent} µ$ of a {budget_micro} µ$ budget in {len(spent_ids)} answers across 2 data planes")
+    estimate = 80
+    lease = budget_micro // 20
+    assert budget_micro - 2 * estimate <= spent <= budget_micro + 2 * lease, (spent, len(spent_ids))
+    for dp in dataplanes:
+        assert 'molt_limit_decisions_total{decision="rejected",kind="monthly_dollar_budget"}' in dp.metrics()
