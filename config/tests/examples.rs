@@ -55,7 +55,10 @@ fn production_example_resolves_references() {
     );
     // Prices per class, and the dollar budget of the key's user.
     let sonnet = cfg.resolve_model("sonnet").unwrap().price.unwrap();
-    assert_eq!(sonnet.cache_write_1h_input.unwrap().per_million_text(), "6.00");
+    assert_eq!(
+        sonnet.cache_write_1h_input.unwrap().per_million_text(),
+        "6.00"
+    );
     assert_eq!(
         cfg.limits.user_limits("user-7f3a").monthly_budget_usd,
         Some(molt_config::Picodollars::parse_usd("25").unwrap())

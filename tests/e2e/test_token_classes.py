@@ -180,7 +180,9 @@ def _cost_micro_usd(event: dict[str, Any], prices: dict[str, int]) -> int:
     plain_input = event["input_tokens"] - sum(v for k, v in classes.items() if k.endswith("_input"))
     plain_output = event["output_tokens"] - sum(v for k, v in classes.items() if k.endswith("_output"))
     pico = plain_input * prices["input"] + plain_output * prices["output"]
-    pico += sum(n * prices.get(k, prices["input"] if k.endswith("_input") else prices["output"]) for k, n in classes.items())
+    for name, tokens in classes.items():
+        base = prices["input"] if name.endswith("_input") else prices["output"]
+        pico += tokens * prices.get(name, base)
     return -(-pico // 1_000_000)
 
 

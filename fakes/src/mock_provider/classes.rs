@@ -91,6 +91,10 @@ impl ClassRequest {
 }
 
 impl ReportedClasses {
+    pub fn is_empty(&self) -> bool {
+        *self == ReportedClasses::default()
+    }
+
     pub(crate) fn cache_writes(&self) -> u64 {
         self.cache_write_5m_input + self.cache_write_1h_input
     }

@@ -126,6 +126,8 @@ pub struct RecordedRequest {
 pub struct ReportedUsage {
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Left out of the record's JSON when the answer reported none.
+    #[serde(skip_serializing_if = "ReportedClasses::is_empty")]
     pub classes: ReportedClasses,
 }
 
