@@ -43,8 +43,10 @@ pub struct SseUsageReader {
     /// Cut out OpenAI's usage-only chunk (the proxy asked for it, the client
     /// did not).
     strip_usage_chunk: bool,
-    /// Every usage object seen so far, merged (later figures win).
-    usage: Option<UsageFields>,
+    /// Every usage object seen so far, merged (later figures win). Boxed:
+    /// every format's fields are large, and a held stream has none until
+    /// its usage arrives (see ARCHITECTURE.md on what a held stream keeps).
+    usage: Option<Box<UsageFields>>,
     terminal_seen: bool,
     /// The unfinished last line of the previous chunk.
     partial_line: Vec<u8>,
@@ -72,7 +74,7 @@ impl SseUsageReader {
 
     /// Usage the stream reported so far.
     pub fn usage(&self) -> Option<TokenUsage> {
-        self.usage.as_ref().map(UsageFields::tokens)
+        self.usage.as_deref().map(UsageFields::tokens)
     }
 
     /// The stream's terminal event went past.
@@ -220,7 +222,7 @@ impl SseUsageReader {
         if let Some(later) = usage {
             match &mut self.usage {
                 Some(earlier) => earlier.merge(later),
-                None => self.usage = Some(later),
+                None => self.usage = Some(Box::new(later)),
             }
         }
         self.kind == StreamKind::OpenAi
