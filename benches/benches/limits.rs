@@ -18,6 +18,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use molt_config::dataplane::DataplaneConfig;
 use molt_dataplane::limits::{AdmissionRequest, Limiter};
+use molt_dataplane::usage_reader::TokenUsage;
 use std::collections::HashMap;
 use std::hint::black_box;
 
@@ -69,9 +70,10 @@ fn run(c: &mut Criterion, name: &str, limiter: &Limiter) {
                     estimated_input_tokens: 300,
                     max_output_tokens: Some(256),
                     stream: true,
+                    price: None,
                 })
                 .expect("limits are high enough to admit");
-            black_box(admission.settle(280, 120))
+            black_box(admission.settle(&TokenUsage::totals(280, 120)))
         })
     });
 }

@@ -53,6 +53,16 @@ fn production_example_resolves_references() {
         cfg.keys[0].models.as_deref(),
         Some(&["gpt-4o-mini".to_owned(), "claude-sonnet-4-5".to_owned()][..])
     );
+    // Prices per class, and the dollar budget of the key's user.
+    let sonnet = cfg.resolve_model("sonnet").unwrap().price.unwrap();
+    assert_eq!(
+        sonnet.cache_write_1h_input.unwrap().per_million_text(),
+        "6.00"
+    );
+    assert_eq!(
+        cfg.limits.user_limits("user-7f3a").monthly_budget_usd,
+        Some(molt_config::Picodollars::parse_usd("25").unwrap())
+    );
 }
 
 fn errors_of(toml: &str) -> Vec<String> {

@@ -53,13 +53,20 @@ pub enum ClientError {
     /// limit (OpenAI's error type `tokens`) or a request limit (`requests`).
     #[error("rate limit reached: {reason}")]
     RateLimited { reason: String, tokens: bool },
+    /// A monthly dollar budget is spent (the reason names it and its
+    /// amount: "monthly dollar budget of $25.00 reached").
+    #[error("{0}")]
+    BudgetExceeded(String),
+    /// A dollar budget applies, and the model has no price to count it in.
+    #[error("the model {0:?} has no price, and a monthly dollar budget applies to this user")]
+    ModelNotPriced(String),
 }
 
 impl ClientError {
     pub fn status(&self) -> u16 {
         match self {
             Self::Auth(_) => 401,
-            Self::ModelNotAllowed(_) | Self::OriginNotAllowed => 403,
+            Self::ModelNotAllowed(_) | Self::OriginNotAllowed | Self::ModelNotPriced(_) => 403,
             Self::UnknownModel(_) | Self::NotFound(_) => 404,
             Self::MissingModel | Self::MalformedJson(_) | Self::BodyAborted | Self::BodyFraming => {
                 400
@@ -70,7 +77,7 @@ impl ClientError {
             Self::UpstreamUnavailable | Self::UpstreamFailed => 502,
             Self::ShuttingDown => 503,
             Self::UpstreamTimeout => 504,
-            Self::RateLimited { .. } => 429,
+            Self::RateLimited { .. } | Self::BudgetExceeded(_) => 429,
         }
     }
 
@@ -97,6 +104,8 @@ impl ClientError {
             Self::OriginNotAllowed => ("permission_error", "origin_not_allowed"),
             Self::RateLimited { tokens: true, .. } => ("tokens", "rate_limit_exceeded"),
             Self::RateLimited { tokens: false, .. } => ("requests", "rate_limit_exceeded"),
+            Self::BudgetExceeded(_) => ("budget_exceeded", "budget_exceeded"),
+            Self::ModelNotPriced(_) => ("permission_error", "model_not_priced"),
         }
     }
 
@@ -104,7 +113,9 @@ impl ClientError {
     fn anthropic_type(&self) -> &'static str {
         match self {
             Self::Auth(_) => "authentication_error",
-            Self::ModelNotAllowed(_) | Self::OriginNotAllowed => "permission_error",
+            Self::ModelNotAllowed(_) | Self::OriginNotAllowed | Self::ModelNotPriced(_) => {
+                "permission_error"
+            }
             Self::UnknownModel(_) | Self::NotFound(_) => "not_found_error",
             Self::BodyTooLarge(_) => "request_too_large",
             Self::MissingModel
@@ -115,7 +126,7 @@ impl ClientError {
             | Self::MethodNotAllowed => "invalid_request_error",
             Self::UpstreamTimeout => "timeout_error",
             Self::ShuttingDown => "overloaded_error",
-            Self::RateLimited { .. } => "rate_limit_error",
+            Self::RateLimited { .. } | Self::BudgetExceeded(_) => "rate_limit_error",
             Self::UpstreamUnavailable | Self::UpstreamFailed => "api_error",
         }
     }

@@ -19,7 +19,7 @@ impl Limiter {
         let max_out = req
             .max_output_tokens
             .unwrap_or(cfg.limits.default_max_output_tokens);
-        let cost = req.estimated_input_tokens.saturating_add(max_out);
+        let cost = Charge::estimate(req.price, req.estimated_input_tokens, max_out);
 
         let user = sh.user(req.user);
         let mut guard = user.lock();
@@ -85,7 +85,7 @@ impl Limiter {
         ];
         for (m, kind) in scopes.iter_mut() {
             if let Some(m) = m {
-                if let Err(r) = m.check(*kind, mode, cost, req.stream, mono, unix) {
+                if let Err(r) = m.check(*kind, mode, &cost, req.stream, mono, unix) {
                     let headers = header_values(&scopes, mode, unix, None);
                     return Err(sh.reject(r, headers));
                 }
@@ -107,7 +107,7 @@ impl Limiter {
         // Phase 3: commit.
         for (m, _) in scopes.iter_mut() {
             if let Some(m) = m {
-                m.commit(mode, cost, req.stream, mono, unix, &sh.tx);
+                m.commit(mode, &cost, req.stream, mono, unix, &sh.tx);
             }
         }
         let headers = header_values(&scopes, mode, unix, gcra_left);
@@ -125,6 +125,7 @@ impl Limiter {
             model_idx,
             provider,
             reserved: cost,
+            price: req.price.copied(),
             stream_slot: req.stream,
             mode,
             windows,
@@ -133,8 +134,8 @@ impl Limiter {
     }
 }
 
-/// The OpenAI-style headers: the request and token limit closest to
-/// binding among the user's own scopes (user, user on model).
+/// The OpenAI-style headers: the request, token and dollar limit closest
+/// to binding among the user's own scopes (user, user on model).
 fn header_values(
     scopes: &[(Option<&mut Meters>, ScopeKind); 3],
     mode: Mode,
@@ -144,6 +145,7 @@ fn header_values(
     let mut h = RateLimitHeaders::default();
     let mut best_req: Option<(u64, u64, Duration)> = None;
     let mut best_tok: Option<(u64, u64, Duration)> = None;
+    let mut best_usd: Option<(u64, u64, Duration)> = None;
     let pick = |best: &mut Option<(u64, u64, Duration)>, v: (u64, u64, Duration)| {
         if best.is_none_or(|b| v.1 < b.1) {
             *best = Some(v);
@@ -185,6 +187,24 @@ fn header_values(
                 _ => {}
             }
         }
+        if let Some(meter) = m.meter(Dim::MonthlyUsd) {
+            match (&meter.lease, mode, &meter.local) {
+                (Some(l), Mode::Global, _) => {
+                    let (left, reset) = l.remaining(unix);
+                    pick(&mut best_usd, (meter.limit, left, reset));
+                }
+                (_, _, Local::Month(c)) => {
+                    let (left, reset) = c.remaining(unix);
+                    pick(&mut best_usd, (meter.limit, left, reset));
+                }
+                _ => {}
+            }
+        }
+    }
+    if let Some((limit, left, reset)) = best_usd {
+        h.limit_micro_usd = Some(limit);
+        h.remaining_micro_usd = Some(left);
+        h.reset_usd = Some(reset);
     }
     if let Some((limit, left, reset)) = best_req {
         h.limit_requests = Some(limit);

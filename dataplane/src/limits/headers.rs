@@ -1,5 +1,7 @@
 //! The OpenAI-style rate-limit headers every response carries:
-//! `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`.
+//! `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, and, in the
+//! same style, `x-ratelimit-{limit,remaining,reset}-usd` for a monthly
+//! dollar budget (amounts as dollar strings, `"25.00"`).
 //!
 //! Reset times are written the way OpenAI writes them (`1s`, `6m0s`,
 //! `20ms`), so SDKs and dashboards that parse OpenAI's headers parse ours.
@@ -15,9 +17,13 @@ pub const RESET_REQUESTS: &str = "x-ratelimit-reset-requests";
 pub const LIMIT_TOKENS: &str = "x-ratelimit-limit-tokens";
 pub const REMAINING_TOKENS: &str = "x-ratelimit-remaining-tokens";
 pub const RESET_TOKENS: &str = "x-ratelimit-reset-tokens";
+pub const LIMIT_USD: &str = "x-ratelimit-limit-usd";
+pub const REMAINING_USD: &str = "x-ratelimit-remaining-usd";
+pub const RESET_USD: &str = "x-ratelimit-reset-usd";
 
-/// The request and token limit nearest to binding for this user, as of the
-/// decision. A `None` field (no such limit configured) is not sent.
+/// The request, token and dollar limit nearest to binding for this user,
+/// as of the decision. A `None` field (no such limit configured) is not
+/// sent. Dollar amounts are in micro-dollars (the limiter's unit).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RateLimitHeaders {
     pub limit_requests: Option<u64>,
@@ -26,6 +32,9 @@ pub struct RateLimitHeaders {
     pub limit_tokens: Option<u64>,
     pub remaining_tokens: Option<u64>,
     pub reset_tokens: Option<Duration>,
+    pub limit_micro_usd: Option<u64>,
+    pub remaining_micro_usd: Option<u64>,
+    pub reset_usd: Option<Duration>,
 }
 
 // === impl RateLimitHeaders ===
@@ -36,6 +45,8 @@ impl RateLimitHeaders {
     pub fn pairs(&self) -> impl Iterator<Item = (&'static str, HeaderValue)> + '_ {
         let n = |v: Option<u64>| v.map(HeaderValue::from);
         let d = |v: Option<Duration>| v.and_then(|d| HeaderValue::from_str(&format_reset(d)).ok());
+        let usd =
+            |v: Option<u64>| v.and_then(|m| HeaderValue::from_str(&super::budget::usd(m)).ok());
         [
             (LIMIT_REQUESTS, n(self.limit_requests)),
             (REMAINING_REQUESTS, n(self.remaining_requests)),
@@ -43,6 +54,9 @@ impl RateLimitHeaders {
             (LIMIT_TOKENS, n(self.limit_tokens)),
             (REMAINING_TOKENS, n(self.remaining_tokens)),
             (RESET_TOKENS, d(self.reset_tokens)),
+            (LIMIT_USD, usd(self.limit_micro_usd)),
+            (REMAINING_USD, usd(self.remaining_micro_usd)),
+            (RESET_USD, d(self.reset_usd)),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))

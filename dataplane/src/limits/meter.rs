@@ -31,6 +31,16 @@ pub(crate) enum Dim {
     TokensPerMinute,
     TokensPerDay,
     Monthly,
+    /// The monthly dollar budget, in micro-dollars (see [`super::money`]).
+    MonthlyUsd,
+}
+
+/// What a dimension counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unit {
+    Requests,
+    Tokens,
+    MicroUsd,
 }
 
 /// Process-wide time source: monotonic (tokio) plus the wall time it
@@ -102,16 +112,21 @@ pub(crate) struct Meter {
 // === impl Dim ===
 
 impl Dim {
-    pub(crate) const ALL: [Dim; 5] = [
+    pub(crate) const ALL: [Dim; 6] = [
         Dim::RequestsPerSecond,
         Dim::RequestsPerMinute,
         Dim::TokensPerMinute,
         Dim::TokensPerDay,
         Dim::Monthly,
+        Dim::MonthlyUsd,
     ];
 
-    pub(crate) fn is_tokens(self) -> bool {
-        !matches!(self, Dim::RequestsPerSecond | Dim::RequestsPerMinute)
+    pub(crate) fn unit(self) -> Unit {
+        match self {
+            Dim::RequestsPerSecond | Dim::RequestsPerMinute => Unit::Requests,
+            Dim::TokensPerMinute | Dim::TokensPerDay | Dim::Monthly => Unit::Tokens,
+            Dim::MonthlyUsd => Unit::MicroUsd,
+        }
     }
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -121,6 +136,7 @@ impl Dim {
             Dim::TokensPerMinute => "tpm",
             Dim::TokensPerDay => "tpd",
             Dim::Monthly => "month",
+            Dim::MonthlyUsd => "usd_month",
         }
     }
 
@@ -131,7 +147,7 @@ impl Dim {
             Dim::RequestsPerMinute | Dim::TokensPerMinute => Duration::from_secs(60),
             // Months are calendar months; this is only their nominal length.
             Dim::TokensPerDay => Duration::from_secs(86_400),
-            Dim::Monthly => Duration::from_secs(30 * 86_400),
+            Dim::Monthly | Dim::MonthlyUsd => Duration::from_secs(30 * 86_400),
         }
     }
 
@@ -146,7 +162,7 @@ impl Dim {
             Dim::RequestsPerSecond => fixed(1),
             Dim::RequestsPerMinute | Dim::TokensPerMinute => fixed(60),
             Dim::TokensPerDay => fixed(86_400),
-            Dim::Monthly => {
+            Dim::Monthly | Dim::MonthlyUsd => {
                 let idx = month_index(s);
                 (idx, Duration::from_secs(month_start(idx + 1)))
             }
@@ -347,6 +363,13 @@ impl MonthCounter {
         self.roll(unix);
         self.used = self.used.saturating_add_signed(delta);
     }
+
+    /// Units left this month, and the time until the month ends.
+    pub(crate) fn remaining(&self, unix: Duration) -> (u64, Duration) {
+        let (month, end) = Dim::Monthly.window(unix);
+        let used = if month == self.month { self.used } else { 0 };
+        (self.limit.saturating_sub(used), end.saturating_sub(unix))
+    }
 }
 
 // === impl Meter ===
@@ -367,7 +390,7 @@ impl Meter {
             Dim::TokensPerMinute | Dim::TokensPerDay => {
                 Local::Bucket(TokenBucket::new(local_limit, dim.period(), clock.mono()))
             }
-            Dim::Monthly => Local::Month(MonthCounter {
+            Dim::Monthly | Dim::MonthlyUsd => Local::Month(MonthCounter {
                 month: month_index(clock.unix().as_secs()),
                 used: 0,
                 limit: local_limit,

@@ -38,6 +38,7 @@
 
 mod admit;
 mod anomaly;
+mod budget;
 mod global;
 pub mod headers;
 mod lease;
@@ -51,11 +52,13 @@ pub use headers::{format_reset, RateLimitHeaders};
 
 use anomaly::{AnomalyState, Transition};
 use arc_swap::ArcSwap;
+use budget::{Charge, Delta};
 use dashmap::DashMap;
 use lease::Lease;
-use meter::{Clock, Dim, Local, Meter};
+use meter::{Clock, Dim, Local, Meter, Unit};
 use metrics::LimitMetrics;
 use molt_config::limits::{LimitSet, LimitsConfig};
+use molt_config::ModelPrice;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -92,22 +95,29 @@ pub struct AdmissionRequest<'a> {
     /// request set one.
     pub max_output_tokens: Option<u64>,
     pub stream: bool,
+    /// The model's price in force, for dollar budgets. A model without one
+    /// is refused to a user with a dollar budget ([`LimitKind::UnpricedModel`]).
+    pub price: Option<&'a ModelPrice>,
 }
 
 /// An admitted request: its token reservation and, for streams, its
 /// concurrent-stream slot (released on drop). Call [`Admission::settle`]
 /// when the response ends; one dropped unsettled keeps its reservation
-/// charged (call `settle(0, 0)` if nothing was used).
+/// charged (settle with `TokenUsage::default()` if nothing was used).
 #[derive(Debug)]
 pub struct Admission {
     shared: Arc<Shared>,
     user: Arc<Mutex<UserState>>,
     model_idx: Option<usize>,
     provider: Option<Arc<Mutex<Meters>>>,
-    reserved: u64,
+    reserved: Charge,
+    /// The price the reservation was estimated at; the actual cost is
+    /// settled at the same one.
+    price: Option<ModelPrice>,
     stream_slot: bool,
     mode: Mode,
-    /// Window of each token dimension when reserved (Tpm, Tpd, Monthly).
+    /// Window of each token dimension when reserved (Tpm, Tpd, and the
+    /// month of both monthly budgets).
     windows: [u64; 3],
     headers: RateLimitHeaders,
 }
@@ -143,6 +153,11 @@ pub enum LimitKind {
     ProviderRequests,
     ProviderTokens,
     Anomaly,
+    /// The monthly dollar budget (`monthly_budget_usd`).
+    MonthlyDollarBudget,
+    /// A dollar budget applies but the model has no price to count it in:
+    /// refused (403), never counted as free.
+    UnpricedModel,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +217,7 @@ struct UserState {
 #[derive(Debug, Default)]
 struct Meters {
     generation: u64,
-    meters: [Option<Meter>; 5],
+    meters: [Option<Meter>; 6],
     max_streams: Option<u64>,
     streams: u64,
 }
@@ -309,7 +324,7 @@ impl std::fmt::Display for Rejection {
 // === impl LimitKind ===
 
 impl LimitKind {
-    pub const ALL: [LimitKind; 9] = [
+    pub const ALL: [LimitKind; 11] = [
         LimitKind::RequestsPerSecond,
         LimitKind::RequestsPerMinute,
         LimitKind::TokensPerMinute,
@@ -319,6 +334,8 @@ impl LimitKind {
         LimitKind::ProviderRequests,
         LimitKind::ProviderTokens,
         LimitKind::Anomaly,
+        LimitKind::MonthlyDollarBudget,
+        LimitKind::UnpricedModel,
     ];
 
     /// Metric label value.
@@ -333,18 +350,21 @@ impl LimitKind {
             LimitKind::ProviderRequests => "provider_requests",
             LimitKind::ProviderTokens => "provider_tokens",
             LimitKind::Anomaly => "anomaly",
+            LimitKind::MonthlyDollarBudget => "monthly_dollar_budget",
+            LimitKind::UnpricedModel => "unpriced_model",
         }
     }
 
     fn of(dim: Dim, scope: ScopeKind) -> LimitKind {
         match (scope, dim) {
-            (ScopeKind::Provider, d) if d.is_tokens() => LimitKind::ProviderTokens,
-            (ScopeKind::Provider, _) => LimitKind::ProviderRequests,
+            (ScopeKind::Provider, d) if d.unit() == Unit::Requests => LimitKind::ProviderRequests,
+            (ScopeKind::Provider, _) => LimitKind::ProviderTokens,
             (_, Dim::RequestsPerSecond) => LimitKind::RequestsPerSecond,
             (_, Dim::RequestsPerMinute) => LimitKind::RequestsPerMinute,
             (_, Dim::TokensPerMinute) => LimitKind::TokensPerMinute,
             (_, Dim::TokensPerDay) => LimitKind::TokensPerDay,
             (_, Dim::Monthly) => LimitKind::MonthlyBudget,
+            (_, Dim::MonthlyUsd) => LimitKind::MonthlyDollarBudget,
         }
     }
 
@@ -359,6 +379,8 @@ impl LimitKind {
             LimitKind::ProviderRequests => "provider requests",
             LimitKind::ProviderTokens => "provider tokens",
             LimitKind::Anomaly => "unusual token usage",
+            LimitKind::MonthlyDollarBudget => "monthly dollar budget",
+            LimitKind::UnpricedModel => "model price",
         }
     }
 }

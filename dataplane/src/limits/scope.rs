@@ -19,6 +19,7 @@ impl Meters {
                 Dim::TokensPerMinute => set.tokens_per_minute,
                 Dim::TokensPerDay => set.tokens_per_day,
                 Dim::Monthly => set.monthly_token_budget,
+                Dim::MonthlyUsd => set.monthly_budget_usd.map(budget::budget_micro_usd),
             };
             let slot = &mut self.meters[dim as usize];
             match (limit, slot.as_mut()) {
@@ -45,7 +46,7 @@ impl Meters {
         &mut self,
         scope: ScopeKind,
         mode: Mode,
-        cost: u64,
+        cost: &Charge,
         stream: bool,
         mono: Duration,
         unix: Duration,
@@ -61,7 +62,15 @@ impl Meters {
             }
         }
         for m in self.meters.iter_mut().flatten() {
-            let units = if m.dim.is_tokens() { cost } else { 1 };
+            if m.dim.unit() == Unit::MicroUsd && cost.micro_usd.is_none() {
+                return Err(Refusal {
+                    kind: LimitKind::UnpricedModel,
+                    limit: m.limit,
+                    retry_after: Duration::ZERO,
+                    scope,
+                });
+            }
+            let units = cost.units(m.dim.unit());
             let res = match (&m.lease, mode) {
                 (Some(l), Mode::Global) => l.check(unix, units).map_err(|(d, _)| d),
                 _ => match &mut m.local {
@@ -121,7 +130,7 @@ impl Meters {
     pub(super) fn commit(
         &mut self,
         mode: Mode,
-        cost: u64,
+        cost: &Charge,
         stream: bool,
         mono: Duration,
         unix: Duration,
@@ -130,9 +139,8 @@ impl Meters {
         if stream && self.max_streams.is_some() {
             self.streams += 1;
         }
-        let cost_i = i64::try_from(cost).unwrap_or(i64::MAX);
         for m in self.meters.iter_mut().flatten() {
-            let units = if m.dim.is_tokens() { cost_i } else { 1 };
+            let units = i64::try_from(cost.units(m.dim.unit())).unwrap_or(i64::MAX);
             if mode != Mode::Global {
                 match &mut m.local {
                     Local::Bucket(b) => b.charge(mono, units),
@@ -154,12 +162,12 @@ impl Meters {
     pub(super) fn settle(
         &mut self,
         mode: Mode,
-        delta: i64,
+        delta: &Delta,
         windows: &[u64; 3],
         clock: &Clock,
         unix: Duration,
     ) {
-        if delta == 0 {
+        if *delta == Delta::default() {
             return;
         }
         let mono = clock.mono();
@@ -167,9 +175,13 @@ impl Meters {
             let window = match m.dim {
                 Dim::TokensPerMinute => windows[0],
                 Dim::TokensPerDay => windows[1],
-                Dim::Monthly => windows[2],
-                _ => continue,
+                Dim::Monthly | Dim::MonthlyUsd => windows[2],
+                Dim::RequestsPerSecond | Dim::RequestsPerMinute => continue,
             };
+            let delta = delta.units(m.dim.unit());
+            if delta == 0 {
+                continue;
+            }
             if mode != Mode::Global {
                 match &mut m.local {
                     Local::Bucket(b) => b.charge(mono, delta),

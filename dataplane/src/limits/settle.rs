@@ -3,6 +3,7 @@
 //! [`Admission`] gives back its concurrent-stream slot.
 
 use super::*;
+use crate::usage_reader::TokenUsage;
 
 impl Admission {
     /// For every response, success or not.
@@ -10,13 +11,13 @@ impl Admission {
         &self.headers
     }
 
-    /// Charge the actual usage against the reservation.
-    pub fn settle(self, actual_input: u64, actual_output: u64) -> SettleOutcome {
+    /// Charge the actual usage against the reservation: its tokens, and
+    /// its cost class by class at the price it was admitted at.
+    pub fn settle(self, used: &TokenUsage) -> SettleOutcome {
         let sh = &self.shared;
-        let actual = actual_input.saturating_add(actual_output);
-        let delta = i64::try_from(actual)
-            .unwrap_or(i64::MAX)
-            .saturating_sub(i64::try_from(self.reserved).unwrap_or(i64::MAX));
+        let charge = Charge::actual(self.price.as_ref(), used);
+        let actual = charge.tokens;
+        let delta = charge.minus(&self.reserved);
         let (mono, unix) = (sh.clock.mono(), sh.clock.unix());
         let cfg = sh.cfg.load();
         let anomalous = {
@@ -28,9 +29,9 @@ impl Admission {
                 anomaly,
                 ..
             } = &mut *u;
-            main.settle(self.mode, delta, &self.windows, &sh.clock, unix);
+            main.settle(self.mode, &delta, &self.windows, &sh.clock, unix);
             if let Some((_, m)) = self.model_idx.and_then(|i| models.get_mut(i)) {
-                m.settle(self.mode, delta, &self.windows, &sh.clock, unix);
+                m.settle(self.mode, &delta, &self.windows, &sh.clock, unix);
             }
             match anomaly.observe(mono, actual, &cfg.limits.anomaly) {
                 Transition::Raised { rate, baseline } => {
@@ -50,7 +51,7 @@ impl Admission {
         };
         if let Some(p) = &self.provider {
             p.lock()
-                .settle(self.mode, delta, &self.windows, &sh.clock, unix);
+                .settle(self.mode, &delta, &self.windows, &sh.clock, unix);
         }
         SettleOutcome {
             anomalous,

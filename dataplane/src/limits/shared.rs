@@ -122,6 +122,17 @@ impl Shared {
         let what = r.kind.describe();
         let reason = match (r.kind, r.scope) {
             (LimitKind::Anomaly, _) => "unusual token usage".to_owned(),
+            (LimitKind::UnpricedModel, _) => format!(
+                "the model has no price, and a monthly dollar budget of ${} applies",
+                budget::usd(r.limit)
+            ),
+            (LimitKind::MonthlyDollarBudget, ScopeKind::Model) => format!(
+                "monthly dollar budget of ${} for this model reached",
+                budget::usd(r.limit)
+            ),
+            (LimitKind::MonthlyDollarBudget, _) => {
+                format!("monthly dollar budget of ${} reached", budget::usd(r.limit))
+            }
             (_, ScopeKind::Model) => format!("{what} limit of {} for this model reached", r.limit),
             (_, ScopeKind::Provider) => {
                 format!(

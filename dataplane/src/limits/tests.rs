@@ -1,8 +1,10 @@
 //! Unit tests of the limiter without Redis, on tokio's paused clock.
 
 use super::*;
+use crate::usage_reader::TokenUsage;
 use molt_config::limits::RawLimits;
 use molt_config::ConfigErrors;
+use molt_config::ModelPrice;
 
 pub(crate) fn config(toml_text: &str) -> LimitsConfig {
     let raw: RawLimits = toml::from_str(toml_text).unwrap();
@@ -25,6 +27,7 @@ fn req(user: &str, input: u64, max_out: Option<u64>, stream: bool) -> AdmissionR
         estimated_input_tokens: input,
         max_output_tokens: max_out,
         stream,
+        price: None,
     }
 }
 
@@ -50,7 +53,7 @@ async fn tokens_are_settled_from_actual_usage() {
     // Estimate 1,000 + 1,000; actual 5,000: charged the actual.
     let a = l.admit(&req("u", 1000, None, false)).unwrap();
     assert_eq!(a.headers().remaining_tokens, Some(4000));
-    let out = a.settle(1000, 4000);
+    let out = a.settle(&TokenUsage::totals(1000, 4000));
     assert_eq!(out.charged, 5000);
     // 1,000 left: a 2,000-token estimate must wait 10 s for 1,000 more.
     let r = l.admit(&req("u", 1000, Some(1000), false)).unwrap_err();
@@ -59,12 +62,12 @@ async fn tokens_are_settled_from_actual_usage() {
     assert_eq!(r.retry_after, Duration::from_secs(10));
     // A refund: estimate 1,000, used 100, so 900 come back.
     let a = l.admit(&req("u", 500, Some(500), false)).unwrap();
-    a.settle(50, 50);
+    a.settle(&TokenUsage::totals(50, 50));
     let a = l.admit(&req("u", 900, Some(0), false)).unwrap();
     assert_eq!(a.headers().remaining_tokens, Some(0));
     // Going over: the bucket goes negative and the next request waits
     // for the debt too.
-    a.settle(900, 2000);
+    a.settle(&TokenUsage::totals(900, 2000));
     let r = l.admit(&req("u", 100, Some(0), false)).unwrap_err();
     assert_eq!(r.retry_after, Duration::from_secs(21));
     tokio::time::advance(Duration::from_secs(21)).await;
@@ -180,7 +183,7 @@ async fn anomaly_is_flagged_and_blocks_when_configured() {
         let out = l
             .admit(&req("u", 10, None, false))
             .unwrap()
-            .settle(2000, 1000);
+            .settle(&TokenUsage::totals(2000, 1000));
         assert!(!out.anomalous);
         tokio::time::advance(Duration::from_secs(60)).await;
     }
@@ -188,7 +191,7 @@ async fn anomaly_is_flagged_and_blocks_when_configured() {
     let out = l
         .admit(&req("u", 10, None, false))
         .unwrap()
-        .settle(40000, 10000);
+        .settle(&TokenUsage::totals(40000, 10000));
     assert!(out.anomalous);
     let r = l.admit(&req("u", 10, None, false)).unwrap_err();
     assert_eq!(r.kind, LimitKind::Anomaly);
@@ -231,4 +234,121 @@ fn estimate_is_a_quarter_of_the_body() {
     assert_eq!(estimate_input_tokens(0), 0);
     assert_eq!(estimate_input_tokens(4), 1);
     assert_eq!(estimate_input_tokens(5), 2);
+}
+
+fn price(input: &str, output: &str, cache_read: &str) -> ModelPrice {
+    let p = |t: &str| molt_config::TokenPrice::parse_per_million(t).unwrap();
+    ModelPrice {
+        input: p(input),
+        output: p(output),
+        cache_read_input: Some(p(cache_read)),
+        ..ModelPrice::default()
+    }
+}
+
+fn priced<'a>(
+    user: &'a str,
+    price: &'a ModelPrice,
+    input: u64,
+    max_out: u64,
+) -> AdmissionRequest<'a> {
+    AdmissionRequest {
+        price: Some(price),
+        ..req(user, input, Some(max_out), false)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn dollar_budget_admits_estimates_and_settles_actual_cost_by_class() {
+    // $0.01 = 10,000 µ$ a month; $2.50 / $10 per 1M, cached input $1.25.
+    let l = limiter("monthly_budget_usd = \"0.01\"");
+    let gpt = price("2.50", "10", "1.25");
+    // Estimate 1,000 × 2.5 + 500 × 10 = 7,500 µ$.
+    let a = l.admit(&priced("u", &gpt, 1_000, 500)).unwrap();
+    let h = a.headers();
+    assert_eq!(h.limit_micro_usd, Some(10_000));
+    assert_eq!(h.remaining_micro_usd, Some(2_500));
+    let headers: Vec<(&str, String)> = h
+        .pairs()
+        .map(|(k, v)| (k, v.to_str().unwrap().to_owned()))
+        .filter(|(k, _)| k.ends_with("-usd"))
+        .collect();
+    assert_eq!(headers[0], (headers::LIMIT_USD, "0.01".to_owned()));
+    assert_eq!(headers[1], (headers::REMAINING_USD, "0.0025".to_owned()));
+    // Actual: 800 of 1,000 input cached, 100 output:
+    // 200 × 2.5 + 800 × 1.25 + 100 × 10 = 2,500 µ$.
+    let used = TokenUsage {
+        classes: molt_config::TokenClasses {
+            cache_read_input: 800,
+            ..Default::default()
+        },
+        ..TokenUsage::totals(1_000, 100)
+    };
+    a.settle(&used);
+    // 7,500 left: exactly one more estimate of 7,500 fits.
+    let a = l.admit(&priced("u", &gpt, 1_000, 500)).unwrap();
+    assert_eq!(a.headers().remaining_micro_usd, Some(0));
+    a.settle(&TokenUsage::totals(1_000, 500));
+    let r = l.admit(&priced("u", &gpt, 1, 1)).unwrap_err();
+    assert_eq!(r.kind, LimitKind::MonthlyDollarBudget);
+    assert_eq!(r.reason, "monthly dollar budget of $0.01 reached");
+    assert_eq!(r.headers.remaining_micro_usd, Some(0));
+    // Retry when the month ends.
+    let (_, end) = Dim::MonthlyUsd.window(l.shared.clock.unix());
+    assert_eq!(r.retry_after, end - l.shared.clock.unix());
+    // Another user has their own budget.
+    l.admit(&priced("v", &gpt, 1, 1)).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refund_gives_the_unspent_estimate_back() {
+    let l = limiter("monthly_budget_usd = \"0.01\"");
+    let gpt = price("2.50", "10", "1.25");
+    for _ in 0..100 {
+        // Each estimate is 7,500 µ$; each answer costs 25 µ$ (10 in at 2.5).
+        let a = l.admit(&priced("u", &gpt, 1_000, 500)).unwrap();
+        a.settle(&TokenUsage::totals(10, 0));
+    }
+    let a = l.admit(&priced("u", &gpt, 0, 0)).unwrap();
+    assert_eq!(a.headers().remaining_micro_usd, Some(10_000 - 100 * 25));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unpriced_model_is_refused_only_under_a_dollar_budget() {
+    let l = limiter(
+        r#"
+        [[users]]
+        user = "capped"
+        monthly_budget_usd = "5"
+        "#,
+    );
+    let r = l.admit(&req("capped", 10, Some(10), false)).unwrap_err();
+    assert_eq!(r.kind, LimitKind::UnpricedModel);
+    assert_eq!(
+        r.reason,
+        "the model has no price, and a monthly dollar budget of $5.00 applies"
+    );
+    // Without a dollar budget the price is not needed.
+    l.admit(&req("free", 10, Some(10), false)).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dollar_budget_on_a_model_applies_on_top_of_the_users() {
+    let l = limiter(
+        r#"
+        monthly_budget_usd = "100"
+        [[models]]
+        model = "gpt-4o"
+        monthly_budget_usd = "0.000030"
+        "#,
+    );
+    let gpt = price("1", "1", "1");
+    // 30 µ$ on this model: 30 tokens at $1 per 1M.
+    l.admit(&priced("u", &gpt, 20, 10)).unwrap();
+    let r = l.admit(&priced("u", &gpt, 1, 0)).unwrap_err();
+    assert_eq!(r.kind, LimitKind::MonthlyDollarBudget);
+    assert_eq!(
+        r.reason,
+        "monthly dollar budget of $0.00003 for this model reached"
+    );
 }

@@ -50,8 +50,8 @@ pub(super) fn log(line: &AccessLine<'_>) {
             upstream_messages = s.bot_messages,
             upstream_bytes = s.bot_bytes,
             brain_events = s.brain_events,
-            input_tokens = s.input_tokens,
-            output_tokens = s.output_tokens,
+            input_tokens = s.tokens.input,
+            output_tokens = s.tokens.output,
             duration_ms,
         );
         return;

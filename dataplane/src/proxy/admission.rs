@@ -112,7 +112,8 @@ impl MoltProxy {
         }))
     }
 
-    /// Reserve one request and an estimate of its tokens with the limiter.
+    /// Reserve one request and an estimate of its tokens and cost (at the
+    /// model's price) with the limiter.
     fn take_limits(
         &self,
         ctx: &mut RequestCtx,
@@ -129,12 +130,17 @@ impl MoltProxy {
             estimated_input_tokens: limits::estimate_input_tokens(body.len()),
             max_output_tokens: body.max_output_tokens(),
             stream: ctx.usage.stream,
+            price: model.price.as_ref(),
         });
         match admitted {
             Ok(admission) => {
                 ctx.limits.headers = Some(admission.headers().clone());
                 ctx.limits.admission = Some(admission);
                 Ok(())
+            }
+            Err(rejection) if rejection.kind == LimitKind::UnpricedModel => {
+                // Not a wait: no retry-after.
+                Err(ClientError::ModelNotPriced(model.name.clone()))
             }
             Err(rejection) => {
                 ctx.limits.headers = Some(rejection.headers.clone());
@@ -143,6 +149,9 @@ impl MoltProxy {
                 ctx.limits.retry_after =
                     Some(rejection.retry_after.as_secs_f64().ceil().max(1.0) as u64);
                 ctx.usage.anomaly = rejection.kind == LimitKind::Anomaly;
+                if rejection.kind == LimitKind::MonthlyDollarBudget {
+                    return Err(ClientError::BudgetExceeded(rejection.reason));
+                }
                 let tokens = matches!(
                     rejection.kind,
                     LimitKind::TokensPerMinute

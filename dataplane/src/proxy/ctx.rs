@@ -93,7 +93,9 @@ impl RequestCtx {
         self.answer.error_kind = Some(err.kind());
         if self.answer.outcome == Outcome::Ok {
             self.answer.outcome = match err {
-                ClientError::RateLimited { .. } => Outcome::RateLimited,
+                ClientError::RateLimited { .. } | ClientError::BudgetExceeded(_) => {
+                    Outcome::RateLimited
+                }
                 ClientError::UpstreamUnavailable
                 | ClientError::UpstreamTimeout
                 | ClientError::UpstreamFailed => Outcome::UpstreamError,
@@ -135,8 +137,7 @@ impl RequestCtx {
             return None;
         }
         if let Some(admission) = self.limits.admission.take() {
-            let tokens = self.usage.tokens;
-            self.usage.anomaly |= admission.settle(tokens.input, tokens.output).anomalous;
+            self.usage.anomaly |= admission.settle(&self.usage.tokens).anomalous;
         }
         let principal = self.caller.as_ref()?;
         self.usage.model.as_ref()?;

@@ -148,7 +148,7 @@ impl Ledger {
             status: closing.status,
             input_tokens: record.tokens.input,
             output_tokens: record.tokens.output,
-            classes: Default::default(),
+            classes: record.tokens.classes,
             estimated: record.estimated,
             stream: record.stream,
             attempts: record.attempts,
@@ -235,10 +235,7 @@ mod tests {
         let mut model = UsageRecord {
             model: Some("gpt".into()),
             provider: Some("openai".into()),
-            tokens: TokenUsage {
-                input: 3,
-                output: 4,
-            },
+            tokens: TokenUsage::totals(3, 4),
             ..UsageRecord::starting_now()
         };
         model.attempts = 2;

@@ -185,14 +185,14 @@ impl MoltProxy {
             Some(u) => ctx.usage.tokens = u,
             None if (200..300).contains(&status) => {
                 tokens::ready().await;
-                ctx.usage.tokens = TokenUsage {
-                    input: tokens::count_request(&admitted.body.chunks),
-                    output: if is_sse {
+                ctx.usage.tokens = TokenUsage::totals(
+                    tokens::count_request(&admitted.body.chunks),
+                    if is_sse {
                         tokens::estimate_stream_output(&retained.chunks, retained.total)
                     } else {
                         tokens::count_response(&retained.chunks, false)
                     },
-                };
+                );
                 ctx.usage.estimated = true;
             }
             None => {}

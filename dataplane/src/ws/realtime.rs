@@ -16,8 +16,9 @@
 //! bot router's relay ([`super::relay`]): same limits, keepalive,
 //! backpressure, close codes and shutdown behaviour.
 //!
-//! Usage: the relay sums `response.usage.input_tokens`/`output_tokens` of
-//! every `response.done` event the provider sends; one usage event (route
+//! Usage: the relay sums the usage of every `response.done` event the
+//! provider sends, class by class (cached, audio: see
+//! [`crate::usage_reader`]); one usage event (route
 //! `realtime`) is recorded when the session closes, and the token counters
 //! (`molt_tokens_total`) grow by the same amounts. A session cut short
 //! records what the provider had reported so far.
@@ -35,7 +36,6 @@ use crate::log_limit::upstream_warnings;
 use crate::proxy::ledger::{Caller, Closing, Outcome, UsageRecord};
 use crate::proxy::RouteLabel;
 use crate::runtime::{ProviderRuntime, Runtime};
-use crate::usage_reader::TokenUsage;
 use http::{header, HeaderValue};
 use molt_config::AuthStyle;
 use pingora_core::upstreams::peer::Peer;
@@ -132,10 +132,7 @@ impl WsHub {
             provider: Some(provider.config.name.clone()),
             stream: true,
             attempts: 1,
-            tokens: TokenUsage {
-                input: stats.input_tokens,
-                output: stats.output_tokens,
-            },
+            tokens: stats.tokens,
             ..usage
         };
         let closing = Closing {

@@ -35,6 +35,7 @@
 //! its pings.
 
 use crate::scrub::Secrets;
+use crate::usage_reader::{realtime_response_done, TokenUsage};
 use crate::ws::client::{restore_session, take_stream, Client};
 use crate::ws::error::CloseReason;
 use crate::ws::metrics::WsMetrics;
@@ -122,10 +123,10 @@ pub struct RelayStats {
     pub bot_messages: u64,
     pub bot_bytes: u64,
     pub brain_events: u64,
-    /// Realtime: `response.done` events seen, and the usage they reported.
+    /// Realtime: `response.done` events seen, and the usage they reported
+    /// (summed, class by class).
     pub responses: u64,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
+    pub tokens: TokenUsage,
     /// Secrets masked in upstream messages ([`crate::scrub`]).
     pub secrets_masked: u64,
 }
@@ -308,10 +309,9 @@ async fn relay(
                             }
                         }
                         (Message::Text(t), Upstream::Realtime) => {
-                            if let Some((input, output)) = realtime_usage(t.as_str()) {
+                            if let Some(usage) = realtime_response_done(t.as_str()) {
                                 stats.responses += 1;
-                                stats.input_tokens += input;
-                                stats.output_tokens += output;
+                                stats.tokens.add(&usage);
                             }
                         }
                         _ => {}
@@ -432,55 +432,9 @@ fn brain_event_type(text: &str) -> Option<String> {
     Some(env.event.and_then(|e| e.kind).unwrap_or_default())
 }
 
-/// The usage of a Realtime `response.done` event:
-/// `{"type":"response.done","response":{"usage":{"input_tokens","output_tokens",...}}}`.
-/// Only messages that mention `response.done` are parsed; audio deltas and
-/// the rest cost one substring search.
-fn realtime_usage(text: &str) -> Option<(u64, u64)> {
-    #[derive(serde::Deserialize)]
-    struct Done {
-        #[serde(rename = "type")]
-        kind: String,
-        response: Option<Response>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Response {
-        usage: Option<Usage>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Usage {
-        input_tokens: Option<u64>,
-        output_tokens: Option<u64>,
-    }
-    memchr::memmem::find(text.as_bytes(), b"response.done")?;
-    let done: Done = serde_json::from_str(text).ok()?;
-    if done.kind != "response.done" {
-        return None;
-    }
-    let usage = done.response?.usage?;
-    Some((
-        usage.input_tokens.unwrap_or(0),
-        usage.output_tokens.unwrap_or(0),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn realtime_usage_from_response_done() {
-        let t = r#"{"type":"response.done","event_id":"e","response":{"id":"r","status":"completed","output":[{"type":"message","content":[{"type":"text","text":"response.done"}]}],"usage":{"total_tokens":30,"input_tokens":12,"output_tokens":18,"input_token_details":{"cached_tokens":0}}}}"#;
-        assert_eq!(realtime_usage(t), Some((12, 18)));
-        assert_eq!(
-            realtime_usage(r#"{"type":"response.text.delta","delta":"response.done"}"#),
-            None
-        );
-        assert_eq!(
-            realtime_usage(r#"{"type":"response.done","response":{"usage":null}}"#),
-            None
-        );
-    }
 
     #[test]
     fn upstream_messages_carry_no_secret() {

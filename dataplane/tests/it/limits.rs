@@ -5,8 +5,9 @@
 
 use crate::support::redis_addr;
 use molt_config::limits::{LimitsConfig, RawLimits};
-use molt_config::ConfigErrors;
+use molt_config::{ConfigErrors, ModelPrice, TokenClasses, TokenPrice};
 use molt_dataplane::limits::{AdmissionRequest, Limiter};
+use molt_dataplane::usage_reader::TokenUsage;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::{TcpListener, TcpStream};
@@ -50,6 +51,7 @@ fn req(user: &str, input: u64, max_out: u64) -> AdmissionRequest<'_> {
         estimated_input_tokens: input,
         max_output_tokens: Some(max_out),
         stream: false,
+        price: None,
     }
 }
 
@@ -125,7 +127,7 @@ async fn three_replicas_hold_a_global_token_limit() {
     for i in 0..900 {
         // Estimated 300, used 200: settle refunds 100 each time.
         if let Ok(a) = ls[i % 3].admit(&req("user-1", 150, 150)) {
-            a.settle(120, 80);
+            a.settle(&TokenUsage::totals(120, 80));
             tokens += 200;
         }
         if i % 3 == 2 {
@@ -137,6 +139,65 @@ async fn three_replicas_hold_a_global_token_limit() {
         (57_000..=63_000).contains(&tokens),
         "admitted {tokens} tokens, limit 60000"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_hold_a_global_dollar_budget() {
+    let Some(addr) = redis_addr().await else {
+        return;
+    };
+    // $1.00 a month, 1,000,000 µ$; leases of 5%.
+    let cfg = config(&format!(
+        "monthly_budget_usd = \"1.00\"\n[redis]\nurl = \"redis://{addr}\"\nkey_prefix = \"{}\"\nreplicas = 2\n",
+        prefix("usd")
+    ));
+    let ls: Vec<Limiter> = (0..2)
+        .map(|_| Limiter::new(&cfg, &prometheus::Registry::new()).unwrap())
+        .collect();
+    for l in &ls {
+        wait_until("Redis", || l.is_global()).await;
+    }
+    let per_million = |t: &str| TokenPrice::parse_per_million(t).unwrap();
+    let price = ModelPrice {
+        input: per_million("1"),
+        output: per_million("1"),
+        cache_read_input: Some(per_million("0.10")),
+        ..ModelPrice::default()
+    };
+    // Estimated 500 + 500 tokens = 1,000 µ$; each answer really costs
+    // 100 + 200 × 0.1 + 200 = 320 µ$ (200 of its 300 input tokens cached).
+    let used = TokenUsage {
+        classes: TokenClasses {
+            cache_read_input: 200,
+            ..TokenClasses::default()
+        },
+        ..TokenUsage::totals(300, 200)
+    };
+    let mut spent = 0u64;
+    let mut last_refusal = None;
+    for i in 0..8000 {
+        let req = AdmissionRequest {
+            price: Some(&price),
+            ..req("user-1", 500, 500)
+        };
+        match ls[i % 2].admit(&req) {
+            Ok(a) => {
+                a.settle(&used);
+                spent += 320;
+            }
+            Err(r) => last_refusal = Some(r),
+        }
+        if i % 2 == 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    eprintln!("spent {spent} µ$ of a global $1.00 budget across 2 replicas");
+    assert!(
+        (950_000..=1_050_000).contains(&spent),
+        "spent {spent} µ$, budget 1,000,000"
+    );
+    let r = last_refusal.expect("the budget ran out");
+    assert_eq!(r.reason, "monthly dollar budget of $1.00 reached");
 }
 
 /// A TCP relay to Redis that the test can kill and restart.

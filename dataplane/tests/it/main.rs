@@ -12,6 +12,7 @@ mod browser;
 mod clients;
 mod identity;
 mod limits;
+mod money;
 mod pool;
 mod proxy;
 mod secrets;

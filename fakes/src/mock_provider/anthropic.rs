@@ -3,9 +3,18 @@
 
 use serde_json::{json, Value};
 
+use super::classes::FormatClasses;
 use super::content::{answer_pieces, answer_text, object_id};
 use super::sse::{named_event, StreamEvents};
 use super::{with_field, Call, Reply, ReportedUsage};
+
+/// Anthropic reports cache reads and writes (by lifetime); thinking tokens
+/// are output tokens without a count of their own.
+const ANTHROPIC_CLASSES: FormatClasses = FormatClasses {
+    cache_read: true,
+    cache_write: true,
+    reasoning: false,
+};
 
 /// Claude models listed by `GET /v1/models` when asked in Anthropic's format.
 const MODELS: &[(&str, &str)] = &[
@@ -20,7 +29,7 @@ const START_OUTPUT_TOKENS: u64 = 1;
 /// `POST /v1/messages`.
 pub(crate) fn messages(call: &Call<'_>) -> Reply {
     let id = object_id("msg_");
-    let usage = call.usage();
+    let usage = call.usage_with(ANTHROPIC_CLASSES);
     let message = |content: Value, stop_reason: Option<&str>, usage: Option<ReportedUsage>| {
         let message = json!({
             "id": id,
@@ -90,11 +99,7 @@ pub(crate) fn messages(call: &Call<'_>) -> Reply {
                     "delta": {"stop_reason": "end_turn", "stop_sequence": null},
                 });
                 match usage {
-                    Some(usage) => with_field(
-                        delta,
-                        "usage",
-                        json!({"output_tokens": usage.output_tokens}),
-                    ),
+                    Some(usage) => with_field(delta, "usage", delta_usage_json(usage)),
                     None => delta,
                 }
             }),
@@ -106,12 +111,42 @@ pub(crate) fn messages(call: &Call<'_>) -> Reply {
     call.stream_reply(events, usage, start_usage)
 }
 
+/// Anthropic's usage: `input_tokens` is what the cache leaves (the mock's
+/// total less cache reads and writes), the cache beside it.
 fn usage_json(usage: ReportedUsage) -> Value {
-    json!({
-        "input_tokens": usage.input_tokens,
+    let c = usage.classes;
+    let mut v = json!({
+        "input_tokens": usage.input_tokens - c.cache_read_input - c.cache_writes(),
         "output_tokens": usage.output_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": c.cache_writes(),
+        "cache_read_input_tokens": c.cache_read_input,
+    });
+    if c.cache_writes() > 0 {
+        v = with_field(
+            v,
+            "cache_creation",
+            json!({
+                "ephemeral_5m_input_tokens": c.cache_write_5m_input,
+                "ephemeral_1h_input_tokens": c.cache_write_1h_input,
+            }),
+        );
+    }
+    v
+}
+
+/// `message_delta`'s usage: the final output count and, when the cache
+/// was used, the final (cumulative) input and cache figures, as newer API
+/// versions send them.
+fn delta_usage_json(usage: ReportedUsage) -> Value {
+    let c = usage.classes;
+    if c.cache_read_input == 0 && c.cache_writes() == 0 {
+        return json!({"output_tokens": usage.output_tokens});
+    }
+    json!({
+        "input_tokens": usage.input_tokens - c.cache_read_input - c.cache_writes(),
+        "cache_creation_input_tokens": c.cache_writes(),
+        "cache_read_input_tokens": c.cache_read_input,
+        "output_tokens": usage.output_tokens,
     })
 }
 

@@ -21,6 +21,9 @@ pub(crate) const ABORT_AFTER: &str = "x-mock-abort-after";
 pub(crate) const HEADER_DELAY_MS: &str = "x-mock-header-delay-ms";
 /// `1`/`true`: report no usage at all.
 pub(crate) const NO_USAGE: &str = "x-mock-no-usage";
+/// `1`/`true`: report every token class the format has (cache reads and
+/// writes, reasoning; see [`super::classes`]).
+pub(crate) const USAGE_CLASSES: &str = "x-mock-usage-classes";
 /// `1`/`true`: answer 401 echoing the credential received, in the body (as
 /// OpenAI's "Incorrect API key provided: ..." does, but whole) and in an
 /// `x-echo-credential` header, like a careless self-hosted server.
@@ -64,6 +67,7 @@ pub(crate) struct Controls {
     pub(crate) abort_after: Option<usize>,
     pub(crate) no_usage: bool,
     pub(crate) echo_key: bool,
+    pub(crate) usage_classes: bool,
 }
 
 impl Controls {
@@ -93,6 +97,7 @@ impl Controls {
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             no_usage: flag(headers, NO_USAGE)?,
             echo_key: flag(headers, ECHO_KEY)?,
+            usage_classes: flag(headers, USAGE_CLASSES)?,
         })
     }
 

@@ -12,10 +12,13 @@
 //!
 //! Answers are deterministic: the text is the words of [`content::SENTENCE`],
 //! one per chunk, so output tokens equal the chunk count, and input tokens are
-//! `max(1, body_len / 4)`. Every request (other than `/_mock/*`) is recorded
+//! `max(1, body_len / 4)`. Some answers also report cache and reasoning
+//! tokens ([`classes`]: on request, or when the body asks for caching or
+//! reasoning). Every request (other than `/_mock/*`) is recorded
 //! with exactly the usage the mock reported to the client.
 
 mod anthropic;
+mod classes;
 mod content;
 mod control;
 mod errors;
@@ -38,6 +41,8 @@ use http::{header, request, HeaderMap, HeaderValue, StatusCode};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+pub use classes::ReportedClasses;
+use classes::{ClassRequest, FormatClasses};
 use control::Controls;
 use errors::{error_response, Flavor};
 pub use keys::KeySet;
@@ -118,11 +123,16 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
 }
 
-/// Token usage as reported to the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// Token usage as reported to the client, normalised: the totals hold every
+/// token (Anthropic's cache reads and writes, hidden reasoning), and
+/// `classes` says how many of them were of each class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReportedUsage {
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Left out of the record's JSON when the answer reported none.
+    #[serde(skip_serializing_if = "ReportedClasses::is_empty")]
+    pub classes: ReportedClasses,
 }
 
 /// A provider API a route serves.
@@ -492,6 +502,7 @@ fn answer(
         include_usage: record.include_usage,
         controls,
         prompt_tokens: content::prompt_tokens(record.body_len),
+        classes: ClassRequest::of(object, controls.usage_classes),
     };
     match api {
         Api::ChatCompletions => openai::chat_completions(&call),
@@ -561,6 +572,8 @@ pub(crate) struct Call<'a> {
     pub(crate) include_usage: bool,
     pub(crate) controls: &'a Controls,
     pub(crate) prompt_tokens: u64,
+    /// The token classes the request asked for.
+    pub(crate) classes: ClassRequest,
 }
 
 impl Call<'_> {
@@ -569,6 +582,22 @@ impl Call<'_> {
         (!self.controls.no_usage).then(|| ReportedUsage {
             input_tokens: self.prompt_tokens,
             output_tokens: content::output_tokens(self.controls.chunks),
+            classes: ReportedClasses::default(),
+        })
+    }
+
+    /// The usage of an answer in a format that reports `format`'s classes:
+    /// those the request asked for (hidden reasoning adds to the output).
+    pub(crate) fn usage_with(&self, format: FormatClasses) -> Option<ReportedUsage> {
+        self.usage().map(|plain| {
+            let classes = self
+                .classes
+                .classes(format, plain.input_tokens, plain.output_tokens);
+            ReportedUsage {
+                output_tokens: plain.output_tokens + classes.reasoning_output,
+                classes,
+                ..plain
+            }
         })
     }
 

@@ -7,10 +7,19 @@ use http::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::classes::FormatClasses;
 use super::content::{answer_pieces, answer_text, object_id, unix_now};
 use super::errors::Flavor;
 use super::sse::{data_event, named_event, StreamEvents, DONE};
 use super::{with_field, Call, Reply, ReportedUsage};
+
+/// Chat and Responses report cached input and reasoning output; a cache
+/// write is not a class of OpenAI's.
+const OPENAI_CLASSES: FormatClasses = FormatClasses {
+    cache_read: true,
+    cache_write: false,
+    reasoning: true,
+};
 
 /// Models listed by `GET /v1/models`, with their owners.
 pub(crate) const MODELS: &[(&str, &str)] = &[
@@ -30,7 +39,7 @@ const EMBEDDING_DIMENSIONS: usize = 8;
 pub(crate) fn chat_completions(call: &Call<'_>) -> Reply {
     let id = object_id("chatcmpl-");
     let created = unix_now();
-    let usage = call.usage();
+    let usage = call.usage_with(OPENAI_CLASSES);
     if !call.stream {
         let body = json!({
             "id": id,
@@ -246,7 +255,7 @@ pub(crate) fn responses(call: &Call<'_>) -> Reply {
     let response_id = object_id("resp_");
     let item_id = object_id("msg_");
     let created_at = unix_now();
-    let usage = call.usage();
+    let usage = call.usage_with(OPENAI_CLASSES);
     let text = answer_text(call.controls.chunks);
     let output_text = |text: &str| json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
     let message = |status: &str, content: Vec<Value>| {
@@ -373,9 +382,9 @@ fn response_object(
         "truncation": echo("truncation", json!("disabled")),
         "usage": usage.map(|usage| json!({
             "input_tokens": usage.input_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": usage.classes.cache_read_input},
             "output_tokens": usage.output_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": usage.classes.reasoning_output},
             "total_tokens": usage.input_tokens + usage.output_tokens,
         })),
         "user": echo("user", Value::Null),
@@ -398,11 +407,11 @@ fn chat_usage_json(usage: ReportedUsage) -> Value {
         with_field(
             basic_usage_json(usage),
             "prompt_tokens_details",
-            json!({"cached_tokens": 0, "audio_tokens": 0}),
+            json!({"cached_tokens": usage.classes.cache_read_input, "audio_tokens": 0}),
         ),
         "completion_tokens_details",
         json!({
-            "reasoning_tokens": 0,
+            "reasoning_tokens": usage.classes.reasoning_output,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,

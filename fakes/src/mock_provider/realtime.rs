@@ -80,10 +80,7 @@ pub(super) async fn upgrade(State(provider): State<MockProvider>, request: Reque
             beta,
             chunks,
             pending_input_bytes: 0,
-            total: ReportedUsage {
-                input_tokens: 0,
-                output_tokens: 0,
-            },
+            total: ReportedUsage::default(),
             next_event: 0,
         };
         // The client going away is how a session normally ends.
@@ -195,6 +192,7 @@ impl RealtimeSession {
         let usage = ReportedUsage {
             input_tokens: content::prompt_tokens(input_bytes),
             output_tokens: content::output_tokens(self.chunks),
+            ..ReportedUsage::default()
         };
         let response_id = content::object_id("resp");
         let item_id = content::object_id("item");
@@ -227,7 +225,11 @@ impl RealtimeSession {
                 "role": "assistant", "status": "completed",
                 "content": [{"type": "text", "text": text}]}],
             "usage": {"total_tokens": usage.input_tokens + usage.output_tokens,
-                "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}}}))
+                "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+                "input_token_details": {"cached_tokens": 0, "text_tokens": usage.input_tokens,
+                    "audio_tokens": 0, "image_tokens": 0,
+                    "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0}},
+                "output_token_details": {"text_tokens": usage.output_tokens, "audio_tokens": 0}}}}))
             .await
     }
 }

@@ -148,3 +148,43 @@ async fn models_list_in_anthropic_format_when_asked_by_an_anthropic_client() {
     assert_eq!(json["data"][0]["type"], "model");
     assert_eq!(json["first_id"], json["data"][0]["id"]);
 }
+
+#[tokio::test]
+async fn a_cache_control_block_gets_cache_reads_and_writes_in_the_real_shape() {
+    let mock = start().await;
+    let body = json!({
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 64,
+        "system": [{"type": "text", "text": "You are terse.",
+            "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+        "messages": [{"role": "user", "content": "Say hello"}],
+        "stream": true,
+    });
+    let answer = send(
+        &mock,
+        with_header(anthropic_request(&body), "x-mock-chunks", "3"),
+    )
+    .await;
+    let payloads = answer.event_json();
+    let total = (body.to_string().len() / 4) as u64;
+    let (read, write) = (total / 2, total / 4);
+    let start = &payloads[0]["message"]["usage"];
+    // Anthropic's input_tokens leave the cache out.
+    assert_eq!(start["input_tokens"], total - read - write);
+    assert_eq!(start["cache_read_input_tokens"], read);
+    assert_eq!(start["cache_creation_input_tokens"], write);
+    assert_eq!(
+        start["cache_creation"],
+        json!({"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": write})
+    );
+    // message_delta repeats the final cache figures with the output.
+    let delta = &payloads[7]["usage"];
+    assert_eq!(delta["cache_read_input_tokens"], read);
+    assert_eq!(delta["output_tokens"], 3);
+
+    let usage = mock.provider.records().pop().unwrap().usage.unwrap();
+    assert_eq!((usage.input_tokens, usage.output_tokens), (total, 3));
+    assert_eq!(usage.classes.cache_read_input, read);
+    assert_eq!(usage.classes.cache_write_1h_input, write);
+    assert_eq!(usage.classes.cache_write_5m_input, 0);
+}

@@ -355,3 +355,47 @@ async fn azure_deployment_paths_use_the_deployment_as_model() {
         "/openai/deployments/my-gpt/chat/completions?api-version=2024-10-21"
     );
 }
+
+#[tokio::test]
+async fn reasoning_effort_and_a_prompt_cache_key_get_their_classes() {
+    let mock = start().await;
+    let body = json!({
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Say hello"}],
+        "reasoning_effort": "low",
+        "prompt_cache_key": "greeting",
+    });
+    let json = send(&mock, post("/v1/chat/completions", &body))
+        .await
+        .json();
+    let prompt = (body.to_string().len() / 4) as u64;
+    let usage = &json["usage"];
+    assert_eq!(usage["prompt_tokens"], prompt);
+    assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], prompt / 2);
+    // Eight visible tokens and as many hidden reasoning ones.
+    assert_eq!(usage["completion_tokens"], 16);
+    assert_eq!(usage["completion_tokens_details"]["reasoning_tokens"], 8);
+    let recorded = mock.provider.records().pop().unwrap().usage.unwrap();
+    assert_eq!(
+        (recorded.input_tokens, recorded.output_tokens),
+        (prompt, 16)
+    );
+    assert_eq!(recorded.classes.cache_read_input, prompt / 2);
+    assert_eq!(recorded.classes.reasoning_output, 8);
+
+    // The Responses API, asked through the control header.
+    let body = json!({"model": "gpt-4o-mini", "input": "Say hello"});
+    let request =
+        crate::support::with_header(post("/v1/responses", &body), "x-mock-usage-classes", "1");
+    let json = send(&mock, request).await.json();
+    let prompt = (body.to_string().len() / 4) as u64;
+    assert_eq!(
+        json["usage"]["input_tokens_details"]["cached_tokens"],
+        prompt / 2
+    );
+    assert_eq!(
+        json["usage"]["output_tokens_details"]["reasoning_tokens"],
+        8
+    );
+    assert_eq!(json["usage"]["output_tokens"], 16);
+}
