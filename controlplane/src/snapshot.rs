@@ -20,8 +20,8 @@ use crate::store::{store_trait, SnapshotSource, StoreError, UserLimits};
 use bytes::Bytes;
 use molt_config::limits::{RawLimitSet, RawUserLimits};
 use molt_config::wire::{
-    RawAuth, RawBot, RawDataplaneConfig, RawJwt, RawKey, RawLimits, RawModel, RawProvider,
-    RawSnapshot, CONFIG_VERSION,
+    RawAuth, RawBot, RawDataplaneConfig, RawJwt, RawKey, RawLimits, RawModel, RawModelPrice,
+    RawProvider, RawSnapshot, CONFIG_VERSION,
 };
 use molt_config::{ConfigErrors, Secret};
 use std::collections::HashMap;
@@ -200,10 +200,15 @@ impl Publisher {
             keys,
             providers,
             models,
+            prices,
             mut limits,
             plans,
             user_limits,
         } = source;
+        let prices: HashMap<String, RawModelPrice> = prices
+            .into_iter()
+            .map(|v| (v.model, v.price.to_wire()))
+            .collect();
         // Redis is each data plane's own; a snapshot never carries it.
         limits.redis = None;
         apply_user_limits(&mut limits, &plans, &user_limits);
@@ -238,12 +243,12 @@ impl Publisher {
             models: models
                 .into_iter()
                 .map(|m| RawModel {
+                    price: prices.get(&m.name).cloned(),
                     name: m.name,
                     provider: m.provider,
                     upstream_name: m.upstream_name,
                     aliases: m.aliases,
                     fallbacks: m.fallbacks,
-                    price: None,
                 })
                 .collect(),
             limits,

@@ -12,6 +12,7 @@ pub mod billing;
 mod bots;
 pub mod error;
 mod internal;
+mod money;
 mod openapi;
 mod v1;
 
@@ -101,6 +102,7 @@ fn bearer(parts: &Parts) -> Option<&str> {
 /// The whole application.
 pub fn router(state: AppState) -> Router {
     let api = v1::routes()
+        .merge(money::routes())
         .merge(bots::routes())
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes));
     let internal = Router::new()

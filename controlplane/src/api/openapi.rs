@@ -3,12 +3,14 @@
 //! edited by hand; served at `/api/v1/openapi.json`.
 
 use super::error::{ErrorBody, ErrorDetail};
-use super::{billing, bots, v1};
+use super::{billing, bots, money, v1};
 use crate::billing::{CustomerReconciliation, Difference, FlushOutcome, Reconciliation, Totals};
 use crate::domain::{
-    AdminToken, ApiKey, AuditEntry, Bot, BotStatus, Desired, LimitOverrides, Model, Plan, Provider,
-    ProviderKind, Role, UsageRow, User, UserStatus,
+    AdminToken, ApiKey, AuditEntry, Bot, BotStatus, BudgetEvent, Desired, LimitOverrides, Model,
+    Plan, PriceVersion, PricedModel, Provider, ProviderKind, Role, User, UserStatus,
 };
+use crate::service::budget::UserBudget;
+use crate::service::prices::SetPrice;
 use crate::service::auth::{CreateAdminToken, CreatedAdminToken, MintToken, MintedToken};
 use crate::service::bots::CreateBot;
 use crate::service::keys::{CreateKey, CreatedKey};
@@ -16,7 +18,7 @@ use crate::service::limits::LimitsDocument;
 use crate::service::models::{CreateModel, UpdateModel};
 use crate::service::plans::{CreatePlan, UpdatePlan};
 use crate::service::providers::{CreateProvider, UpdateProvider};
-use crate::service::usage::{UsageReport, UsageTotals};
+use crate::service::usage::{ModelUsage, UsageReport, UsageRow, UsageTotals};
 use crate::service::users::{CreateUser, UpdateUser};
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -31,6 +33,7 @@ use utoipa::{Modify, OpenApi};
         v1::list_keys, v1::create_key, v1::get_key, v1::revoke_key,
         v1::list_providers, v1::create_provider, v1::get_provider, v1::update_provider,
         v1::list_models, v1::create_model, v1::get_model, v1::update_model, v1::delete_model,
+        money::set_price, money::price_history, money::user_budget,
         v1::list_plans, v1::create_plan, v1::get_plan, v1::update_plan, v1::delete_plan,
         v1::get_limits, v1::set_limits,
         v1::usage, v1::audit,
@@ -42,7 +45,10 @@ use utoipa::{Modify, OpenApi};
     components(schemas(
         ErrorBody, ErrorDetail, User, UserStatus, LimitOverrides, CreateUser, UpdateUser,
         ApiKey, CreateKey, CreatedKey, Provider, ProviderKind, CreateProvider, UpdateProvider,
-        Model, CreateModel, UpdateModel, Plan, CreatePlan, UpdatePlan, LimitsDocument, UsageRow, UsageReport, UsageTotals, AuditEntry,
+        Model, PricedModel, PriceVersion, SetPrice, molt_config::wire::RawModelPrice,
+        CreateModel, UpdateModel, Plan, CreatePlan, UpdatePlan,
+        LimitsDocument, UsageRow, ModelUsage, UsageReport, UsageTotals, UserBudget, BudgetEvent,
+        AuditEntry,
         AdminToken, Role, CreateAdminToken, CreatedAdminToken, MintToken, MintedToken,
         Bot, BotStatus, Desired, CreateBot,
         Reconciliation, CustomerReconciliation, Difference, Totals, FlushOutcome,

@@ -1,5 +1,6 @@
 //! The control plane's business logic: every rule about users, plans, keys,
-//! providers, models, usage, audit and operator auth lives here, between
+//! providers, models and their prices, usage and its cost, dollar budgets,
+//! audit and operator auth lives here, between
 //! the thin HTTP handlers and storage. Each service file declares the slice
 //! of storage it needs ([`users::UserStore`], [`keys::KeyStore`], ...,
 //! [`AuditStore`] here) with `store::store_trait!`, which implements it
@@ -17,10 +18,12 @@
 
 pub mod auth;
 pub mod bots;
+pub mod budget;
 pub mod keys;
 pub mod limits;
 pub mod models;
 pub mod plans;
+pub mod prices;
 pub mod providers;
 pub mod usage;
 pub mod users;
@@ -54,6 +57,8 @@ pub trait ServiceStore:
     + keys::KeyStore
     + providers::ProviderStore
     + models::ModelStore
+    + prices::PriceStore
+    + budget::BudgetStore
     + plans::PlanStore
     + limits::LimitsStore
     + usage::UsageStore

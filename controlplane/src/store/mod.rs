@@ -20,9 +20,11 @@
 //! | `api_keys` | [`keys`] | key service |
 //! | `providers` | [`providers`] | provider service |
 //! | `models` | [`models`] | model service |
+//! | `model_prices` | [`prices`] | model service (insert only: a price change is a new version) |
 //! | `plans` | [`plans`] | plan service |
 //! | `limits_document`, `config_state` | [`config`] | limits service; snapshot publisher (version) |
-//! | `usage_events` | [`usage`] | ingest (insert); billing's claim of rows for a report (`meter_report`) |
+//! | `usage_events` | [`usage`] | ingest (insert, with the cost fixed); billing's claim of rows for a report (`meter_report`) |
+//! | `budget_events` | [`budget`] | usage service (threshold crossings, once each) |
 //! | `audit_log` | [`audit`] | every audited write; audit retention |
 //! | `admin_tokens` | [`admin_tokens`] | operator auth service |
 //! | `bots` | [`bots`] | bot service (wishes); provisioning worker (steps, claims) |
@@ -50,10 +52,12 @@ mod admin_tokens;
 mod audit;
 mod billing;
 mod bots;
+mod budget;
 mod config;
 mod keys;
 mod models;
 mod plans;
+mod prices;
 mod providers;
 mod query;
 mod snapshot;
@@ -63,7 +67,12 @@ mod users;
 pub use billing::HandledEvent;
 pub use bots::{StepUpdate, WishChange};
 pub use snapshot::{SnapshotSource, UserLimits};
-pub use usage::{IngestCounts, OpenWindow, UsageFilter, UsageSums, UserTokens};
+pub use billing::ReportInput;
+pub use budget::BudgetSource;
+pub use usage::{
+    Claimed, EventCost, IngestCounts, Money, OpenWindow, PriceEvent, UsageFilter, UsageSums,
+    UserTokens,
+};
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
