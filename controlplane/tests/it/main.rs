@@ -15,5 +15,6 @@ mod bots;
 mod fleet;
 mod harness;
 mod limits;
+mod money;
 mod plans;
 mod store;

@@ -5,6 +5,7 @@
 use crate::harness::TestDb;
 use molt_config::UsageEvent;
 use molt_controlplane::domain::{new_id, AuditEntry, LimitOverrides, Plan, User, UserStatus};
+use molt_controlplane::service::prices::price_event;
 use molt_controlplane::store::{Range, StoreError, UsageFilter, UserLimits};
 
 crate::on_both_databases!(
@@ -108,12 +109,12 @@ async fn usage_ingest_is_idempotent_and_summed(db: TestDb) {
     let day1 = 1_700_000_000_000;
     let day2 = day1 + 86_400_000;
     let batch = vec![ev("e1", day1, 10), ev("e2", day1, 20), ev("e3", day2, 5)];
-    let first = s.insert_usage(&batch, 0).await.unwrap();
+    let first = s.insert_usage(&batch, 0, price_event).await.unwrap();
     assert_eq!((first.accepted, first.duplicates), (3, 0));
-    let again = s.insert_usage(&batch, 0).await.unwrap();
+    let again = s.insert_usage(&batch, 0, price_event).await.unwrap();
     assert_eq!((again.accepted, again.duplicates), (0, 3));
     let mixed = s
-        .insert_usage(&[ev("e1", day1, 10), ev("e4", day2, 7)], 0)
+        .insert_usage(&[ev("e1", day1, 10), ev("e4", day2, 7)], 0, price_event)
         .await
         .unwrap();
     assert_eq!((mixed.accepted, mixed.duplicates), (1, 1));
@@ -166,6 +167,7 @@ fn plan(name: &str) -> Plan {
             requests_per_minute: Some(2),
             ..Default::default()
         },
+        markup_bp: 0,
         created_at: 1,
         updated_at: 1,
     }
