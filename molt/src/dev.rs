@@ -465,18 +465,38 @@ async fn seed(
     }
     // Published prices, USD per million tokens of each class.
     let models = [
-        ("gpt-4o-mini", "openai", vec!["mini"],
-            serde_json::json!({"input": "0.15", "cache_read_input": "0.075", "output": "0.60"})),
-        ("gpt-4o", "openai", vec![],
-            serde_json::json!({"input": "2.50", "cache_read_input": "1.25", "output": "10.00"})),
-        ("text-embedding-3-small", "openai", vec![],
-            serde_json::json!({"input": "0.02", "output": "0"})),
-        ("claude-sonnet-4-5", "anthropic", vec!["sonnet"],
+        (
+            "gpt-4o-mini",
+            "openai",
+            vec!["mini"],
+            serde_json::json!({"input": "0.15", "cache_read_input": "0.075", "output": "0.60"}),
+        ),
+        (
+            "gpt-4o",
+            "openai",
+            vec![],
+            serde_json::json!({"input": "2.50", "cache_read_input": "1.25", "output": "10.00"}),
+        ),
+        (
+            "text-embedding-3-small",
+            "openai",
+            vec![],
+            serde_json::json!({"input": "0.02", "output": "0"}),
+        ),
+        (
+            "claude-sonnet-4-5",
+            "anthropic",
+            vec!["sonnet"],
             serde_json::json!({"input": "3", "cache_read_input": "0.30",
-                "cache_write_5m_input": "3.75", "cache_write_1h_input": "6", "output": "15"})),
-        ("claude-haiku-4-5", "anthropic", vec![],
+                "cache_write_5m_input": "3.75", "cache_write_1h_input": "6", "output": "15"}),
+        ),
+        (
+            "claude-haiku-4-5",
+            "anthropic",
+            vec![],
             serde_json::json!({"input": "1", "cache_read_input": "0.10",
-                "cache_write_5m_input": "1.25", "cache_write_1h_input": "2", "output": "5"})),
+                "cache_write_5m_input": "1.25", "cache_write_1h_input": "2", "output": "5"}),
+        ),
     ];
     for (name, provider, aliases, price) in models {
         let create = serde_json::json!({"name": name, "provider": provider, "aliases": aliases,

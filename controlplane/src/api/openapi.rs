@@ -9,14 +9,14 @@ use crate::domain::{
     AdminToken, ApiKey, AuditEntry, Bot, BotStatus, BudgetEvent, Desired, LimitOverrides, Model,
     Plan, PriceVersion, PricedModel, Provider, ProviderKind, Role, User, UserStatus,
 };
-use crate::service::budget::UserBudget;
-use crate::service::prices::SetPrice;
 use crate::service::auth::{CreateAdminToken, CreatedAdminToken, MintToken, MintedToken};
 use crate::service::bots::CreateBot;
+use crate::service::budget::UserBudget;
 use crate::service::keys::{CreateKey, CreatedKey};
 use crate::service::limits::LimitsDocument;
 use crate::service::models::{CreateModel, UpdateModel};
 use crate::service::plans::{CreatePlan, UpdatePlan};
+use crate::service::prices::SetPrice;
 use crate::service::providers::{CreateProvider, UpdateProvider};
 use crate::service::usage::{ModelUsage, UsageReport, UsageRow, UsageTotals};
 use crate::service::users::{CreateUser, UpdateUser};

@@ -353,7 +353,9 @@ impl Flusher {
                         .await?;
                     self.metrics.events.with_label_values(&["sent"]).inc();
                     match self.settings.meter {
-                        Meter::Tokens => self.metrics.tokens_reported.inc_by(r.value.unsigned_abs()),
+                        Meter::Tokens => {
+                            self.metrics.tokens_reported.inc_by(r.value.unsigned_abs())
+                        }
                         Meter::Cost { unit } => self
                             .metrics
                             .pico_reported
@@ -405,7 +407,13 @@ impl Flusher {
     /// The report for window `w` with sequence number `seq`, made from
     /// what its transaction claimed (and, for a cost meter, the previous
     /// report's remainder).
-    fn report_for(&self, w: &OpenWindow, seq: i64, input: &ReportInput, now: Millis) -> MeterReport {
+    fn report_for(
+        &self,
+        w: &OpenWindow,
+        seq: i64,
+        input: &ReportInput,
+        now: Millis,
+    ) -> MeterReport {
         let window_ms = self.window_ms();
         let meter = &self.settings.event_name;
         let window_end = w.window_start + window_ms;

@@ -31,10 +31,10 @@ use metrics::BillingMetrics;
 use molt_config::money::{usd_text, Picodollars};
 use molt_config::Secret;
 use serde::{Deserialize, Serialize};
-use store::UserTokens;
 use std::sync::Arc;
 use std::time::Duration;
 use store::BillingStore;
+use store::UserTokens;
 use tokio::task::JoinHandle;
 use utoipa::{IntoParams, ToSchema};
 
@@ -289,9 +289,21 @@ fn customer_reconciliation(u: UserTokens, unit: Option<Picodollars>) -> Customer
     let mut reasons = Vec::new();
     let no_customer = u.stripe_customer_id.is_none();
     for (tokens, pico, reason) in [
-        (u.pending, m.pending, "pending: reported, awaiting Stripe's confirmation"),
-        (u.unbillable, m.unbillable, "unbillable: older than Stripe's 35-day window"),
-        (u.failed, m.failed, "failed: refused by Stripe (see meter_reports.last_error)"),
+        (
+            u.pending,
+            m.pending,
+            "pending: reported, awaiting Stripe's confirmation",
+        ),
+        (
+            u.unbillable,
+            m.unbillable,
+            "unbillable: older than Stripe's 35-day window",
+        ),
+        (
+            u.failed,
+            m.failed,
+            "failed: refused by Stripe (see meter_reports.last_error)",
+        ),
         (
             u.unreported,
             m.unreported,

@@ -476,11 +476,20 @@ mod tests {
             }
         );
         let f = resolve("meter = \"tokens\"").unwrap();
-        assert_eq!((f.meter, f.event_name.as_str()), (Meter::Tokens, "ai_tokens"));
+        assert_eq!(
+            (f.meter, f.event_name.as_str()),
+            (Meter::Tokens, "ai_tokens")
+        );
         for (bad, message) in [
             ("meter_unit = \"0\"", "billing.meter_unit: must be above 0"),
-            ("meter_unit = \"0.1.2\"", "billing.meter_unit: must be a decimal"),
-            ("meter = \"tokens\"\nmeter_unit = \"1\"", "billing.meter_unit: only for"),
+            (
+                "meter_unit = \"0.1.2\"",
+                "billing.meter_unit: must be a decimal",
+            ),
+            (
+                "meter = \"tokens\"\nmeter_unit = \"1\"",
+                "billing.meter_unit: only for",
+            ),
         ] {
             let err = resolve(bad).unwrap_err().to_string();
             assert!(err.contains(message), "{bad}: {err}");

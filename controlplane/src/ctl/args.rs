@@ -234,7 +234,7 @@ pub enum ModelsCmd {
         /// The first price (both --input-price and --output-price, or none:
         /// the model is then unpriced).
         #[command(flatten)]
-        price: PriceArgs,
+        price: Box<PriceArgs>,
     },
     /// Set a model's price: a new version in force from now (or
     /// --effective-from); stored costs never change.
@@ -242,7 +242,7 @@ pub enum ModelsCmd {
         /// Model name or id.
         model: String,
         #[command(flatten)]
-        price: PriceArgs,
+        price: Box<PriceArgs>,
         /// Unix ms from which the new price applies (not in the past).
         #[arg(long)]
         effective_from: Option<i64>,

@@ -52,9 +52,15 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
     let (value, columns): (Value, &[&str]) = match args.command {
         CtlCommand::Users { command } => match command {
             UsersCmd::Budget { id, month } => {
-                let query = month.map(|m| format!("?month={}", encode(&m))).unwrap_or_default();
+                let query = month
+                    .map(|m| format!("?month={}", encode(&m)))
+                    .unwrap_or_default();
                 let v = api
-                    .call(Method::GET, &format!("/api/v1/users/{}/budget{query}", encode(&id)), None)
+                    .call(
+                        Method::GET,
+                        &format!("/api/v1/users/{}/budget{query}", encode(&id)),
+                        None,
+                    )
                     .await?;
                 let crossed: Vec<String> = v["thresholds_crossed"]
                     .as_array()
@@ -66,10 +72,22 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 if !args.json {
                     row["thresholds_crossed"] = json!(crossed.join(" "));
                 }
-                (row, &["user_id", "month", "budget_usd", "spent_usd", "percent_used", "thresholds_crossed", "unpriced_events"])
+                (
+                    row,
+                    &[
+                        "user_id",
+                        "month",
+                        "budget_usd",
+                        "spent_usd",
+                        "percent_used",
+                        "thresholds_crossed",
+                        "unpriced_events",
+                    ],
+                )
             }
             UsersCmd::List(p) => (
-                api.call(Method::GET, &format!("/api/v1/users{}", p.query()), None).await?,
+                api.call(Method::GET, &format!("/api/v1/users{}", p.query()), None)
+                    .await?,
                 &["id", "email", "status", "plan", "stripe_customer_id"],
             ),
             UsersCmd::Create {
@@ -91,7 +109,15 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 let path = page.path_for_user("/api/v1/keys", user_id.as_deref());
                 (
                     api.call(Method::GET, &path, None).await?,
-                    &["id", "user_id", "name", "prefix", "models", "expires_at", "revoked_at"],
+                    &[
+                        "id",
+                        "user_id",
+                        "name",
+                        "prefix",
+                        "models",
+                        "expires_at",
+                        "revoked_at",
+                    ],
                 )
             }
             KeysCmd::Create {
@@ -111,14 +137,20 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 (v, &["secret"])
             }
             KeysCmd::Revoke { id } => (
-                api.call(Method::POST, &format!("/api/v1/keys/{}/revoke", encode(&id)), None)
-                    .await?,
+                api.call(
+                    Method::POST,
+                    &format!("/api/v1/keys/{}/revoke", encode(&id)),
+                    None,
+                )
+                .await?,
                 &["id", "revoked_at"],
             ),
         },
         CtlCommand::Models { command } => match command {
             ModelsCmd::List(p) => {
-                let mut v = api.call(Method::GET, &format!("/api/v1/models{}", p.query()), None).await?;
+                let mut v = api
+                    .call(Method::GET, &format!("/api/v1/models{}", p.query()), None)
+                    .await?;
                 if !args.json {
                     // The price in force, as columns of the table.
                     for m in v["items"].as_array_mut().into_iter().flatten() {
@@ -126,7 +158,18 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                         m["output_price"] = m["price"]["price"]["output"].clone();
                     }
                 }
-                (v, &["name", "provider", "upstream_name", "aliases", "fallbacks", "input_price", "output_price"])
+                (
+                    v,
+                    &[
+                        "name",
+                        "provider",
+                        "upstream_name",
+                        "aliases",
+                        "fallbacks",
+                        "input_price",
+                        "output_price",
+                    ],
+                )
             }
             ModelsCmd::Create {
                 name,
@@ -139,13 +182,19 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 api.call(
                     Method::POST,
                     "/api/v1/models",
-                    Some(json!({"name": name, "provider": provider, "upstream_name": upstream_name,
-                        "aliases": aliases, "fallbacks": fallbacks, "price": price.to_json()})),
+                    Some(
+                        json!({"name": name, "provider": provider, "upstream_name": upstream_name,
+                        "aliases": aliases, "fallbacks": fallbacks, "price": price.to_json()}),
+                    ),
                 )
                 .await?,
                 &["id", "name", "provider"],
             ),
-            ModelsCmd::Price { model, price, effective_from } => {
+            ModelsCmd::Price {
+                model,
+                price,
+                effective_from,
+            } => {
                 let price = price.to_json().ok_or_else(|| {
                     CtlError::Input("--input-price and --output-price are required".into())
                 })?;
@@ -160,28 +209,38 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
             }
             ModelsCmd::Prices { model } => {
                 let v = api
-                    .call(Method::GET, &format!("/api/v1/models/{}/prices", encode(&model)), None)
+                    .call(
+                        Method::GET,
+                        &format!("/api/v1/models/{}/prices", encode(&model)),
+                        None,
+                    )
                     .await?;
                 let v = if args.json { v } else { json!({"items": v}) };
                 (v, &["id", "effective_from", "price", "created_by"])
             }
         },
-        CtlCommand::Providers { command } => match command {
-            ProvidersCmd::List(p) => (
-                api.call(Method::GET, &format!("/api/v1/providers{}", p.query()), None).await?,
-                &["id", "name", "kind", "base_url", "key_count"],
-            ),
-            ProvidersCmd::Create {
-                name,
-                kind,
-                base_url,
-                key_env,
-            } => {
-                let keys = key_env
-                    .iter()
-                    .map(|var| std::env::var(var).map_err(|_| CtlError::Env(var.clone())))
-                    .collect::<Result<Vec<_>, _>>()?;
-                (
+        CtlCommand::Providers { command } => {
+            match command {
+                ProvidersCmd::List(p) => (
+                    api.call(
+                        Method::GET,
+                        &format!("/api/v1/providers{}", p.query()),
+                        None,
+                    )
+                    .await?,
+                    &["id", "name", "kind", "base_url", "key_count"],
+                ),
+                ProvidersCmd::Create {
+                    name,
+                    kind,
+                    base_url,
+                    key_env,
+                } => {
+                    let keys = key_env
+                        .iter()
+                        .map(|var| std::env::var(var).map_err(|_| CtlError::Env(var.clone())))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    (
                     api.call(
                         Method::POST,
                         "/api/v1/providers",
@@ -190,8 +249,9 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                     .await?,
                     &["id", "name", "kind", "base_url", "key_count"],
                 )
+                }
             }
-        },
+        }
         CtlCommand::Bots { command } => {
             const COLUMNS: &[&str] = &["id", "user_id", "status", "desired", "machine_id", "error"];
             let bot = |id: &str, action: &str| format!("/api/v1/bots/{}{action}", encode(id));
@@ -220,7 +280,8 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
             const COLUMNS: &[&str] = &["id", "name", "limits", "description"];
             match command {
                 PlansCmd::List(p) => (
-                    api.call(Method::GET, &format!("/api/v1/plans{}", p.query()), None).await?,
+                    api.call(Method::GET, &format!("/api/v1/plans{}", p.query()), None)
+                        .await?,
                     COLUMNS,
                 ),
                 PlansCmd::Create {
@@ -229,10 +290,14 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                     limits,
                 } => {
                     let body = json!({"name": name, "description": description, "limits": limit_set(&limits)?});
-                    (api.call(Method::POST, "/api/v1/plans", Some(body)).await?, COLUMNS)
+                    (
+                        api.call(Method::POST, "/api/v1/plans", Some(body)).await?,
+                        COLUMNS,
+                    )
                 }
                 PlansCmd::Get { id } => (
-                    api.call(Method::GET, &format!("/api/v1/plans/{}", encode(&id)), None).await?,
+                    api.call(Method::GET, &format!("/api/v1/plans/{}", encode(&id)), None)
+                        .await?,
                     COLUMNS,
                 ),
                 PlansCmd::Update {
@@ -249,11 +314,19 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                         body.insert("limits".into(), limit_set(&limits)?);
                     }
                     let path = format!("/api/v1/plans/{}", encode(&id));
-                    (api.call(Method::PATCH, &path, Some(Value::Object(body))).await?, COLUMNS)
+                    (
+                        api.call(Method::PATCH, &path, Some(Value::Object(body)))
+                            .await?,
+                        COLUMNS,
+                    )
                 }
                 PlansCmd::Delete { id } => {
-                    api.call(Method::DELETE, &format!("/api/v1/plans/{}", encode(&id)), None)
-                        .await?;
+                    api.call(
+                        Method::DELETE,
+                        &format!("/api/v1/plans/{}", encode(&id)),
+                        None,
+                    )
+                    .await?;
                     if !args.json {
                         writeln!(out, "deleted plan {id}")?;
                     }
@@ -267,12 +340,21 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
             from,
             to,
         } => {
-            let params: Vec<String> = [("user_id", user_id), ("model", model), ("from", from), ("to", to)]
-                .into_iter()
-                .filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(&v))))
-                .collect();
+            let params: Vec<String> = [
+                ("user_id", user_id),
+                ("model", model),
+                ("from", from),
+                ("to", to),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(&v))))
+            .collect();
             let v = api
-                .call(Method::GET, &format!("/api/v1/usage?{}", params.join("&")), None)
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/usage?{}", params.join("&")),
+                    None,
+                )
                 .await?;
             if !args.json {
                 write_usage(out, &v)?;
@@ -294,11 +376,16 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 }
             };
             // A nested document: always shown as JSON.
-            writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap_or_default())?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&v).unwrap_or_default()
+            )?;
             return Ok(());
         }
         CtlCommand::Audit { limit } => (
-            api.call(Method::GET, &format!("/api/v1/audit?limit={limit}"), None).await?,
+            api.call(Method::GET, &format!("/api/v1/audit?limit={limit}"), None)
+                .await?,
             &["at", "actor", "action", "target", "diff"],
         ),
     };
@@ -362,17 +449,38 @@ fn limit_set(args: &[String]) -> Result<Value, CtlError> {
 /// by token class, then the totals.
 fn write_usage(out: &mut dyn Write, v: &Value) -> Result<(), CtlError> {
     let rows = v["rows"].as_array().cloned().unwrap_or_default();
-    let cols = ["day", "user_id", "model", "requests", "input_tokens", "output_tokens", "cost_usd", "billed_usd", "unpriced_events"];
+    let cols = [
+        "day",
+        "user_id",
+        "model",
+        "requests",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "billed_usd",
+        "unpriced_events",
+    ];
     write_table(out, &rows, &cols)?;
     writeln!(out)?;
-    let classes = ["input", "cache_read_input", "cache_write_5m_input", "cache_write_1h_input", "audio_input", "output", "reasoning_output", "audio_output"];
+    let classes = [
+        "input",
+        "cache_read_input",
+        "cache_write_5m_input",
+        "cache_write_1h_input",
+        "audio_input",
+        "output",
+        "reasoning_output",
+        "audio_output",
+    ];
     let mut by_class = Vec::new();
     for m in v["models"].as_array().into_iter().flatten() {
         for class in classes {
             let tokens = &m["tokens_by_class"][class];
             if tokens.as_i64().unwrap_or(0) != 0 {
-                by_class.push(json!({"model": m["model"], "class": class, "tokens": tokens,
-                    "cost_usd": m["cost_by_class"][class]}));
+                by_class.push(
+                    json!({"model": m["model"], "class": class, "tokens": tokens,
+                    "cost_usd": m["cost_by_class"][class]}),
+                );
             }
         }
     }
@@ -382,8 +490,12 @@ fn write_usage(out: &mut dyn Write, v: &Value) -> Result<(), CtlError> {
     writeln!(
         out,
         "total: {} requests, {} input, {} output tokens, cost ${}, billed ${}, {} unpriced events",
-        t["requests"], t["input_tokens"], t["output_tokens"], dollars(&t["cost_usd"]),
-        dollars(&t["billed_usd"]), t["unpriced_events"]
+        t["requests"],
+        t["input_tokens"],
+        t["output_tokens"],
+        dollars(&t["cost_usd"]),
+        dollars(&t["billed_usd"]),
+        t["unpriced_events"]
     )?;
     Ok(())
 }

@@ -18,8 +18,8 @@ pub mod money;
 
 pub use billing::{MeterReport, ReportStatus};
 pub use bots::{Bot, BotRecord, BotStatus, Desired};
-pub use money::{BudgetEvent, PriceVersion};
 pub use molt_config::ProviderKind;
+pub use money::{BudgetEvent, PriceVersion};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

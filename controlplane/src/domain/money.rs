@@ -80,7 +80,11 @@ mod tests {
 
     #[test]
     fn the_version_in_force_is_the_latest_started_one() {
-        let v = [version("prc_a", 0), version("prc_c", 100), version("prc_b", 100)];
+        let v = [
+            version("prc_a", 0),
+            version("prc_c", 100),
+            version("prc_b", 100),
+        ];
         assert_eq!(in_force(&v, 99).map(|v| v.id.as_str()), Some("prc_a"));
         assert_eq!(in_force(&v, 100).map(|v| v.id.as_str()), Some("prc_c"));
         assert_eq!(in_force(&v[1..], 99), None);

@@ -117,7 +117,10 @@ impl Service {
             };
             let (spent, _) = self.store.user_spend(user, &from, &to).await?;
             let spent = pico(spent);
-            for pct in BUDGET_THRESHOLDS.into_iter().filter(|p| reached(spent, budget, *p)) {
+            for pct in BUDGET_THRESHOLDS
+                .into_iter()
+                .filter(|p| reached(spent, budget, *p))
+            {
                 let event = BudgetEvent {
                     id: new_id("bev"),
                     user_id: user.clone(),

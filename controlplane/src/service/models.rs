@@ -123,7 +123,9 @@ impl Service {
     ) -> Result<Page<PricedModel>, ServiceError> {
         let mut items = self.store.list_models(&range(page)?).await?;
         // One more than the page says whether there is a next page.
-        let extra = (items.len() > page.limit as usize).then(|| items.pop()).flatten();
+        let extra = (items.len() > page.limit as usize)
+            .then(|| items.pop())
+            .flatten();
         let mut items = self.priced(items).await?;
         if let Some(model) = extra {
             items.push(PricedModel { model, price: None });

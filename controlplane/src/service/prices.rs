@@ -167,7 +167,10 @@ impl Service {
     }
 
     /// `models` with the price version in force now of each.
-    pub(super) async fn priced(&self, models: Vec<Model>) -> Result<Vec<PricedModel>, ServiceError> {
+    pub(super) async fn priced(
+        &self,
+        models: Vec<Model>,
+    ) -> Result<Vec<PricedModel>, ServiceError> {
         let mut prices: HashMap<String, PriceVersion> = self
             .store
             .prices_in_force(now_ms())
@@ -192,7 +195,10 @@ mod tests {
     #[test]
     fn markup_rounds_half_up_to_the_picodollar() {
         assert_eq!(with_markup(Picodollars(1000), 0), Some(Picodollars(1000)));
-        assert_eq!(with_markup(Picodollars(1000), 1250), Some(Picodollars(1125)));
+        assert_eq!(
+            with_markup(Picodollars(1000), 1250),
+            Some(Picodollars(1125))
+        );
         // 3 × 5% = 0.15 → 0; 10 × 5% = 0.5 → 1.
         assert_eq!(with_markup(Picodollars(3), 500), Some(Picodollars(3)));
         assert_eq!(with_markup(Picodollars(10), 500), Some(Picodollars(11)));

@@ -65,10 +65,10 @@ mod usage;
 mod users;
 
 pub use billing::HandledEvent;
-pub use bots::{StepUpdate, WishChange};
-pub use snapshot::{SnapshotSource, UserLimits};
 pub use billing::ReportInput;
+pub use bots::{StepUpdate, WishChange};
 pub use budget::BudgetSource;
+pub use snapshot::{SnapshotSource, UserLimits};
 pub use usage::{
     Claimed, EventCost, IngestCounts, Money, OpenWindow, PriceEvent, UsageFilter, UsageSums,
     UserTokens,

@@ -184,6 +184,10 @@ pub(super) async fn claim(
     }))
 }
 
+/// (user, customer, report status, tokens, billed picodollars, unpriced
+/// rows) of one reconciliation group.
+type StatusSums = (String, Option<String>, Option<String>, i64, i64, i64);
+
 /// The markup of `user_id`'s plan (0 without a plan, or for an unknown
 /// user).
 async fn markup_of(conn: &mut AnyConnection, user_id: &str) -> Result<i64, StoreError> {
@@ -234,15 +238,19 @@ impl SqlStore {
         let mut spenders = BTreeSet::new();
         for e in events {
             if !versions.contains_key(e.model.as_str()) {
-                let v = prices::versions(&mut *tx, &e.model).await?;
+                let v = prices::versions(&mut tx, &e.model).await?;
                 versions.insert(&e.model, v);
             }
             if !markups.contains_key(e.user_id.as_str()) {
-                let m = markup_of(&mut *tx, &e.user_id).await?;
+                let m = markup_of(&mut tx, &e.user_id).await?;
                 markups.insert(&e.user_id, m);
             }
             let markup = markups.get(e.user_id.as_str()).copied().unwrap_or(0);
-            let cost = price(e, versions.get(e.model.as_str()).map_or(&[], Vec::as_slice), markup);
+            let cost = price(
+                e,
+                versions.get(e.model.as_str()).map_or(&[], Vec::as_slice),
+                markup,
+            );
             let c = &e.classes;
             let day = utc_day(e.timestamp_ms);
             let mut query = sqlx::query(SQL)
@@ -304,7 +312,7 @@ impl SqlStore {
     pub async fn usage_by_day(&self, f: &UsageFilter) -> Result<Vec<UsageSums>, StoreError> {
         // Plain input and output are what the classes leave of the totals
         // (never negative), as `ClassTokens::split` counts them.
-        const SQL: &str = concat!(
+        const SQL: &str =
             "SELECT user_id, model, day, CAST(COUNT(*) AS BIGINT), \
              CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), \
              CAST(SUM(CASE WHEN input_tokens > cache_read_input + cache_write_5m_input \
@@ -330,7 +338,7 @@ impl SqlStore {
              WHERE ($1 = '' OR user_id = $1) AND ($2 = '' OR model = $2) \
              AND ($3 = '' OR day >= $3) AND ($4 = '' OR day <= $4) \
              GROUP BY user_id, model, day ORDER BY day, user_id, model"
-        );
+        ;
         let rows = sqlx::query(SQL)
             .bind(f.user_id.as_deref().unwrap_or(""))
             .bind(f.model.as_deref().unwrap_or(""))
@@ -426,7 +434,7 @@ impl SqlStore {
         to: Millis,
         event_name: &str,
     ) -> Result<Vec<UserTokens>, StoreError> {
-        let rows: Vec<(String, Option<String>, Option<String>, i64, i64, i64)> = sqlx::query_as(
+        let rows: Vec<StatusSums> = sqlx::query_as(
             "SELECT e.user_id, u.stripe_customer_id, r.status, \
                     CAST(SUM(e.input_tokens + e.output_tokens) AS BIGINT), \
                     CAST(COALESCE(SUM(e.billed_pico), 0) AS BIGINT), \

@@ -9,10 +9,10 @@
 use crate::harness::{settings, Cp, Resp, Seed, TestDb};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use molt_config::money::Picodollars;
 use molt_controlplane::billing::meter::identifier;
 use molt_controlplane::billing::stripe_sink::StripeMeterSink;
 use molt_controlplane::billing::{Billing, BillingSettings, Meter};
-use molt_config::money::Picodollars;
 use molt_controlplane::App;
 use molt_fakes::fake_stripe::{
     sign_webhook, unix_now, FakeStripe, FakeStripeOptions, Fault, MeterEvent as StoredEvent,
@@ -239,7 +239,10 @@ async fn assert_billed_exactly(e: &Env, cost_pico: i64, windows: usize) {
         assert!(reasons.is_empty(), "{rec}");
     } else {
         assert_eq!(reasons.len(), 1, "{rec}");
-        assert!(reasons[0]["reason"].as_str().unwrap().starts_with("remainder"));
+        assert!(reasons[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("remainder"));
         assert_eq!(usd(&reasons[0]["amount_usd"]), remainder, "{rec}");
     }
     assert_eq!(rec["meter_unit_usd"], "0.00001", "{rec}");

@@ -52,7 +52,11 @@ async fn a_price_change_never_alters_stored_costs(db: TestDb) {
     let Seed { user_id, .. } = cp.seed().await;
     let t0 = now_ms() - 60_000;
     // 1M input at $2 + 0.5M output at $10: $7.
-    ingest(&cp, vec![event_at("a", &user_id, t0, (1_000_000, 500_000), json!({}))]).await;
+    ingest(
+        &cp,
+        vec![event_at("a", &user_id, t0, (1_000_000, 500_000), json!({}))],
+    )
+    .await;
     assert_eq!(report(&cp, "").await["totals"]["cost_usd"], "7.00");
 
     // Prices go up; the version in force now is the new one.
@@ -62,7 +66,10 @@ async fn a_price_change_never_alters_stored_costs(db: TestDb) {
     assert!(v2["effective_from"].as_u64().unwrap() >= t0);
     let m = cp.get("/api/v1/models/m1").await.json();
     assert_eq!(m["price"]["id"], v2["id"], "{m}");
-    assert_eq!(m["price"]["price"], json!({"input": "4.00", "output": "20.00"}));
+    assert_eq!(
+        m["price"]["price"],
+        json!({"input": "4.00", "output": "20.00"})
+    );
     // The data planes get the price in force for budgets.
     let snap = cp.config_after(0).await.json();
     assert_eq!(snap["models"][0]["price"]["input"], "4.00", "{snap}");
@@ -96,7 +103,12 @@ async fn a_price_change_never_alters_stored_costs(db: TestDb) {
     )
     .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
-    let r = put_price(&cp, "m1", json!({"price": {"input": "0.0000001", "output": "1"}})).await;
+    let r = put_price(
+        &cp,
+        "m1",
+        json!({"price": {"input": "0.0000001", "output": "1"}}),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(r.json()["error"]["message"]
         .as_str()
@@ -140,7 +152,17 @@ async fn cost_is_fixed_at_ingest_per_class(db: TestDb) {
     // cache writes, 1,000 plain; 2,000 output of which 500 reasoning.
     let classes = json!({"cache_read_input": 6000, "cache_write_5m_input": 2000,
         "cache_write_1h_input": 1000, "reasoning_output": 500});
-    ingest(&cp, vec![event_at("c", &user_id, now_ms() + 5, (10_000, 2_000), classes)]).await;
+    ingest(
+        &cp,
+        vec![event_at(
+            "c",
+            &user_id,
+            now_ms() + 5,
+            (10_000, 2_000),
+            classes,
+        )],
+    )
+    .await;
     let t = &report(&cp, "").await["totals"];
     // 1000×3 + 6000×0.30 + 2000×3.75 + 1000×6 + 1500×15 + 500×15 µ$
     // = 3000 + 1800 + 7500 + 6000 + 22500 + 7500 = 48300 µ$.
@@ -160,7 +182,10 @@ async fn cost_is_fixed_at_ingest_per_class(db: TestDb) {
             "reasoning_output": 500, "audio_output": 0}),
         "{t}"
     );
-    assert_eq!((t["input_tokens"].as_i64(), t["output_tokens"].as_i64()), (Some(10_000), Some(2_000)));
+    assert_eq!(
+        (t["input_tokens"].as_i64(), t["output_tokens"].as_i64()),
+        (Some(10_000), Some(2_000))
+    );
     let models = &report(&cp, "").await["models"];
     assert_eq!(models[0]["model"], "m1");
     assert_eq!(models[0]["cost_usd"], "0.0483");
@@ -187,7 +212,10 @@ async fn unpriced_events_are_flagged_not_costed_at_zero(db: TestDb) {
         .find(|m| m["model"] == "m2")
         .unwrap()
         .clone();
-    assert_eq!((m2["unpriced_events"].as_i64(), m2["cost_usd"].as_str()), (Some(1), Some("0.00")));
+    assert_eq!(
+        (m2["unpriced_events"].as_i64(), m2["cost_usd"].as_str()),
+        (Some(1), Some("0.00"))
+    );
     assert!(metrics(&cp)
         .await
         .contains("molt_cp_usage_unpriced_events_total{model=\"m2\"} 1"));
@@ -197,20 +225,33 @@ async fn a_plans_markup_is_billed_apart_from_the_cost(db: TestDb) {
     let cp = Cp::start(db).await;
     let Seed { user_id, .. } = cp.seed().await;
     let r = cp
-        .post("/api/v1/plans", json!({"name": "resale", "markup_bp": 2500}))
+        .post(
+            "/api/v1/plans",
+            json!({"name": "resale", "markup_bp": 2500}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let r = cp
-        .post("/api/v1/plans", json!({"name": "greedy", "markup_bp": 100_001}))
+        .post(
+            "/api/v1/plans",
+            json!({"name": "greedy", "markup_bp": 100_001}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     let r = cp
-        .admin("PATCH", &format!("/api/v1/users/{user_id}"), Some(json!({"plan": "resale"})))
+        .admin(
+            "PATCH",
+            &format!("/api/v1/users/{user_id}"),
+            Some(json!({"plan": "resale"})),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     ingest(&cp, vec![event("k", &user_id, "m1", 1_000_000, 500_000)]).await;
     let t = &report(&cp, "").await["totals"];
-    assert_eq!((t["cost_usd"].as_str(), t["billed_usd"].as_str()), (Some("7.00"), Some("8.75")));
+    assert_eq!(
+        (t["cost_usd"].as_str(), t["billed_usd"].as_str()),
+        (Some("7.00"), Some("8.75"))
+    );
 }
 
 async fn budget_thresholds_are_recorded_once_per_month(db: TestDb) {
@@ -230,7 +271,10 @@ async fn budget_thresholds_are_recorded_once_per_month(db: TestDb) {
     ingest(&cp, vec![spend(1), spend(2)]).await; // $0.004: 40%
     let path = format!("/api/v1/users/{user_id}/budget");
     let b = cp.get(&path).await.json();
-    assert_eq!((b["budget_usd"].as_str(), b["spent_usd"].as_str()), (Some("0.01"), Some("0.004")));
+    assert_eq!(
+        (b["budget_usd"].as_str(), b["spent_usd"].as_str()),
+        (Some("0.01"), Some("0.004"))
+    );
     assert_eq!(b["thresholds_crossed"], json!([]), "{b}");
     ingest(&cp, vec![spend(3)]).await; // 60%
     ingest(&cp, vec![spend(4), spend(5)]).await; // 100%
@@ -242,23 +286,43 @@ async fn budget_thresholds_are_recorded_once_per_month(db: TestDb) {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["threshold_pct"].as_i64().unwrap(), e["spent_usd"].as_str().unwrap().to_owned()))
+        .map(|e| {
+            (
+                e["threshold_pct"].as_i64().unwrap(),
+                e["spent_usd"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     assert_eq!(
         crossed,
-        [(50, "0.006".to_owned()), (80, "0.01".to_owned()), (100, "0.01".to_owned())],
+        [
+            (50, "0.006".to_owned()),
+            (80, "0.01".to_owned()),
+            (100, "0.01".to_owned())
+        ],
         "{b}"
     );
     let text = metrics(&cp).await;
     for t in ["50", "80", "100"] {
         assert!(
-            text.contains(&format!("molt_cp_budget_thresholds_crossed_total{{threshold=\"{t}\"}} 1")),
+            text.contains(&format!(
+                "molt_cp_budget_thresholds_crossed_total{{threshold=\"{t}\"}} 1"
+            )),
             "{text}"
         );
     }
     // Another month is another period; a bad month is refused.
     let b = cp.get(&format!("{path}?month=2020-01")).await.json();
-    assert_eq!((b["spent_usd"].as_str(), b["thresholds_crossed"].clone()), (Some("0.00"), json!([])));
-    assert_eq!(cp.get(&format!("{path}?month=2020-13")).await.status, StatusCode::BAD_REQUEST);
-    assert_eq!(cp.get("/api/v1/users/usr_nobody/budget").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        (b["spent_usd"].as_str(), b["thresholds_crossed"].clone()),
+        (Some("0.00"), json!([]))
+    );
+    assert_eq!(
+        cp.get(&format!("{path}?month=2020-13")).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        cp.get("/api/v1/users/usr_nobody/budget").await.status,
+        StatusCode::NOT_FOUND
+    );
 }
