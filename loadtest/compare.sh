@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # compare.sh: added latency and throughput of the Molt data plane, side by
-# side with the same mock upstream reached directly and through nginx doing
-# the same key injection, in one run on one machine.
+# side with the same mock upstream reached directly, through nginx doing the
+# same key injection, and through the Pingora floor (loadtest/floor/: a plain
+# Pingora 0.9 proxy doing only the key check and injection, the least a
+# Pingora-based proxy costs), in one run on one machine.
 #
 # What it owns: building `molt` (release), starting the mock provider, a data
-# plane and nginx on 127.0.0.1:17xxx, running the scenarios in
-# loadtest/scenarios/ against all three with targets interleaved in short
+# plane, the floor and nginx on 127.0.0.1:17xxx, running the scenarios in
+# loadtest/scenarios/ against all four with targets interleaved in short
 # rounds (so machine noise hits all alike), reading the data plane's and
-# nginx's RSS and CPU time from /proc, and printing markdown tables.
+# the proxies' RSS and CPU time from /proc, and printing markdown tables.
 # Everything it starts is stopped on exit. See loadtest/README.md.
 #
 # Usage: loadtest/compare.sh            (about 7 minutes after the build: 3
 #   for latency and throughput, 4 for memory per held connection)
 # Knobs (environment): RATE, DURATION, WARMUP, ROUNDS, PROXY_WORKERS,
 # MEMORY=0 (skip the memory part), MEM_STREAMS (2000),
-# MOLT (a prebuilt binary, skips the build), KEEP=1 (keep the work directory
+# MOLT and FLOOR (prebuilt binaries, skip the builds), KEEP=1 (keep the work directory
 # with logs, configs and JSON reports).
 set -euo pipefail
 # shellcheck source=loadtest/lib.sh
@@ -24,6 +26,7 @@ MOCK_PORT=17001
 MOLT_PORT=17080
 MOLT_ADMIN_PORT=17901
 NGINX_PORT=17081
+FLOOR_PORT=17082
 # Non-streaming fixed-rate run (the brief's 1,000 req/s for ~15 s).
 RATE=${RATE:-1000}
 DURATION=${DURATION:-15s}
@@ -39,50 +42,57 @@ MASTER_KEY=sk-master-compare
 
 need_tools nginx jq curl
 CLK_TCK=$(getconf CLK_TCK)
-ports_free $MOCK_PORT $MOLT_PORT $MOLT_ADMIN_PORT $NGINX_PORT
+ports_free $MOCK_PORT $MOLT_PORT $MOLT_ADMIN_PORT $NGINX_PORT $FLOOR_PORT
 build_molt
+build_floor
 
 start_mock $MOCK_PORT
 new_client_key
 start_dataplane dataplane $MOLT_PORT $MOLT_ADMIN_PORT $MOCK_PORT $MASTER_KEY
 start_nginx $NGINX_PORT $MOCK_PORT $MASTER_KEY "$PROXY_WORKERS" 4096
+start_floor $FLOOR_PORT $MOCK_PORT $MASTER_KEY
 wait_for "nginx" chat_ok http://127.0.0.1:$NGINX_PORT$CHAT
+wait_for "Pingora floor" chat_ok http://127.0.0.1:$FLOOR_PORT$CHAT
 wait_for "data plane route" chat_ok http://127.0.0.1:$MOLT_PORT$CHAT
 
-# Both proxies must have replaced the client's key with the master key.
+# Every proxy must have replaced the client's key with the master key.
 injected=$(curl -sf http://127.0.0.1:$MOCK_PORT/_mock/requests |
-    jq --arg k "Bearer $MASTER_KEY" '[.[-2:][] | select(.authorization == $k)] | length')
-[[ $injected == 2 ]] || die "a proxy did not inject the master key"
+    jq --arg k "Bearer $MASTER_KEY" '[.[-3:][] | select(.authorization == $k)] | length')
+[[ $injected == 3 ]] || die "a proxy did not inject the master key"
 curl -sf -X DELETE http://127.0.0.1:$MOCK_PORT/_mock/requests >/dev/null
 
 TARGETS=(
     --target "direct=http://127.0.0.1:$MOCK_PORT$CHAT"
     --target "molt=http://127.0.0.1:$MOLT_PORT$CHAT"
     --target "nginx=http://127.0.0.1:$NGINX_PORT$CHAT"
+    --target "floor=http://127.0.0.1:$FLOOR_PORT$CHAT"
 )
 
-# run NAME SCENARIO [overrides...]: load all three targets, note the CPU the
-# data plane and nginx spent, per request they served (warm-up included).
+# run NAME SCENARIO [overrides...]: load all four targets, note the CPU
+# each proxy spent, per request it served (warm-up included).
 run() {
     local name=$1 scenario=$2
     shift 2
-    local np dp0 ng0
+    local np dp0 ng0 fl0
     np=$(nginx_pids)
     dp0=$(cpu_ticks "$DP_PID")
+    fl0=$(cpu_ticks "$FLOOR_PID")
     # shellcheck disable=SC2086 # np is a list of pids
     ng0=$(cpu_ticks $np)
     log "running $name ($(basename "$scenario") $*)"
     "$MOLT" load --scenario "$scenario" "${TARGETS[@]}" \
         --header "authorization: Bearer $CLIENT_KEY" --json "$@" >"$WORK/$name.json"
-    local dp1 ng1
+    local dp1 ng1 fl1
     dp1=$(cpu_ticks "$DP_PID")
+    fl1=$(cpu_ticks "$FLOOR_PID")
     # shellcheck disable=SC2086
     ng1=$(cpu_ticks $np)
-    jq --argjson dp $((dp1 - dp0)) --argjson ng $((ng1 - ng0)) --argjson hz "$CLK_TCK" '
-        .cpu = {
-          molt: ($dp / $hz * 1e6 / ([.targets[] | select(.name == "molt") | .requests + .warmup_requests] | add)),
-          nginx: ($ng / $hz * 1e6 / ([.targets[] | select(.name == "nginx") | .requests + .warmup_requests] | add))
-        }' "$WORK/$name.json" >"$WORK/$name.cpu.json"
+    jq --argjson dp $((dp1 - dp0)) --argjson ng $((ng1 - ng0)) --argjson fl $((fl1 - fl0)) \
+        --argjson hz "$CLK_TCK" '
+        def per_request(ticks; who):
+          ticks / $hz * 1e6 / ([.targets[] | select(.name == who) | .requests + .warmup_requests] | add);
+        .cpu = { molt: per_request($dp; "molt"), nginx: per_request($ng; "nginx"), floor: per_request($fl; "floor") }
+        ' "$WORK/$name.json" >"$WORK/$name.cpu.json"
     curl -sf -X DELETE http://127.0.0.1:$MOCK_PORT/_mock/requests >/dev/null
 }
 
@@ -90,6 +100,7 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 run fixed "$SCENARIOS/chat.toml" --rate "$RATE" --duration "$DURATION" --warmup "$WARMUP" --rounds "$ROUNDS"
 run sse "$SCENARIOS/chat-sse.toml"
 run throughput "$SCENARIOS/chat-throughput.toml"
+run sse_throughput "$SCENARIOS/chat-sse-throughput.toml"
 
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 # shellcheck disable=SC2046
@@ -98,6 +109,8 @@ NGINX_RSS=$(rss_kib VmRSS $(nginx_pids))
 NGINX_HWM=$(rss_kib VmHWM $(nginx_pids))
 DP_RSS=$(rss_kib VmRSS "$DP_PID")
 DP_HWM=$(rss_kib VmHWM "$DP_PID")
+FLOOR_RSS=$(rss_kib VmRSS "$FLOOR_PID")
+FLOOR_HWM=$(rss_kib VmHWM "$FLOOR_PID")
 
 # --- tables ---------------------------------------------------------------------
 # fx(d): a number with exactly d decimals (jq's tostring drops trailing zeros).
@@ -112,10 +125,11 @@ JQ_DEFS='
 fixed=$WORK/fixed.cpu.json
 sse=$WORK/sse.cpu.json
 tput=$WORK/throughput.cpu.json
+sse_tput=$WORK/sse_throughput.cpu.json
 
 cat <<EOF
 
-## Molt data plane vs direct vs nginx ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, proxies with $PROXY_WORKERS worker(s))
+## Molt data plane vs direct vs nginx vs the Pingora floor ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, proxies with $PROXY_WORKERS worker(s))
 
 Load average before / after the runs: $LOAD_BEFORE / $LOAD_AFTER (anything else running skews every row).
 
@@ -126,12 +140,12 @@ Latency from each request's scheduled time to the end of its response (ms).
 EOF
 jq -r "$JQ_DEFS"'
   def t(n): .targets[] | select(.name == n);
-  (t("direct").latency) as $d | (t("nginx").latency) as $n |
-  "| target | req/s | errors | p50 | p99 | p99.9 | max | +p50 vs direct | +p99 vs direct | p50 ÷ nginx | p99 ÷ nginx |",
-  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+  (t("direct").latency) as $d | (t("nginx").latency) as $n | (t("floor").latency) as $f |
+  "| target | req/s | errors | p50 | p99 | p99.9 | max | +p50 vs direct | +p99 vs direct | +p50 ÷ floor +p50 | p50 ÷ nginx | p99 ÷ nginx |",
+  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   (.targets[] | .latency as $l |
    "| \(.name) | \(.achieved_rate | round) | \(.requests - .ok) | \($l.p50 | f3) | \($l.p99 | f3) | \($l.p999 | f3) | \($l.max | f3) | " +
-   (if .name == "direct" then "– | – | " else "\($l.p50 - $d.p50 | f3) | \($l.p99 - $d.p99 | f3) | " end) +
+   (if .name == "direct" then "– | – | – | " else "\($l.p50 - $d.p50 | f3) | \($l.p99 - $d.p99 | f3) | \(($l.p50 - $d.p50) / ($f.p50 - $d.p50) | f2) | " end) +
    "\($l.p50 / $n.p50 | f2) | \($l.p99 / $n.p99 | f2) |"),
   "",
   "Generator schedule lag p99 (ms): " + ([.targets[] | "\(.name) \(.schedule_lag.p99 | f3)"] | join(", ")) +
@@ -147,13 +161,13 @@ TTFT: scheduled time → first complete \`data:\` event. Gap: time between conse
 EOF
 jq -r "$JQ_DEFS"'
   def t(n): .targets[] | select(.name == n);
-  (t("direct").ttft) as $d | (t("nginx").ttft) as $n |
-  "| target | streams | errors | TTFT p50 | TTFT p99 | +TTFT p50 vs direct | +TTFT p99 vs direct | TTFT p99 ÷ nginx | gap p50 | gap p99 | gap max | events/frame |",
-  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+  (t("direct").ttft) as $d | (t("nginx").ttft) as $n | (t("floor").ttft) as $f |
+  "| target | streams | errors | TTFT p50 | TTFT p99 | +TTFT p50 vs direct | +TTFT p99 vs direct | TTFT p99 ÷ floor | TTFT p99 ÷ nginx | gap p50 | gap p99 | gap max | events/frame |",
+  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   (.targets[] | .ttft as $x |
    "| \(.name) | \(.requests) | \(.requests - .ok) | \($x.p50 | f3) | \($x.p99 | f3) | " +
    (if .name == "direct" then "– | – | " else "\($x.p50 - $d.p50 | f3) | \($x.p99 - $d.p99 | f3) | " end) +
-   "\($x.p99 / $n.p99 | f2) | \(.chunk_gap.p50 | f3) | \(.chunk_gap.p99 | f3) | \(.chunk_gap.max | f3) | \(.events_per_frame | f2) |")
+   "\($x.p99 / $f.p99 | f2) | \($x.p99 / $n.p99 | f2) | \(.chunk_gap.p50 | f3) | \(.chunk_gap.p99 | f3) | \(.chunk_gap.max | f3) | \(.events_per_frame | f2) |")
 ' "$sse"
 
 cat <<EOF
@@ -163,22 +177,42 @@ cat <<EOF
 EOF
 jq -r "$JQ_DEFS"'
   def t(n): .targets[] | select(.name == n);
-  (t("nginx").achieved_rate) as $n |
-  "| target | req/s | errors | p50 ms | p99 ms | req/s ÷ nginx |",
-  "|---|---:|---:|---:|---:|---:|",
+  (t("nginx").achieved_rate) as $n | (t("floor").achieved_rate) as $f |
+  "| target | req/s | errors | p50 ms | p99 ms | req/s ÷ floor | req/s ÷ nginx |",
+  "|---|---:|---:|---:|---:|---:|---:|",
   (.targets[] |
-   "| \(.name) | \(.achieved_rate | round) | \(.requests - .ok) | \(.latency.p50 | f3) | \(.latency.p99 | f3) | \(.achieved_rate / $n | f2) |")
+   "| \(.name) | \(.achieved_rate | round) | \(.requests - .ok) | \(.latency.p50 | f3) | \(.latency.p99 | f3) | \(.achieved_rate / $f | f2) | \(.achieved_rate / $n | f2) |")
 ' "$tput"
 
+cat <<EOF
+
+### Streaming throughput, closed loop: $(jq -r '"\(.connections) workers per target, 20-chunk streams back to back, \(.duration_s)s in \(.rounds) rounds"' "$sse_tput")
+
+EOF
+jq -r "$JQ_DEFS"'
+  def t(n): .targets[] | select(.name == n);
+  (t("nginx").achieved_rate) as $n | (t("floor").achieved_rate) as $f |
+  "| target | streams/s | errors | events/frame | streams/s ÷ floor | streams/s ÷ nginx |",
+  "|---|---:|---:|---:|---:|---:|",
+  (.targets[] |
+   "| \(.name) | \(.achieved_rate | round) | \(.requests - .ok) | \(.events_per_frame | f2) | \(.achieved_rate / $f | f2) | \(.achieved_rate / $n | f2) |")
+' "$sse_tput"
+
 cpu() { jq -r --arg who "$1" "$JQ_DEFS"'.cpu[$who] | fx(1)' "$2"; }
+# ratio A B FILE: A's CPU per request over B's.
+ratio() { jq -r --arg a "$1" --arg b "$2" "$JQ_DEFS"'.cpu[$a] / .cpu[$b] | f2' "$3"; }
+mib() { awk "BEGIN{printf \"%.1f\", $1/1024}"; }
 cat <<EOF
 
 ### Resources (after the runs)
 
-| process | RSS MiB | peak RSS MiB | CPU µs/request at $RATE req/s | CPU µs/request, SSE stream | CPU µs/request, throughput run |
-|---|---:|---:|---:|---:|---:|
-| molt data plane | $(awk "BEGIN{printf \"%.1f\", $DP_RSS/1024}") | $(awk "BEGIN{printf \"%.1f\", $DP_HWM/1024}") | $(cpu molt "$fixed") | $(cpu molt "$sse") | $(cpu molt "$tput") |
-| nginx (master + workers) | $(awk "BEGIN{printf \"%.1f\", $NGINX_RSS/1024}") | $(awk "BEGIN{printf \"%.1f\", $NGINX_HWM/1024}") | $(cpu nginx "$fixed") | $(cpu nginx "$sse") | $(cpu nginx "$tput") |
+| process | RSS MiB | peak RSS MiB | CPU µs/request at $RATE req/s | CPU µs/stream, SSE at 200/s | CPU µs/request, throughput run | CPU µs/stream, streaming throughput run |
+|---|---:|---:|---:|---:|---:|---:|
+| molt data plane | $(mib "$DP_RSS") | $(mib "$DP_HWM") | $(cpu molt "$fixed") | $(cpu molt "$sse") | $(cpu molt "$tput") | $(cpu molt "$sse_tput") |
+| Pingora floor | $(mib "$FLOOR_RSS") | $(mib "$FLOOR_HWM") | $(cpu floor "$fixed") | $(cpu floor "$sse") | $(cpu floor "$tput") | $(cpu floor "$sse_tput") |
+| nginx (master + workers) | $(mib "$NGINX_RSS") | $(mib "$NGINX_HWM") | $(cpu nginx "$fixed") | $(cpu nginx "$sse") | $(cpu nginx "$tput") | $(cpu nginx "$sse_tput") |
+| molt ÷ floor | $(awk "BEGIN{printf \"%.2f\", $DP_RSS/$FLOOR_RSS}") | | $(ratio molt floor "$fixed") | $(ratio molt floor "$sse") | $(ratio molt floor "$tput") | $(ratio molt floor "$sse_tput") |
+| molt ÷ nginx | $(awk "BEGIN{printf \"%.2f\", $DP_RSS/$NGINX_RSS}") | | $(ratio molt nginx "$fixed") | $(ratio molt nginx "$sse") | $(ratio molt nginx "$tput") | $(ratio molt nginx "$sse_tput") |
 
 CPU is utime+stime from /proc/PID/stat over each run divided by the requests that process served in it (warm-up included).
 EOF

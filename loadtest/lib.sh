@@ -107,6 +107,28 @@ build_molt() {
     fi
 }
 
+# build_floor: set FLOOR to the Pingora floor (loadtest/floor/: stock Pingora
+# from crates.io, outside the workspace), building it unless FLOOR names a
+# prebuilt one. Its own target directory, beside the workspace's.
+build_floor() {
+    if [[ -n ${FLOOR:-} ]]; then
+        [[ -x $FLOOR ]] || die "FLOOR=$FLOOR is not executable"
+    else
+        log "building the Pingora floor (release)"
+        (cd "$ROOT/loadtest/floor" && CARGO_TARGET_DIR=$CARGO_TARGET_DIR-floor cargo build --release --locked --quiet)
+        FLOOR=$CARGO_TARGET_DIR-floor/release/molt-pingora-floor
+    fi
+}
+
+# start_floor PORT MOCK_PORT MASTER_KEY: the floor checking CLIENT_KEY and
+# injecting MASTER_KEY, with PROXY_WORKERS threads. Sets FLOOR_PID.
+start_floor() {
+    local port=$1 mock_port=$2 master_key=$3
+    spawn INT "$WORK/floor.log" "$FLOOR" "127.0.0.1:$port" "127.0.0.1:$mock_port" \
+        "$CLIENT_KEY" "$master_key" "${PROXY_WORKERS:-1}"
+    FLOOR_PID=$SPAWNED_PID
+}
+
 # wait_for WHAT COMMAND...: retry COMMAND for up to 20 s.
 wait_for() {
     local what=$1
@@ -137,11 +159,11 @@ new_client_key() {
     [[ $CLIENT_KEY == molt_sk_* && ${#CLIENT_SHA} == 64 ]] || die "unexpected 'molt key new' output"
 }
 
-# start_dataplane NAME PORT ADMIN_PORT MOCK_PORT MASTER_KEY [EXTRA_SERVER_TOML]:
-# one data plane with one worker thread, CLIENT_SHA as its one key, the mock
-# as its one provider (key injection of MASTER_KEY), access log off; the
-# config is validated first. Sets DP_PID.
-start_dataplane() {
+# write_dataplane_config NAME PORT ADMIN_PORT MOCK_PORT MASTER_KEY [EXTRA_SERVER_TOML]:
+# $WORK/NAME.toml for one data plane with PROXY_WORKERS threads, CLIENT_SHA
+# as its one key, the mock as its one provider (key injection of
+# MASTER_KEY), access log off; validated with `molt dataplane --validate`.
+write_dataplane_config() {
     local name=$1 port=$2 admin=$3 mock_port=$4 master_key=$5 extra=${6:-}
     cat >"$WORK/$name.toml" <<EOF
 version = 1
@@ -174,6 +196,13 @@ name = "gpt-4o-mini"
 provider = "mock"
 EOF
     "$MOLT" dataplane --config "$WORK/$name.toml" --validate >/dev/null
+}
+
+# start_dataplane NAME PORT ADMIN_PORT MOCK_PORT MASTER_KEY [EXTRA_SERVER_TOML]:
+# that data plane (write_dataplane_config), started and ready. Sets DP_PID.
+start_dataplane() {
+    local name=$1 admin=$3
+    write_dataplane_config "$@"
     spawn INT "$WORK/$name.log" "$MOLT" dataplane --config "$WORK/$name.toml"
     DP_PID=$SPAWNED_PID
     wait_for "data plane $name" curl -sf "http://127.0.0.1:$admin/readyz"

@@ -227,8 +227,6 @@ impl DataPlane {
         let snapshot_version = startup.snapshot.as_ref().map(|s| s.version);
         let runtime = RuntimeHandle::new(Runtime::build(config, 1)?);
         metrics.config_version.set(1);
-        // Load the tokenizer in the background so the first estimate is quick.
-        std::thread::spawn(crate::tokens::warm_up);
 
         let conf = ServerConf {
             threads: server_cfg.threads.get(),

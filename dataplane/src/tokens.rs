@@ -6,9 +6,14 @@
 //! tiktoken-rs; for other vendors' models that is an approximation, which is
 //! what "estimated" says. This runs once per request at its end, and only
 //! when usage is missing, so it is off the hot path.
+//!
+//! The tokenizer's tables take about 45 MB, more than everything else a
+//! data plane holds at idle, and most providers report usage, so they are
+//! loaded on first need ([`ready`], off the async workers), not at start.
 
 use bytes::Bytes;
 use serde_json::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Keys whose string values are text the model read or wrote.
 const TEXT_KEYS: &[&str] = &[
@@ -33,10 +38,20 @@ pub fn count(text: &str) -> u64 {
         .len() as u64
 }
 
-/// Load the tokenizer now (it takes a moment) so the first estimate
-/// doesn't pay for it.
-pub fn warm_up() {
-    let _ = count("warm up");
+/// Set once the tokenizer's tables are loaded.
+static LOADED: AtomicBool = AtomicBool::new(false);
+
+/// Load the tokenizer's tables if they are not yet, on a blocking thread
+/// (it takes a moment), so counting after this does not stall an async
+/// worker. The first response that needs an estimate waits for it once per
+/// process; every later call is one atomic load.
+pub async fn ready() {
+    if LOADED.load(Ordering::Acquire) {
+        return;
+    }
+    if tokio::task::spawn_blocking(|| count("load")).await.is_ok() {
+        LOADED.store(true, Ordering::Release);
+    }
 }
 
 /// Estimate the input tokens of a request body.

@@ -184,6 +184,7 @@ impl MoltProxy {
         match reported {
             Some(u) => ctx.usage.tokens = u,
             None if (200..300).contains(&status) => {
+                tokens::ready().await;
                 ctx.usage.tokens = TokenUsage {
                     input: tokens::count_request(&admitted.body.chunks),
                     output: if is_sse {
