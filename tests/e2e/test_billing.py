@@ -24,8 +24,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from decimal import Decimal
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,8 @@ from harness import (
     StartDataplane,
     World,
     assert_no_secrets,
-    refused_port,
     new_secret,
+    refused_port,
     sign_stripe_webhook,
     wait_until,
 )

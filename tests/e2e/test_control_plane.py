@@ -7,9 +7,9 @@ import sqlite3
 import threading
 import time
 import uuid
-from decimal import Decimal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 

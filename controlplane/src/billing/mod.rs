@@ -171,10 +171,12 @@ impl Billing {
             .await?;
         let mut sums = [0_i64; metrics::OVERDUE_REASONS.len()];
         for u in rows.iter().filter(|u| u.stripe_customer_id.is_some()) {
-            for (sum, n) in sums
-                .iter_mut()
-                .zip([u.pending, u.failed, u.unbillable, u.unreported])
-            {
+            for (sum, n) in sums.iter_mut().zip([
+                u.tokens.pending,
+                u.tokens.failed,
+                u.tokens.unbillable,
+                u.tokens.unreported,
+            ]) {
                 *sum += n;
             }
         }
@@ -284,28 +286,28 @@ fn signed_usd(pico: i128) -> String {
 /// sent rows' amount beyond `reported_units × unit` is the remainder still
 /// below one unit (carried into the user's next report).
 fn customer_reconciliation(u: UserTokens, unit: Option<Picodollars>) -> CustomerReconciliation {
-    let m = u.money;
+    let (t, m) = (u.tokens, u.money);
     let reported_pico = unit.map(|unit| i128::from(u.reported_units) * i128::from(unit.0));
     let mut reasons = Vec::new();
     let no_customer = u.stripe_customer_id.is_none();
     for (tokens, pico, reason) in [
         (
-            u.pending,
+            t.pending,
             m.pending,
             "pending: reported, awaiting Stripe's confirmation",
         ),
         (
-            u.unbillable,
+            t.unbillable,
             m.unbillable,
             "unbillable: older than Stripe's 35-day window",
         ),
         (
-            u.failed,
+            t.failed,
             m.failed,
             "failed: refused by Stripe (see meter_reports.last_error)",
         ),
         (
-            u.unreported,
+            t.unreported,
             m.unreported,
             if no_customer {
                 "unreported: the user has no Stripe customer"
@@ -335,9 +337,9 @@ fn customer_reconciliation(u: UserTokens, unit: Option<Picodollars>) -> Customer
     CustomerReconciliation {
         user_id: u.user_id,
         stripe_customer_id: u.stripe_customer_id,
-        usage_tokens: u.usage,
-        reported_tokens: u.sent,
-        difference: u.usage - u.sent,
+        usage_tokens: t.usage,
+        reported_tokens: t.sent,
+        difference: t.usage - t.sent,
         usage_cost_usd: signed_usd(i128::from(m.usage)),
         reported_units: unit.map(|_| u.reported_units),
         reported_usd: reported_pico.map(signed_usd),

@@ -70,7 +70,7 @@ pub use bots::{StepUpdate, WishChange};
 pub use budget::BudgetSource;
 pub use snapshot::{SnapshotSource, UserLimits};
 pub use usage::{
-    Claimed, EventCost, IngestCounts, Money, OpenWindow, PriceEvent, UsageFilter, UsageSums,
+    ByStatus, Claimed, EventCost, IngestCounts, OpenWindow, PriceEvent, UsageFilter, UsageSums,
     UserTokens,
 };
 

@@ -87,6 +87,18 @@ pub struct OpenWindow {
 pub struct UserTokens {
     pub user_id: String,
     pub stripe_customer_id: Option<String>,
+    pub tokens: ByStatus,
+    /// The rows' billed amounts, in picodollars.
+    pub money: ByStatus,
+    /// Rows whose model had no price (never in a cost meter's reports).
+    pub unpriced_events: i64,
+    /// Σ `value` of the sent reports of the meter that cover these rows.
+    pub reported_units: i64,
+}
+
+/// A sum over usage rows, split by the status of their report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ByStatus {
     /// In usage rows.
     pub usage: i64,
     /// In reports Stripe has (`sent`).
@@ -99,40 +111,20 @@ pub struct UserTokens {
     pub failed: i64,
     /// In usage rows no report covers yet.
     pub unreported: i64,
-    /// The same split of the rows' billed amounts, in picodollars.
-    pub money: Money,
-    /// Rows whose model had no price (never in a cost meter's reports).
-    pub unpriced_events: i64,
-    /// Σ `value` of the sent reports of the meter that cover these rows.
-    pub reported_units: i64,
 }
 
-/// Billed picodollars of usage rows by the status of their report.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Money {
-    pub usage: i64,
-    pub sent: i64,
-    pub pending: i64,
-    pub unbillable: i64,
-    pub failed: i64,
-    pub unreported: i64,
-}
-
-impl UserTokens {
-    /// Count `tokens` and `pico` of this user's rows under the status of
-    /// the report that covers them (none: unreported).
-    fn add(&mut self, status: Option<ReportStatus>, tokens: i64, pico: i64) {
-        self.usage += tokens;
-        self.money.usage += pico;
-        let (t, m) = match status {
-            Some(ReportStatus::Sent) => (&mut self.sent, &mut self.money.sent),
-            Some(ReportStatus::Pending) => (&mut self.pending, &mut self.money.pending),
-            Some(ReportStatus::Unbillable) => (&mut self.unbillable, &mut self.money.unbillable),
-            Some(ReportStatus::Failed) => (&mut self.failed, &mut self.money.failed),
-            None => (&mut self.unreported, &mut self.money.unreported),
-        };
-        *t += tokens;
-        *m += pico;
+impl ByStatus {
+    /// Count `n` of rows under the status of the report that covers them
+    /// (none: unreported).
+    fn add(&mut self, status: Option<ReportStatus>, n: i64) {
+        self.usage += n;
+        *match status {
+            Some(ReportStatus::Sent) => &mut self.sent,
+            Some(ReportStatus::Pending) => &mut self.pending,
+            Some(ReportStatus::Unbillable) => &mut self.unbillable,
+            Some(ReportStatus::Failed) => &mut self.failed,
+            None => &mut self.unreported,
+        } += n;
     }
 }
 
@@ -477,7 +469,8 @@ impl SqlStore {
                 });
             }
             if let Some(u) = out.last_mut() {
-                u.add(status, tokens, pico);
+                u.tokens.add(status, tokens);
+                u.money.add(status, pico);
                 u.unpriced_events += unpriced;
             }
         }

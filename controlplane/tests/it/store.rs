@@ -262,6 +262,15 @@ async fn database_before(db: &TestDb, next: &str) -> (String, Option<String>, sq
     (url, pg_name, pool)
 }
 
+/// Close `pool` and open the store on `url`, which runs the remaining
+/// migrations.
+async fn migrate_rest(pool: sqlx::AnyPool, url: &str) -> molt_controlplane::store::SqlStore {
+    pool.close().await;
+    molt_controlplane::store::SqlStore::connect(url, 2)
+        .await
+        .unwrap()
+}
+
 async fn migration_turns_free_text_plans_into_plans(db: TestDb) {
     let (url, pg_name, pool) = database_before(&db, "0005").await;
     for (id, email, plan) in [
@@ -282,11 +291,7 @@ async fn migration_turns_free_text_plans_into_plans(db: TestDb) {
         .await
         .unwrap();
     }
-    pool.close().await;
-
-    let store = molt_controlplane::store::SqlStore::connect(&url, 2)
-        .await
-        .unwrap();
+    let store = migrate_rest(pool, &url).await;
     let plans: Vec<String> = store
         .list_plans(&all())
         .await
@@ -366,11 +371,7 @@ async fn migration_turns_float_prices_into_exact_versions(db: TestDb) {
         .await
         .unwrap();
     }
-    pool.close().await;
-
-    let store = molt_controlplane::store::SqlStore::connect(&url, 2)
-        .await
-        .unwrap();
+    let store = migrate_rest(pool, &url).await;
     let prices: Vec<(String, String, String)> = store
         .prices_in_force(0)
         .await
