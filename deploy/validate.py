@@ -61,6 +61,7 @@ DUMMY_SECRETS = {
     "MOLT_JWT_SECRET": "j" * 40,
     "STRIPE_WEBHOOK_SECRET": "whsec_validation",
     "STRIPE_API_KEY": "sk_test_validation",
+    "MOLT_CLERK_WEBHOOK_SECRET": "whsec_dmFsaWRhdGlvbi1jbGVyay1zZWNyZXQ=",
     "FLY_API_TOKEN": "fly-token-for-validation",
 }
 

@@ -170,33 +170,24 @@ jq -r "$JQ_DEFS"'
    "\($x.p99 / $f.p99 | f2) | \($x.p99 / $n.p99 | f2) | \(.chunk_gap.p50 | f3) | \(.chunk_gap.p99 | f3) | \(.chunk_gap.max | f3) | \(.events_per_frame | f2) |")
 ' "$sse"
 
-cat <<EOF
-
-### Throughput, closed loop: $(jq -r '"\(.connections) workers per target, \(.duration_s)s in \(.rounds) rounds"' "$tput")
-
-EOF
-jq -r "$JQ_DEFS"'
-  def t(n): .targets[] | select(.name == n);
-  (t("nginx").achieved_rate) as $n | (t("floor").achieved_rate) as $f |
-  "| target | req/s | errors | p50 ms | p99 ms | req/s ÷ floor | req/s ÷ nginx |",
-  "|---|---:|---:|---:|---:|---:|---:|",
-  (.targets[] |
-   "| \(.name) | \(.achieved_rate | round) | \(.requests - .ok) | \(.latency.p50 | f3) | \(.latency.p99 | f3) | \(.achieved_rate / $f | f2) | \(.achieved_rate / $n | f2) |")
-' "$tput"
-
-cat <<EOF
-
-### Streaming throughput, closed loop: $(jq -r '"\(.connections) workers per target, 20-chunk streams back to back, \(.duration_s)s in \(.rounds) rounds"' "$sse_tput")
-
-EOF
-jq -r "$JQ_DEFS"'
-  def t(n): .targets[] | select(.name == n);
-  (t("nginx").achieved_rate) as $n | (t("floor").achieved_rate) as $f |
-  "| target | streams/s | errors | events/frame | streams/s ÷ floor | streams/s ÷ nginx |",
-  "|---|---:|---:|---:|---:|---:|",
-  (.targets[] |
-   "| \(.name) | \(.achieved_rate | round) | \(.requests - .ok) | \(.events_per_frame | f2) | \(.achieved_rate / $f | f2) | \(.achieved_rate / $n | f2) |")
-' "$sse_tput"
+# throughput_table TITLE UNIT FILE: a closed-loop run's rates, each also as a
+# ratio to the floor's and to nginx's.
+throughput_table() {
+    local title=$1 unit=$2 file=$3
+    printf '\n### %s, closed loop: %s\n\n' "$title" \
+        "$(jq -r '"\(.connections) workers per target, \(.duration_s)s in \(.rounds) rounds"' "$file")"
+    jq -r --arg unit "$unit" "$JQ_DEFS"'
+      def t(n): .targets[] | select(.name == n);
+      (t("nginx").achieved_rate) as $n | (t("floor").achieved_rate) as $f |
+      "| target | \($unit) | errors | p50 ms | p99 ms | events/frame | ÷ floor | ÷ nginx |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|",
+      (.targets[] |
+       "| \(.name) | \(.achieved_rate | round) | \(.requests - .ok) | \(.latency.p50 | f3) | \(.latency.p99 | f3) | " +
+       "\(if .events_per_frame then (.events_per_frame | f2) else "–" end) | \(.achieved_rate / $f | f2) | \(.achieved_rate / $n | f2) |")
+    ' "$file"
+}
+throughput_table "Throughput" "req/s" "$tput"
+throughput_table "Streaming throughput (20-chunk streams back to back)" "streams/s" "$sse_tput"
 
 cpu() { jq -r --arg who "$1" "$JQ_DEFS"'.cpu[$who] | fx(1)' "$2"; }
 # ratio A B FILE: A's CPU per request over B's.

@@ -25,6 +25,8 @@ pub struct DataplaneConfig {
     pub log: LogConfig,
     pub usage_file: Option<PathBuf>,
     pub jwt: Option<JwtConfig>,
+    /// `[auth.jwks]`: an identity provider's tokens (Clerk's).
+    pub jwks: Option<crate::jwks::JwksConfig>,
     pub keys: Vec<ApiKey>,
     pub providers: Vec<Provider>,
     /// Models in config order; `Model::provider` indexes `providers`.
@@ -399,6 +401,11 @@ impl DataplaneConfig {
             .jwt
             .as_ref()
             .and_then(|j| validate_jwt(j, env, &mut errs));
+        let jwks = raw
+            .auth
+            .jwks
+            .as_ref()
+            .and_then(|j| crate::jwks::JwksConfig::from_wire(j, &mut errs));
         let providers = validate_providers(&raw.providers, env, &mut errs);
         let models = validate_models(&raw.models, &providers, &mut errs);
         let keys = validate_keys(&raw.keys, &models, &mut errs);
@@ -432,6 +439,7 @@ impl DataplaneConfig {
                 log,
                 usage_file: raw.usage.file.map(PathBuf::from),
                 jwt,
+                jwks,
                 keys,
                 providers,
                 models,

@@ -11,6 +11,8 @@
 //!   [`DataplaneConfig::from_wire`] / `TryFrom`, which checks every field and
 //!   reports *all* problems with their field paths ([`ConfigErrors`]).
 //! - [`browser`]: `[browser]`, the origins browser apps may call from.
+//! - [`jwks`]: `[auth.jwks]`, an identity provider's tokens verified
+//!   against its published keys and mapped to Molt users.
 //! - [`usage`]: one [`UsageEvent`] per completed request, its tokens split
 //!   into the classes providers price apart ([`usage::TokenClasses`]).
 //! - [`money`]: amounts in integer picodollars, token prices per class, and
@@ -40,6 +42,7 @@ pub mod contract;
 pub mod dataplane;
 pub mod error;
 pub mod files;
+pub mod jwks;
 pub mod limits;
 pub mod metrics;
 pub mod money;

@@ -165,6 +165,10 @@ pub struct RawUsage {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RawAuth {
     pub jwt: Option<RawJwt>,
+    /// `[auth.jwks]`: an identity provider's own tokens, verified against
+    /// its published keys (in a snapshot: fetched by the control plane).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<crate::jwks::RawJwks>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -13,8 +13,11 @@
 //! [`provision`] runs bots on a [`fleet::Fleet`] (Fly Machines, or local
 //! bots through a [`fleet::local::BotLauncher`]) through a durable state machine in the same database.
 //! [`billing`] verifies Stripe webhooks and flushes metered usage to Stripe
-//! exactly once. The services, the snapshot compiler, the provisioner and
-//! billing each reach storage through a narrow trait they declare, which
+//! exactly once. [`identity`] verifies Clerk's (Svix-signed) webhooks and
+//! applies them through the user services, and fetches Clerk's JWKS into
+//! the snapshot; [`signing`] is what the webhook verifiers share. The
+//! services, the snapshot compiler, the provisioner, billing and identity
+//! each reach storage through a narrow trait they declare, which
 //! [`server`] fills with the one [`store::SqlStore`].
 //!
 //! Architecture invariant: this crate is the only owner of the database;
@@ -24,6 +27,11 @@
 //! Architecture invariant: provider master keys are sealed before they are
 //! stored and are only ever opened to build a snapshot for data planes; no
 //! type returned by an `/api/v1` read can hold one.
+//!
+//! Architecture invariant: every value sealed at rest names the key that
+//! sealed it ([`crypto`]), and re-encryption ([`service::secrets`]) changes
+//! only which key seals a value, never the value: a rotation of the
+//! at-rest key leaves every snapshot's content as it was.
 
 #![forbid(unsafe_code)]
 
@@ -35,10 +43,12 @@ pub mod ctl;
 pub mod domain;
 pub mod fleet;
 pub mod https;
+pub mod identity;
 pub mod metrics;
 pub mod provision;
 pub mod server;
 pub mod service;
+pub mod signing;
 pub mod snapshot;
 pub mod store;
 

@@ -6,10 +6,13 @@
 use crate::api::{router, AppState};
 use crate::billing::stripe_sink::StripeMeterSink;
 use crate::billing::{Billing, BillingSettings, MeterSink};
-use crate::config::{BillingConfig, FleetConfig, FleetKind, Settings};
+use crate::config::{BillingConfig, FleetConfig, FleetKind, IdentityConfig, Settings};
 use crate::fleet::fly::FlyFleet;
 use crate::fleet::local::{BotLauncher, LocalFleet};
 use crate::fleet::Fleet;
+use crate::identity::jwks::JwksFetcher;
+use crate::identity::metrics::IdentityMetrics;
+use crate::identity::Identity;
 use crate::metrics::{Metrics, MetricsError};
 use crate::provision::metrics::ProvisionMetrics;
 use crate::provision::{ProvisionSettings, Worker, WorkerStore};
@@ -44,6 +47,8 @@ pub enum ServerError {
     Stripe(String),
     #[error("fleet: {0}")]
     Fleet(String),
+    #[error("identity: {0}")]
+    Identity(String),
 }
 
 impl Provisioning {
@@ -141,6 +146,11 @@ impl App {
         let service = Arc::new(
             Service::start(store.clone(), store, settings.service.clone(), metrics).await?,
         );
+        // In the background: it reads every sealed value, and start-up need not wait.
+        tokio::spawn({
+            let service = service.clone();
+            async move { service.log_secrets_status().await }
+        });
         let router = router(AppState {
             service: service.clone(),
             settings: settings.api.clone(),
@@ -226,6 +236,50 @@ impl App {
     }
 }
 
+impl App {
+    /// The identity provider on this app: `POST /webhooks/clerk`, and with
+    /// a `jwks_url` the background fetch of its keys into the snapshot.
+    /// Once per app (it registers the identity metrics). The fetcher, if
+    /// any, is returned rather than started when `fetch_in_background` is
+    /// false (tests drive it).
+    pub fn enable_identity(
+        &mut self,
+        store: &SqlStore,
+        config: &IdentityConfig,
+        fetch_in_background: bool,
+    ) -> Result<(Arc<Identity>, Option<JwksFetcher>), ServerError> {
+        let metrics = IdentityMetrics::register(self.service.metrics())?;
+        let identity = Arc::new(Identity::new(
+            self.service.clone(),
+            Arc::new(store.clone()),
+            config.webhook_secret.clone(),
+            metrics.clone(),
+        ));
+        let routes = crate::api::tracked(
+            crate::api::identity::routes(identity.clone()),
+            self.service.metrics().clone(),
+        );
+        self.router = std::mem::take(&mut self.router).merge(routes);
+        let Some(source) = &config.jwks else {
+            return Ok((identity, None));
+        };
+        let client = crate::https::client(source.ca_file.as_deref())
+            .map_err(|e| ServerError::Identity(e.to_string()))?;
+        let fetcher = JwksFetcher::new(
+            source.url.clone(),
+            client,
+            source.keys.clone(),
+            source.refresh,
+            metrics,
+        );
+        if !fetch_in_background {
+            return Ok((identity, Some(fetcher)));
+        }
+        self.jobs.push(fetcher.spawn(self.service.clone()));
+        Ok((identity, None))
+    }
+}
+
 impl Drop for App {
     fn drop(&mut self) {
         for job in &self.jobs {
@@ -289,6 +343,13 @@ impl Server {
                     .as_deref()
                     .unwrap_or("https://api.stripe.com"),
                 "billing enabled"
+            );
+        }
+        if let Some(i) = &settings.identity {
+            app.enable_identity(&store, i, true)?;
+            tracing::info!(
+                jwks = i.jwks.as_ref().map_or("none", |j| j.url.as_str()),
+                "identity provider webhooks enabled"
             );
         }
         let listener =

@@ -15,9 +15,11 @@
 use crate::crypto::Cipher;
 use crate::domain::BotRecord;
 use crate::domain::{now_ms, Millis, Plan, SealedProvider};
+use crate::identity::jwks::JwksKeys;
 use crate::metrics::Metrics;
 use crate::store::{store_trait, SnapshotSource, StoreError, UserLimits};
 use bytes::Bytes;
+use molt_config::jwks::RawJwks;
 use molt_config::limits::{RawLimitSet, RawUserLimits};
 use molt_config::wire::{
     RawAuth, RawBot, RawDataplaneConfig, RawJwt, RawKey, RawLimits, RawModel, RawModelPrice,
@@ -69,12 +71,25 @@ pub struct JwtSettings {
     pub secret: Secret,
 }
 
+/// How the identity provider's tokens are accepted: what a snapshot's
+/// `auth.jwks` is compiled from, besides the users linked to the provider.
+#[derive(Debug, Clone)]
+pub struct IdentityTokens {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub authorized_parties: Vec<String>,
+    /// The provider's JWKS as last fetched (`identity::jwks`).
+    pub keys: JwksKeys,
+}
+
 /// Compiles, validates and publishes snapshots.
 #[derive(Debug)]
 pub struct Publisher {
     store: Arc<dyn SnapshotStore>,
     cipher: Cipher,
     jwt: JwtSettings,
+    /// The identity provider's tokens, if configured.
+    tokens: Option<IdentityTokens>,
     /// `[browser]` for every data plane, if configured.
     browser: Option<molt_config::browser::RawBrowser>,
     metrics: Metrics,
@@ -100,6 +115,7 @@ impl Publisher {
             store,
             cipher: settings.cipher.clone(),
             jwt: settings.jwt.clone(),
+            tokens: settings.identity_tokens.clone(),
             browser: settings.browser.clone(),
             metrics,
             tx,
@@ -204,6 +220,7 @@ impl Publisher {
             mut limits,
             plans,
             user_limits,
+            identities,
         } = source;
         let prices: HashMap<String, RawModelPrice> = prices
             .into_iter()
@@ -227,6 +244,14 @@ impl Publisher {
                     secret_env: None,
                     public_key_file: None,
                     audience: None,
+                    leeway: None,
+                }),
+                jwks: self.tokens.as_ref().map(|t| RawJwks {
+                    issuer: t.issuer.clone(),
+                    audiences: t.audiences.clone(),
+                    authorized_parties: t.authorized_parties.clone(),
+                    keys: t.keys.current().to_vec(),
+                    users: identities.into_iter().collect(),
                     leeway: None,
                 }),
             },

@@ -83,7 +83,8 @@ impl Runtime {
     /// Prepare everything for `config`. Blocking (resolves upstream host
     /// names): call it from a blocking context, never on the request path.
     pub fn build(config: DataplaneConfig, version: u64) -> Result<Self, BuildError> {
-        let auth = Authenticator::new(&config.keys, config.jwt.as_ref())?;
+        let auth = Authenticator::new(&config.keys, config.jwt.as_ref())?
+            .with_jwks(config.jwks.as_ref())?;
         let providers = config
             .providers
             .iter()

@@ -5,7 +5,9 @@
 //! used by end-to-end tests, `molt dev` and load tests; [`mock_bot`] stands
 //! in for a user's bot gateway (WebSocket chat); [`fake_fly`] stands in for
 //! the Fly Machines API; [`fake_stripe`] stands in for Stripe's meter events
-//! API and signs webhooks as Stripe does. The fakes share `serve`: serving
+//! API and signs webhooks as Stripe does; [`fake_clerk`] signs Clerk's
+//! webhooks as Svix does and serves a rotating, failing JWKS with tokens
+//! signed by its keys. The fakes share `serve`: serving
 //! a router in the background on a loopback port, or over TLS with a
 //! [`tls::loopback_certificate`].
 //!
@@ -14,6 +16,7 @@
 //! does, and the other crates only as a dev-dependency of their tests.
 //! `molt/tests/architecture.rs` checks it.
 
+pub mod fake_clerk;
 pub mod fake_fly;
 pub mod fake_stripe;
 pub mod mock_bot;

@@ -25,6 +25,11 @@
 //! customer id, and webhooks signed with `MOLT_STRIPE_WEBHOOK_SECRET` are
 //! accepted at the control plane's `/webhooks/stripe`.
 //!
+//! Identity: Clerk's webhooks, signed with `MOLT_CLERK_WEBHOOK_SECRET`
+//! (in `dev.env`), are accepted at the control plane's `/webhooks/clerk`
+//! and make users; with `--clerk-jwks-url` and `--clerk-issuer`, the
+//! provider's session tokens are accepted by the data plane too.
+//!
 //! Real OpenAI/Anthropic are used when their keys are in the environment;
 //! they are then stored like any provider key: sealed in the database with
 //! the key from `secrets.env`, and in clear only in the data plane's
@@ -47,6 +52,8 @@ const JWT_SECRET_ENV: &str = "MOLT_DEV_JWT_SECRET";
 const ADMIN_TOKEN_ENV: &str = "MOLT_ADMIN_TOKEN";
 const STRIPE_WEBHOOK_SECRET_ENV: &str = "MOLT_STRIPE_WEBHOOK_SECRET";
 const STRIPE_API_KEY_ENV: &str = "MOLT_DEV_STRIPE_API_KEY";
+/// Signs the identity provider's (Clerk's) webhooks to `/webhooks/clerk`.
+const CLERK_WEBHOOK_SECRET_ENV: &str = "MOLT_CLERK_WEBHOOK_SECRET";
 const DEV_EMAIL: &str = "dev@molt.local";
 /// The dev user's customer in the local fake Stripe.
 const DEV_CUSTOMER: &str = "cus_molt_dev";
@@ -77,6 +84,17 @@ pub(crate) struct DevArgs {
     /// Do not run the fake Stripe nor bill usage.
     #[arg(long)]
     no_billing: bool,
+    /// Accept the identity provider's session tokens: its JWKS
+    /// (`https://<clerk frontend api>/.well-known/jwks.json`, or a local
+    /// stand-in). Needs `--clerk-issuer`.
+    #[arg(long, requires = "clerk_issuer")]
+    clerk_jwks_url: Option<String>,
+    /// The `iss` of the identity provider's tokens.
+    #[arg(long, requires = "clerk_jwks_url")]
+    clerk_issuer: Option<String>,
+    /// An accepted `azp` (the app's origin); repeat for several.
+    #[arg(long, requires = "clerk_jwks_url")]
+    clerk_authorized_party: Vec<String>,
     // Any address above may use port 0; the ready file reports them all as
     // `http`, `https`, `admin`, `api` (the control plane), `mock` and
     // `stripe`.
@@ -191,6 +209,10 @@ pub(crate) fn run(mut args: DevArgs) -> anyhow::Result<()> {
         ),
         ("MOLT_ADMIN_URL", format!("http://{}", args.controlplane)),
         ("MOLT_ADMIN_TOKEN", secrets[ADMIN_TOKEN_ENV].clone()),
+        (
+            CLERK_WEBHOOK_SECRET_ENV,
+            secrets[CLERK_WEBHOOK_SECRET_ENV].clone(),
+        ),
     ];
     if !args.no_billing {
         vars.push(("MOLT_STRIPE_URL", format!("http://{}", args.stripe)));
@@ -233,6 +255,18 @@ pub(crate) fn run(mut args: DevArgs) -> anyhow::Result<()> {
             cp = args.controlplane,
         );
     }
+    let _ = writeln!(
+        banner,
+        "Identity: Clerk webhooks at POST http://{cp}/webhooks/clerk, signed (Svix) with \
+         MOLT_CLERK_WEBHOOK_SECRET; provider tokens {tokens}",
+        cp = args.controlplane,
+        tokens = args
+            .clerk_jwks_url
+            .as_deref()
+            .map_or("off (--clerk-jwks-url)".to_owned(), |u| format!(
+                "verified against {u}"
+            )),
+    );
     let _ = writeln!(
         banner,
         "\nTry it:\n  curl -sN {url}/chat/completions -H \"Authorization: Bearer {key}\" -H 'content-type: application/json' \\\n    -d '{{\"model\":\"gpt-4o-mini\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'\n\nOperate it:\n  source {env_file} && molt ctl users list\n",
@@ -367,6 +401,11 @@ fn start_controlplane(
                     // `[billing]` points at the in-process fake Stripe.
                     if let Some(b) = &settings.billing {
                         app.enable_configured_billing(&store, b)?;
+                    }
+                    // `[identity]`: Clerk's webhooks, and its keys fetched
+                    // in the background when `--clerk-jwks-url` is given.
+                    if let Some(i) = &settings.identity {
+                        app.enable_identity(&store, i, true)?;
                     }
                     let key = seed(&app.service, &providers, old_key, billing).await?;
                     let published = app.service.publisher().subscribe().borrow().clone();
@@ -577,6 +616,7 @@ fn load_secrets(path: &Path) -> anyhow::Result<HashMap<String, String>> {
         ADMIN_TOKEN_ENV,
         STRIPE_WEBHOOK_SECRET_ENV,
         STRIPE_API_KEY_ENV,
+        CLERK_WEBHOOK_SECRET_ENV,
     ] {
         secrets
             .entry(name.to_owned())
@@ -585,6 +625,11 @@ fn load_secrets(path: &Path) -> anyhow::Result<HashMap<String, String>> {
                 // Shaped like Stripe's, so they read as what they are.
                 STRIPE_WEBHOOK_SECRET_ENV => format!("whsec_{}", random_hex()),
                 STRIPE_API_KEY_ENV => format!("sk_test_{}", random_hex()),
+                // Svix's form: whsec_ + base64 of the key bytes.
+                CLERK_WEBHOOK_SECRET_ENV => format!(
+                    "whsec_{}",
+                    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 24]>())
+                ),
                 _ => random_hex(),
             });
     }
@@ -679,6 +724,13 @@ settle = "2s"
             stripe = args.stripe,
         )
     };
+    let tokens = match (&args.clerk_jwks_url, &args.clerk_issuer) {
+        (Some(url), Some(issuer)) => format!(
+            "jwks_url = {url:?}\nissuer = {issuer:?}\nauthorized_parties = {parties:?}\njwks_refresh = \"10s\"\n",
+            parties = args.clerk_authorized_party,
+        ),
+        _ => String::new(),
+    };
     format!(
         r#"# Generated by `molt dev`; rewritten on every start. Secrets are in secrets.env.
 listen = "{listen}"
@@ -698,7 +750,11 @@ secret_env = "{JWT_SECRET_ENV}"
 kind = "local"
 proxy_url = "http://{http}/v1"
 health_deadline = "30s"
-{billing}"#,
+
+# Clerk's webhooks (POST /webhooks/clerk) make and update users.
+[identity]
+webhook_secret_env = "{CLERK_WEBHOOK_SECRET_ENV}"
+{tokens}{billing}"#,
         listen = args.controlplane,
         http = args.http,
         db = abs(&args.dir.join("controlplane.db")).display(),

@@ -788,6 +788,10 @@ class ControlPlane:
         self.port = int(listeners["api"].rsplit(":", 1)[1])
         self.url = f"http://{listeners['api']}"
 
+    def set_env(self, **env: str) -> None:
+        """Environment for the next start(), over what it was made with (e.g. a rotated at-rest key)."""
+        self._extra_env.update(env)
+
     def api(self, method: str, path: str, json_body: Any = None, expect: int | None = None) -> Any:
         """Call `/api/v1{path}` as the bootstrap admin; check the status if `expect` is given; return the JSON."""
         response = httpx.request(

@@ -12,6 +12,7 @@
 //! sees "internal error".
 
 use crate::billing::BillingError;
+use crate::identity::IdentityError;
 use crate::service::ServiceError;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
@@ -111,6 +112,23 @@ impl From<BillingError> for ApiError {
                 "unknown_customer",
                 message,
             ),
+            E::Service(e) => e.into(),
+            E::Store(_) => Self::internal(message),
+        }
+    }
+}
+
+/// Identity webhooks: a bad signature or body is 400 (Svix retries it and
+/// shows it in the endpoint's log); a change that breaks a rule (an email
+/// another user has) is the service's answer; nothing is changed in any
+/// of these cases.
+impl From<IdentityError> for ApiError {
+    fn from(e: IdentityError) -> Self {
+        use IdentityError as E;
+        let message = e.to_string();
+        match e {
+            E::Signature(_) => Self::new(StatusCode::BAD_REQUEST, "invalid_signature", message),
+            E::Malformed(_) => Self::new(StatusCode::BAD_REQUEST, "bad_request", message),
             E::Service(e) => e.into(),
             E::Store(_) => Self::internal(message),
         }

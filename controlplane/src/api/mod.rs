@@ -1,6 +1,7 @@
 //! The HTTP surface: the operators' API under `/api/v1`, the data planes'
 //! contract under `/internal/v1` (`molt_config::contract`), billing's
-//! endpoints ([`billing`], merged in when billing is configured),
+//! endpoints ([`billing`], merged in when billing is configured), the
+//! identity provider's webhook ([`identity`], likewise),
 //! `/metrics` and `/healthz`.
 //!
 //! Handlers are thin: extract, call one [`Service`] (or `Billing`) method,
@@ -11,6 +12,7 @@
 pub mod billing;
 mod bots;
 pub mod error;
+pub mod identity;
 mod internal;
 mod money;
 mod openapi;

@@ -7,7 +7,7 @@ use super::{billing, bots, money, v1};
 use crate::billing::{CustomerReconciliation, Difference, FlushOutcome, Reconciliation, Totals};
 use crate::domain::{
     AdminToken, ApiKey, AuditEntry, Bot, BotStatus, BudgetEvent, Desired, LimitOverrides, Model,
-    Plan, PriceVersion, PricedModel, Provider, ProviderKind, Role, User, UserStatus,
+    Plan, PriceVersion, PricedModel, Provider, ProviderKind, Role, SealedKind, User, UserStatus,
 };
 use crate::service::auth::{CreateAdminToken, CreatedAdminToken, MintToken, MintedToken};
 use crate::service::bots::CreateBot;
@@ -18,6 +18,7 @@ use crate::service::models::{CreateModel, UpdateModel};
 use crate::service::plans::{CreatePlan, UpdatePlan};
 use crate::service::prices::SetPrice;
 use crate::service::providers::{CreateProvider, UpdateProvider};
+use crate::service::secrets::{ReencryptReport, SealedFailure, SecretsStatus};
 use crate::service::usage::{ModelUsage, UsageReport, UsageRow, UsageTotals};
 use crate::service::users::{CreateUser, UpdateUser};
 use axum::Json;
@@ -40,6 +41,7 @@ use utoipa::{Modify, OpenApi};
         v1::mint_token, v1::list_admin_tokens, v1::create_admin_token, v1::revoke_admin_token,
         bots::list_bots, bots::create_bot, bots::get_bot, bots::stop_bot, bots::start_bot,
         bots::retry_bot, bots::delete_bot,
+        v1::secrets_status, v1::reencrypt_secrets,
         billing::reconciliation, billing::flush,
     ),
     components(schemas(
@@ -52,6 +54,7 @@ use utoipa::{Modify, OpenApi};
         AdminToken, Role, CreateAdminToken, CreatedAdminToken, MintToken, MintedToken,
         Bot, BotStatus, Desired, CreateBot,
         Reconciliation, CustomerReconciliation, Difference, Totals, FlushOutcome,
+        SecretsStatus, ReencryptReport, SealedFailure, SealedKind,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

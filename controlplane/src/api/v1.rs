@@ -13,6 +13,7 @@ use crate::service::limits::LimitsDocument;
 use crate::service::models::{CreateModel, UpdateModel};
 use crate::service::plans::{CreatePlan, UpdatePlan};
 use crate::service::providers::{CreateProvider, UpdateProvider};
+use crate::service::secrets::{ReencryptReport, SecretsStatus};
 use crate::service::usage::{UsageQuery, UsageReport};
 use crate::service::users::{CreateUser, UpdateUser};
 use crate::service::DEFAULT_PAGE;
@@ -87,6 +88,8 @@ pub(super) fn routes() -> Router<AppState> {
             get(list_admin_tokens).post(create_admin_token),
         )
         .route("/api/v1/admin-tokens/{id}/revoke", post(revoke_admin_token))
+        .route("/api/v1/secrets", get(secrets_status))
+        .route("/api/v1/secrets/reencrypt", post(reencrypt_secrets))
 }
 
 // === users ===
@@ -469,4 +472,30 @@ pub(super) async fn revoke_admin_token(
 ) -> ApiResult<StatusCode> {
     st.service.revoke_admin_token(&op, &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+// === secrets at rest ===
+
+#[utoipa::path(get, path = "/api/v1/secrets", tag = "secrets",
+    responses((status = 200, description = "Which at-rest key each sealed value is under", body = SecretsStatus),
+        (status = 401, body = ErrorBody)))]
+pub(super) async fn secrets_status(
+    State(st): State<AppState>,
+    Op(op): Op,
+) -> ApiResult<Json<SecretsStatus>> {
+    Ok(Json(st.service.secrets_status(&op).await?))
+}
+
+/// Rewrite every sealed value not under the current at-rest key with it,
+/// while serving (each value in its own small write, only if unchanged).
+/// Idempotent; run again until `status.stale` is 0, then drop the previous
+/// keys. Admin only; audited as `secrets.reencrypt`.
+#[utoipa::path(post, path = "/api/v1/secrets/reencrypt", tag = "secrets",
+    responses((status = 200, body = ReencryptReport), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
+pub(super) async fn reencrypt_secrets(
+    State(st): State<AppState>,
+    Op(op): Op,
+) -> ApiResult<Json<ReencryptReport>> {
+    Ok(Json(st.service.reencrypt_secrets(&op).await?))
 }

@@ -17,14 +17,12 @@
 
 use super::store::HandledEvent;
 use super::{Billing, BillingError};
-use crate::domain::{now_ms, PageRequest, Role, UserStatus};
-use crate::provision::BotStatus;
+use crate::domain::{now_ms, Role, User, UserStatus};
 use crate::service::bots::{BotAction, CreateBot};
 use crate::service::users::UpdateUser;
 use crate::service::{Operator, ServiceError};
-use hmac::{Hmac, Mac};
+use crate::signing::{hmac_sha256_matches, within_tolerance};
 use serde_json::Value;
-use sha2::Sha256;
 
 /// What a delivery came to (also the `result` metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,20 +88,14 @@ pub fn verify_signature(
             "no v1 signature in Stripe-Signature",
         ));
     }
-    if (now_secs - t).abs() > tolerance_secs {
+    if !within_tolerance(now_secs, t, tolerance_secs) {
         return Err(BillingError::Signature(
             "timestamp outside the tolerance (stale or replayed delivery)",
         ));
     }
-    let mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
-        .map_err(|_| BillingError::Signature("unusable webhook secret"))?;
-    let mut mac = mac;
-    mac.update(t.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    // `verify_slice` compares in constant time; the MAC is cloned per
-    // candidate because verifying consumes it.
-    if v1.iter().any(|sig| mac.clone().verify_slice(sig).is_ok()) {
+    let t = t.to_string();
+    let signed: [&[u8]; 3] = [t.as_bytes(), b".", body];
+    if hmac_sha256_matches(secret.as_bytes(), &signed, &v1) {
         Ok(())
     } else {
         Err(BillingError::Signature("no v1 signature matches"))
@@ -218,6 +210,13 @@ impl Billing {
                         )
                     })?;
                 let user = self.known_user(user_id).await?;
+                if user.status == UserStatus::Deactivated {
+                    // Deleted at the identity provider: paying does not
+                    // bring the account back.
+                    tracing::warn!(user = user.id, "checkout for a deactivated user ignored");
+                    return Ok((Outcome::Ignored, Some(user.id)));
+                }
+                let user = user.id;
                 let customer = text(obj, &["customer"]).map(str::to_owned);
                 self.activate(&user, customer).await?;
                 self.request_bot(&user).await?;
@@ -277,14 +276,24 @@ impl Billing {
         Ok(n)
     }
 
-    async fn known_user(&self, id: &str) -> Result<String, BillingError> {
-        match self.service.get_user(&stripe_operator(), id).await {
-            Ok(u) => Ok(u.id),
-            Err(ServiceError::NotFound { .. }) => Err(BillingError::UnknownCustomer(format!(
-                "no user {id:?} (client_reference_id / metadata.user_id)"
-            ))),
-            Err(e) => Err(e.into()),
+    /// The user a checkout names: by Molt user id, or by the identity
+    /// provider's (Clerk's) user id, which is what a front end signed in
+    /// with Clerk has at hand.
+    async fn known_user(&self, id: &str) -> Result<User, BillingError> {
+        let op = stripe_operator();
+        match self.service.get_user(&op, id).await {
+            Ok(u) => return Ok(u),
+            Err(ServiceError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
+        self.service
+            .user_by_clerk_id(&op, id)
+            .await?
+            .ok_or_else(|| {
+                BillingError::UnknownCustomer(format!(
+                    "no user {id:?} (client_reference_id / metadata.user_id, a Molt or Clerk user id)"
+                ))
+            })
     }
 
     async fn user_of_customer(&self, obj: &Value) -> Result<String, BillingError> {
@@ -309,36 +318,23 @@ impl Billing {
     }
 
     async fn set_status(&self, user: &str, status: UserStatus) -> Result<(), BillingError> {
+        let op = stripe_operator();
+        if self.service.get_user(&op, user).await?.status == UserStatus::Deactivated {
+            // Deactivation (deleted at the identity provider) is final here.
+            return Ok(());
+        }
         let req = UpdateUser {
             status: Some(status),
             ..UpdateUser::default()
         };
-        self.service
-            .update_user(&stripe_operator(), user, req)
-            .await?;
+        self.service.update_user(&op, user, req).await?;
         Ok(())
-    }
-
-    /// Live (not deleted) bots of a user.
-    async fn live_bots(&self, user: &str) -> Result<Vec<crate::provision::Bot>, BillingError> {
-        let page = PageRequest {
-            cursor: None,
-            limit: crate::service::MAX_PAGE,
-        };
-        Ok(self
-            .service
-            .list_bots(&stripe_operator(), Some(user), &page)
-            .await?
-            .items
-            .into_iter()
-            .filter(|b| !matches!(b.status, BotStatus::Deleting | BotStatus::Deleted))
-            .collect())
     }
 
     /// Ask for the user's bot: create one if none lives, start a stopped one.
     async fn request_bot(&self, user: &str) -> Result<(), BillingError> {
         let op = stripe_operator();
-        let bots = self.live_bots(user).await?;
+        let bots = self.service.live_bots(&op, user).await?;
         if bots.is_empty() {
             let req = CreateBot {
                 user_id: user.to_owned(),
@@ -361,14 +357,10 @@ impl Billing {
     }
 
     async fn stop_bots(&self, user: &str) -> Result<(), BillingError> {
-        let op = stripe_operator();
-        for b in self.live_bots(user).await? {
-            match self.service.bot_action(&op, &b.id, BotAction::Stop).await {
-                Ok(_) | Err(ServiceError::Conflict(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
+        Ok(self
+            .service
+            .stop_user_bots(&stripe_operator(), user)
+            .await?)
     }
 }
 
@@ -377,10 +369,9 @@ mod tests {
     use super::*;
 
     fn sign(body: &[u8], secret: &str, t: i64) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-        mac.update(format!("{t}.").as_bytes());
-        mac.update(body);
-        hex::encode(mac.finalize().into_bytes())
+        let t = format!("{t}.");
+        let signed: [&[u8]; 2] = [t.as_bytes(), body];
+        hex::encode(crate::signing::hmac_sha256(secret.as_bytes(), &signed))
     }
 
     #[test]

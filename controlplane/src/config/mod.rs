@@ -11,6 +11,7 @@
 //!
 //! [secrets]
 //! encryption_key_file = "/etc/molt/master.key"  # or encryption_key_env
+//! # previous_encryption_keys_env = "MOLT_ENCRYPTION_KEYS_PREVIOUS"  # or _file
 //! dataplane_token_env = "MOLT_DATAPLANE_TOKEN"
 //! bootstrap_admin_token_env = "MOLT_ADMIN_TOKEN"
 //!
@@ -41,6 +42,12 @@
 //! # health_deadline = "3m"  poll_interval = "1s"  step_timeout = "10s"  lease = "1m"
 //! # max_attempts = 8  backoff = "1s"  concurrency = 4
 //!
+//! [identity]                      # optional: Clerk users and session tokens
+//! webhook_secret_env = "MOLT_CLERK_WEBHOOK_SECRET"  # whsec_...; POST /webhooks/clerk
+//! # jwks_url = "https://clerk.example.com/.well-known/jwks.json"
+//! # issuer = "https://clerk.example.com"  authorized_parties = ["https://app.example.com"]
+//! # audiences = []  jwks_refresh = "5m"  ca_file = "/etc/molt/idp-ca.pem"
+//!
 //! [browser]                       # optional: shipped to every data plane
 //! allowed_origins = ["https://app.example.com"]  # CORS and WebSocket Origin
 //! # max_age = "10m"
@@ -60,9 +67,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod fleet;
+mod identity;
 
 use fleet::resolve_fleet;
 pub use fleet::{FleetConfig, FleetKind, RawFleet, RawFleetKind};
+use identity::resolve_identity;
+pub use identity::{IdentityConfig, JwksSource, RawIdentity};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,6 +89,9 @@ pub struct RawControlplaneConfig {
     pub billing: Option<RawBilling>,
     #[serde(default)]
     pub fleet: Option<RawFleet>,
+    /// `[identity]`: the identity provider's webhooks and tokens.
+    #[serde(default)]
+    pub identity: Option<RawIdentity>,
     /// `[browser]`, shipped to every data plane in the snapshot (the
     /// origins browser apps may call from); without it, each data plane
     /// keeps its own file's.
@@ -171,6 +184,13 @@ pub struct RawSecrets {
     pub encryption_key_file: Option<PathBuf>,
     /// Environment variable holding the at-rest key (hex or base64).
     pub encryption_key_env: Option<String>,
+    /// File holding previous at-rest keys, which only open what they
+    /// sealed (during a rotation): each `KID:KEY` or `KEY`, separated by
+    /// commas or whitespace. A missing or empty file is no previous key.
+    pub previous_encryption_keys_file: Option<PathBuf>,
+    /// Environment variable holding previous at-rest keys, as in the file.
+    /// Unset or empty is no previous key, so a deployment can always name it.
+    pub previous_encryption_keys_env: Option<String>,
     /// Environment variable holding the token data planes present.
     pub dataplane_token_env: String,
     /// Environment variable holding an admin token that always works.
@@ -221,6 +241,8 @@ pub struct Settings {
     /// `None` without a `[fleet]` section: bots can be requested but
     /// nothing provisions them.
     pub fleet: Option<FleetConfig>,
+    /// `None` without an `[identity]` section.
+    pub identity: Option<IdentityConfig>,
 }
 
 /// Every problem found in a config file, one per line.
@@ -293,13 +315,23 @@ impl Settings {
                 var("billing.stripe_api_key_env", &b.stripe_api_key_env),
             )
         });
-        let cipher = match key_text {
-            Ok(Some(text)) => Cipher::from_text(&text)
-                .map_err(|e| errs.push(format!("secrets: encryption key: {e}")))
+        let identity_secret = raw
+            .identity
+            .as_ref()
+            .and_then(|i| var("identity.webhook_secret_env", &i.webhook_secret_env));
+        let cipher = match (key_text, previous_keys(&raw.secrets, env)) {
+            (Ok(Some(text)), Ok(previous)) => Cipher::from_text(&text)
+                .map_err(|e| format!("secrets: encryption key: {e}"))
+                .and_then(|c| {
+                    c.with_previous(&previous)
+                        .map_err(|e| format!("secrets: previous encryption keys: {e}"))
+                })
+                .map_err(|e| errs.push(e))
                 .ok(),
-            Ok(None) => None,
-            Err(e) => {
-                errs.push(e);
+            (Ok(None), Ok(_)) => None,
+            (key, previous) => {
+                errs.extend(key.err());
+                errs.extend(previous.err());
                 None
             }
         };
@@ -356,6 +388,11 @@ impl Settings {
             .fleet
             .as_ref()
             .and_then(|f| resolve_fleet(f, fly_token, &mut errs));
+        let (identity, identity_tokens) = raw
+            .identity
+            .as_ref()
+            .and_then(|i| resolve_identity(i, identity_secret, &mut errs))
+            .unzip();
         if let Some(browser) = &raw.browser {
             let mut problems = molt_config::ConfigErrors::default();
             molt_config::browser::BrowserConfig::check(browser, &mut problems);
@@ -387,6 +424,7 @@ impl Settings {
                         dataplane_token_sha256: sha256_hex(&dataplane),
                         max_jwt_ttl: raw.jwt.max_ttl.unwrap_or(Duration::from_secs(3600)),
                         browser: raw.browser,
+                        identity_tokens: identity_tokens.flatten(),
                     },
                     api: ApiSettings {
                         poll_hold,
@@ -399,10 +437,32 @@ impl Settings {
                         .unwrap_or(Duration::from_secs(90 * 24 * 3600)),
                     billing,
                     fleet,
+                    identity,
                 })
             }
             _ => Err(SettingsError(errs)),
         }
+    }
+}
+
+/// The previous at-rest keys' text (empty for none): from the file or the
+/// variable `secrets` names, at most one of them.
+fn previous_keys(secrets: &RawSecrets, env: &dyn Env) -> Result<String, String> {
+    match (
+        &secrets.previous_encryption_keys_file,
+        &secrets.previous_encryption_keys_env,
+    ) {
+        (Some(_), Some(_)) => Err("secrets: set at most one of previous_encryption_keys_file or previous_encryption_keys_env".to_owned()),
+        (Some(file), None) => match std::fs::read_to_string(file) {
+            Ok(text) => Ok(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(format!(
+                "secrets.previous_encryption_keys_file: cannot read {}: {e}",
+                file.display()
+            )),
+        },
+        (None, Some(name)) => Ok(env.var(name).unwrap_or_default()),
+        (None, None) => Ok(String::new()),
     }
 }
 
@@ -494,6 +554,57 @@ mod tests {
             let err = resolve(bad).unwrap_err().to_string();
             assert!(err.contains(message), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn previous_encryption_keys_join_the_keyring() {
+        const NEW: &str = "new:ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+        let text = FILE.replace(
+            "encryption_key_env = \"KEY\"",
+            "encryption_key_env = \"KEY\"\nprevious_encryption_keys_env = \"PREV\"",
+        );
+        let raw: RawControlplaneConfig = toml::from_str(&text).unwrap();
+        // Unset (or empty): the single key, as before.
+        let s = Settings::resolve(raw.clone(), &env()).unwrap();
+        assert_eq!(s.service.cipher.previous_kids().count(), 0);
+        let resolve = |key: &'static str, previous: &'static str| {
+            let mut vars = env();
+            vars.insert("KEY", key);
+            vars.insert("PREV", previous);
+            Settings::resolve(raw.clone(), &vars)
+        };
+        let old = env()["KEY"];
+        let s = resolve(NEW, old).unwrap();
+        let cipher = &s.service.cipher;
+        assert_eq!(cipher.current_kid(), "new");
+        assert_eq!(
+            cipher.previous_kids().collect::<Vec<_>>(),
+            [Cipher::from_text(old).unwrap().current_kid()]
+        );
+        let err = resolve(NEW, "old:0123").unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(
+            err.0[0]
+                .starts_with("secrets: previous encryption keys: encryption key must be 32 bytes"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("0123"), "{err}");
+        let err = resolve(
+            NEW,
+            "new:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.0,
+            ["secrets: previous encryption keys: key id \"new\" is given to more than one key"]
+        );
+        let both = text.replace(
+            "previous_encryption_keys_env",
+            "previous_encryption_keys_file = \"/nonexistent\"\nprevious_encryption_keys_env",
+        );
+        let err = Settings::resolve(toml::from_str(&both).unwrap(), &env()).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.0[0].contains("at most one"), "{err}");
     }
 
     #[test]
@@ -640,6 +751,50 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn identity_section_resolves_and_names_its_errors() {
+        let whsec = "whsec_MDEyMzQ1Njc4OWFiY2RlZg==";
+        let text = format!(
+            "{FILE}\n[identity]\nwebhook_secret_env = \"CLERK\"\njwks_url = \"https://clerk.example.com/.well-known/jwks.json\"\nissuer = \"https://clerk.example.com\"\nauthorized_parties = [\"https://app.example.com\"]\n"
+        );
+        let raw: RawControlplaneConfig = toml::from_str(&text).unwrap();
+        let mut vars = env();
+        vars.insert("CLERK", whsec);
+        let s = Settings::resolve(raw.clone(), &vars).unwrap();
+        let jwks = s.identity.unwrap().jwks.unwrap();
+        assert_eq!(jwks.refresh, Duration::from_secs(300));
+        let tokens = s.service.identity_tokens.unwrap();
+        assert_eq!(tokens.issuer, "https://clerk.example.com");
+        assert_eq!(tokens.authorized_parties, ["https://app.example.com"]);
+        let err = Settings::resolve(raw, &env()).unwrap_err();
+        assert_eq!(
+            err.0,
+            ["identity.webhook_secret_env: environment variable CLERK is not set"]
+        );
+
+        let text = format!(
+            "{FILE}\n[identity]\nwebhook_secret_env = \"CLERK\"\njwks_url = \"ftp://x\"\njwks_refresh = \"1s\"\n"
+        );
+        let raw: RawControlplaneConfig = toml::from_str(&text).unwrap();
+        let mut vars = env();
+        vars.insert("CLERK", "whsec_not base64!");
+        let err = Settings::resolve(raw, &vars).unwrap_err();
+        for field in [
+            "identity.webhook_secret_env:",
+            "identity.jwks_refresh:",
+            "identity.jwks_url:",
+            "identity.issuer:",
+        ] {
+            assert!(err.0.iter().any(|e| e.starts_with(field)), "{field}: {err}");
+        }
+        let text = format!("{FILE}\n[identity]\nwebhook_secret_env = \"CLERK\"\nissuer = \"x\"\n");
+        let raw: RawControlplaneConfig = toml::from_str(&text).unwrap();
+        let mut vars = env();
+        vars.insert("CLERK", whsec);
+        let err = Settings::resolve(raw, &vars).unwrap_err();
+        assert_eq!(err.0, ["identity.issuer: only with jwks_url"]);
     }
 
     #[test]

@@ -73,6 +73,12 @@ pub enum CtlCommand {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Secrets at rest: which key they are under, and re-encryption to the
+    /// current key (a rotation of the at-rest key, see deploy/README.md).
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCmd,
+    },
     /// The audit log, newest first.
     Audit {
         #[arg(long, default_value_t = 50)]
@@ -310,6 +316,25 @@ pub enum ProvidersCmd {
         #[arg(long = "key-env", required = true)]
         key_env: Vec<String>,
     },
+    /// Replace every master key of a provider (a rotation: data planes
+    /// switch to the new keys on their next snapshot).
+    SetKeys {
+        /// Provider id or name.
+        id: String,
+        /// Environment variable holding a master key (repeatable).
+        #[arg(long = "key-env", required = true)]
+        key_env: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCmd {
+    /// Sealed values per at-rest key id, and how many are not under the
+    /// current key.
+    Status,
+    /// Rewrite every sealed value under the current key (while serving;
+    /// idempotent). Fails if any value is still not under it afterwards.
+    Reencrypt,
 }
 
 #[derive(Debug, Args)]

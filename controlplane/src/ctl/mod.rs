@@ -12,7 +12,7 @@ mod args;
 
 pub use args::{
     BotsCmd, CtlArgs, CtlCommand, KeysCmd, LimitsCmd, ListArgs, ModelsCmd, PlansCmd, ProvidersCmd,
-    UsersCmd,
+    SecretsCmd, UsersCmd,
 };
 
 use crate::https::{HttpsClient, TlsSetupError};
@@ -219,39 +219,35 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 (v, &["id", "effective_from", "price", "created_by"])
             }
         },
-        CtlCommand::Providers { command } => {
-            match command {
-                ProvidersCmd::List(p) => (
-                    api.call(
-                        Method::GET,
-                        &format!("/api/v1/providers{}", p.query()),
-                        None,
-                    )
-                    .await?,
-                    &["id", "name", "kind", "base_url", "key_count"],
-                ),
-                ProvidersCmd::Create {
-                    name,
-                    kind,
-                    base_url,
-                    key_env,
-                } => {
-                    let keys = key_env
-                        .iter()
-                        .map(|var| std::env::var(var).map_err(|_| CtlError::Env(var.clone())))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    (
-                    api.call(
-                        Method::POST,
-                        "/api/v1/providers",
-                        Some(json!({"name": name, "kind": kind, "base_url": base_url, "keys": keys})),
-                    )
-                    .await?,
-                    &["id", "name", "kind", "base_url", "key_count"],
+        CtlCommand::Providers { command } => match command {
+            ProvidersCmd::List(p) => (
+                api.call(Method::GET, &format!("/api/v1/providers{}", p.query()), None).await?,
+                &["id", "name", "kind", "base_url", "key_count"],
+            ),
+            ProvidersCmd::Create {
+                name,
+                kind,
+                base_url,
+                key_env,
+            } => (
+                api.call(
+                    Method::POST,
+                    "/api/v1/providers",
+                    Some(json!({"name": name, "kind": kind, "base_url": base_url, "keys": keys_from_env(&key_env)?})),
                 )
-                }
-            }
-        }
+                .await?,
+                &["id", "name", "kind", "base_url", "key_count"],
+            ),
+            ProvidersCmd::SetKeys { id, key_env } => (
+                api.call(
+                    Method::PATCH,
+                    &format!("/api/v1/providers/{}", encode(&id)),
+                    Some(json!({"keys": keys_from_env(&key_env)?})),
+                )
+                .await?,
+                &["id", "name", "kind", "base_url", "key_count", "updated_at"],
+            ),
+        },
         CtlCommand::Bots { command } => {
             const COLUMNS: &[&str] = &["id", "user_id", "status", "desired", "machine_id", "error"];
             let bot = |id: &str, action: &str| format!("/api/v1/bots/{}{action}", encode(id));
@@ -383,6 +379,24 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
             )?;
             return Ok(());
         }
+        CtlCommand::Secrets { command } => {
+            let v = match command {
+                SecretsCmd::Status => api.call(Method::GET, "/api/v1/secrets", None).await?,
+                SecretsCmd::Reencrypt => {
+                    api.call(Method::POST, "/api/v1/secrets/reencrypt", None)
+                        .await?
+                }
+            };
+            // A nested document: always shown as JSON.
+            writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap_or_default())?;
+            let stale = v.get("status").unwrap_or(&v)["stale"].as_u64().unwrap_or(0);
+            if v.get("status").is_some() && stale > 0 {
+                return Err(CtlError::Input(format!(
+                    "{stale} sealed values are still not under the current key: see `failed` and run again"
+                )));
+            }
+            return Ok(());
+        }
         CtlCommand::Audit { limit } => (
             api.call(Method::GET, &format!("/api/v1/audit?limit={limit}"), None)
                 .await?,
@@ -423,6 +437,15 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
         columns
     };
     write_table(out, &rows, columns)
+}
+
+/// The master keys held by the environment variables `names` (never
+/// taken from arguments, which leak into shell history).
+fn keys_from_env(names: &[String]) -> Result<Vec<String>, CtlError> {
+    names
+        .iter()
+        .map(|var| std::env::var(var).map_err(|_| CtlError::Env(var.clone())))
+        .collect()
 }
 
 /// `FIELD=N` arguments as a limit set object. Field names are checked by

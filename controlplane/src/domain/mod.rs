@@ -61,6 +61,8 @@ molt_config::text_enum! {
         Active = "active",
         Suspended = "suspended",
         PastDue = "past_due",
+        /// Deleted at the identity provider: keys revoked, bots stopped.
+        Deactivated = "deactivated",
     }
 }
 
@@ -95,6 +97,13 @@ pub struct User {
     pub plan: Option<String>,
     pub stripe_customer_id: Option<String>,
     pub limits: LimitOverrides,
+    /// The identity provider's (Clerk's) user id, once its webhook linked
+    /// the user; `null` for users made through the API only.
+    pub clerk_id: Option<String>,
+    /// Clerk's time (Unix ms) of the last identity change applied; internal
+    /// (orders webhook deliveries), never serialised.
+    #[serde(skip)]
+    pub clerk_updated_at: Option<Millis>,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -137,6 +146,25 @@ pub struct SealedProvider {
     pub provider: Provider,
     /// Output of [`crate::crypto::Cipher::seal`]; opaque to the store.
     pub keys_sealed: String,
+}
+
+molt_config::text_enum! {
+    /// What holds a value sealed at rest: each kind is one column of one
+    /// table, sealed bound to its row's id.
+    #[derive(ToSchema, PartialOrd, Ord)]
+    pub enum SealedKind {
+        /// `providers.keys_sealed`: a provider's master keys.
+        ProviderKeys = "provider_keys",
+        /// `bots.token_sealed`: a bot's gateway token.
+        BotToken = "bot_token",
+    }
+}
+
+/// One value sealed at rest and the id of its row (bound into it).
+#[derive(Debug, Clone)]
+pub struct SealedValue {
+    pub id: String,
+    pub sealed: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -181,6 +181,33 @@ impl Service {
         Ok(paginate(items, page, |b: &Bot| b.id.clone()))
     }
 
+    /// A user's bots that are not deleted (or being deleted).
+    pub async fn live_bots(&self, op: &Operator, user_id: &str) -> Result<Vec<Bot>, ServiceError> {
+        let page = PageRequest {
+            cursor: None,
+            limit: super::MAX_PAGE,
+        };
+        Ok(self
+            .list_bots(op, Some(user_id), &page)
+            .await?
+            .items
+            .into_iter()
+            .filter(|b| !matches!(b.status, BotStatus::Deleting | BotStatus::Deleted))
+            .collect())
+    }
+
+    /// Stop every live bot of `user_id` (each audited as `bot.stop`; one
+    /// that changed meanwhile is skipped).
+    pub async fn stop_user_bots(&self, op: &Operator, user_id: &str) -> Result<(), ServiceError> {
+        for b in self.live_bots(op, user_id).await? {
+            match self.bot_action(op, &b.id, BotAction::Stop).await {
+                Ok(_) | Err(ServiceError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Stop, start, retry or delete: record the wish; the worker acts.
     pub async fn bot_action(
         &self,

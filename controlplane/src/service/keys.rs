@@ -145,4 +145,32 @@ impl Service {
         self.refresh_snapshot().await;
         Ok(after)
     }
+
+    /// Revoke every unrevoked key of `user_id` (each audited as
+    /// `key.revoke`); returns how many. One revoked meanwhile is skipped.
+    pub async fn revoke_user_keys(
+        &self,
+        op: &Operator,
+        user_id: &str,
+    ) -> Result<u32, ServiceError> {
+        let mut page = PageRequest {
+            cursor: None,
+            limit: super::MAX_PAGE,
+        };
+        let mut revoked = 0;
+        loop {
+            let keys = self.list_keys(op, Some(user_id), &page).await?;
+            for key in keys.items.iter().filter(|k| k.revoked_at.is_none()) {
+                match self.revoke_key(op, &key.id).await {
+                    Ok(_) => revoked += 1,
+                    Err(ServiceError::Conflict(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            match keys.next_cursor {
+                Some(cursor) => page.cursor = Some(cursor),
+                None => return Ok(revoked),
+            }
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! The control plane's business logic: every rule about users, plans, keys,
 //! providers, models and their prices, usage and its cost, dollar budgets,
 //! audit and operator auth lives here, between
-//! the thin HTTP handlers and storage. Each service file declares the slice
+//! the thin HTTP handlers and storage (and re-encryption of secrets at
+//! rest, [`secrets`]). Each service file declares the slice
 //! of storage it needs ([`users::UserStore`], [`keys::KeyStore`], ...,
 //! [`AuditStore`] here) with `store::store_trait!`, which implements it
 //! for the store; [`ServiceStore`] is all of them, what [`Service`] holds.
@@ -19,12 +20,14 @@
 pub mod auth;
 pub mod bots;
 pub mod budget;
+pub mod identity;
 pub mod keys;
 pub mod limits;
 pub mod models;
 pub mod plans;
 pub mod prices;
 pub mod providers;
+pub mod secrets;
 pub mod usage;
 pub mod users;
 
@@ -54,6 +57,7 @@ store_trait! {
 /// Everything the services need from storage: each service's slice.
 pub trait ServiceStore:
     users::UserStore
+    + identity::IdentityStore
     + keys::KeyStore
     + providers::ProviderStore
     + models::ModelStore
@@ -64,6 +68,7 @@ pub trait ServiceStore:
     + usage::UsageStore
     + auth::AdminTokenStore
     + bots::BotWishStore
+    + secrets::SealedStore
     + AuditStore
     + std::fmt::Debug
     + 'static
@@ -161,6 +166,9 @@ pub struct ServiceSettings {
     pub max_jwt_ttl: Duration,
     /// `[browser]` shipped to every data plane, if configured.
     pub browser: Option<molt_config::browser::RawBrowser>,
+    /// The identity provider's tokens data planes accept (`[identity]`
+    /// with a `jwks_url`), if configured.
+    pub identity_tokens: Option<crate::snapshot::IdentityTokens>,
 }
 
 /// The services, shared by every handler.

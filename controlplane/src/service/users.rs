@@ -55,7 +55,7 @@ where
 }
 
 /// Trimmed and lower-cased, so uniqueness does not depend on case.
-fn normalise_email(email: &str) -> Result<String, ServiceError> {
+pub(super) fn normalise_email(email: &str) -> Result<String, ServiceError> {
     let email = email.trim().to_lowercase();
     let valid = email.len() <= 254
         && !email.chars().any(char::is_whitespace)
@@ -81,7 +81,7 @@ fn optional_text(field: &str, value: Option<String>) -> Result<Option<String>, S
 }
 
 /// A store error on a user write in the API's terms.
-fn user_write_error(e: StoreError, user: &User) -> ServiceError {
+pub(super) fn user_write_error(e: StoreError, user: &User) -> ServiceError {
     match e {
         StoreError::Duplicate => {
             ServiceError::Conflict(format!("a user with email {:?} exists", user.email))
@@ -133,6 +133,8 @@ impl Service {
             plan: None,
             stripe_customer_id: optional_text("stripe_customer_id", req.stripe_customer_id)?,
             limits: req.limits,
+            clerk_id: None,
+            clerk_updated_at: None,
             created_at: now,
             updated_at: now,
         };
@@ -143,16 +145,28 @@ impl Service {
         if limited {
             self.check_user_limits(&user).await?;
         }
-        let audit = audit_entry(op, "user.create", &user.id, None, Some(&user));
-        self.store
-            .insert_user(&user, &audit)
-            .await
-            .map_err(|e| user_write_error(e, &user))?;
+        self.store_new_user(op, &user).await?;
         drop(write);
         if limited {
             self.refresh_snapshot().await;
         }
         Ok(user)
+    }
+
+    /// Store a new user with its `user.create` audit entry, under the
+    /// caller's write lock. Every new user passes here, whether an operator
+    /// (`create_user`) or the identity provider (`service::identity`) made
+    /// it: the one place for what must follow a user's creation.
+    pub(super) async fn store_new_user(
+        &self,
+        op: &Operator,
+        user: &User,
+    ) -> Result<(), ServiceError> {
+        let audit = audit_entry(op, "user.create", &user.id, None, Some(user));
+        self.store
+            .insert_user(user, &audit)
+            .await
+            .map_err(|e| user_write_error(e, user))
     }
 
     pub async fn get_user(&self, _op: &Operator, id: &str) -> Result<User, ServiceError> {

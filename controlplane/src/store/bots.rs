@@ -44,6 +44,16 @@ macro_rules! columns {
     };
 }
 
+/// Sealed gateway tokens (`id`, `sealed`) after id `$1`, by id, at most
+/// `$2` (for re-encryption, `sealed.rs`).
+pub(super) const SEALED_PAGE: &str =
+    "SELECT id, token_sealed AS sealed FROM bots WHERE id > $1 ORDER BY id LIMIT $2";
+
+/// Re-sealed gateway token `$3` for bot `$1`, only while it is still `$2`.
+/// No other column changes: a worker's claim and steps are untouched.
+pub(super) const RESEAL: &str =
+    "UPDATE bots SET token_sealed = $3 WHERE id = $1 AND token_sealed = $2";
+
 /// Bots with a step due: `$1` now, `$2` the limit, then one bind per
 /// [`BotStatus::ACTIVE`] state (a test keeps the two in step).
 const DUE: &str = "SELECT id FROM bots WHERE next_attempt_at <= $1 \

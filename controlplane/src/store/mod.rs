@@ -18,7 +18,7 @@
 //! | --- | --- | --- |
 //! | `users` | [`users`] | user service; billing through the user service |
 //! | `api_keys` | [`keys`] | key service |
-//! | `providers` | [`providers`] | provider service |
+//! | `providers` | [`providers`] | provider service; re-encryption (`keys_sealed`, through [`sealed`]) |
 //! | `models` | [`models`] | model service |
 //! | `model_prices` | [`prices`] | model service (insert only: a price change is a new version) |
 //! | `plans` | [`plans`] | plan service |
@@ -27,8 +27,9 @@
 //! | `budget_events` | [`budget`] | usage service (threshold crossings, once each) |
 //! | `audit_log` | [`audit`] | every audited write; audit retention |
 //! | `admin_tokens` | [`admin_tokens`] | operator auth service |
-//! | `bots` | [`bots`] | bot service (wishes); provisioning worker (steps, claims) |
+//! | `bots` | [`bots`] | bot service (wishes); provisioning worker (steps, claims); re-encryption (`token_sealed`, through [`sealed`]) |
 //! | `stripe_events`, `billing_past_due`, `meter_reports` | [`billing`] | billing |
+//! | `clerk_events` | [`identity`] | identity webhooks (their user changes go through the user service) |
 //!
 //! Every write an operator makes takes the [`AuditEntry`](crate::domain::AuditEntry)
 //! describing it and writes both in one transaction, so a change is never
@@ -54,12 +55,14 @@ mod billing;
 mod bots;
 mod budget;
 mod config;
+mod identity;
 mod keys;
 mod models;
 mod plans;
 mod prices;
 mod providers;
 mod query;
+mod sealed;
 mod snapshot;
 mod usage;
 mod users;
@@ -68,6 +71,7 @@ pub use billing::HandledEvent;
 pub use billing::ReportInput;
 pub use bots::{StepUpdate, WishChange};
 pub use budget::BudgetSource;
+pub use identity::IdentityEvent;
 pub use snapshot::{SnapshotSource, UserLimits};
 pub use usage::{
     ByStatus, Claimed, EventCost, IngestCounts, OpenWindow, PriceEvent, UsageFilter, UsageSums,

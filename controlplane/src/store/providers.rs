@@ -31,6 +31,16 @@ impl Record for SealedProvider {
     }
 }
 
+/// Sealed master keys (`id`, `sealed`) after id `$1`, by id, at most `$2`
+/// (for re-encryption, `sealed.rs`).
+pub(super) const SEALED_PAGE: &str =
+    "SELECT id, keys_sealed AS sealed FROM providers WHERE id > $1 ORDER BY id LIMIT $2";
+
+/// Re-sealed master keys `$3` for provider `$1`, only while they are still
+/// `$2` (a concurrent update wins).
+pub(super) const RESEAL: &str =
+    "UPDATE providers SET keys_sealed = $3 WHERE id = $1 AND keys_sealed = $2";
+
 /// Every provider, by id.
 pub(super) async fn all(conn: &mut AnyConnection) -> Result<Vec<SealedProvider>, StoreError> {
     const SQL: &str = concat!("SELECT ", columns!(), " FROM providers ORDER BY id");

@@ -20,6 +20,9 @@ pub struct SnapshotSource {
     pub plans: Vec<Plan>,
     /// The users on a plan or with overrides of their own, by id.
     pub user_limits: Vec<UserLimits>,
+    /// `(clerk_id, user_id)` of active users linked to the identity
+    /// provider, by Clerk id.
+    pub identities: Vec<(String, String)>,
 }
 
 impl SnapshotSource {
@@ -51,6 +54,7 @@ impl SqlStore {
         let limits = config::limits(&mut tx).await?;
         let plans = plans::all(&mut tx).await?;
         let user_limits = users::limited(&mut tx).await?;
+        let identities = users::identities(&mut tx).await?;
         tx.commit().await?;
         Ok(SnapshotSource {
             keys,
@@ -60,6 +64,7 @@ impl SqlStore {
             limits,
             plans,
             user_limits,
+            identities,
         })
     }
 }

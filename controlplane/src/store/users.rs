@@ -9,7 +9,7 @@ use sqlx::AnyConnection;
 
 record!(User in "users" {
     id, email, status: named(UserStatus::parse), plan, stripe_customer_id, limits: json,
-    created_at, updated_at,
+    clerk_id, clerk_updated_at, created_at, updated_at,
 });
 
 impl Record for UserLimits {
@@ -39,12 +39,27 @@ pub(super) async fn limited(conn: &mut AnyConnection) -> Result<Vec<UserLimits>,
         .collect())
 }
 
+/// `(clerk_id, user_id)` of the active users linked to the identity
+/// provider, by Clerk id: whose provider tokens a config snapshot maps.
+pub(super) async fn identities(
+    conn: &mut AnyConnection,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT clerk_id, id FROM users WHERE clerk_id IS NOT NULL AND status = $1 \
+         ORDER BY clerk_id",
+    )
+    .bind(UserStatus::Active.as_str())
+    .fetch_all(conn)
+    .await?;
+    Ok(rows)
+}
+
 impl SqlStore {
     pub async fn insert_user(&self, u: &User, audit: &AuditEntry) -> Result<(), StoreError> {
         const SQL: &str = concat!(
             "INSERT INTO users (",
             columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         );
         self.insert(SQL, u, audit).await
     }
@@ -52,7 +67,7 @@ impl SqlStore {
     pub async fn update_user(&self, u: &User, audit: &AuditEntry) -> Result<(), StoreError> {
         let query = sqlx::query(
             "UPDATE users SET email = $2, status = $3, plan = $4, stripe_customer_id = $5, \
-             limits = $6, updated_at = $7 WHERE id = $1",
+             limits = $6, clerk_id = $7, clerk_updated_at = $8, updated_at = $9 WHERE id = $1",
         )
         .bind(&u.id)
         .bind(&u.email)
@@ -60,6 +75,8 @@ impl SqlStore {
         .bind(&u.plan)
         .bind(&u.stripe_customer_id)
         .bind(to_json(&u.limits))
+        .bind(&u.clerk_id)
+        .bind(u.clerk_updated_at)
         .bind(u.updated_at);
         self.audited(query, Rows::One, audit).await
     }
@@ -67,6 +84,18 @@ impl SqlStore {
     pub async fn get_user(&self, id: &str) -> Result<Option<User>, StoreError> {
         const SQL: &str = concat!("SELECT ", columns!(), " FROM users WHERE id = $1");
         self.find(SQL, id).await
+    }
+
+    /// The user linked to this Clerk user id.
+    pub async fn user_by_clerk_id(&self, clerk_id: &str) -> Result<Option<User>, StoreError> {
+        const SQL: &str = concat!("SELECT ", columns!(), " FROM users WHERE clerk_id = $1");
+        self.find(SQL, clerk_id).await
+    }
+
+    /// The user with this (normalised) email.
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        const SQL: &str = concat!("SELECT ", columns!(), " FROM users WHERE email = $1");
+        self.find(SQL, email).await
     }
 
     pub async fn list_users(&self, range: &Range) -> Result<Vec<User>, StoreError> {

@@ -6,9 +6,8 @@
 //! times. Each ends with reconciliation at zero difference and no duplicate
 //! meter event. Bad input is refused with no state change.
 
-use crate::harness::{settings, Cp, Resp, Seed, TestDb};
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use crate::harness::{post_with_headers, settings, Cp, Resp, Seed, TestDb};
+use axum::http::StatusCode;
 use molt_config::money::Picodollars;
 use molt_controlplane::billing::meter::identifier;
 use molt_controlplane::billing::stripe_sink::StripeMeterSink;
@@ -20,7 +19,6 @@ use molt_fakes::fake_stripe::{
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use tower::ServiceExt;
 
 crate::on_both_databases!(
     checkout_then_usage_then_flush_bills_every_token_once,
@@ -105,24 +103,11 @@ fn now_ms() -> i64 {
 
 /// Deliver `body` to `/webhooks/stripe` with `signature`.
 async fn deliver_raw(app: &App, body: &str, signature: Option<String>) -> Resp {
-    let mut req = Request::builder()
-        .method("POST")
-        .uri("/webhooks/stripe")
-        .header("content-type", "application/json");
-    if let Some(sig) = signature {
-        req = req.header("stripe-signature", sig);
-    }
-    let resp = app
-        .router
-        .clone()
-        .oneshot(req.body(Body::from(body.to_owned())).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    Resp { status, body }
+    let headers: Vec<(&str, String)> = signature
+        .map(|sig| ("stripe-signature", sig))
+        .into_iter()
+        .collect();
+    post_with_headers(app, "/webhooks/stripe", &headers, body).await
 }
 
 /// Deliver an event signed as Stripe signs it now.

@@ -4,7 +4,7 @@
 //! dropped between and inside steps, health that never passes. Each ends
 //! with exactly one machine and one volume per bot (or none after delete).
 
-use crate::harness::{settings, Cp, Resp, TestDb};
+use crate::harness::{settings, Cp, Resp, TestDb, MASTER_KEY};
 use axum::http::StatusCode;
 use molt_controlplane::fleet::fly::{FlyFleet, FlySettings};
 use molt_controlplane::fleet::Fleet;
@@ -199,11 +199,25 @@ async fn provisions_to_running_and_publishes_the_bot(db: TestDb) {
         |_| {},
     )
     .await;
+    // A provider with a master key exists: it must never reach the bot.
+    let r = env
+        .cp
+        .post(
+            "/api/v1/providers",
+            json!({"name": "p1", "kind": "openai", "base_url": "http://127.0.0.1:9800", "keys": [MASTER_KEY]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let user = env.user("ada@example.com").await;
     let id = env.create_bot(&user).await;
     let bot = env.wait_for(&id, "running").await;
     env.assert_one_of_each(&bot);
     assert_eq!(bot["error"], Value::Null);
+    let machine = serde_json::to_string(&env.fake.live_machines()[0].config).unwrap();
+    assert!(
+        !machine.contains(MASTER_KEY),
+        "a master key in the bot's machine: {machine}"
+    );
 
     // The machine is what the seed asks for.
     let m = &env.fake.live_machines()[0];

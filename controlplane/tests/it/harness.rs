@@ -15,6 +15,8 @@ use tower::ServiceExt;
 pub(crate) const ADMIN: &str = "bootstrap-admin-token-for-tests";
 pub(crate) const DATAPLANE: &str = "dataplane-token-for-tests";
 pub(crate) const JWT_SECRET: &str = "jwt-secret-for-tests-0123456789abcdef";
+/// Clerk's webhook secret (`whsec_` + base64 of "clerk-webhook-secret-for-tests").
+pub(crate) const CLERK_WHSEC: &str = "whsec_Y2xlcmstd2ViaG9vay1zZWNyZXQtZm9yLXRlc3Rz";
 
 /// Generate one `#[tokio::test]` per database for each listed
 /// `async fn name(db: TestDb)`.
@@ -140,11 +142,17 @@ pub(crate) fn env() -> HashMap<&'static str, &'static str> {
         ("DP", DATAPLANE),
         ("ADMIN", ADMIN),
         ("JWT", JWT_SECRET),
+        ("CLERK_WHSEC", CLERK_WHSEC),
     ])
 }
 
 pub(crate) fn settings() -> Settings {
-    let raw = toml::from_str(
+    settings_with("")
+}
+
+/// The test settings with `tail` (whole tables, e.g. `[identity]`) added.
+pub(crate) fn settings_with(tail: &str) -> Settings {
+    let text = format!(
         r#"
         listen = "127.0.0.1:0"
         database_url = "unused"
@@ -160,9 +168,10 @@ pub(crate) fn settings() -> Settings {
         refresh_interval = "1h"
         max_body_bytes = 65536
         max_ingest_bytes = 65536
-        "#,
-    )
-    .expect("test config parses");
+        {tail}
+        "#
+    );
+    let raw = toml::from_str(&text).expect("test config parses");
     Settings::resolve(raw, &env()).expect("test config resolves")
 }
 
@@ -204,7 +213,13 @@ impl Resp {
 
 impl Cp {
     pub(crate) async fn start(db: TestDb) -> Self {
-        let app = App::start(db.store.clone(), &settings())
+        Self::start_with(db, &settings()).await
+    }
+
+    /// With `settings` instead of the test config (another at-rest key,
+    /// identity settings).
+    pub(crate) async fn start_with(db: TestDb, settings: &Settings) -> Self {
+        let app = App::start(db.store.clone(), settings)
             .await
             .expect("control plane starts");
         Self { app, db }
@@ -324,6 +339,33 @@ impl Cp {
             secret: k["secret"].as_str().unwrap().to_owned(),
         }
     }
+}
+
+/// POST `body` (JSON) to `uri` with `headers`, as a webhook sender does.
+pub(crate) async fn post_with_headers(
+    app: &App,
+    uri: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> Resp {
+    let mut req = Request::builder()
+        .method("POST")
+        .uri(uri)
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        req = req.header(*name, value);
+    }
+    let resp = app
+        .router
+        .clone()
+        .oneshot(req.body(Body::from(body.to_owned())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    Resp { status, body }
 }
 
 /// A provider master key: must appear in snapshots and nowhere else.

@@ -1,5 +1,6 @@
 //! Integration tests of the control plane, in one test binary: repository
-//! tests ([`store`]) and API tests through the real router ([`api`]), each
+//! tests ([`store`]), API tests through the real router ([`api`]) and the
+//! at-rest key's rotation ([`secrets`]), each
 //! run against SQLite and against PostgreSQL (`DATABASE_URL`).
 
 #![allow(
@@ -14,7 +15,9 @@ mod billing;
 mod bots;
 mod fleet;
 mod harness;
+mod identity;
 mod limits;
 mod money;
 mod plans;
+mod secrets;
 mod store;

@@ -41,6 +41,8 @@ fn user(email: &str) -> User {
             requests_per_minute: Some(60),
             ..Default::default()
         },
+        clerk_id: None,
+        clerk_updated_at: None,
         created_at: 1,
         updated_at: 1,
     }

@@ -10,6 +10,7 @@
 
 mod browser;
 mod clients;
+mod identity;
 mod limits;
 mod pool;
 mod proxy;

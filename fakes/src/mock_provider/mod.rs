@@ -3,7 +3,8 @@
 //!
 //! This module owns the public handle ([`MockProvider`]), the routing, the
 //! request intake (full body read, credential check, JSON parsing, behaviour
-//! controls) and the record of received requests. The wire formats live in
+//! controls) and the record of received requests; which keys it accepts
+//! (any, or a set a test changes at run time) is [`keys`]. The wire formats live in
 //! [`openai`] and [`anthropic`] (and the Realtime WebSocket in [`realtime`]),
 //! pacing and SSE framing in [`sse`], and the
 //! per-request controls (`x-mock-*` headers, `mock-error-<code>` models) in
@@ -18,6 +19,7 @@ mod anthropic;
 mod content;
 mod control;
 mod errors;
+mod keys;
 mod openai;
 mod realtime;
 mod sse;
@@ -38,6 +40,7 @@ use sha2::{Digest, Sha256};
 
 use control::Controls;
 use errors::{error_response, Flavor};
+pub use keys::KeySet;
 use sse::{event_stream_response, truncated_response, Pacing, StreamEvents};
 
 /// Request bodies up to this size are accepted (tests send multi-MiB bodies).
@@ -84,6 +87,7 @@ struct Inner {
     options: MockOptions,
     next_id: AtomicU64,
     records: Mutex<VecDeque<RecordedRequest>>,
+    keys: keys::AcceptedKeys,
 }
 
 /// One request the mock received, and the usage it reported back.
@@ -190,6 +194,7 @@ impl MockProvider {
                 options: opts,
                 next_id: AtomicU64::new(1),
                 records: Mutex::new(VecDeque::new()),
+                keys: keys::AcceptedKeys::default(),
             }),
         }
     }
@@ -241,6 +246,16 @@ impl MockProvider {
                     },
                 ),
             )
+            .route(
+                "/_mock/keys",
+                get(|State(provider): State<Self>| async move { Json(provider.inner.keys.get()) })
+                    .put(
+                        |State(provider): State<Self>, Json(keys): Json<KeySet>| async move {
+                            provider.accept_keys(keys);
+                            StatusCode::NO_CONTENT
+                        },
+                    ),
+            )
             .route("/_mock/health", get(|| async { "ok" }))
             .fallback(
                 |State(provider): State<Self>, request: Request| async move {
@@ -255,6 +270,11 @@ impl MockProvider {
                 },
             )
             .with_state(self.clone())
+    }
+
+    /// Accept only `keys.accepted` from now on (any, if empty).
+    pub fn accept_keys(&self, keys: KeySet) {
+        self.inner.keys.set(keys);
     }
 
     /// What was received so far (the most recent [`MAX_RECORDS`]), oldest first.
@@ -326,7 +346,10 @@ impl MockProvider {
         let mut record = self.new_record(&parts, &body, model, object);
         let controls = Controls::from_headers(&parts.headers, &self.inner.options);
 
-        let reply = answer(endpoint, flavor, json, &record, &controls);
+        let refused = matches!(endpoint, Endpoint::Api(_))
+            .then(|| self.inner.keys.refuse(flavor, &record))
+            .flatten();
+        let reply = refused.unwrap_or_else(|| answer(endpoint, flavor, json, &record, &controls));
 
         record.usage = reply.usage;
         let id = record.id;
@@ -434,13 +457,7 @@ fn answer(
         return Reply::error(flavor, StatusCode::UNAUTHORIZED, message);
     }
     if controls.echo_key {
-        let presented = record
-            .authorization
-            .as_deref()
-            .map(|a| a.strip_prefix("Bearer ").unwrap_or(a))
-            .or(record.x_api_key.as_deref())
-            .or(record.api_key_header.as_deref())
-            .unwrap_or_default();
+        let presented = keys::presented_key(record).unwrap_or_default();
         let message = format!(
             "Incorrect API key provided: {presented}. You can find your API key at https://platform.openai.com/account/api-keys."
         );

@@ -5,14 +5,23 @@
 //! config load; the config never holds a key itself. JWTs are verified with
 //! the one algorithm the config pins (a token that names another algorithm,
 //! including `none`, is rejected), with `exp` required and `iss` checked.
+//! An identity provider's tokens (`[auth.jwks]`, [`jwks`]) are told apart by
+//! their header's `kid` naming one of the provider's keys; every other JWT
+//! goes to the pinned `[auth.jwt]` key. Either way the usage key id is
+//! [`JWT_KEY_ID`].
+
+mod jwks;
 
 use molt_config::dataplane::{ApiKey, JwtAlgorithm, JwtConfig, JwtKey};
+use molt_config::jwks::JwksConfig;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Prefix of every molt API key.
 pub const API_KEY_PREFIX: &str = "molt_sk_";
+/// The key id of every request authenticated by a JWT (pinned or JWKS).
+pub const JWT_KEY_ID: &str = "jwt";
 
 /// Who is calling, once authenticated.
 #[derive(Debug, Clone)]
@@ -58,6 +67,7 @@ struct JwtVerifier {
 pub struct Authenticator {
     keys: HashMap<[u8; 32], Principal>,
     jwt: Option<JwtVerifier>,
+    jwks: Option<jwks::JwksVerifier>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -65,12 +75,13 @@ impl std::fmt::Debug for Authenticator {
         f.debug_struct("Authenticator")
             .field("keys", &self.keys.len())
             .field("jwt", &self.jwt.is_some())
+            .field("jwks_keys", &self.jwks.as_ref().map(|j| j.key_count()))
             .finish()
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("auth.jwt: {0}")]
+#[error("{0}")]
 pub struct AuthBuildError(String);
 
 impl Authenticator {
@@ -92,7 +103,18 @@ impl Authenticator {
             })
             .collect();
         let jwt = jwt.map(build_jwt).transpose()?;
-        Ok(Self { keys, jwt })
+        Ok(Self {
+            keys,
+            jwt,
+            jwks: None,
+        })
+    }
+
+    /// Also accept the identity provider's tokens `[auth.jwks]` describes
+    /// (each key made a decoding key here, once per config).
+    pub fn with_jwks(mut self, jwks: Option<&JwksConfig>) -> Result<Self, AuthBuildError> {
+        self.jwks = jwks.map(jwks::JwksVerifier::new).transpose()?;
+        Ok(self)
     }
 
     /// Authenticate a bearer credential. `canonical` maps model names in a
@@ -113,6 +135,16 @@ impl Authenticator {
         if token.bytes().filter(|&b| b == b'.').count() != 2 {
             return Err(AuthError::Invalid);
         }
+        if let Some(jwks) = &self.jwks {
+            let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
+            match header.kid.as_deref() {
+                Some(kid) if jwks.knows(kid) => return jwks.verify(token, kid),
+                // A provider key we do not hold (rotated out, or not yet
+                // fetched) is refused, not tried against the pinned key.
+                Some(_) if self.jwt.is_none() => return Err(AuthError::Invalid),
+                _ => {}
+            }
+        }
         let verifier = self.jwt.as_ref().ok_or(AuthError::Invalid)?;
         let data = jsonwebtoken::decode::<Claims>(token, &verifier.key, &verifier.validation)
             .map_err(|e| match e.kind() {
@@ -123,7 +155,7 @@ impl Authenticator {
             return Err(AuthError::Invalid);
         }
         Ok(Principal {
-            key_id: Arc::from("jwt"),
+            key_id: Arc::from(JWT_KEY_ID),
             user: Arc::from(data.claims.sub.as_str()),
             models: data
                 .claims
@@ -142,22 +174,32 @@ fn build_jwt(cfg: &JwtConfig) -> Result<JwtVerifier, AuthBuildError> {
         ),
         (JwtAlgorithm::Rs256, JwtKey::PublicKeyPem(pem)) => (
             Algorithm::RS256,
-            DecodingKey::from_rsa_pem(pem).map_err(|e| AuthBuildError(e.to_string()))?,
+            DecodingKey::from_rsa_pem(pem).map_err(|e| AuthBuildError(format!("auth.jwt: {e}")))?,
         ),
         (JwtAlgorithm::EdDsa, JwtKey::PublicKeyPem(pem)) => (
             Algorithm::EdDSA,
-            DecodingKey::from_ed_pem(pem).map_err(|e| AuthBuildError(e.to_string()))?,
+            DecodingKey::from_ed_pem(pem).map_err(|e| AuthBuildError(format!("auth.jwt: {e}")))?,
         ),
-        _ => return Err(AuthBuildError("algorithm and key type do not match".into())),
+        _ => {
+            return Err(AuthBuildError(
+                "auth.jwt: algorithm and key type do not match".into(),
+            ))
+        }
     };
     // `Validation::new` pins the algorithm list to exactly this one.
     let mut validation = Validation::new(alg);
     validation.set_issuer(&[&cfg.issuer]);
-    validation.set_required_spec_claims(&["exp", "iss", "sub"]);
     validation.leeway = cfg.leeway.as_secs();
     match &cfg.audience {
-        Some(aud) => validation.set_audience(&[aud]),
-        None => validation.validate_aud = false,
+        Some(aud) => {
+            // `aud` is only checked when present unless it is required.
+            validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+            validation.set_audience(&[aud]);
+        }
+        None => {
+            validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+            validation.validate_aud = false;
+        }
     }
     Ok(JwtVerifier { key, validation })
 }
@@ -177,14 +219,17 @@ mod tests {
             sha256: Sha256::digest(b"molt_sk_good").into(),
             models: Some(vec!["gpt-4o-mini".into()]),
         };
-        let jwt = JwtConfig {
+        Authenticator::new(&[key], Some(&jwt_config())).unwrap()
+    }
+
+    fn jwt_config() -> JwtConfig {
+        JwtConfig {
             issuer: "molt".into(),
             algorithm: JwtAlgorithm::Hs256,
             key: JwtKey::Hmac(Secret::new(SECRET)),
             audience: None,
             leeway: Duration::ZERO,
-        };
-        Authenticator::new(&[key], Some(&jwt)).unwrap()
+        }
     }
 
     fn now() -> u64 {
@@ -273,6 +318,25 @@ mod tests {
             a.authenticate(Some(&t), |_| None).unwrap_err(),
             AuthError::Invalid
         );
+
+        // A configured audience is required, not only checked when sent.
+        let with_aud = Authenticator::new(
+            &[],
+            Some(&JwtConfig {
+                audience: Some("molt".into()),
+                ..jwt_config()
+            }),
+        )
+        .unwrap();
+        let no_aud = serde_json::json!({"sub":"u9","iss":"molt","exp":now()+60});
+        let t = token(jsonwebtoken::Header::default(), no_aud, SECRET);
+        assert_eq!(
+            with_aud.authenticate(Some(&t), |_| None).unwrap_err(),
+            AuthError::Invalid
+        );
+        let aud = serde_json::json!({"sub":"u9","iss":"molt","exp":now()+60,"aud":"molt"});
+        let t = token(jsonwebtoken::Header::default(), aud, SECRET);
+        assert!(with_aud.authenticate(Some(&t), |_| None).is_ok());
 
         // alg=none: header {"alg":"none"}, no signature.
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1OSIsImlzcyI6Im1vbHQiLCJleHAiOjk5OTk5OTk5OTl9.";
