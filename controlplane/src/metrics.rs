@@ -26,6 +26,8 @@ pub struct Metrics {
     pub ingest_batch_seconds: Histogram,
     pub ingest_lag_seconds: Histogram,
     pub job_runs: IntCounterVec,
+    pub unpriced_events: IntCounterVec,
+    pub budget_thresholds: IntCounterVec,
 }
 
 impl Metrics {
@@ -75,6 +77,16 @@ impl Metrics {
                 "job_runs_total",
                 "Background job runs, by job and result",
                 &["job", "result"],
+            )?,
+            unpriced_events: r.counter_vec(
+                "usage_unpriced_events_total",
+                "Usage events stored without a cost: their model had no price at their time",
+                &["model"],
+            )?,
+            budget_thresholds: r.counter_vec(
+                "budget_thresholds_crossed_total",
+                "Dollar-budget thresholds (percent) users crossed, each once per user and month",
+                &["threshold"],
             )?,
             registry,
         })

@@ -22,8 +22,8 @@ use bytes::Bytes;
 use molt_config::jwks::RawJwks;
 use molt_config::limits::{RawLimitSet, RawUserLimits};
 use molt_config::wire::{
-    RawAuth, RawBot, RawDataplaneConfig, RawJwt, RawKey, RawLimits, RawModel, RawProvider,
-    RawSnapshot, CONFIG_VERSION,
+    RawAuth, RawBot, RawDataplaneConfig, RawJwt, RawKey, RawLimits, RawModel, RawModelPrice,
+    RawProvider, RawSnapshot, CONFIG_VERSION,
 };
 use molt_config::{ConfigErrors, Secret};
 use std::collections::HashMap;
@@ -216,11 +216,16 @@ impl Publisher {
             keys,
             providers,
             models,
+            prices,
             mut limits,
             plans,
             user_limits,
             identities,
         } = source;
+        let prices: HashMap<String, RawModelPrice> = prices
+            .into_iter()
+            .map(|v| (v.model, v.price.to_wire()))
+            .collect();
         // Redis is each data plane's own; a snapshot never carries it.
         limits.redis = None;
         apply_user_limits(&mut limits, &plans, &user_limits);
@@ -263,12 +268,12 @@ impl Publisher {
             models: models
                 .into_iter()
                 .map(|m| RawModel {
+                    price: prices.get(&m.name).cloned(),
                     name: m.name,
                     provider: m.provider,
                     upstream_name: m.upstream_name,
                     aliases: m.aliases,
                     fallbacks: m.fallbacks,
-                    price: None,
                 })
                 .collect(),
             limits,

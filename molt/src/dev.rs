@@ -519,16 +519,44 @@ async fn seed(
             Err(e) => return Err(e.into()),
         }
     }
+    // Published prices, USD per million tokens of each class.
     let models = [
-        ("gpt-4o-mini", "openai", vec!["mini"], 0.15, 0.6),
-        ("gpt-4o", "openai", vec![], 2.5, 10.0),
-        ("text-embedding-3-small", "openai", vec![], 0.02, 0.0),
-        ("claude-sonnet-4-5", "anthropic", vec!["sonnet"], 3.0, 15.0),
-        ("claude-haiku-4-5", "anthropic", vec![], 1.0, 5.0),
+        (
+            "gpt-4o-mini",
+            "openai",
+            vec!["mini"],
+            serde_json::json!({"input": "0.15", "cache_read_input": "0.075", "output": "0.60"}),
+        ),
+        (
+            "gpt-4o",
+            "openai",
+            vec![],
+            serde_json::json!({"input": "2.50", "cache_read_input": "1.25", "output": "10.00"}),
+        ),
+        (
+            "text-embedding-3-small",
+            "openai",
+            vec![],
+            serde_json::json!({"input": "0.02", "output": "0"}),
+        ),
+        (
+            "claude-sonnet-4-5",
+            "anthropic",
+            vec!["sonnet"],
+            serde_json::json!({"input": "3", "cache_read_input": "0.30",
+                "cache_write_5m_input": "3.75", "cache_write_1h_input": "6", "output": "15"}),
+        ),
+        (
+            "claude-haiku-4-5",
+            "anthropic",
+            vec![],
+            serde_json::json!({"input": "1", "cache_read_input": "0.10",
+                "cache_write_5m_input": "1.25", "cache_write_1h_input": "2", "output": "5"}),
+        ),
     ];
-    for (name, provider, aliases, pin, pout) in models {
+    for (name, provider, aliases, price) in models {
         let create = serde_json::json!({"name": name, "provider": provider, "aliases": aliases,
-            "input_price_per_mtok": pin, "output_price_per_mtok": pout});
+            "price": price});
         match service
             .create_model(&op, serde_json::from_value(create)?)
             .await

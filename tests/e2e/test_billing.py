@@ -4,11 +4,14 @@ shipping usage to it, and the mock provider upstream.
 
 A signed `checkout.session.completed` (signed here exactly as Stripe signs) activates the user and provisions
 their bot; the user's traffic through the data plane (openai and anthropic SDKs, streaming and not) becomes usage
-rows; a flush (`POST /api/v1/billing/flush`) turns closed windows into meter events. The fake Stripe must then
-hold meter events whose values sum to exactly the tokens the *mock provider* reported (its `/_mock/requests`),
-with no identifier twice, and reconciliation must show zero difference, also across Stripe 500s, a response
-lost after Stripe recorded the event, a `kill -9` of the control plane in the middle of a flush, and the same
-webhook delivered three times. Bad webhooks are refused clearly and change nothing.
+rows, each with its cost fixed at ingest; a flush (`POST /api/v1/billing/flush`) turns closed windows into meter
+events of the cost meter (`ai_cost`, in units of $0.00001, the remainder below a unit carried to the next report).
+The usage rows' tokens must be exactly those the *mock provider* reported (its `/_mock/requests`), their stored
+cost exactly the price table's for them, and the fake Stripe must hold meter events whose values × the unit plus
+the carried remainder sum to exactly that cost, with no identifier twice, and reconciliation must show zero
+difference but the remainder, also across Stripe 500s, a response lost after Stripe recorded the event, a
+`kill -9` of the control plane in the middle of a flush, and the same webhook delivered three times. Bad webhooks
+are refused clearly and change nothing.
 
 Billing windows are 1 s wide with no settle time (production: 1 h and 5 min), so a window closes a second after
 its traffic; the periodic flush is hourly, so only the test's own flushes run.
@@ -22,6 +25,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +47,8 @@ from harness import (
     StartDataplane,
     World,
     assert_no_secrets,
-    refused_port,
     new_secret,
+    refused_port,
     sign_stripe_webhook,
     wait_until,
 )
@@ -130,8 +134,23 @@ def seed_models(cp: ControlPlane, world: World, mock: MockProvider) -> None:
         ("mock-anthropic", "anthropic", world.anthropic_masters),
     ):
         cp.api("POST", "/providers", {"name": name, "kind": kind, "base_url": mock.base_url, "keys": masters}, 201)
-    cp.api("POST", "/models", {"name": CHAT_MODEL, "provider": "mock-openai"}, expect=201)
-    cp.api("POST", "/models", {"name": ANTHROPIC_MODEL, "provider": "mock-anthropic"}, expect=201)
+    for name, provider in ((CHAT_MODEL, "mock-openai"), (ANTHROPIC_MODEL, "mock-anthropic")):
+        cp.api("POST", "/models", {"name": name, "provider": provider, "price": PRICE}, expect=201)
+
+
+# USD per million tokens of both models, and the same in picodollars per token (classes cost the base prices).
+PRICE = {"input": "3", "output": "15"}
+PICO_IN, PICO_OUT = 3_000_000, 15_000_000
+# The cost meter's unit, $0.00001, in picodollars.
+UNIT = 10_000_000
+
+
+def expected_cost(totals: dict[str, Any]) -> int:
+    """The exact cost, in picodollars, of the usage totals at PRICE; the control plane's stored sum must agree."""
+    cost = totals["input_tokens"] * PICO_IN + totals["output_tokens"] * PICO_OUT
+    assert Decimal(totals["billed_usd"]) * 10**12 == cost, totals
+    assert totals["unpriced_events"] == 0, totals
+    return cost
 
 
 def unpaid_user(cp: ControlPlane) -> dict[str, Any]:
@@ -254,27 +273,46 @@ def flush_until_reconciled(cp: ControlPlane, user_id: str) -> dict[str, Any]:
     return wait_until(reconciled, f"usage of {user_id} reconciled with Stripe", timeout=15, interval=0.2)
 
 
-def assert_billed_exactly(stripe: FakeStripe, rec: dict[str, Any], customer: str, user_id: str, tokens: int) -> None:
-    """Stripe holds meter events for `customer` summing to exactly `tokens`, no identifier twice, and
-    reconciliation agrees with zero difference everywhere."""
+def assert_billed_exactly(
+    stripe: FakeStripe, rec: dict[str, Any], customer: str, user_id: str, tokens: int, cost: int
+) -> None:
+    """Stripe holds `ai_cost` meter events for `customer` whose values × the unit plus the remainder still carried
+    sum to exactly `cost` picodollars, no identifier twice; reconciliation agrees: every token reported, the money
+    difference exactly that remainder (under one unit)."""
     events = stripe.meter_events()
     identifiers = [e["identifier"] for e in events]
     assert len(identifiers) == len(set(identifiers)), f"duplicate meter event identifiers: {identifiers}"
     mine = [e for e in events if e["stripe_customer_id"] == customer]
-    assert mine and all(e["event_name"] == "ai_tokens" for e in mine), events
-    billed = sum(int(e["value"]) for e in mine)
-    assert billed == tokens, f"Stripe holds {billed} tokens for {customer}, the provider reported {tokens}: {mine}"
+    assert mine and all(e["event_name"] == "ai_cost" for e in mine), events
+    units = sum(int(e["value"]) for e in mine)
+    remainder = cost - units * UNIT
+    assert 0 <= remainder < UNIT, f"Stripe holds {units} units for {customer}, the usage cost {cost} pico: {mine}"
     assert rec["totals"]["difference"] == 0, rec
     assert rec["totals"]["usage_tokens"] == rec["totals"]["reported_tokens"] == tokens, rec
     [user] = [c for c in rec["customers"] if c["user_id"] == user_id]
+    carried = [{"tokens": 0, "amount_usd": usd(remainder), "reason": REMAINDER}] if remainder else []
     assert user == {
         "user_id": user_id,
         "stripe_customer_id": customer,
         "usage_tokens": tokens,
         "reported_tokens": tokens,
         "difference": 0,
-        "reasons": [],
+        "usage_cost_usd": usd(cost),
+        "reported_units": units,
+        "reported_usd": usd(units * UNIT),
+        "difference_usd": usd(remainder),
+        "unpriced_events": 0,
+        "reasons": carried,
     }, rec
+
+
+REMAINDER = "remainder: below one meter unit, carried into the next report"
+
+
+def usd(pico: int) -> str:
+    """Picodollars as the API writes dollars: at least two decimals, no trailing zeros beyond them."""
+    whole, fraction = divmod(pico, 10**12)
+    return f"{whole}.{f'{fraction:012d}'.rstrip('0'):0<2}"
 
 
 def test_paid_checkout_then_sdk_traffic_is_billed_exactly_once(
@@ -333,7 +371,7 @@ def test_paid_checkout_then_sdk_traffic_is_billed_exactly_once(
     assert totals["input_tokens"] + totals["output_tokens"] == tokens, totals
 
     rec = flush_until_reconciled(cp, user["id"])
-    assert_billed_exactly(stack.stripe, rec, customer, user["id"], tokens)
+    assert_billed_exactly(stack.stripe, rec, customer, user["id"], tokens, expected_cost(totals))
     # Nothing left to do: another flush sends nothing and Stripe's record is unchanged.
     before = stack.stripe.meter_events()
     assert flush(cp) == {"prepared": 0, "sent": 0, "left_pending": 0, "failed": 0, "unbillable": 0}
@@ -361,7 +399,7 @@ def test_stripe_faults_and_a_controlplane_killed_mid_flush_bill_exactly_once(
                 model=CHAT_MODEL, messages=[{"role": "user", "content": f"window {i}"}], stream=i % 2 == 1
             )
     requests, tokens = provider_tokens(mock)
-    wait_for_usage_rows(cp, user["id"], requests)
+    cost = expected_cost(wait_for_usage_rows(cp, user["id"], requests))
     # Let the last window close (1 s windows, no settle) before the flush that is to be interrupted.
     last_window_end = int(time.time()) + 1.05
     wait_until(lambda: time.time() >= last_window_end, "the last window to close", timeout=3, interval=0.01)
@@ -398,7 +436,7 @@ def test_stripe_faults_and_a_controlplane_killed_mid_flush_bill_exactly_once(
     assert mid["difference"] > 0, f"the killed flush cannot have confirmed everything: {mid}"
 
     rec = flush_until_reconciled(cp, user["id"])
-    assert_billed_exactly(stack.stripe, rec, customer, user["id"], tokens)
+    assert_billed_exactly(stack.stripe, rec, customer, user["id"], tokens, cost)
     assert len([e for e in stack.stripe.meter_events() if e["stripe_customer_id"] == customer]) == 3
     assert "panicked" not in cp.logs()
 

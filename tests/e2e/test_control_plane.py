@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +56,11 @@ class Tenant:
     secret: str
 
 
-def provision(cp: ControlPlane, world: World, mock: MockProvider, plan: str | None = None) -> Tenant:
-    """Provider, model, user (on `plan`, if given) and key through the API; returns the key (not yet known to be
-    live)."""
+def provision(
+    cp: ControlPlane, world: World, mock: MockProvider, plan: str | None = None, price: dict[str, str] | None = None
+) -> Tenant:
+    """Provider, model (at `price`, USD per 1M tokens; default $1 input, $2 output), user (on `plan`, if given) and
+    key through the API; returns the key (not yet known to be live)."""
     cp.api(
         "POST",
         "/providers",
@@ -67,7 +70,7 @@ def provision(cp: ControlPlane, world: World, mock: MockProvider, plan: str | No
     cp.api(
         "POST",
         "/models",
-        {"name": CHAT_MODEL, "provider": "mock-openai", "input_price_per_mtok": 1.0, "output_price_per_mtok": 2.0},
+        {"name": CHAT_MODEL, "provider": "mock-openai", "price": price or {"input": "1", "output": "2"}},
         expect=201,
     )
     user = cp.api("POST", "/users", {"email": f"e2e-{uuid.uuid4().hex[:8]}@example.com", "plan": plan}, expect=201)
@@ -140,7 +143,9 @@ def test_api_changes_reach_the_dataplane_within_a_second(
 
     totals = wait_until(report, "usage rows in the control plane", timeout=10)
     assert {k: totals[k] for k in expected} == expected
-    assert totals["cost_usd"] == pytest.approx((expected["input_tokens"] + 2 * expected["output_tokens"]) / 1e6)
+    # Exact: $1 and $2 per million tokens, summed from the costs fixed at ingest.
+    cost = Decimal(expected["input_tokens"] + 2 * expected["output_tokens"]) / 1_000_000
+    assert Decimal(totals["cost_usd"]) == cost
     assert dataplane.metric_value("molt_control_plane_snapshot_version") > 0
     assert dataplane.metric_value("molt_config_reload_failures_total") == 0
 

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -118,18 +119,24 @@ def test_molt_dev_bills_usage_to_a_local_fake_stripe(dev: Dev) -> None:
 
     cp = dev.env["MOLT_ADMIN_URL"]
 
-    def billed() -> list[dict[str, Any]] | None:
+    def reconciled() -> dict[str, Any] | None:
         # Windows are 10 s under molt dev: flush until the last one has closed and been reported.
         flushed = httpx.post(f"{cp}/api/v1/billing/flush", headers=dev.admin, timeout=10)
         assert flushed.status_code == 200, flushed.text
-        events = httpx.get(f"{stripe_url}/_fake/meter_events", timeout=5).json()["data"]
-        return events if sum(int(e["value"]) for e in events) >= tokens else None
+        rec = httpx.get(f"{cp}/api/v1/billing/reconciliation", headers=dev.admin, timeout=5).json()
+        return rec if rec["totals"]["reported_tokens"] >= tokens else None
 
-    events = wait_until(billed, "the dev user's usage as meter events in the fake Stripe", timeout=40, interval=0.5)
-    assert sum(int(e["value"]) for e in events) == tokens, f"{events} vs {tokens} tokens the mock reported"
+    rec = wait_until(reconciled, "the dev user's usage reported to the fake Stripe", timeout=40, interval=0.5)
+    # molt dev's meter counts money: units of $0.00001, the part below a unit carried to the next report.
+    events = httpx.get(f"{stripe_url}/_fake/meter_events", timeout=5).json()["data"]
     assert {e["stripe_customer_id"] for e in events} == {"cus_molt_dev"}, events
-    rec = httpx.get(f"{cp}/api/v1/billing/reconciliation", headers=dev.admin, timeout=5).json()
-    assert rec["totals"] == {"usage_tokens": tokens, "reported_tokens": tokens, "difference": 0}, rec
+    assert {e["event_name"] for e in events} == {"ai_cost"}, events
+    cost = Decimal(rec["totals"]["usage_cost_usd"]) * 10**12
+    units = sum(int(e["value"]) for e in events)
+    assert 0 <= cost - units * 10**7 < 10**7, f"{events}: {units} units for a cost of {cost} picodollars"
+    assert Decimal(rec["totals"]["reported_usd"]) * 10**12 == units * 10**7, rec
+    totals = {k: rec["totals"][k] for k in ("usage_tokens", "reported_tokens", "difference", "unpriced_events")}
+    assert totals == {"usage_tokens": tokens, "reported_tokens": tokens, "difference": 0, "unpriced_events": 0}, rec
 
     # Webhooks signed with the printed secret are accepted.
     event = json.dumps(

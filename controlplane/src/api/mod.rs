@@ -15,6 +15,7 @@ pub mod error;
 pub mod identity;
 mod internal;
 mod notifications;
+mod money;
 mod openapi;
 mod v1;
 
@@ -104,6 +105,7 @@ fn bearer(parts: &Parts) -> Option<&str> {
 /// The whole application.
 pub fn router(state: AppState) -> Router {
     let api = v1::routes()
+        .merge(money::routes())
         .merge(bots::routes())
         .merge(notifications::routes())
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes));

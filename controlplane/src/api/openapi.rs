@@ -3,23 +3,25 @@
 //! edited by hand; served at `/api/v1/openapi.json`.
 
 use super::error::{ErrorBody, ErrorDetail};
-use super::{billing, bots, notifications, v1};
+use super::{billing, bots, money, notifications, v1};
 use crate::billing::{CustomerReconciliation, Difference, FlushOutcome, Reconciliation, Totals};
 use crate::domain::{
-    AdminToken, ApiKey, AuditEntry, Bot, BotStatus, Channel, Delivery, DeliveryStatus, Desired,
-    LimitOverrides, Model, NoticeKind, Notification, Plan, Provider, ProviderKind, Role,
-    SealedKind, UsageRow, User, UserStatus, WebhookEndpoint,
+    AdminToken, ApiKey, AuditEntry, Bot, BotStatus, BudgetEvent, Channel, Delivery, DeliveryStatus,
+    Desired, LimitOverrides, Model, NoticeKind, Notification, Plan, PriceVersion, PricedModel,
+    Provider, ProviderKind, Role, SealedKind, User, UserStatus, WebhookEndpoint,
 };
 use crate::service::auth::{CreateAdminToken, CreatedAdminToken, MintToken, MintedToken};
 use crate::service::bots::CreateBot;
+use crate::service::budget::UserBudget;
 use crate::service::keys::{CreateKey, CreatedKey};
 use crate::service::limits::LimitsDocument;
 use crate::service::models::{CreateModel, UpdateModel};
 use crate::service::notifications::{CreateWebhookEndpoint, CreatedWebhookEndpoint};
 use crate::service::plans::{CreatePlan, UpdatePlan};
+use crate::service::prices::SetPrice;
 use crate::service::providers::{CreateProvider, UpdateProvider};
 use crate::service::secrets::{ReencryptReport, SealedFailure, SecretsStatus};
-use crate::service::usage::{UsageReport, UsageTotals};
+use crate::service::usage::{ModelUsage, UsageReport, UsageRow, UsageTotals};
 use crate::service::users::{CreateUser, UpdateUser};
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -34,6 +36,7 @@ use utoipa::{Modify, OpenApi};
         v1::list_keys, v1::create_key, v1::get_key, v1::revoke_key,
         v1::list_providers, v1::create_provider, v1::get_provider, v1::update_provider,
         v1::list_models, v1::create_model, v1::get_model, v1::update_model, v1::delete_model,
+        money::set_price, money::price_history, money::user_budget,
         v1::list_plans, v1::create_plan, v1::get_plan, v1::update_plan, v1::delete_plan,
         v1::get_limits, v1::set_limits,
         v1::usage, v1::audit,
@@ -49,7 +52,10 @@ use utoipa::{Modify, OpenApi};
     components(schemas(
         ErrorBody, ErrorDetail, User, UserStatus, LimitOverrides, CreateUser, UpdateUser,
         ApiKey, CreateKey, CreatedKey, Provider, ProviderKind, CreateProvider, UpdateProvider,
-        Model, CreateModel, UpdateModel, Plan, CreatePlan, UpdatePlan, LimitsDocument, UsageRow, UsageReport, UsageTotals, AuditEntry,
+        Model, PricedModel, PriceVersion, SetPrice, molt_config::wire::RawModelPrice,
+        CreateModel, UpdateModel, Plan, CreatePlan, UpdatePlan,
+        LimitsDocument, UsageRow, ModelUsage, UsageReport, UsageTotals, UserBudget, BudgetEvent,
+        AuditEntry,
         AdminToken, Role, CreateAdminToken, CreatedAdminToken, MintToken, MintedToken,
         Bot, BotStatus, Desired, CreateBot,
         Reconciliation, CustomerReconciliation, Difference, Totals, FlushOutcome,

@@ -5,7 +5,7 @@
 use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
 use super::{AppState, Op};
 use crate::domain::{
-    AdminToken, ApiKey, AuditEntry, Model, Page, PageRequest, Plan, Provider, User,
+    AdminToken, ApiKey, AuditEntry, Page, PageRequest, Plan, PricedModel, Provider, User,
 };
 use crate::service::auth::{CreateAdminToken, CreatedAdminToken, MintToken, MintedToken};
 use crate::service::keys::{CreateKey, CreatedKey};
@@ -253,23 +253,23 @@ pub(super) async fn update_provider(
 // === models ===
 
 #[utoipa::path(get, path = "/api/v1/models", tag = "models", params(ListQuery),
-    responses((status = 200, body = Page<Model>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = Page<PricedModel>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub(super) async fn list_models(
     State(st): State<AppState>,
     Op(op): Op,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Json<Page<Model>>> {
+) -> ApiResult<Json<Page<PricedModel>>> {
     Ok(Json(st.service.list_models(&op, &q.page()).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/models", tag = "models", request_body = CreateModel,
-    responses((status = 201, body = Model), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 201, body = PricedModel), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(super) async fn create_model(
     State(st): State<AppState>,
     Op(op): Op,
     ApiJson(req): ApiJson<CreateModel>,
-) -> ApiResult<(StatusCode, Json<Model>)> {
+) -> ApiResult<(StatusCode, Json<PricedModel>)> {
     Ok((
         StatusCode::CREATED,
         Json(st.service.create_model(&op, req).await?),
@@ -278,25 +278,25 @@ pub(super) async fn create_model(
 
 #[utoipa::path(get, path = "/api/v1/models/{id}", tag = "models",
     params(("id" = String, Path, description = "Id or name")),
-    responses((status = 200, body = Model), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = PricedModel), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn get_model(
     State(st): State<AppState>,
     Op(op): Op,
     Path(id): Path<String>,
-) -> ApiResult<Json<Model>> {
+) -> ApiResult<Json<PricedModel>> {
     Ok(Json(st.service.get_model(&op, &id).await?))
 }
 
 #[utoipa::path(patch, path = "/api/v1/models/{id}", tag = "models",
     params(("id" = String, Path, description = "Id or name")), request_body = UpdateModel,
-    responses((status = 200, body = Model), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 200, body = PricedModel), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(super) async fn update_model(
     State(st): State<AppState>,
     Op(op): Op,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<UpdateModel>,
-) -> ApiResult<Json<Model>> {
+) -> ApiResult<Json<PricedModel>> {
     Ok(Json(st.service.update_model(&op, &id, req).await?))
 }
 

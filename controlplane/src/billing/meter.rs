@@ -21,11 +21,20 @@
 //! Usage that arrives after its window was reported gets a new report for
 //! the same window with the next `seq` (so a new identifier): late tokens
 //! are billed, never folded into a value Stripe may already hold.
+//!
+//! What a report counts is the [`Meter`]: tokens, or money (the default):
+//! the billed cost of the rows, fixed at ingest, in whole meter units
+//! (`meter_unit`, e.g. $0.00001). The part of a sum below one unit is not
+//! rounded away: it is the report's `remainder_pico`, carried into the
+//! next report of the same user, customer and meter, so that for every
+//! chain of reports Σ value × unit + the last remainder = Σ billed cost,
+//! to the picodollar.
 
 use super::metrics::BillingMetrics;
-use super::store::{BillingStore, OpenWindow};
+use super::store::{BillingStore, OpenWindow, ReportInput};
 use super::BillingError;
 use crate::domain::{now_ms, MeterReport, Millis, ReportStatus};
+use molt_config::money::Picodollars;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +50,7 @@ const AGE_MARGIN_MS: i64 = 3600 * 1000;
 pub struct MeterEvent {
     pub event_name: String,
     pub stripe_customer_id: String,
-    /// Whole tokens.
+    /// Whole tokens, or whole meter units of money.
     pub value: i64,
     /// Unix seconds, inside the window.
     pub timestamp: i64,
@@ -79,9 +88,33 @@ pub trait MeterSink: std::fmt::Debug + Send + Sync {
     async fn send(&self, event: &MeterEvent) -> Result<(), SendError>;
 }
 
+/// What the Stripe meter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Meter {
+    /// Input plus output tokens (every model's alike).
+    Tokens,
+    /// The billed cost of the usage, in whole `unit`s (e.g. $0.00001, a
+    /// thousandth of a cent); remainders are carried, never rounded away.
+    Cost { unit: Picodollars },
+}
+
+impl Meter {
+    /// The default unit of a cost meter: $0.00001.
+    pub const DEFAULT_UNIT: Picodollars = Picodollars(10_000_000);
+
+    /// The default meter event name for this kind of meter.
+    pub fn default_event_name(self) -> &'static str {
+        match self {
+            Meter::Tokens => "ai_tokens",
+            Meter::Cost { .. } => "ai_cost",
+        }
+    }
+}
+
 /// Knobs of the flush.
 #[derive(Debug, Clone)]
 pub struct FlushSettings {
+    pub meter: Meter,
     pub event_name: String,
     /// Width of a billing window (default 1 h).
     pub window: Duration,
@@ -95,8 +128,12 @@ pub struct FlushSettings {
 
 impl Default for FlushSettings {
     fn default() -> Self {
+        let meter = Meter::Cost {
+            unit: Meter::DEFAULT_UNIT,
+        };
         Self {
-            event_name: "ai_tokens".to_owned(),
+            meter,
+            event_name: meter.default_event_name().to_owned(),
             window: Duration::from_secs(3600),
             settle: Duration::from_secs(300),
             max_attempts: 5,
@@ -217,17 +254,26 @@ impl Flusher {
     async fn prepare_locked(&self, now: Millis) -> Result<(u64, u64), BillingError> {
         let window_ms = self.window_ms();
         let settle = i64::try_from(self.settings.settle.as_millis()).unwrap_or(i64::MAX);
+        // A cost meter reports only priced usage: an unpriced event stays
+        // unreported (and visible in reconciliation) rather than billed at 0.
+        let priced_only = matches!(self.settings.meter, Meter::Cost { .. });
         let windows = self
             .store
-            .open_windows(window_ms, now.saturating_sub(settle))
+            .open_windows(window_ms, now.saturating_sub(settle), priced_only)
             .await?;
         let (mut made, mut unbillable) = (0, 0);
         for w in windows {
-            let meter = self.settings.event_name.clone();
-            let make = |seq: i64, value: i64| report_for(&w, &meter, window_ms, seq, value, now);
+            let make = |seq: i64, input: &ReportInput| self.report_for(&w, seq, input, now);
             if let Some(r) = self
                 .store
-                .create_report(&w, window_ms, &self.settings.event_name, now, &make)
+                .create_report(
+                    &w,
+                    window_ms,
+                    &self.settings.event_name,
+                    priced_only,
+                    now,
+                    &make,
+                )
                 .await?
             {
                 made += 1;
@@ -306,7 +352,15 @@ impl Flusher {
                         .finish_report(&r.identifier, ReportStatus::Sent, attempts, None, now)
                         .await?;
                     self.metrics.events.with_label_values(&["sent"]).inc();
-                    self.metrics.tokens_reported.inc_by(r.value.unsigned_abs());
+                    match self.settings.meter {
+                        Meter::Tokens => {
+                            self.metrics.tokens_reported.inc_by(r.value.unsigned_abs())
+                        }
+                        Meter::Cost { unit } => self
+                            .metrics
+                            .pico_reported
+                            .inc_by(r.value.unsigned_abs().saturating_mul(unit.0)),
+                    }
                     out.sent += 1;
                 }
                 Err(SendError::Rejected(e)) => {
@@ -349,41 +403,64 @@ fn too_old(window_end: i64, now: Millis) -> bool {
     window_end - 1000 < now - STRIPE_MAX_AGE_MS + AGE_MARGIN_MS
 }
 
-fn report_for(
-    w: &OpenWindow,
-    meter: &str,
-    window_ms: i64,
-    seq: i64,
-    value: i64,
-    now: Millis,
-) -> MeterReport {
-    let window_end = w.window_start + window_ms;
-    // Nothing to bill is recorded as sent without calling Stripe.
-    let status = if value == 0 {
-        ReportStatus::Sent
-    } else if too_old(window_end, now) {
-        ReportStatus::Unbillable
-    } else {
-        ReportStatus::Pending
-    };
-    MeterReport {
-        identifier: identifier(
-            &w.user_id,
-            &w.stripe_customer_id,
-            meter,
-            w.window_start,
+impl Flusher {
+    /// The report for window `w` with sequence number `seq`, made from
+    /// what its transaction claimed (and, for a cost meter, the previous
+    /// report's remainder).
+    fn report_for(
+        &self,
+        w: &OpenWindow,
+        seq: i64,
+        input: &ReportInput,
+        now: Millis,
+    ) -> MeterReport {
+        let window_ms = self.window_ms();
+        let meter = &self.settings.event_name;
+        let window_end = w.window_start + window_ms;
+        let amount = input.claimed.amount_pico;
+        let (value, carried_in, remainder, carried_from) = match self.settings.meter {
+            Meter::Tokens => (input.claimed.tokens, 0, 0, None),
+            Meter::Cost { unit } => {
+                let unit = i64::try_from(unit.0).unwrap_or(i64::MAX).max(1);
+                let (from, carried_in) = input
+                    .previous
+                    .clone()
+                    .map_or((None, 0), |(id, r)| (Some(id), r));
+                let total = carried_in.saturating_add(amount);
+                (total / unit, carried_in, total % unit, from)
+            }
+        };
+        // Nothing to bill is recorded as sent without calling Stripe.
+        let status = if value == 0 {
+            ReportStatus::Sent
+        } else if too_old(window_end, now) {
+            ReportStatus::Unbillable
+        } else {
+            ReportStatus::Pending
+        };
+        MeterReport {
+            identifier: identifier(
+                &w.user_id,
+                &w.stripe_customer_id,
+                meter,
+                w.window_start,
+                seq,
+            ),
+            user_id: w.user_id.clone(),
+            stripe_customer_id: w.stripe_customer_id.clone(),
+            event_name: meter.clone(),
+            window_start: w.window_start,
+            window_end,
             seq,
-        ),
-        user_id: w.user_id.clone(),
-        stripe_customer_id: w.stripe_customer_id.clone(),
-        event_name: meter.to_owned(),
-        window_start: w.window_start,
-        window_end,
-        seq,
-        value,
-        status,
-        attempts: 0,
-        last_error: None,
+            value,
+            amount_pico: amount,
+            carried_in_pico: carried_in,
+            remainder_pico: remainder,
+            carried_from,
+            status,
+            attempts: 0,
+            last_error: None,
+        }
     }
 }
 

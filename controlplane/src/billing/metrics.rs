@@ -13,8 +13,10 @@ pub const OVERDUE_REASONS: [&str; 4] = ["pending", "failed", "unbillable", "unre
 pub struct BillingMetrics {
     /// Meter event outcomes: sent, retried, failed, deferred.
     pub events: IntCounterVec,
-    /// Tokens Stripe has accepted.
+    /// Tokens Stripe has accepted (a tokens meter).
     pub tokens_reported: IntCounter,
+    /// Picodollars Stripe has accepted (a cost meter: value × unit).
+    pub pico_reported: IntCounter,
     /// Tokens in windows too old for Stripe.
     pub unbillable_tokens: IntCounter,
     pub flush_seconds: Histogram,
@@ -56,7 +58,11 @@ impl BillingMetrics {
             )?,
             tokens_reported: r.counter(
                 "billing_tokens_reported_total",
-                "Tokens reported to Stripe and accepted",
+                "Tokens reported to Stripe and accepted (tokens meter)",
+            )?,
+            pico_reported: r.counter(
+                "billing_reported_picodollars_total",
+                "Money reported to Stripe and accepted, in picodollars (cost meter: value x unit)",
             )?,
             unbillable_tokens: r.counter(
                 "billing_unbillable_tokens_total",

@@ -22,17 +22,19 @@ pub mod store;
 pub mod stripe_sink;
 pub mod webhook;
 
-pub use meter::{FlushOutcome, FlushSettings, Flusher, MeterEvent, MeterSink, SendError};
+pub use meter::{FlushOutcome, FlushSettings, Flusher, Meter, MeterEvent, MeterSink, SendError};
 
 use crate::domain::{now_ms, Millis};
 use crate::service::{Operator, Service, ServiceError};
 use crate::store::StoreError;
 use metrics::BillingMetrics;
+use molt_config::money::{usd_text, Picodollars};
 use molt_config::Secret;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 use store::BillingStore;
+use store::UserTokens;
 use tokio::task::JoinHandle;
 use utoipa::{IntoParams, ToSchema};
 
@@ -164,14 +166,17 @@ impl Billing {
             .reconcile(
                 now.saturating_sub(meter::STRIPE_MAX_AGE_MS),
                 now.saturating_sub(due_ms),
+                &f.event_name,
             )
             .await?;
         let mut sums = [0_i64; metrics::OVERDUE_REASONS.len()];
         for u in rows.iter().filter(|u| u.stripe_customer_id.is_some()) {
-            for (sum, n) in sums
-                .iter_mut()
-                .zip([u.pending, u.failed, u.unbillable, u.unreported])
-            {
+            for (sum, n) in sums.iter_mut().zip([
+                u.tokens.pending,
+                u.tokens.failed,
+                u.tokens.unbillable,
+                u.tokens.unreported,
+            ]) {
                 *sum += n;
             }
         }
@@ -222,7 +227,7 @@ impl Billing {
         result
     }
 
-    /// Per user, tokens in usage rows and reported to Stripe.
+    /// Per user, tokens and money in usage rows and reported to Stripe.
     pub async fn reconciliation(
         &self,
         q: ReconciliationQuery,
@@ -240,60 +245,109 @@ impl Billing {
         if from >= to {
             return Err(BillingError::BadRequest("from must be before to".into()));
         }
-        let rows = self.store.reconcile(from, to).await?;
+        let flush = &self.settings.flush;
+        let rows = self.store.reconcile(from, to, &flush.event_name).await?;
+        let unit = match flush.meter {
+            Meter::Tokens => None,
+            Meter::Cost { unit } => Some(unit),
+        };
         let mut totals = Totals::default();
         let customers = rows
             .into_iter()
             .map(|u| {
-                let mut reasons = Vec::new();
-                for (n, reason) in [
-                    (
-                        u.pending,
-                        "pending: reported, awaiting Stripe's confirmation",
-                    ),
-                    (
-                        u.unbillable,
-                        "unbillable: older than Stripe's 35-day window",
-                    ),
-                    (
-                        u.failed,
-                        "failed: refused by Stripe (see meter_reports.last_error)",
-                    ),
-                    (
-                        u.unreported,
-                        if u.stripe_customer_id.is_some() {
-                            "unreported: window not closed or not flushed yet"
-                        } else {
-                            "unreported: the user has no Stripe customer"
-                        },
-                    ),
-                ] {
-                    if n != 0 {
-                        reasons.push(Difference {
-                            tokens: n,
-                            reason: reason.to_owned(),
-                        });
-                    }
-                }
-                totals.usage_tokens += u.usage;
-                totals.reported_tokens += u.sent;
-                CustomerReconciliation {
-                    user_id: u.user_id,
-                    stripe_customer_id: u.stripe_customer_id,
-                    usage_tokens: u.usage,
-                    reported_tokens: u.sent,
-                    difference: u.usage - u.sent,
-                    reasons,
-                }
+                let c = customer_reconciliation(u, unit);
+                totals.add(&c);
+                c
             })
             .collect();
-        totals.difference = totals.usage_tokens - totals.reported_tokens;
         Ok(Reconciliation {
             from,
             to,
+            meter: flush.event_name.clone(),
+            meter_unit_usd: unit.map(|u| u.to_string()),
             customers,
-            totals,
+            totals: totals.finish(),
         })
+    }
+}
+
+/// Signed picodollars as dollars (`"-0.000001"`).
+fn signed_usd(pico: i128) -> String {
+    let text = usd_text(pico.unsigned_abs());
+    if pico < 0 {
+        format!("-{text}")
+    } else {
+        text
+    }
+}
+
+/// One user's reconciliation. With a cost meter (`unit`), the money
+/// figures: usage = reported + the parts by reason, exactly, where the
+/// sent rows' amount beyond `reported_units × unit` is the remainder still
+/// below one unit (carried into the user's next report).
+fn customer_reconciliation(u: UserTokens, unit: Option<Picodollars>) -> CustomerReconciliation {
+    let (t, m) = (u.tokens, u.money);
+    let reported_pico = unit.map(|unit| i128::from(u.reported_units) * i128::from(unit.0));
+    let mut reasons = Vec::new();
+    let no_customer = u.stripe_customer_id.is_none();
+    for (tokens, pico, reason) in [
+        (
+            t.pending,
+            m.pending,
+            "pending: reported, awaiting Stripe's confirmation",
+        ),
+        (
+            t.unbillable,
+            m.unbillable,
+            "unbillable: older than Stripe's 35-day window",
+        ),
+        (
+            t.failed,
+            m.failed,
+            "failed: refused by Stripe (see meter_reports.last_error)",
+        ),
+        (
+            t.unreported,
+            m.unreported,
+            if no_customer {
+                "unreported: the user has no Stripe customer"
+            } else {
+                "unreported: window not closed or not flushed yet, or unpriced"
+            },
+        ),
+    ] {
+        if tokens != 0 || pico != 0 {
+            reasons.push(Difference {
+                tokens,
+                amount_usd: unit.map(|_| signed_usd(i128::from(pico))),
+                reason: reason.to_owned(),
+            });
+        }
+    }
+    if let Some(reported) = reported_pico {
+        let carried = i128::from(m.sent) - reported;
+        if carried != 0 {
+            reasons.push(Difference {
+                tokens: 0,
+                amount_usd: Some(signed_usd(carried)),
+                reason: "remainder: below one meter unit, carried into the next report".into(),
+            });
+        }
+    }
+    CustomerReconciliation {
+        user_id: u.user_id,
+        stripe_customer_id: u.stripe_customer_id,
+        usage_tokens: t.usage,
+        reported_tokens: t.sent,
+        difference: t.usage - t.sent,
+        usage_cost_usd: signed_usd(i128::from(m.usage)),
+        reported_units: unit.map(|_| u.reported_units),
+        reported_usd: reported_pico.map(signed_usd),
+        difference_usd: reported_pico.map(|r| signed_usd(i128::from(m.usage) - r)),
+        unpriced_events: u.unpriced_events,
+        reasons,
+        usage_pico: i128::from(m.usage),
+        reported_pico: reported_pico.unwrap_or(0),
     }
 }
 
@@ -332,11 +386,14 @@ pub struct ReconciliationQuery {
     pub to: Option<String>,
 }
 
-/// Tokens of a user's usage that Stripe does not (yet) hold, for one reason.
+/// Usage that Stripe does not (yet) hold, for one reason.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct Difference {
     pub tokens: i64,
-    /// `pending`, `unbillable`, `failed` or `unreported`, with an explanation.
+    /// The billed amount of those rows, USD (a cost meter only).
+    pub amount_usd: Option<String>,
+    /// `pending`, `unbillable`, `failed`, `unreported` or `remainder`,
+    /// with an explanation.
     pub reason: String,
 }
 
@@ -351,8 +408,24 @@ pub struct CustomerReconciliation {
     pub reported_tokens: i64,
     /// `usage_tokens - reported_tokens`.
     pub difference: i64,
+    /// The billed cost of the user's usage rows (cost fixed at ingest,
+    /// plus markup), USD.
+    pub usage_cost_usd: String,
+    /// Meter units in the reports Stripe confirmed (a cost meter only).
+    pub reported_units: Option<i64>,
+    /// `reported_units × meter unit`, USD (a cost meter only).
+    pub reported_usd: Option<String>,
+    /// `usage_cost_usd - reported_usd`, exactly the sum of the reasons'
+    /// amounts (a cost meter only).
+    pub difference_usd: Option<String>,
+    /// Usage rows whose model had no price (never reported by a cost meter).
+    pub unpriced_events: i64,
     /// Where the difference is, by reason.
     pub reasons: Vec<Difference>,
+    #[serde(skip)]
+    usage_pico: i128,
+    #[serde(skip)]
+    reported_pico: i128,
 }
 
 /// Sums over every user.
@@ -361,16 +434,50 @@ pub struct Totals {
     pub usage_tokens: i64,
     pub reported_tokens: i64,
     pub difference: i64,
+    pub usage_cost_usd: String,
+    /// A cost meter only.
+    pub reported_usd: Option<String>,
+    /// A cost meter only.
+    pub difference_usd: Option<String>,
+    pub unpriced_events: i64,
+    #[serde(skip)]
+    usage_pico: i128,
+    #[serde(skip)]
+    reported_pico: Option<i128>,
 }
 
-/// `GET /api/v1/billing/reconciliation`: per user, tokens in usage rows
-/// against tokens in meter events Stripe confirmed.
+impl Totals {
+    fn add(&mut self, c: &CustomerReconciliation) {
+        self.usage_tokens += c.usage_tokens;
+        self.reported_tokens += c.reported_tokens;
+        self.unpriced_events += c.unpriced_events;
+        self.usage_pico += c.usage_pico;
+        if c.reported_usd.is_some() {
+            *self.reported_pico.get_or_insert(0) += c.reported_pico;
+        }
+    }
+
+    fn finish(mut self) -> Totals {
+        self.difference = self.usage_tokens - self.reported_tokens;
+        self.usage_cost_usd = signed_usd(self.usage_pico);
+        self.reported_usd = self.reported_pico.map(signed_usd);
+        self.difference_usd = self.reported_pico.map(|r| signed_usd(self.usage_pico - r));
+        self
+    }
+}
+
+/// `GET /api/v1/billing/reconciliation`: per user, usage rows against the
+/// meter events Stripe confirmed, in tokens and (with a cost meter) money.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct Reconciliation {
     /// Unix ms, inclusive.
     pub from: i64,
     /// Unix ms, exclusive.
     pub to: i64,
+    /// The meter's event name.
+    pub meter: String,
+    /// The cost meter's unit, USD; `null` for a tokens meter.
+    pub meter_unit_usd: Option<String>,
     pub customers: Vec<CustomerReconciliation>,
     pub totals: Totals,
 }

@@ -5,10 +5,10 @@
 
 use crate::domain::{MeterReport, Millis, NewNotification, ReportStatus};
 use crate::store::{store_trait, StoreError};
-pub use crate::store::{HandledEvent, OpenWindow, UserTokens};
+pub use crate::store::{HandledEvent, OpenWindow, ReportInput, UserTokens};
 
-/// Turns (seq, value) into the report to store for a window.
-pub type MakeReport<'a> = dyn Fn(i64, i64) -> MeterReport + Send + Sync + 'a;
+/// Turns (seq, what was claimed) into the report to store for a window.
+pub type MakeReport<'a> = dyn Fn(i64, &ReportInput) -> MeterReport + Send + Sync + 'a;
 
 store_trait! {
     /// Storage as billing uses it: webhook deliveries, the grace period, meter
@@ -37,15 +37,17 @@ store_trait! {
             &self,
             window_ms: i64,
             closed_before: Millis,
+            priced_only: bool,
         ) -> Result<Vec<OpenWindow>, StoreError>;
         /// In one transaction: claim the window's unreported usage rows and
-        /// store the report `make` gives for their token sum. `None` when
-        /// another flush claimed the rows first.
+        /// store the report `make` gives for their sums and the previous
+        /// report's remainder. `None` when another flush claimed the rows first.
         async fn create_report(
             &self,
             window: &OpenWindow,
             window_ms: i64,
             event_name: &str,
+            priced_only: bool,
             now: Millis,
             make: &MakeReport<'_>,
         ) -> Result<Option<MeterReport>, StoreError>;
@@ -63,6 +65,6 @@ store_trait! {
         ) -> Result<(), StoreError>;
         /// Per user, tokens of usage rows with `from <= timestamp < to`, and
         /// how they stand with Stripe.
-        async fn reconcile(&self, from: Millis, to: Millis) -> Result<Vec<UserTokens>, StoreError>;
+        async fn reconcile(&self, from: Millis, to: Millis, event_name: &str) -> Result<Vec<UserTokens>, StoreError>;
     }
 }

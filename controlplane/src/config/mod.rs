@@ -23,7 +23,9 @@
 //! webhook_secret_env = "STRIPE_WEBHOOK_SECRET"
 //! stripe_api_key_env = "STRIPE_API_KEY"
 //! # stripe_base_url = "http://127.0.0.1:12111"  # the fake; default Stripe
-//! # meter_event_name = "ai_tokens"
+//! # meter = "cost"                # or "tokens" (the meter before money)
+//! # meter_unit = "0.00001"        # cost meter: USD per meter unit
+//! # meter_event_name = "ai_cost"  # default: "ai_cost", or "ai_tokens" for tokens
 //! # flush_interval = "1h"  window = "1h"  settle = "5m"  past_due_grace = "7d"
 //!
 //! [fleet]                         # optional: where bots are provisioned
@@ -62,11 +64,12 @@
 //! ```
 
 use crate::api::ApiSettings;
-use crate::billing::BillingSettings;
+use crate::billing::{BillingSettings, Meter};
 use crate::crypto::{sha256_hex, Cipher};
 use crate::service::ServiceSettings;
 use crate::snapshot::JwtSettings;
 use molt_config::dataplane::Env;
+use molt_config::money::Picodollars;
 use molt_config::Secret;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -122,7 +125,14 @@ pub struct RawBilling {
     pub stripe_api_key_env: String,
     /// Another Stripe API base (the fake); default Stripe's.
     pub stripe_base_url: Option<String>,
-    /// The meter's `event_name` (default `ai_tokens`).
+    /// What the Stripe meter counts: `cost` (default: the billed cost in
+    /// whole `meter_unit`s) or `tokens`.
+    pub meter: Option<RawMeter>,
+    /// A cost meter's unit, in USD as a decimal string (default
+    /// `"0.00001"`, a thousandth of a cent).
+    pub meter_unit: Option<String>,
+    /// The meter's `event_name` (default `ai_cost`, or `ai_tokens` for a
+    /// tokens meter).
     pub meter_event_name: Option<String>,
     /// How often usage is flushed to Stripe (default 1h).
     #[serde(default, with = "humantime_serde")]
@@ -138,6 +148,41 @@ pub struct RawBilling {
     /// Past-due time before suspension (default 7 days; 0 = at once).
     #[serde(default, with = "humantime_serde")]
     pub past_due_grace: Option<Duration>,
+}
+
+/// `[billing] meter`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawMeter {
+    Cost,
+    Tokens,
+}
+
+/// The meter `b` describes; a bad unit is reported in `errs`.
+fn resolve_meter(b: &RawBilling, errs: &mut Vec<String>) -> Meter {
+    match b.meter.unwrap_or(RawMeter::Cost) {
+        RawMeter::Tokens => {
+            if b.meter_unit.is_some() {
+                errs.push("billing.meter_unit: only for meter = \"cost\"".into());
+            }
+            Meter::Tokens
+        }
+        RawMeter::Cost => {
+            let unit = match b.meter_unit.as_deref().map(Picodollars::parse_usd) {
+                None => Meter::DEFAULT_UNIT,
+                Some(Ok(u)) if !u.is_zero() => u,
+                Some(Ok(_)) => {
+                    errs.push("billing.meter_unit: must be above 0".into());
+                    Meter::DEFAULT_UNIT
+                }
+                Some(Err(e)) => {
+                    errs.push(format!("billing.meter_unit: {e}"));
+                    Meter::DEFAULT_UNIT
+                }
+            };
+            Meter::Cost { unit }
+        }
+    }
 }
 
 /// Billing, resolved.
@@ -322,6 +367,7 @@ impl Settings {
         if raw.jwt.issuer.is_empty() {
             errs.push("jwt.issuer: must not be empty".into());
         }
+        let meter = raw.billing.as_ref().map(|b| resolve_meter(b, &mut errs));
         let billing = raw
             .billing
             .as_ref()
@@ -329,9 +375,11 @@ impl Settings {
             .and_then(|(b, (secret, key))| {
                 let mut settings = BillingSettings::new(Secret::new(secret?));
                 let f = &mut settings.flush;
-                if let Some(name) = &b.meter_event_name {
-                    f.event_name = name.clone();
-                }
+                f.meter = meter?;
+                f.event_name = b
+                    .meter_event_name
+                    .clone()
+                    .unwrap_or_else(|| f.meter.default_event_name().to_owned());
                 f.window = b.window.unwrap_or(f.window);
                 f.settle = b.settle.unwrap_or(f.settle);
                 settings.flush_interval = b.flush_interval.unwrap_or(settings.flush_interval);
@@ -489,6 +537,46 @@ mod tests {
     }
 
     #[test]
+    fn billing_meters_are_cost_with_a_unit_or_tokens() {
+        let resolve = |extra: &str| {
+            let text = format!(
+                "{FILE}\n[billing]\nwebhook_secret_env = \"WHSEC\"\nstripe_api_key_env = \"SK\"\n{extra}\n"
+            );
+            let raw: RawControlplaneConfig = toml::from_str(&text).unwrap();
+            let mut vars = env();
+            vars.insert("WHSEC", "whsec_x");
+            vars.insert("SK", "sk_test_x");
+            Settings::resolve(raw, &vars).map(|s| s.billing.unwrap().settings.flush)
+        };
+        let f = resolve("meter = \"cost\"\nmeter_unit = \"0.01\"").unwrap();
+        assert_eq!(
+            f.meter,
+            Meter::Cost {
+                unit: Picodollars(10_000_000_000)
+            }
+        );
+        let f = resolve("meter = \"tokens\"").unwrap();
+        assert_eq!(
+            (f.meter, f.event_name.as_str()),
+            (Meter::Tokens, "ai_tokens")
+        );
+        for (bad, message) in [
+            ("meter_unit = \"0\"", "billing.meter_unit: must be above 0"),
+            (
+                "meter_unit = \"0.1.2\"",
+                "billing.meter_unit: must be a decimal",
+            ),
+            (
+                "meter = \"tokens\"\nmeter_unit = \"1\"",
+                "billing.meter_unit: only for",
+            ),
+        ] {
+            let err = resolve(bad).unwrap_err().to_string();
+            assert!(err.contains(message), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn previous_encryption_keys_join_the_keyring() {
         const NEW: &str = "new:ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
         let text = FILE.replace(
@@ -552,7 +640,13 @@ mod tests {
             .unwrap()
             .billing
             .unwrap();
-        assert_eq!(b.settings.flush.event_name, "ai_tokens");
+        assert_eq!(b.settings.flush.event_name, "ai_cost");
+        assert_eq!(
+            b.settings.flush.meter,
+            Meter::Cost {
+                unit: Picodollars(10_000_000)
+            }
+        );
         assert_eq!(b.settings.flush_interval, Duration::from_secs(3600));
         assert_eq!(b.settings.past_due_grace, Duration::from_secs(3 * 86400));
         assert_eq!(b.settings.webhook_secret.expose(), "whsec_x");

@@ -59,7 +59,8 @@ pub enum CtlCommand {
         #[command(subcommand)]
         command: LimitsCmd,
     },
-    /// Usage per user, model and day, with totals and cost.
+    /// Usage per user, model and day, with its stored cost, by model and
+    /// token class.
     Usage {
         #[arg(long)]
         user_id: Option<String>,
@@ -197,6 +198,14 @@ pub enum UsersCmd {
         #[arg(long)]
         status: Option<String>,
     },
+    /// A user's month against their dollar budget, and the thresholds
+    /// crossed.
+    Budget {
+        id: String,
+        /// YYYY-MM (UTC); default: this month.
+        #[arg(long)]
+        month: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -277,13 +286,68 @@ pub enum ModelsCmd {
         aliases: Vec<String>,
         #[arg(long = "fallback")]
         fallbacks: Vec<String>,
-        /// USD per million input tokens.
-        #[arg(long, default_value_t = 0.0)]
-        input_price: f64,
-        /// USD per million output tokens.
-        #[arg(long, default_value_t = 0.0)]
-        output_price: f64,
+        /// The first price (both --input-price and --output-price, or none:
+        /// the model is then unpriced).
+        #[command(flatten)]
+        price: Box<PriceArgs>,
     },
+    /// Set a model's price: a new version in force from now (or
+    /// --effective-from); stored costs never change.
+    Price {
+        /// Model name or id.
+        model: String,
+        #[command(flatten)]
+        price: Box<PriceArgs>,
+        /// Unix ms from which the new price applies (not in the past).
+        #[arg(long)]
+        effective_from: Option<i64>,
+    },
+    /// Every version of a model's price, oldest first.
+    Prices {
+        /// Model name or id.
+        model: String,
+    },
+}
+
+/// A price in USD per million tokens of each class, as exact decimals
+/// ("2.50"); classes not given cost the input (or output) price.
+#[derive(Debug, Args)]
+pub struct PriceArgs {
+    #[arg(long)]
+    pub input_price: Option<String>,
+    #[arg(long)]
+    pub output_price: Option<String>,
+    #[arg(long)]
+    pub cache_read_price: Option<String>,
+    /// Cache writes with a 5-minute (or unstated) lifetime.
+    #[arg(long)]
+    pub cache_write_5m_price: Option<String>,
+    #[arg(long)]
+    pub cache_write_1h_price: Option<String>,
+    #[arg(long)]
+    pub audio_input_price: Option<String>,
+    #[arg(long)]
+    pub reasoning_price: Option<String>,
+    #[arg(long)]
+    pub audio_output_price: Option<String>,
+}
+
+impl PriceArgs {
+    /// The API's `price` object; `None` when neither base price is given.
+    pub fn to_json(&self) -> Option<serde_json::Value> {
+        if self.input_price.is_none() && self.output_price.is_none() {
+            return None;
+        }
+        Some(serde_json::json!({
+            "input": self.input_price, "output": self.output_price,
+            "cache_read_input": self.cache_read_price,
+            "cache_write_5m_input": self.cache_write_5m_price,
+            "cache_write_1h_input": self.cache_write_1h_price,
+            "audio_input": self.audio_input_price,
+            "reasoning_output": self.reasoning_price,
+            "audio_output": self.audio_output_price,
+        }))
+    }
 }
 
 #[derive(Debug, Subcommand)]

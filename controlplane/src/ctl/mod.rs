@@ -52,8 +52,43 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
     let api = Api::new(&args.url, &args.token, args.ca_file.as_deref())?;
     let (value, columns): (Value, &[&str]) = match args.command {
         CtlCommand::Users { command } => match command {
+            UsersCmd::Budget { id, month } => {
+                let query = month
+                    .map(|m| format!("?month={}", encode(&m)))
+                    .unwrap_or_default();
+                let v = api
+                    .call(
+                        Method::GET,
+                        &format!("/api/v1/users/{}/budget{query}", encode(&id)),
+                        None,
+                    )
+                    .await?;
+                let crossed: Vec<String> = v["thresholds_crossed"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| format!("{}%", e["threshold_pct"]))
+                    .collect();
+                let mut row = v;
+                if !args.json {
+                    row["thresholds_crossed"] = json!(crossed.join(" "));
+                }
+                (
+                    row,
+                    &[
+                        "user_id",
+                        "month",
+                        "budget_usd",
+                        "spent_usd",
+                        "percent_used",
+                        "thresholds_crossed",
+                        "unpriced_events",
+                    ],
+                )
+            }
             UsersCmd::List(p) => (
-                api.call(Method::GET, &format!("/api/v1/users{}", p.query()), None).await?,
+                api.call(Method::GET, &format!("/api/v1/users{}", p.query()), None)
+                    .await?,
                 &["id", "email", "status", "plan", "stripe_customer_id"],
             ),
             UsersCmd::Create {
@@ -75,7 +110,15 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 let path = page.path_for_user("/api/v1/keys", user_id.as_deref());
                 (
                     api.call(Method::GET, &path, None).await?,
-                    &["id", "user_id", "name", "prefix", "models", "expires_at", "revoked_at"],
+                    &[
+                        "id",
+                        "user_id",
+                        "name",
+                        "prefix",
+                        "models",
+                        "expires_at",
+                        "revoked_at",
+                    ],
                 )
             }
             KeysCmd::Create {
@@ -95,35 +138,87 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 (v, &["secret"])
             }
             KeysCmd::Revoke { id } => (
-                api.call(Method::POST, &format!("/api/v1/keys/{}/revoke", encode(&id)), None)
-                    .await?,
+                api.call(
+                    Method::POST,
+                    &format!("/api/v1/keys/{}/revoke", encode(&id)),
+                    None,
+                )
+                .await?,
                 &["id", "revoked_at"],
             ),
         },
         CtlCommand::Models { command } => match command {
-            ModelsCmd::List(p) => (
-                api.call(Method::GET, &format!("/api/v1/models{}", p.query()), None).await?,
-                &["name", "provider", "upstream_name", "aliases", "fallbacks", "input_price_per_mtok", "output_price_per_mtok"],
-            ),
+            ModelsCmd::List(p) => {
+                let mut v = api
+                    .call(Method::GET, &format!("/api/v1/models{}", p.query()), None)
+                    .await?;
+                if !args.json {
+                    // The price in force, as columns of the table.
+                    for m in v["items"].as_array_mut().into_iter().flatten() {
+                        m["input_price"] = m["price"]["price"]["input"].clone();
+                        m["output_price"] = m["price"]["price"]["output"].clone();
+                    }
+                }
+                (
+                    v,
+                    &[
+                        "name",
+                        "provider",
+                        "upstream_name",
+                        "aliases",
+                        "fallbacks",
+                        "input_price",
+                        "output_price",
+                    ],
+                )
+            }
             ModelsCmd::Create {
                 name,
                 provider,
                 upstream_name,
                 aliases,
                 fallbacks,
-                input_price,
-                output_price,
+                price,
             } => (
                 api.call(
                     Method::POST,
                     "/api/v1/models",
-                    Some(json!({"name": name, "provider": provider, "upstream_name": upstream_name,
-                        "aliases": aliases, "fallbacks": fallbacks,
-                        "input_price_per_mtok": input_price, "output_price_per_mtok": output_price})),
+                    Some(
+                        json!({"name": name, "provider": provider, "upstream_name": upstream_name,
+                        "aliases": aliases, "fallbacks": fallbacks, "price": price.to_json()}),
+                    ),
                 )
                 .await?,
                 &["id", "name", "provider"],
             ),
+            ModelsCmd::Price {
+                model,
+                price,
+                effective_from,
+            } => {
+                let price = price.to_json().ok_or_else(|| {
+                    CtlError::Input("--input-price and --output-price are required".into())
+                })?;
+                let v = api
+                    .call(
+                        Method::PUT,
+                        &format!("/api/v1/models/{}/price", encode(&model)),
+                        Some(json!({"price": price, "effective_from": effective_from})),
+                    )
+                    .await?;
+                (v, &["id", "model", "effective_from", "price"])
+            }
+            ModelsCmd::Prices { model } => {
+                let v = api
+                    .call(
+                        Method::GET,
+                        &format!("/api/v1/models/{}/prices", encode(&model)),
+                        None,
+                    )
+                    .await?;
+                let v = if args.json { v } else { json!({"items": v}) };
+                (v, &["id", "effective_from", "price", "created_by"])
+            }
         },
         CtlCommand::Providers { command } => match command {
             ProvidersCmd::List(p) => (
@@ -182,7 +277,8 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
             const COLUMNS: &[&str] = &["id", "name", "limits", "description"];
             match command {
                 PlansCmd::List(p) => (
-                    api.call(Method::GET, &format!("/api/v1/plans{}", p.query()), None).await?,
+                    api.call(Method::GET, &format!("/api/v1/plans{}", p.query()), None)
+                        .await?,
                     COLUMNS,
                 ),
                 PlansCmd::Create {
@@ -191,10 +287,14 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                     limits,
                 } => {
                     let body = json!({"name": name, "description": description, "limits": limit_set(&limits)?});
-                    (api.call(Method::POST, "/api/v1/plans", Some(body)).await?, COLUMNS)
+                    (
+                        api.call(Method::POST, "/api/v1/plans", Some(body)).await?,
+                        COLUMNS,
+                    )
                 }
                 PlansCmd::Get { id } => (
-                    api.call(Method::GET, &format!("/api/v1/plans/{}", encode(&id)), None).await?,
+                    api.call(Method::GET, &format!("/api/v1/plans/{}", encode(&id)), None)
+                        .await?,
                     COLUMNS,
                 ),
                 PlansCmd::Update {
@@ -211,11 +311,19 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                         body.insert("limits".into(), limit_set(&limits)?);
                     }
                     let path = format!("/api/v1/plans/{}", encode(&id));
-                    (api.call(Method::PATCH, &path, Some(Value::Object(body))).await?, COLUMNS)
+                    (
+                        api.call(Method::PATCH, &path, Some(Value::Object(body)))
+                            .await?,
+                        COLUMNS,
+                    )
                 }
                 PlansCmd::Delete { id } => {
-                    api.call(Method::DELETE, &format!("/api/v1/plans/{}", encode(&id)), None)
-                        .await?;
+                    api.call(
+                        Method::DELETE,
+                        &format!("/api/v1/plans/{}", encode(&id)),
+                        None,
+                    )
+                    .await?;
                     if !args.json {
                         writeln!(out, "deleted plan {id}")?;
                     }
@@ -229,24 +337,24 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
             from,
             to,
         } => {
-            let params: Vec<String> = [("user_id", user_id), ("model", model), ("from", from), ("to", to)]
-                .into_iter()
-                .filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(&v))))
-                .collect();
+            let params: Vec<String> = [
+                ("user_id", user_id),
+                ("model", model),
+                ("from", from),
+                ("to", to),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(&v))))
+            .collect();
             let v = api
-                .call(Method::GET, &format!("/api/v1/usage?{}", params.join("&")), None)
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/usage?{}", params.join("&")),
+                    None,
+                )
                 .await?;
             if !args.json {
-                let rows = v["rows"].as_array().cloned().unwrap_or_default();
-                let cols = ["day", "user_id", "model", "requests", "input_tokens", "output_tokens", "cost_usd"];
-                write_table(out, &rows, &cols)?;
-                let t = &v["totals"];
-                writeln!(
-                    out,
-                    "total: {} requests, {} input, {} output tokens, ${:.6}",
-                    t["requests"], t["input_tokens"], t["output_tokens"],
-                    t["cost_usd"].as_f64().unwrap_or(0.0)
-                )?;
+                write_usage(out, &v)?;
                 return Ok(());
             }
             (v, &[])
@@ -265,7 +373,11 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 }
             };
             // A nested document: always shown as JSON.
-            writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap_or_default())?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&v).unwrap_or_default()
+            )?;
             return Ok(());
         }
         CtlCommand::Secrets { command } => {
@@ -302,7 +414,8 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
             (v, notifications::ENDPOINT_COLUMNS)
         }
         CtlCommand::Audit { limit } => (
-            api.call(Method::GET, &format!("/api/v1/audit?limit={limit}"), None).await?,
+            api.call(Method::GET, &format!("/api/v1/audit?limit={limit}"), None)
+                .await?,
             &["at", "actor", "action", "target", "diff"],
         ),
     };
@@ -371,6 +484,61 @@ fn limit_set(args: &[String]) -> Result<Value, CtlError> {
 
 /// Aligned columns; strings unquoted, `null` as `-`, objects as compact
 /// JSON.
+/// The usage report as tables: rows per day, then per model with its cost
+/// by token class, then the totals.
+fn write_usage(out: &mut dyn Write, v: &Value) -> Result<(), CtlError> {
+    let rows = v["rows"].as_array().cloned().unwrap_or_default();
+    let cols = [
+        "day",
+        "user_id",
+        "model",
+        "requests",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "billed_usd",
+        "unpriced_events",
+    ];
+    write_table(out, &rows, &cols)?;
+    writeln!(out)?;
+    let classes = [
+        "input",
+        "cache_read_input",
+        "cache_write_5m_input",
+        "cache_write_1h_input",
+        "audio_input",
+        "output",
+        "reasoning_output",
+        "audio_output",
+    ];
+    let mut by_class = Vec::new();
+    for m in v["models"].as_array().into_iter().flatten() {
+        for class in classes {
+            let tokens = &m["tokens_by_class"][class];
+            if tokens.as_i64().unwrap_or(0) != 0 {
+                by_class.push(
+                    json!({"model": m["model"], "class": class, "tokens": tokens,
+                    "cost_usd": m["cost_by_class"][class]}),
+                );
+            }
+        }
+    }
+    write_table(out, &by_class, &["model", "class", "tokens", "cost_usd"])?;
+    let t = &v["totals"];
+    let dollars = |v: &Value| v.as_str().unwrap_or("0.00").to_owned();
+    writeln!(
+        out,
+        "total: {} requests, {} input, {} output tokens, cost ${}, billed ${}, {} unpriced events",
+        t["requests"],
+        t["input_tokens"],
+        t["output_tokens"],
+        dollars(&t["cost_usd"]),
+        dollars(&t["billed_usd"]),
+        t["unpriced_events"]
+    )?;
+    Ok(())
+}
+
 fn write_table(out: &mut dyn Write, rows: &[Value], columns: &[&str]) -> Result<(), CtlError> {
     let cell = |v: &Value| match v {
         Value::Null => "-".to_owned(),

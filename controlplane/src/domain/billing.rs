@@ -28,7 +28,18 @@ pub struct MeterReport {
     pub window_start: Millis,
     pub window_end: Millis,
     pub seq: i64,
+    /// What the meter counts: tokens, or whole meter units of money.
     pub value: i64,
+    /// The billed picodollars of the usage rows the report claimed.
+    pub amount_pico: i64,
+    /// The remainder carried in from the previous report of the same
+    /// user, customer and meter (a cost meter only).
+    pub carried_in_pico: i64,
+    /// `carried_in + amount - value × unit`: less than one unit, carried
+    /// into the next report.
+    pub remainder_pico: i64,
+    /// The report whose remainder this one carried in.
+    pub carried_from: Option<String>,
     pub status: ReportStatus,
     pub attempts: i64,
     pub last_error: Option<String>,

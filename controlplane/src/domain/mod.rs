@@ -1,7 +1,7 @@
 //! The control plane's records as the API shows them: users, plans, keys,
 //! providers, models, usage, audit entries and operator roles; bots
-//! ([`bots`]), meter reports ([`billing`]) and notifications
-//! ([`notifications`]).
+//! ([`bots`]), meter reports ([`billing`]), notifications
+//! ([`notifications`]), price versions and budget events ([`money`]).
 //!
 //! These types are what the store returns and what handlers serialise, so
 //! none of them holds a secret: API keys carry only their display prefix,
@@ -15,6 +15,7 @@
 pub mod billing;
 pub mod bots;
 pub mod notifications;
+pub mod money;
 
 pub use billing::{MeterReport, ReportStatus};
 pub use bots::{Bot, BotRecord, BotStatus, Desired};
@@ -22,6 +23,7 @@ pub use molt_config::ProviderKind;
 pub use notifications::{
     Channel, Delivery, DeliveryStatus, NewNotification, NoticeKind, Notification, WebhookEndpoint,
 };
+pub use money::{BudgetEvent, PriceVersion};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -87,6 +89,9 @@ pub struct Plan {
     pub name: String,
     pub description: String,
     pub limits: molt_config::limits::RawLimitSet,
+    /// Added to the models' prices in what its users are billed, in basis
+    /// points (100 = 1%); applied at ingest, kept apart from the cost.
+    pub markup_bp: i64,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -182,12 +187,17 @@ pub struct Model {
     pub aliases: Vec<String>,
     /// Canonical names of the models tried next, in order.
     pub fallbacks: Vec<String>,
-    /// USD per million input tokens.
-    pub input_price_per_mtok: f64,
-    /// USD per million output tokens.
-    pub output_price_per_mtok: f64,
     pub created_at: Millis,
     pub updated_at: Millis,
+}
+
+/// A model as the API shows it: the record and the price version in force
+/// now (`null`: unpriced, its usage is flagged rather than costed at 0).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct PricedModel {
+    #[serde(flatten)]
+    pub model: Model,
+    pub price: Option<PriceVersion>,
 }
 
 /// One audit log entry: who did what to which record, and what changed.
@@ -225,20 +235,6 @@ pub struct AdminToken {
     pub revoked_at: Option<Millis>,
     #[serde(skip)]
     pub sha256: String,
-}
-
-/// Token sums for one user, model and UTC day.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct UsageRow {
-    pub user_id: String,
-    pub model: String,
-    /// `YYYY-MM-DD`, UTC.
-    pub day: String,
-    pub requests: i64,
-    pub input_tokens: i64,
-    pub output_tokens: i64,
-    /// USD at the model's current prices (0 for unknown models).
-    pub cost_usd: f64,
 }
 
 /// A page of a list and the cursor for the next one (`null` at the end).

@@ -1,7 +1,8 @@
 //! The control plane's business logic: every rule about users, plans, keys,
-//! providers, models, usage, audit, notifications and operator auth lives
-//! here, between the thin HTTP handlers and storage (and re-encryption of
-//! secrets at rest, [`secrets`]). Each service file declares the slice
+//! providers, models and their prices, usage and its cost, dollar budgets,
+//! audit, notifications and operator auth lives here, between the thin HTTP
+//! handlers and storage (and re-encryption of secrets at rest,
+//! [`secrets`]). Each service file declares the slice
 //! of storage it needs ([`users::UserStore`], [`keys::KeyStore`], ...,
 //! [`AuditStore`] here) with `store::store_trait!`, which implements it
 //! for the store; [`ServiceStore`] is all of them, what [`Service`] holds.
@@ -18,12 +19,14 @@
 
 pub mod auth;
 pub mod bots;
+pub mod budget;
 pub mod identity;
 pub mod keys;
 pub mod limits;
 pub mod models;
 pub mod notifications;
 pub mod plans;
+pub mod prices;
 pub mod providers;
 pub mod secrets;
 pub mod usage;
@@ -59,6 +62,8 @@ pub trait ServiceStore:
     + keys::KeyStore
     + providers::ProviderStore
     + models::ModelStore
+    + prices::PriceStore
+    + budget::BudgetStore
     + plans::PlanStore
     + limits::LimitsStore
     + usage::UsageStore

@@ -1,13 +1,16 @@
 //! Models: the names clients ask for, the provider that serves each, its
-//! aliases, fallbacks and prices. Every change is checked against the
-//! compiled snapshot first, so references (provider, fallbacks, key
-//! allowlists) are validated by the same code the data plane runs.
+//! aliases and fallbacks, and (through [`super::prices`]) its price. Every
+//! change is checked against the compiled snapshot first, so references
+//! (provider, fallbacks, key allowlists) are validated by the same code the
+//! data plane runs.
 
-use super::{audit_entry, not_found, paginate, range, Operator, Service, ServiceError};
+use super::prices::check_price;
+use super::{audit_entry, paginate, range, Operator, Service, ServiceError};
 use crate::domain::AuditEntry;
-use crate::domain::{new_id, now_ms, Model, Page, PageRequest};
+use crate::domain::{new_id, now_ms, Model, Page, PageRequest, PricedModel};
 use crate::store::{store_trait, Range, StoreError};
-use molt_config::wire::RawModel;
+use molt_config::money::ModelPrice;
+use molt_config::wire::{RawModel, RawModelPrice};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -22,12 +25,10 @@ pub struct CreateModel {
     pub aliases: Vec<String>,
     #[serde(default)]
     pub fallbacks: Vec<String>,
-    /// USD per million input tokens.
-    #[serde(default)]
-    pub input_price_per_mtok: f64,
-    /// USD per million output tokens.
-    #[serde(default)]
-    pub output_price_per_mtok: f64,
+    /// The model's first price version (USD per million tokens of each
+    /// class), in force from the beginning. Without one the model is
+    /// unpriced: its usage is flagged, not costed at 0.
+    pub price: Option<RawModelPrice>,
 }
 
 /// Fields to change; absent fields stay. The name cannot change (keys and
@@ -39,28 +40,19 @@ pub struct UpdateModel {
     pub upstream_name: Option<String>,
     pub aliases: Option<Vec<String>>,
     pub fallbacks: Option<Vec<String>>,
-    pub input_price_per_mtok: Option<f64>,
-    pub output_price_per_mtok: Option<f64>,
+    /// A new price version in force from now (as `PUT .../price` without
+    /// `effective_from`); earlier versions and the costs they fixed stay.
+    pub price: Option<RawModelPrice>,
 }
 
-fn raw(m: &Model) -> RawModel {
+fn raw(m: &Model, price: Option<&ModelPrice>) -> RawModel {
     RawModel {
         name: m.name.clone(),
         provider: m.provider.clone(),
         upstream_name: m.upstream_name.clone(),
         aliases: m.aliases.clone(),
         fallbacks: m.fallbacks.clone(),
-        price: None,
-    }
-}
-
-fn check_price(field: &str, price: f64) -> Result<f64, ServiceError> {
-    if price.is_finite() && price >= 0.0 {
-        Ok(price)
-    } else {
-        Err(ServiceError::Invalid(format!(
-            "{field} must be a non-negative number"
-        )))
+        price: price.map(ModelPrice::to_wire),
     }
 }
 
@@ -83,8 +75,9 @@ impl Service {
         &self,
         op: &Operator,
         req: CreateModel,
-    ) -> Result<Model, ServiceError> {
+    ) -> Result<PricedModel, ServiceError> {
         op.require_admin()?;
+        let price = req.price.as_ref().map(check_price).transpose()?;
         let now = now_ms();
         let model = Model {
             id: new_id("mdl"),
@@ -93,8 +86,6 @@ impl Service {
             upstream_name: req.upstream_name,
             aliases: req.aliases,
             fallbacks: req.fallbacks,
-            input_price_per_mtok: check_price("input_price_per_mtok", req.input_price_per_mtok)?,
-            output_price_per_mtok: check_price("output_price_per_mtok", req.output_price_per_mtok)?,
             created_at: now,
             updated_at: now,
         };
@@ -106,29 +97,40 @@ impl Service {
             )));
         }
         self.publisher
-            .check(|snap| snap.models.push(raw(&model)))
+            .check(|snap| snap.models.push(raw(&model, price.as_ref())))
             .await?;
         let audit = audit_entry(op, "model.create", &model.id, None, Some(&model));
         self.store.insert_model(&model, &audit).await?;
+        let price = match price {
+            Some(p) => Some(self.add_price(op, &model, p, None).await?),
+            None => None,
+        };
         drop(write);
         self.refresh_snapshot().await;
-        Ok(model)
+        Ok(PricedModel { model, price })
     }
 
-    pub async fn get_model(&self, _op: &Operator, id: &str) -> Result<Model, ServiceError> {
-        self.store
-            .get_model(id)
-            .await?
-            .ok_or_else(|| not_found("model", id))
+    pub async fn get_model(&self, _op: &Operator, id: &str) -> Result<PricedModel, ServiceError> {
+        let model = self.get_model_record(id).await?;
+        let mut priced = self.priced(vec![model]).await?;
+        priced.pop().ok_or_else(|| super::not_found("model", id))
     }
 
     pub async fn list_models(
         &self,
         _op: &Operator,
         page: &PageRequest,
-    ) -> Result<Page<Model>, ServiceError> {
-        let items = self.store.list_models(&range(page)?).await?;
-        Ok(paginate(items, page, |m| m.id.clone()))
+    ) -> Result<Page<PricedModel>, ServiceError> {
+        let mut items = self.store.list_models(&range(page)?).await?;
+        // One more than the page says whether there is a next page.
+        let extra = (items.len() > page.limit as usize)
+            .then(|| items.pop())
+            .flatten();
+        let mut items = self.priced(items).await?;
+        if let Some(model) = extra {
+            items.push(PricedModel { model, price: None });
+        }
+        Ok(paginate(items, page, |m| m.model.id.clone()))
     }
 
     pub async fn update_model(
@@ -136,10 +138,11 @@ impl Service {
         op: &Operator,
         id: &str,
         req: UpdateModel,
-    ) -> Result<Model, ServiceError> {
+    ) -> Result<PricedModel, ServiceError> {
         op.require_admin()?;
+        let price = req.price.as_ref().map(check_price).transpose()?;
         let write = self.write_lock.lock().await;
-        let before = self.get_model(op, id).await?;
+        let before = self.get_model_record(id).await?;
         let mut after = before.clone();
         if let Some(p) = req.provider {
             after.provider = p;
@@ -153,32 +156,32 @@ impl Service {
         if let Some(f) = req.fallbacks {
             after.fallbacks = f;
         }
-        if let Some(p) = req.input_price_per_mtok {
-            after.input_price_per_mtok = check_price("input_price_per_mtok", p)?;
-        }
-        if let Some(p) = req.output_price_per_mtok {
-            after.output_price_per_mtok = check_price("output_price_per_mtok", p)?;
-        }
         after.updated_at = now_ms();
         self.publisher
             .check(|snap| {
                 if let Some(m) = snap.models.iter_mut().find(|m| m.name == after.name) {
-                    *m = raw(&after);
+                    let current = m.price.take();
+                    *m = raw(&after, None);
+                    m.price = price.as_ref().map(ModelPrice::to_wire).or(current);
                 }
             })
             .await?;
         let audit = audit_entry(op, "model.update", &before.id, Some(&before), Some(&after));
         self.store.update_model(&after, &audit).await?;
+        if let Some(p) = price {
+            self.add_price(op, &after, p, None).await?;
+        }
         drop(write);
         self.refresh_snapshot().await;
-        Ok(after)
+        let mut priced = self.priced(vec![after]).await?;
+        priced.pop().ok_or_else(|| super::not_found("model", id))
     }
 
     /// Delete a model no key allowlist or fallback still names.
     pub async fn delete_model(&self, op: &Operator, id: &str) -> Result<(), ServiceError> {
         op.require_admin()?;
         let write = self.write_lock.lock().await;
-        let before = self.get_model(op, id).await?;
+        let before = self.get_model_record(id).await?;
         self.publisher
             .check(|snap| snap.models.retain(|m| m.name != before.name))
             .await

@@ -8,6 +8,7 @@
 //! refers to it by name (a foreign key); a plan with users on it cannot be
 //! deleted.
 
+use super::prices::check_markup;
 use super::{
     audit_entry, check_limits, not_found, paginate, range, Operator, Service, ServiceError,
 };
@@ -35,6 +36,10 @@ pub struct CreatePlan {
     /// default applies); zero is an error.
     #[serde(default)]
     pub limits: RawLimitSet,
+    /// Markup over the models' prices in what the plan's users are billed,
+    /// in basis points (100 = 1%; 0 to 100000). Default 0.
+    #[serde(default)]
+    pub markup_bp: i64,
 }
 
 /// Fields to change; absent fields stay. `limits` replaces the plan's
@@ -44,6 +49,8 @@ pub struct CreatePlan {
 pub struct UpdatePlan {
     pub description: Option<String>,
     pub limits: Option<RawLimitSet>,
+    /// Applies to usage ingested from now on; stored costs keep theirs.
+    pub markup_bp: Option<i64>,
 }
 
 fn check_name(name: &str) -> Result<(), ServiceError> {
@@ -96,12 +103,14 @@ impl Service {
         check_name(&req.name)?;
         check_description(&req.description)?;
         check_limits(&req.limits)?;
+        check_markup(req.markup_bp)?;
         let now = now_ms();
         let plan = Plan {
             id: new_id("pln"),
             name: req.name,
             description: req.description,
             limits: req.limits,
+            markup_bp: req.markup_bp,
             created_at: now,
             updated_at: now,
         };
@@ -152,6 +161,9 @@ impl Service {
         if let Some(l) = &req.limits {
             check_limits(l)?;
         }
+        if let Some(m) = req.markup_bp {
+            check_markup(m)?;
+        }
         let write = self.write_lock.lock().await;
         let before = self.get_plan(op, id).await?;
         let mut after = before.clone();
@@ -160,6 +172,9 @@ impl Service {
         }
         if let Some(l) = req.limits {
             after.limits = l;
+        }
+        if let Some(m) = req.markup_bp {
+            after.markup_bp = m;
         }
         after.updated_at = now_ms();
         let checked = after.clone();

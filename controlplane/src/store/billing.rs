@@ -6,7 +6,7 @@
 //! stores the report.
 
 use super::query::{record, records, Insertable};
-use super::usage::{self, OpenWindow};
+use super::usage::{self, Claimed, OpenWindow};
 use super::{notifications, SqlStore, StoreError};
 use crate::domain::{MeterReport, Millis, NewNotification, ReportStatus};
 
@@ -24,8 +24,38 @@ pub struct HandledEvent<'a> {
 
 record!(MeterReport in "meter_reports" {
     identifier, user_id, stripe_customer_id, event_name, window_start, window_end, seq,
-    value, status: named(ReportStatus::parse), attempts, last_error,
+    value, amount_pico, carried_in_pico, remainder_pico, carried_from,
+    status: named(ReportStatus::parse), attempts, last_error,
 });
+
+/// What a new report is made from: the claimed rows' sums, and the
+/// remainder of the last report of the same user, customer and meter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportInput {
+    pub claimed: Claimed,
+    /// (identifier, remainder) of the report this one would carry from.
+    pub previous: Option<(String, i64)>,
+}
+
+/// The last report of `w`'s user and customer for `event_name`: the one no
+/// other report carries from (the newest, should two be).
+async fn chain_tail(
+    conn: &mut sqlx::AnyConnection,
+    w: &OpenWindow,
+    event_name: &str,
+) -> Result<Option<(String, i64)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT r.identifier, r.remainder_pico FROM meter_reports r \
+         WHERE r.user_id = $1 AND r.stripe_customer_id = $2 AND r.event_name = $3 \
+         AND NOT EXISTS (SELECT 1 FROM meter_reports n WHERE n.carried_from = r.identifier) \
+         ORDER BY r.created_at DESC, r.identifier DESC LIMIT 1",
+    )
+    .bind(&w.user_id)
+    .bind(&w.stripe_customer_id)
+    .bind(event_name)
+    .fetch_optional(conn)
+    .await?)
+}
 
 impl SqlStore {
     /// Whether a Stripe event id has been handled.
@@ -94,17 +124,21 @@ impl SqlStore {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
-    /// In one transaction: claim the window's unreported usage rows for a
-    /// new report and store the report with their token sum as its fixed
-    /// value. `make` turns (seq, value) into the report to store. Returns
-    /// `None` when another flush claimed the rows first.
+    /// In one transaction: claim the window's unreported usage rows (only
+    /// priced ones when `priced_only`) for a new report and store the
+    /// report `make` gives for (seq, their sums and the previous report's
+    /// remainder), its value fixed. Returns `None` when another flush
+    /// claimed the rows first. A remainder is carried once only
+    /// (`carried_from` is unique): a concurrent flush carrying the same one
+    /// fails its transaction, leaving its rows for the next flush.
     pub async fn create_report(
         &self,
         w: &OpenWindow,
         window_ms: i64,
         event_name: &str,
+        priced_only: bool,
         now: Millis,
-        make: &(dyn Fn(i64, i64) -> MeterReport + Send + Sync),
+        make: &(dyn Fn(i64, &ReportInput) -> MeterReport + Send + Sync),
     ) -> Result<Option<MeterReport>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let (seq,): (i64,) = sqlx::query_as(
@@ -117,20 +151,20 @@ impl SqlStore {
         .fetch_one(&mut *tx)
         .await?;
         // The identifier is fixed before the claim so the claim can name it.
-        let identifier = make(seq, 0).identifier;
+        let identifier = make(seq, &ReportInput::default()).identifier;
         let window_end = w.window_start + window_ms;
-        let claimed =
-            usage::claim(&mut tx, &identifier, &w.user_id, w.window_start, window_end).await?;
-        let Some(value) = claimed else {
+        let claimed = usage::claim(&mut tx, &identifier, w, window_end, priced_only).await?;
+        let Some(claimed) = claimed else {
             tx.rollback().await?;
             return Ok(None);
         };
-        let report = make(seq, value);
+        let previous = chain_tail(&mut tx, w, event_name).await?;
+        let report = make(seq, &ReportInput { claimed, previous });
         const INSERT: &str = concat!(
             "INSERT INTO meter_reports (",
             columns!(),
             ", created_at, sent_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
         );
         report
             .bind_columns(sqlx::query(INSERT))

@@ -20,9 +20,11 @@
 //! | `api_keys` | [`keys`] | key service |
 //! | `providers` | [`providers`] | provider service; re-encryption (`keys_sealed`, through [`sealed`]) |
 //! | `models` | [`models`] | model service |
+//! | `model_prices` | [`prices`] | model service (insert only: a price change is a new version) |
 //! | `plans` | [`plans`] | plan service |
 //! | `limits_document`, `config_state` | [`config`] | limits service; snapshot publisher (version) |
-//! | `usage_events` | [`usage`] | ingest (insert); billing's claim of rows for a report (`meter_report`) |
+//! | `usage_events` | [`usage`] | ingest (insert, with the cost fixed); billing's claim of rows for a report (`meter_report`) |
+//! | `budget_events` | [`budget`] | usage service (threshold crossings, once each) |
 //! | `audit_log` | [`audit`] | every audited write; audit retention |
 //! | `admin_tokens` | [`admin_tokens`] | operator auth service |
 //! | `bots` | [`bots`] | bot service (wishes); provisioning worker (steps, claims); re-encryption (`token_sealed`, through [`sealed`]) |
@@ -52,12 +54,14 @@ mod admin_tokens;
 mod audit;
 mod billing;
 mod bots;
+mod budget;
 mod config;
 mod identity;
 mod keys;
 mod models;
 mod notifications;
 mod plans;
+mod prices;
 mod providers;
 mod query;
 mod sealed;
@@ -66,11 +70,16 @@ mod usage;
 mod users;
 
 pub use billing::HandledEvent;
+pub use billing::ReportInput;
 pub use bots::{StepUpdate, WishChange};
+pub use budget::BudgetSource;
 pub use identity::IdentityEvent;
 pub use notifications::{DeliveryJob, DeliveryUpdate, OutboxDepth};
 pub use snapshot::{SnapshotSource, UserLimits};
-pub use usage::{IngestCounts, OpenWindow, UsageFilter, UsageSums, UserTokens};
+pub use usage::{
+    ByStatus, Claimed, EventCost, IngestCounts, OpenWindow, PriceEvent, UsageFilter, UsageSums,
+    UserTokens,
+};
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;

@@ -1,5 +1,5 @@
-//! `models`: the models clients may name, their provider, aliases,
-//! fallbacks and prices.
+//! `models`: the models clients may name, their provider, aliases and
+//! fallbacks (their prices are `prices.rs`'s versions).
 
 use super::query::{fetch_records, record, to_json, Rows};
 use super::{Range, SqlStore, StoreError};
@@ -7,8 +7,7 @@ use crate::domain::{AuditEntry, Model};
 use sqlx::AnyConnection;
 
 record!(Model in "models" {
-    id, name, provider, upstream_name, aliases: json, fallbacks: json,
-    input_price_per_mtok, output_price_per_mtok, created_at, updated_at,
+    id, name, provider, upstream_name, aliases: json, fallbacks: json, created_at, updated_at,
 });
 
 /// Every model, by id.
@@ -22,7 +21,7 @@ impl SqlStore {
         const SQL: &str = concat!(
             "INSERT INTO models (",
             columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         );
         self.insert(SQL, m, audit).await
     }
@@ -30,15 +29,13 @@ impl SqlStore {
     pub async fn update_model(&self, m: &Model, audit: &AuditEntry) -> Result<(), StoreError> {
         let query = sqlx::query(
             "UPDATE models SET provider = $2, upstream_name = $3, aliases = $4, fallbacks = $5, \
-             input_price_per_mtok = $6, output_price_per_mtok = $7, updated_at = $8 WHERE id = $1",
+             updated_at = $6 WHERE id = $1",
         )
         .bind(&m.id)
         .bind(&m.provider)
         .bind(&m.upstream_name)
         .bind(to_json(&m.aliases))
         .bind(to_json(&m.fallbacks))
-        .bind(m.input_price_per_mtok)
-        .bind(m.output_price_per_mtok)
         .bind(m.updated_at);
         self.audited(query, Rows::One, audit).await
     }

@@ -6,8 +6,20 @@ use crate::domain::{AuditEntry, Plan};
 use sqlx::AnyConnection;
 
 record!(Plan in "plans" {
-    id, name, description, limits: json, created_at, updated_at,
+    id, name, description, limits: json, markup_bp, created_at, updated_at,
 });
+
+/// The plan named `name`, read on `conn`.
+pub(super) async fn by_name(
+    conn: &mut AnyConnection,
+    name: &str,
+) -> Result<Option<Plan>, StoreError> {
+    const SQL: &str = concat!("SELECT ", columns!(), " FROM plans WHERE name = $1");
+    Ok(fetch_records(sqlx::query(SQL).bind(name), conn)
+        .await?
+        .into_iter()
+        .next())
+}
 
 /// Every plan, by id.
 pub(super) async fn all(conn: &mut AnyConnection) -> Result<Vec<Plan>, StoreError> {
@@ -20,19 +32,21 @@ impl SqlStore {
         const SQL: &str = concat!(
             "INSERT INTO plans (",
             columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7)"
         );
         self.insert(SQL, p, audit).await
     }
 
-    /// Change a plan's description and limits (the name is fixed).
+    /// Change a plan's description, limits and markup (the name is fixed).
     pub async fn update_plan(&self, p: &Plan, audit: &AuditEntry) -> Result<(), StoreError> {
         let query = sqlx::query(
-            "UPDATE plans SET description = $2, limits = $3, updated_at = $4 WHERE id = $1",
+            "UPDATE plans SET description = $2, limits = $3, markup_bp = $4, updated_at = $5 \
+             WHERE id = $1",
         )
         .bind(&p.id)
         .bind(&p.description)
         .bind(to_json(&p.limits))
+        .bind(p.markup_bp)
         .bind(p.updated_at);
         self.audited(query, Rows::One, audit).await
     }

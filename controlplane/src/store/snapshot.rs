@@ -1,8 +1,8 @@
 //! What a config snapshot is compiled from, read from every table it
 //! needs in one transaction (each table's query is its owner's).
 
-use super::{config, keys, models, plans, providers, users, SqlStore, StoreError};
-use crate::domain::{ApiKey, LimitOverrides, Millis, Model, Plan, SealedProvider};
+use super::{config, keys, models, plans, prices, providers, users, SqlStore, StoreError};
+use crate::domain::{ApiKey, LimitOverrides, Millis, Model, Plan, PriceVersion, SealedProvider};
 use molt_config::wire::RawLimits;
 
 /// Everything a config snapshot is compiled from, read in one transaction.
@@ -12,6 +12,8 @@ pub struct SnapshotSource {
     pub keys: Vec<ApiKey>,
     pub providers: Vec<SealedProvider>,
     pub models: Vec<Model>,
+    /// The price version in force now of each model that has one.
+    pub prices: Vec<PriceVersion>,
     /// The deployment-wide limits document.
     pub limits: RawLimits,
     /// Every plan, by id.
@@ -48,6 +50,7 @@ impl SqlStore {
         let keys = keys::live(&mut tx, now).await?;
         let providers = providers::all(&mut tx).await?;
         let models = models::all(&mut tx).await?;
+        let prices = prices::in_force(&mut tx, now).await?;
         let limits = config::limits(&mut tx).await?;
         let plans = plans::all(&mut tx).await?;
         let user_limits = users::limited(&mut tx).await?;
@@ -57,6 +60,7 @@ impl SqlStore {
             keys,
             providers,
             models,
+            prices,
             limits,
             plans,
             user_limits,

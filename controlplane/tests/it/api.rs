@@ -148,7 +148,9 @@ async fn ingest_is_idempotent_and_usage_is_priced(db: TestDb) {
     assert_eq!(report["rows"].as_array().unwrap().len(), 1);
     assert_eq!(report["totals"]["requests"], json!(2));
     // 1M input at $2 + 0.5M output at $10.
-    assert_eq!(report["totals"]["cost_usd"].as_f64().unwrap(), 7.0);
+    assert_eq!(report["totals"]["cost_usd"], "7.00");
+    assert_eq!(report["totals"]["billed_usd"], "7.00");
+    assert_eq!(report["totals"]["unpriced_events"], 0);
 
     // A bad event anywhere in the batch: 400 and nothing stored.
     let mut bad = event("e3", &seed.user_id, "m1", 1, 1);
@@ -276,7 +278,7 @@ async fn bad_input_gets_clear_errors_and_changes_nothing(db: TestDb) {
         (
             "POST",
             "/api/v1/models",
-            json!({"name": "m2", "provider": "p1", "input_price_per_mtok": -1}),
+            json!({"name": "m2", "provider": "p1", "price": {"input": "-1", "output": "1"}}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
         ),

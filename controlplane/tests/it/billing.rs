@@ -8,9 +8,10 @@
 
 use crate::harness::{post_with_headers, settings, Cp, Resp, Seed, TestDb};
 use axum::http::StatusCode;
+use molt_config::money::Picodollars;
 use molt_controlplane::billing::meter::identifier;
 use molt_controlplane::billing::stripe_sink::StripeMeterSink;
-use molt_controlplane::billing::{Billing, BillingSettings};
+use molt_controlplane::billing::{Billing, BillingSettings, Meter};
 use molt_controlplane::App;
 use molt_fakes::fake_stripe::{
     sign_webhook, unix_now, FakeStripe, FakeStripeOptions, Fault, MeterEvent as StoredEvent,
@@ -43,13 +44,25 @@ struct Env {
     seed: Seed,
 }
 
+/// A tokens meter (`ai_tokens`), as before money.
 fn billing_settings() -> BillingSettings {
+    let mut s = cost_settings();
+    s.flush.meter = Meter::Tokens;
+    s.flush.event_name = "ai_tokens".into();
+    s
+}
+
+/// The default: a cost meter (`ai_cost`) in units of $0.00001.
+fn cost_settings() -> BillingSettings {
     let mut s = BillingSettings::new(molt_config::Secret::new(WHSEC));
     s.flush.backoff = Duration::from_millis(10);
     // Tests run flushes themselves.
     s.flush_interval = Duration::from_secs(3600);
     s
 }
+
+/// $0.00001 in picodollars: the cost meter's unit.
+const UNIT: i64 = 10_000_000;
 
 async fn sink(base: &str) -> Arc<StripeMeterSink> {
     Arc::new(
@@ -78,6 +91,10 @@ async fn env_with(db: TestDb, s: BillingSettings) -> Env {
 
 async fn env(db: TestDb) -> Env {
     env_with(db, billing_settings()).await
+}
+
+async fn env_cost(db: TestDb) -> Env {
+    env_with(db, cost_settings()).await
 }
 
 fn now_ms() -> i64 {
@@ -127,6 +144,15 @@ fn usage(id: &str, user: &str, at_ms: i64, input: u64, output: u64) -> Value {
     })
 }
 
+/// The billed cost of `usage` events on `m1` ($2 / $10 per 1M), picodollars.
+fn cost(input: i64, output: i64) -> i64 {
+    input * 2_000_000 + output * 10_000_000
+}
+
+/// The cost of [`ingest_two_windows`]'s events: 7.44e8 + 4.34e9 pico,
+/// 74 units and 434 units, with 0.000004 carried after each window.
+const TWO_WINDOWS_COST: i64 = 744_000_000 + 4_340_000_000;
+
 /// Usage in two closed hourly windows; returns the total tokens.
 async fn ingest_two_windows(cp: &Cp, user: &str, tag: &str) -> i64 {
     let base = (now_ms() / HOUR_MS - 3) * HOUR_MS;
@@ -169,6 +195,42 @@ async fn assert_billed_once(e: &Env, tokens: i64, windows: usize) {
         assert_eq!(c["difference"], 0, "{rec}");
         assert_eq!(c["reasons"], json!([]), "{rec}");
     }
+}
+
+/// With a cost meter: the fake holds one event per window with a value
+/// (each identifier once), and Σ values × unit + the remainder carried
+/// = Σ the events' billed costs = `cost_pico`, to the picodollar; the
+/// reconciliation says the same, with the remainder as its only reason.
+async fn assert_billed_exactly(e: &Env, cost_pico: i64, windows: usize) {
+    let events = e.fake.events();
+    let units: i64 = events.iter().map(|m| m.value.parse::<i64>().unwrap()).sum();
+    assert_eq!(events.len(), windows, "{events:?}");
+    let mut ids: Vec<_> = events.iter().map(|m| m.identifier.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), events.len(), "duplicate identifiers");
+    assert!(events.iter().all(|m| m.event_name == "ai_cost"));
+    let rec = reconciliation(&e.cp).await;
+    let c = &rec["customers"][0];
+    let usd = |v: &Value| Picodollars::parse_usd(v.as_str().unwrap()).unwrap().0 as i64;
+    let remainder = cost_pico - units * UNIT;
+    assert!((0..UNIT).contains(&remainder), "{rec}");
+    assert_eq!(usd(&c["usage_cost_usd"]), cost_pico, "{rec}");
+    assert_eq!(c["reported_units"], units, "{rec}");
+    assert_eq!(usd(&c["reported_usd"]), units * UNIT, "{rec}");
+    assert_eq!(usd(&c["difference_usd"]), remainder, "{rec}");
+    let reasons = c["reasons"].as_array().unwrap();
+    if remainder == 0 {
+        assert!(reasons.is_empty(), "{rec}");
+    } else {
+        assert_eq!(reasons.len(), 1, "{rec}");
+        assert!(reasons[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("remainder"));
+        assert_eq!(usd(&reasons[0]["amount_usd"]), remainder, "{rec}");
+    }
+    assert_eq!(rec["meter_unit_usd"], "0.00001", "{rec}");
 }
 
 async fn user(cp: &Cp, id: &str) -> Value {
@@ -248,30 +310,32 @@ async fn checkout_then_usage_then_flush_bills_every_token_once(db: TestDb) {
 }
 
 async fn stripe_500s_then_success_bill_once(db: TestDb) {
-    let e = env(db).await;
+    let e = env_cost(db).await;
     checkout_user(&e, "cus_1").await;
-    let tokens = ingest_two_windows(&e.cp, &e.seed.user_id, "f").await;
+    ingest_two_windows(&e.cp, &e.seed.user_id, "f").await;
     // Two 500s before Stripe acts, then one it saves under the key (a
     // replay would repeat it, so the client must move to a new key).
     e.fake.inject(Fault::Fail { times: 2 });
     e.fake.inject(Fault::FailSaved { times: 1 });
     let out = e.billing.flusher().flush().await.unwrap();
     assert_eq!(out.sent, 2, "{out:?}");
-    assert_billed_once(&e, tokens, 2).await;
+    assert_billed_exactly(&e, TWO_WINDOWS_COST, 2).await;
+    let values: Vec<_> = e.fake.events().iter().map(|m| m.value.clone()).collect();
+    assert_eq!(values, ["74", "434"]);
     assert_eq!(e.fake.calls(), 5);
 }
 
 async fn lost_responses_bill_once(db: TestDb) {
-    let e = env(db).await;
+    let e = env_cost(db).await;
     checkout_user(&e, "cus_1").await;
-    let tokens = ingest_two_windows(&e.cp, &e.seed.user_id, "l").await;
+    ingest_two_windows(&e.cp, &e.seed.user_id, "l").await;
     // Stripe records each event, the answer is lost; the retry with the
     // same Idempotency-Key gets the saved answer.
     e.fake.inject(Fault::RecordThenDrop { times: 2 });
     let out = e.billing.flusher().flush().await.unwrap();
     assert_eq!((out.sent, out.left_pending), (2, 0), "{out:?}");
     assert_eq!(e.fake.calls(), 4);
-    assert_billed_once(&e, tokens, 2).await;
+    assert_billed_exactly(&e, TWO_WINDOWS_COST, 2).await;
 
     // Stripe recorded an event, and the control plane died before marking
     // its report sent (so the next flush uses a fresh key): the
@@ -282,25 +346,26 @@ async fn lost_responses_bill_once(db: TestDb) {
             .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(e.billing.flusher().prepare(now_ms()).await.unwrap(), 1);
-    let id = identifier(&e.seed.user_id, "cus_1", "ai_tokens", late_window, 0);
+    let id = identifier(&e.seed.user_id, "cus_1", "ai_cost", late_window, 0);
+    // 40 in, 2 out: 1e8 pico, plus the 4e6 carried: 10 units, 4e6 left.
     e.fake.preload(StoredEvent {
         identifier: id,
-        event_name: "ai_tokens".into(),
+        event_name: "ai_cost".into(),
         stripe_customer_id: "cus_1".into(),
-        value: "42".into(),
+        value: "10".into(),
         timestamp: late_window / 1000 + 3599,
         created: unix_now(),
     });
     let out = e.billing.flusher().flush().await.unwrap();
     assert_eq!(out.sent, 1, "{out:?}");
-    assert_billed_once(&e, tokens + 42, 3).await;
+    assert_billed_exactly(&e, TWO_WINDOWS_COST + cost(40, 2), 3).await;
 }
 
 async fn a_crash_between_prepare_and_send_is_completed_by_the_next_flush(db: TestDb) {
     let store = db.store.clone();
-    let e = env(db).await;
+    let e = env_cost(db).await;
     checkout_user(&e, "cus_1").await;
-    let tokens = ingest_two_windows(&e.cp, &e.seed.user_id, "c").await;
+    ingest_two_windows(&e.cp, &e.seed.user_id, "c").await;
     assert_eq!(e.billing.flusher().prepare(now_ms()).await.unwrap(), 2);
     // "Crash": the process dies with two pending reports written.
     let Env { cp, fake, seed, .. } = e;
@@ -309,7 +374,7 @@ async fn a_crash_between_prepare_and_send_is_completed_by_the_next_flush(db: Tes
     let fake_base = fake.spawn().await.unwrap();
     let mut app = App::start(store.clone(), &settings()).await.unwrap();
     let billing = app
-        .enable_billing(&store, billing_settings(), sink(&fake_base).await)
+        .enable_billing(&store, cost_settings(), sink(&fake_base).await)
         .unwrap();
     let out = billing.flusher().flush().await.unwrap();
     assert_eq!((out.prepared, out.sent), (0, 2), "{out:?}");
@@ -324,7 +389,7 @@ async fn a_crash_between_prepare_and_send_is_completed_by_the_next_flush(db: Tes
         billing,
         seed,
     };
-    assert_billed_once(&e, tokens, 2).await;
+    assert_billed_exactly(&e, TWO_WINDOWS_COST, 2).await;
 }
 
 async fn the_same_webhook_three_times_acts_once(db: TestDb) {

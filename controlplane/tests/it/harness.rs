@@ -313,7 +313,7 @@ impl Cp {
             .post(
                 "/api/v1/models",
                 serde_json::json!({"name":"m1","provider":"p1","aliases":["mini"],
-                    "input_price_per_mtok": 2.0, "output_price_per_mtok": 10.0}),
+                    "price": {"input": "2", "output": "10"}}),
             )
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);

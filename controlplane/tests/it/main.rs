@@ -18,6 +18,7 @@ mod harness;
 mod identity;
 mod limits;
 mod notifications;
+mod money;
 mod plans;
 mod secrets;
 mod store;

@@ -5,6 +5,7 @@
 use crate::harness::TestDb;
 use molt_config::UsageEvent;
 use molt_controlplane::domain::{new_id, AuditEntry, LimitOverrides, Plan, User, UserStatus};
+use molt_controlplane::service::prices::price_event;
 use molt_controlplane::store::{Range, StoreError, UsageFilter, UserLimits};
 
 crate::on_both_databases!(
@@ -15,6 +16,7 @@ crate::on_both_databases!(
     audit_retention_deletes_only_old_entries,
     plans_are_unique_and_users_must_name_one,
     migration_turns_free_text_plans_into_plans,
+    migration_turns_float_prices_into_exact_versions,
 );
 
 fn audit(action: &str, at: i64) -> AuditEntry {
@@ -110,12 +112,12 @@ async fn usage_ingest_is_idempotent_and_summed(db: TestDb) {
     let day1 = 1_700_000_000_000;
     let day2 = day1 + 86_400_000;
     let batch = vec![ev("e1", day1, 10), ev("e2", day1, 20), ev("e3", day2, 5)];
-    let first = s.insert_usage(&batch, 0).await.unwrap();
+    let first = s.insert_usage(&batch, 0, price_event).await.unwrap();
     assert_eq!((first.accepted, first.duplicates), (3, 0));
-    let again = s.insert_usage(&batch, 0).await.unwrap();
+    let again = s.insert_usage(&batch, 0, price_event).await.unwrap();
     assert_eq!((again.accepted, again.duplicates), (0, 3));
     let mixed = s
-        .insert_usage(&[ev("e1", day1, 10), ev("e4", day2, 7)], 0)
+        .insert_usage(&[ev("e1", day1, 10), ev("e4", day2, 7)], 0, price_event)
         .await
         .unwrap();
     assert_eq!((mixed.accepted, mixed.duplicates), (1, 1));
@@ -168,6 +170,7 @@ fn plan(name: &str) -> Plan {
             requests_per_minute: Some(2),
             ..Default::default()
         },
+        markup_bp: 0,
         created_at: 1,
         updated_at: 1,
     }
@@ -238,9 +241,10 @@ async fn plans_are_unique_and_users_must_name_one(db: TestDb) {
 /// A database at migration 0004 with users on free-text plans, then
 /// migrated: each value in use becomes a plan with no limits, users keep
 /// their label, empty strings become no plan.
-async fn migration_turns_free_text_plans_into_plans(db: TestDb) {
-    // Another, empty database of the same kind, migrated only up to 0004
-    // from a copy of the first four migrations.
+/// Another, empty database of the same kind as `db`, migrated only by the
+/// migrations before `next` (from a copy of them): its URL, PostgreSQL
+/// name and a pool on it.
+async fn database_before(db: &TestDb, next: &str) -> (String, Option<String>, sqlx::AnyPool) {
     let (url, pg_name) = crate::harness::empty_database(db.pg_name.is_some()).await;
     let dir = std::env::temp_dir().join(format!("molt-mig-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -248,7 +252,7 @@ async fn migration_turns_free_text_plans_into_plans(db: TestDb) {
     for entry in std::fs::read_dir(&src).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.as_str() < "0005" {
+        if name.as_str() < next {
             std::fs::copy(&path, dir.join(&name)).unwrap();
         }
     }
@@ -256,6 +260,21 @@ async fn migration_turns_free_text_plans_into_plans(db: TestDb) {
     let pool = sqlx::AnyPool::connect(&url).await.unwrap();
     let old = sqlx::migrate::Migrator::new(dir.as_path()).await.unwrap();
     old.run(&pool).await.unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    (url, pg_name, pool)
+}
+
+/// Close `pool` and open the store on `url`, which runs the remaining
+/// migrations.
+async fn migrate_rest(pool: sqlx::AnyPool, url: &str) -> molt_controlplane::store::SqlStore {
+    pool.close().await;
+    molt_controlplane::store::SqlStore::connect(url, 2)
+        .await
+        .unwrap()
+}
+
+async fn migration_turns_free_text_plans_into_plans(db: TestDb) {
+    let (url, pg_name, pool) = database_before(&db, "0005").await;
     for (id, email, plan) in [
         ("usr_1", "a@x.io", Some("pro")),
         ("usr_2", "b@x.io", Some("pro")),
@@ -274,12 +293,7 @@ async fn migration_turns_free_text_plans_into_plans(db: TestDb) {
         .await
         .unwrap();
     }
-    pool.close().await;
-    std::fs::remove_dir_all(&dir).ok();
-
-    let store = molt_controlplane::store::SqlStore::connect(&url, 2)
-        .await
-        .unwrap();
+    let store = migrate_rest(pool, &url).await;
     let plans: Vec<String> = store
         .list_plans(&all())
         .await
@@ -309,6 +323,90 @@ async fn migration_turns_free_text_plans_into_plans(db: TestDb) {
         ]
     );
     assert_eq!(store.count_plan_users("pro").await.unwrap(), 2);
+    store.close().await;
+    crate::harness::drop_pg_database(pg_name).await;
+}
+
+/// A database at migration 0005 with float prices and usage, then
+/// migrated: exact prices become each model's first version (in force from
+/// the beginning) and price the stored usage; free (0/0) and inexact ones
+/// leave the model unpriced, the inexact one named in the audit log.
+async fn migration_turns_float_prices_into_exact_versions(db: TestDb) {
+    let (url, pg_name, pool) = database_before(&db, "0006").await;
+    sqlx::query(
+        "INSERT INTO providers (id, name, kind, base_url, keys_sealed, key_count, created_at, \
+         updated_at) VALUES ('prv_1', 'p1', 'openai', 'http://x', '', 0, 1, 1)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    for (id, name, input, output) in [
+        ("mdl_1", "exact", 2.5, 10.0),
+        ("mdl_2", "tenths", 0.1, 0.3),
+        ("mdl_3", "free", 0.0, 0.0),
+        ("mdl_4", "inexact", 0.0000001, 1.0),
+    ] {
+        sqlx::query(
+            "INSERT INTO models (id, name, provider, upstream_name, aliases, fallbacks, \
+             input_price_per_mtok, output_price_per_mtok, created_at, updated_at) \
+             VALUES ($1, $2, 'p1', NULL, '[]', '[]', $3, $4, 1, 1)",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(input)
+        .bind(output)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    for (id, model) in [("e1", "exact"), ("e2", "free")] {
+        sqlx::query(
+            "INSERT INTO usage_events (event_id, request_id, timestamp_ms, day, key_id, user_id, \
+             model, provider, route, status, input_tokens, output_tokens, estimated, stream, \
+             attempts, duration_ms, upstream_ttfb_ms, outcome, received_at) VALUES ($1, 'r', \
+             1700000000000, '2023-11-14', 'k', 'u1', $2, 'p1', 'chat.completions', 200, \
+             1000000, 500000, 0, 0, 1, 1, NULL, 'ok', 1)",
+        )
+        .bind(id)
+        .bind(model)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let store = migrate_rest(pool, &url).await;
+    let prices: Vec<(String, String, String)> = store
+        .prices_in_force(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| {
+            let w = v.price.to_wire();
+            (v.model, w.input, w.output)
+        })
+        .collect();
+    assert_eq!(
+        prices,
+        vec![
+            ("exact".into(), "2.50".into(), "10.00".into()),
+            ("tenths".into(), "0.10".into(), "0.30".into()),
+        ]
+    );
+    // 1M input at $2.50 + 0.5M output at $10 = $7.50; the free model's
+    // event is unpriced.
+    let sums = store.usage_by_day(&UsageFilter::default()).await.unwrap();
+    let costs: Vec<_> = sums
+        .iter()
+        .map(|s| (s.model.as_str(), s.cost_pico, s.unpriced_events))
+        .collect();
+    assert_eq!(costs, vec![("exact", 7_500_000_000_000, 0), ("free", 0, 1)]);
+    let audit = store.list_audit(&all()).await.unwrap();
+    let flagged: Vec<_> = audit
+        .iter()
+        .filter(|a| a.action == "model.price_not_migrated")
+        .map(|a| a.target.as_str())
+        .collect();
+    assert_eq!(flagged.len(), 2, "{audit:?}");
+    assert!(flagged.contains(&"mdl_3") && flagged.contains(&"mdl_4"));
     store.close().await;
     crate::harness::drop_pg_database(pg_name).await;
 }
