@@ -17,8 +17,7 @@
 
 use super::store::HandledEvent;
 use super::{Billing, BillingError};
-use crate::domain::{now_ms, NewNotification, PageRequest, Role, User, UserStatus};
-use crate::provision::BotStatus;
+use crate::domain::{now_ms, NewNotification, Role, User, UserStatus};
 use crate::service::bots::{BotAction, CreateBot};
 use crate::service::users::UpdateUser;
 use crate::service::{Operator, ServiceError};
