@@ -14,8 +14,8 @@ mod bots;
 pub mod error;
 pub mod identity;
 mod internal;
-mod notifications;
 mod money;
+mod notifications;
 mod openapi;
 mod v1;
 

@@ -14,16 +14,16 @@
 
 pub mod billing;
 pub mod bots;
-pub mod notifications;
 pub mod money;
+pub mod notifications;
 
 pub use billing::{MeterReport, ReportStatus};
 pub use bots::{Bot, BotRecord, BotStatus, Desired};
 pub use molt_config::ProviderKind;
+pub use money::{BudgetEvent, PriceVersion};
 pub use notifications::{
     Channel, Delivery, DeliveryStatus, NewNotification, NoticeKind, Notification, WebhookEndpoint,
 };
-pub use money::{BudgetEvent, PriceVersion};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

@@ -155,6 +155,27 @@ impl NewNotification {
 
     /// The user's token rate was flagged as unusual; at most one per user
     /// per hour (`hour_start`, Unix ms).
+    /// The user's spend this month (`YYYY-MM`) reached `pct`% of their
+    /// monthly dollar budget; once per (month, threshold).
+    pub fn budget_threshold(
+        user_id: &str,
+        month: &str,
+        pct: i64,
+        spent: &str,
+        budget: &str,
+    ) -> Self {
+        Self {
+            user_id: user_id.to_owned(),
+            kind: NoticeKind::BudgetThreshold,
+            subject: format!("{month}@{pct}"),
+            title: format!("{pct}% of your monthly budget used"),
+            message: format!("You have spent ${spent} of your ${budget} budget for {month}."),
+            data: serde_json::json!({
+                "month": month, "threshold_pct": pct, "spent_usd": spent, "budget_usd": budget,
+            }),
+        }
+    }
+
     pub fn anomaly_flagged(user_id: &str, hour_start: Millis) -> Self {
         Self {
             user_id: user_id.to_owned(),

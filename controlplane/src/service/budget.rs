@@ -138,8 +138,8 @@ impl Service {
         Ok(())
     }
 
-    /// The one place a newly recorded crossing is announced: counted and
-    /// logged now; the notification channel (an outbox) enqueues from here.
+    /// A newly recorded crossing, counted and logged (its notification was
+    /// written with it, in the same transaction: `record_budget_event`).
     fn threshold_crossed(&self, e: &BudgetEvent) {
         self.metrics
             .budget_thresholds

@@ -4,8 +4,8 @@
 
 use super::query::{i64_of, Columns, Record};
 use super::snapshot::UserLimits;
-use super::{config, SqlStore, StoreError};
-use crate::domain::{BudgetEvent, Plan};
+use super::{config, notifications, SqlStore, StoreError};
+use crate::domain::{BudgetEvent, NewNotification, Plan};
 use molt_config::money::Picodollars;
 use molt_config::wire::RawLimits;
 
@@ -69,8 +69,11 @@ impl SqlStore {
         }))
     }
 
-    /// Record a crossing; false if this (user, month, threshold) already was.
+    /// Record a crossing, and in the same transaction the user's
+    /// notification of it; false if this (user, month, threshold) already
+    /// was.
     pub async fn record_budget_event(&self, e: &BudgetEvent) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "INSERT INTO budget_events (id, user_id, month, threshold_pct, budget_pico, \
              spent_pico, at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -83,9 +86,21 @@ impl SqlStore {
         .bind(i64_of(e.budget_usd.0))
         .bind(i64_of(e.spent_usd.0))
         .bind(e.at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        let recorded = done.rows_affected() == 1;
+        if recorded {
+            let notice = NewNotification::budget_threshold(
+                &e.user_id,
+                &e.month,
+                e.threshold_pct,
+                &e.spent_usd.to_string(),
+                &e.budget_usd.to_string(),
+            );
+            notifications::enqueue(&mut tx, &notice, e.at).await?;
+        }
+        tx.commit().await?;
+        Ok(recorded)
     }
 
     /// The crossings of `user_id` in `month` (`YYYY-MM`), lowest first.

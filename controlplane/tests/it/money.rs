@@ -302,6 +302,20 @@ async fn budget_thresholds_are_recorded_once_per_month(db: TestDb) {
         ],
         "{b}"
     );
+    // Each crossing told the user once, in the same transaction.
+    let page = cp
+        .get(&format!("/api/v1/users/{user_id}/notifications"))
+        .await
+        .json();
+    let mut told: Vec<_> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["kind"] == "budget.threshold")
+        .map(|n| n["data"]["threshold_pct"].as_i64().unwrap())
+        .collect();
+    told.sort_unstable();
+    assert_eq!(told, [50, 80, 100], "{page}");
     let text = metrics(&cp).await;
     for t in ["50", "80", "100"] {
         assert!(
