@@ -89,7 +89,7 @@ def provision(cp: ControlPlane, mock: MockProvider, master: str) -> str:
     cp.api(
         "POST",
         "/models",
-        {"name": CHAT_MODEL, "provider": "mock-openai", "input_price_per_mtok": 1.0, "output_price_per_mtok": 2.0},
+        {"name": CHAT_MODEL, "provider": "mock-openai", "price": {"input": "1.00", "output": "2.00"}},
         expect=201,
     )
     user = cp.api("POST", "/users", {"email": f"e2e-{uuid.uuid4().hex[:8]}@example.com"}, expect=201)
