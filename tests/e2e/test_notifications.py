@@ -1,4 +1,5 @@
-"""Notifications end to end, as a user meets them: a signed Stripe `checkout.session.completed` for a user makes
+"""Notifications end to end, as a user meets them: a user signs up (Clerk's Svix-signed `user.created`), then a
+signed Stripe `checkout.session.completed` naming their Clerk id makes
 `molt controlplane` provision their bot on `molt fake-fly`; when the bot is running, the user is told exactly once
 by email (delivered by the control plane's SMTP client to an aiosmtpd server in this test, parsed here: plain-text
 and HTML parts), by one signed webhook to the operator's app (a receiver in this test that checks the Standard
@@ -32,6 +33,7 @@ from typing import Any
 import httpx
 import pytest
 from aiosmtpd.controller import Controller
+from test_identity import svix_signature, user_created
 
 from harness import (
     SECRETS,
@@ -47,6 +49,7 @@ from harness import (
 FLY_TOKEN_ENV = "MOLT_E2E_FLY_TOKEN"
 STRIPE_KEY_ENV = "MOLT_E2E_STRIPE_KEY"
 WEBHOOK_SECRET_ENV = "MOLT_E2E_STRIPE_WHSEC"
+CLERK_SECRET_ENV = "MOLT_E2E_CLERK_WHSEC"
 RUNNING_DEADLINE = 30.0
 
 
@@ -121,6 +124,7 @@ class Stack:
     app: WebhookApp
     stripe_secret: str
     endpoint_secret: str
+    clerk_secret: str
 
 
 @pytest.fixture
@@ -129,6 +133,9 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     smtp = SmtpServer(free_port())
     app = WebhookApp()
     stripe_secret = new_secret("whsec_")
+    # Svix keys are the base64 of random bytes after `whsec_`.
+    clerk_secret = "whsec_" + base64.b64encode(uuid.uuid4().bytes + uuid.uuid4().bytes).decode()
+    SECRETS.add(clerk_secret)
     cp = None
     try:
         cp = ControlPlane(
@@ -153,6 +160,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
                     "poll_interval": "100ms",
                     "backoff": "100ms",
                 },
+                # Users come from the identity provider: Clerk's signed `user.created`.
+                "identity": {"webhook_secret_env": CLERK_SECRET_ENV},
                 "notifications": {
                     "poll_interval": "100ms",
                     "backoff": "200ms",
@@ -172,12 +181,13 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
                 FLY_TOKEN_ENV: fly.token,
                 STRIPE_KEY_ENV: new_secret("sk_test_"),
                 WEBHOOK_SECRET_ENV: stripe_secret,
+                CLERK_SECRET_ENV: clerk_secret,
             },
         )
         created = cp.api("POST", "/webhook-endpoints", {"url": app.url, "description": "e2e app"}, expect=201)
         endpoint_secret = created["secret"]
         SECRETS.add(endpoint_secret)
-        yield Stack(fly, cp, smtp, app, stripe_secret, endpoint_secret)
+        yield Stack(fly, cp, smtp, app, stripe_secret, endpoint_secret, clerk_secret)
     finally:
         if cp is not None:
             cp.kill()
@@ -223,8 +233,22 @@ def pay(stack: Stack, user_id: str) -> None:
     assert response.status_code == 200, response.text
 
 
-def new_user(cp: ControlPlane) -> dict[str, Any]:
-    return cp.api("POST", "/users", {"email": f"n-{uuid.uuid4().hex[:8]}@example.com", "status": "suspended"}, 201)
+def new_user(stack: Stack) -> dict[str, Any]:
+    """A user signed up at the identity provider: Clerk's `user.created`, signed as Svix signs it."""
+    clerk_id = f"user_{uuid.uuid4().hex[:12]}"
+    body = json.dumps(user_created(clerk_id, f"n-{uuid.uuid4().hex[:8]}@example.com")).encode()
+    msg_id, ts = f"msg_{uuid.uuid4().hex}", int(time.time())
+    headers = {
+        "content-type": "application/json",
+        "svix-id": msg_id,
+        "svix-timestamp": str(ts),
+        "svix-signature": svix_signature(stack.clerk_secret, msg_id, ts, body),
+    }
+    response = httpx.post(f"{stack.cp.url}/webhooks/clerk", content=body, headers=headers, timeout=10)
+    assert response.status_code == 200, response.text
+    users = stack.cp.api("GET", "/users?limit=200", expect=200)["items"]
+    (user,) = [u for u in users if u.get("clerk_id") == clerk_id]
+    return user
 
 
 def running_bot(cp: ControlPlane, user_id: str) -> dict[str, Any]:
@@ -276,8 +300,8 @@ def assert_told_once(stack: Stack, user: dict[str, Any], bot: dict[str, Any]) ->
 
 def test_a_paid_checkout_tells_the_user_once_by_email_webhook_and_in_app(stack: Stack) -> None:
     stack.smtp.start()
-    user = new_user(stack.cp)
-    pay(stack, user["id"])
+    user = new_user(stack)
+    pay(stack, user["clerk_id"])
     bot = running_bot(stack.cp, user["id"])
     assert_told_once(stack, user, bot)
 
@@ -286,8 +310,8 @@ def test_kill_9_between_the_state_change_and_delivery_still_tells_once(stack: St
     # The SMTP server is not started and the app answers 503: the bot runs, the notification is recorded with
     # that step, and every delivery attempt fails.
     stack.app.down = True
-    user = new_user(stack.cp)
-    pay(stack, user["id"])
+    user = new_user(stack)
+    pay(stack, user["clerk_id"])
     bot = running_bot(stack.cp, user["id"])
 
     def tried() -> list[dict[str, Any]] | None:
