@@ -427,8 +427,7 @@ def controlplane_rows() -> list[Row]:
                     "Delivery attempts by channel and result",
                     [
                         (
-                            "sum by (channel, result) "
-                            f"(rate(molt_cp_notification_deliveries_total{{{J}}}[{RATE}]))",
+                            f"sum by (channel, result) (rate(molt_cp_notification_deliveries_total{{{J}}}[{RATE}]))",
                             "{{channel}} {{result}}",
                         )
                     ],
