@@ -482,9 +482,11 @@ fn toml_error_path(text: &str, e: &toml::de::Error) -> String {
     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
     let line_no = text[..start].matches('\n').count() + 1;
     let line = text[line_start..].lines().next().unwrap_or("");
+    // A line that starts with `=` has no key: the line number says where.
     let key = line
         .split_once('=')
-        .map(|(k, _)| k.trim().trim_matches('"'));
+        .map(|(k, _)| k.trim().trim_matches('"'))
+        .filter(|k| !k.is_empty());
     // The table this line belongs to, with an index for arrays of tables.
     let mut table = String::new();
     let mut counts: HashMap<&str, usize> = HashMap::new();

@@ -227,3 +227,18 @@ fn a_control_character_in_a_comment_is_explained() {
         "{errs:?}"
     );
 }
+
+/// Found by `fuzz/`'s config target: a line that starts with `=` (no key)
+/// was reported with an empty path.
+#[test]
+fn a_line_without_a_key_is_reported_at_its_line() {
+    let errs =
+        DataplaneConfig::from_toml("version = 1\n= \"local\".user = \"me\"\n", &example_env())
+            .unwrap_err();
+    assert!(
+        errs.iter()
+            .all(|e| !e.path.trim().is_empty() && !e.message.trim().is_empty()),
+        "{errs:?}"
+    );
+    assert!(errs.iter().any(|e| e.path == "<toml line 2>"), "{errs:?}");
+}
