@@ -152,12 +152,19 @@ pub(crate) fn settings() -> Settings {
 
 /// The test settings with `tail` (whole tables, e.g. `[identity]`) added.
 pub(crate) fn settings_with(tail: &str) -> Settings {
+    settings_with_env(tail, &[])
+}
+
+/// The test settings with `tail` added and some of the test environment's
+/// variables replaced (`KEY` the at-rest key, `PREV` the previous keys).
+pub(crate) fn settings_with_env(tail: &str, vars: &[(&'static str, &str)]) -> Settings {
     let text = format!(
         r#"
         listen = "127.0.0.1:0"
         database_url = "unused"
         [secrets]
         encryption_key_env = "KEY"
+        previous_encryption_keys_env = "PREV"
         dataplane_token_env = "DP"
         bootstrap_admin_token_env = "ADMIN"
         [jwt]
@@ -172,7 +179,9 @@ pub(crate) fn settings_with(tail: &str) -> Settings {
         "#
     );
     let raw = toml::from_str(&text).expect("test config parses");
-    Settings::resolve(raw, &env()).expect("test config resolves")
+    let mut env = env();
+    env.extend(vars.iter().copied());
+    Settings::resolve(raw, &env).expect("test config resolves")
 }
 
 /// A started control plane and a client for it.

@@ -5,13 +5,12 @@
 //! A value under a key that is not configured is a clear error naming the
 //! key id, and nothing is lost.
 
-use crate::harness::{Cp, Resp, TestDb, ADMIN, DATAPLANE, JWT_SECRET};
+use crate::harness::{settings_with_env, Cp, Resp, TestDb};
 use axum::http::StatusCode;
 use molt_controlplane::crypto::Cipher;
 use molt_controlplane::domain::{SealedKind, SealedValue};
 use molt_controlplane::Settings;
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -29,32 +28,7 @@ const PROVIDERS: usize = 105;
 
 /// The test config with the at-rest key `current` and `previous` keys.
 fn keyring(current: &str, previous: &str) -> Settings {
-    let raw = toml::from_str(
-        r#"
-        listen = "127.0.0.1:0"
-        database_url = "unused"
-        [secrets]
-        encryption_key_env = "KEY"
-        previous_encryption_keys_env = "PREV"
-        dataplane_token_env = "DP"
-        bootstrap_admin_token_env = "ADMIN"
-        [jwt]
-        issuer = "molt-test"
-        secret_env = "JWT"
-        [tuning]
-        poll_hold = "300ms"
-        refresh_interval = "1h"
-        "#,
-    )
-    .expect("test config parses");
-    let env = HashMap::from([
-        ("KEY", current),
-        ("PREV", previous),
-        ("DP", DATAPLANE),
-        ("ADMIN", ADMIN),
-        ("JWT", JWT_SECRET),
-    ]);
-    Settings::resolve(raw, &env).expect("test config resolves")
+    settings_with_env("", &[("KEY", current), ("PREV", previous)])
 }
 
 /// Another control plane on `db`'s database (one deployment replacing
