@@ -101,6 +101,9 @@ build_molt() {
     if [[ -n ${MOLT:-} ]]; then
         [[ -x $MOLT ]] || die "MOLT=$MOLT is not executable"
     else
+        # What the build itself needs (Pingora's zlib-ng wants cmake), as
+        # scripts/test installs it: a fresh machine has none of it.
+        need_tools cmake gcc g++ pkg-config
         log "building molt (release)"
         (cd "$ROOT" && cargo build -p molt --release --quiet)
         MOLT=$CARGO_TARGET_DIR/release/molt
@@ -114,6 +117,7 @@ build_floor() {
     if [[ -n ${FLOOR:-} ]]; then
         [[ -x $FLOOR ]] || die "FLOOR=$FLOOR is not executable"
     else
+        need_tools cmake gcc g++ pkg-config
         log "building the Pingora floor (release)"
         (cd "$ROOT/loadtest/floor" && CARGO_TARGET_DIR=$CARGO_TARGET_DIR-floor cargo build --release --locked --quiet)
         FLOOR=$CARGO_TARGET_DIR-floor/release/molt-pingora-floor
