@@ -1157,8 +1157,8 @@ where
             .early_request_filter(&mut session, &mut ctx)
             .await
         {
-            return self
-                .handle_error(session, &mut ctx, e, "Fail to early filter request:")
+            return Box::pin(self
+                .handle_error(session, &mut ctx, e, "Fail to early filter request:"))
                 .await;
         }
 
@@ -1174,13 +1174,13 @@ where
             .request_header_filter(req)
             .await
         {
-            return self
+            return Box::pin(self
                 .handle_error(
                     session,
                     &mut ctx,
                     e,
                     "Failed in downstream modules request filter:",
-                )
+                ))
                 .await;
         }
 
@@ -1194,9 +1194,7 @@ where
                     if let Some(uc) = self.inner.persist_connection_context(&session, &ctx) {
                         persistent_settings.set_user_context(uc);
                     }
-                    return session
-                        .downstream_session
-                        .finish()
+                    return Box::pin(session.downstream_session.finish())
                         .await
                         .ok()
                         .flatten()
@@ -1205,15 +1203,19 @@ where
                 /* else continue */
             }
             Err(e) => {
-                return self
-                    .handle_error(session, &mut ctx, e, "Fail to filter request:")
+                return Box::pin(self
+                    .handle_error(session, &mut ctx, e, "Fail to filter request:"))
                     .await;
             }
         }
 
-        if let Some((reuse, err)) = self.proxy_cache(&mut session, &mut ctx).await {
+        // molt patch 8: the cache lookup and the upstream exchange below are boxed (and so are
+        // `handle_error`, `finish` and the downstream session's `finish` in this function): inline
+        // they sized this future (one per downstream request, held for the request's whole life)
+        // by their largest states, also for requests answered in `request_filter`.
+        if let Some((reuse, err)) = Box::pin(self.proxy_cache(&mut session, &mut ctx)).await {
             // cache hit
-            return self.finish(session, &mut ctx, reuse, err).await;
+            return Box::pin(self.finish(session, &mut ctx, reuse, err)).await;
         }
         // either uncacheable, or cache miss
 
@@ -1238,19 +1240,19 @@ where
                         match session.write_response_header_ref(&BAD_GATEWAY, true).await {
                             Ok(()) => {}
                             Err(e) => {
-                                return self
+                                return Box::pin(self
                                     .handle_error(
                                         session,
                                         &mut ctx,
                                         e,
                                         "Error responding with Bad Gateway:",
-                                    )
+                                    ))
                                     .await;
                             }
                         }
                     }
 
-                    return self.finish(session, &mut ctx, true, None).await;
+                    return Box::pin(self.finish(session, &mut ctx, true, None)).await;
                 }
                 /* else continue */
             }
@@ -1259,13 +1261,13 @@ where
                     session.cache.disable(NoCacheReason::InternalError);
                 }
 
-                return self
+                return Box::pin(self
                     .handle_error(
                         session,
                         &mut ctx,
                         e,
                         "Error deciding if we should proxy to upstream:",
-                    )
+                    ))
                     .await;
             }
         }
@@ -1278,7 +1280,8 @@ where
         while retries < self.max_retries {
             retries += 1;
 
-            let (reuse, e) = self.proxy_to_upstream(&mut session, &mut ctx).await;
+            // molt patch 8: boxed, see `proxy_cache` above.
+            let (reuse, e) = Box::pin(self.proxy_to_upstream(&mut session, &mut ctx)).await;
             server_reuse = reuse;
 
             match e {
@@ -1358,7 +1361,7 @@ where
         }
 
         // logging() will be called in finish()
-        self.finish(session, &mut ctx, server_reuse, final_error)
+        Box::pin(self.finish(session, &mut ctx, server_reuse, final_error))
             .await
     }
 

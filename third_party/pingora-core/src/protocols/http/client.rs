@@ -75,6 +75,36 @@ impl<S: Session> HttpSession<S> {
         }
     }
 
+    /// molt patch 6: the request header and a body held whole, in one write where the
+    /// protocol allows it (HTTP/1 with `Content-Length`: [`Http1Session::write_request_with_body`]);
+    /// otherwise the header, each chunk and the end of the body in turn.
+    pub async fn write_request_with_body(
+        &mut self,
+        req: Box<RequestHeader>,
+        body: &[Bytes],
+    ) -> Result<()> {
+        if let HttpSession::H1(h1) = self {
+            h1.write_request_with_body(req, body).await?;
+            return Ok(());
+        }
+        self.write_request_header(req).await?;
+        for chunk in body {
+            // A clone of `Bytes` is a reference count, not a copy.
+            self.write_request_body(chunk.clone(), false).await?;
+        }
+        self.finish_request_body().await
+    }
+
+    /// molt patch 9: whether the next [`Self::read_response_body`] returns without reading from
+    /// the peer (HTTP/1: what the last read delivered is not all returned yet). Always false
+    /// for HTTP/2, whose frames are read by the connection's own task.
+    pub fn response_body_buffered(&self) -> bool {
+        match self {
+            HttpSession::H1(h1) => h1.response_body_buffered(),
+            HttpSession::H2(_) | HttpSession::Custom(_) => false,
+        }
+    }
+
     /// Write a chunk of the request body.
     pub async fn write_request_body(&mut self, data: Bytes, end: bool) -> Result<()> {
         match self {

@@ -27,8 +27,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::utils::BufRef;
 
-// TODO: make this dynamically adjusted
+// molt patch 5: the body buffer starts at `INITIAL_BODY_BUFFER_SIZE` and doubles after every read
+// that fills it, up to this (upstream's fixed size). A long-lived stream of small reads (an SSE
+// answer, a WebSocket relay) holds 1 KiB instead of 64 KiB for its whole life; a large body
+// reaches 64 KiB reads after six full ones.
 const BODY_BUFFER_SIZE: usize = 1024 * 64;
+// molt patch 5: the first read size of a body (see `BODY_BUFFER_SIZE`).
+const INITIAL_BODY_BUFFER_SIZE: usize = 1024;
 // limit how much incomplete chunk-size and chunk-ext to buffer
 const PARTIAL_CHUNK_HEAD_LIMIT: usize = 1024 * 8;
 // Trailers: https://datatracker.ietf.org/doc/html/rfc9112#section-7.1.2
@@ -158,10 +163,18 @@ impl BodyReader {
         BodyReader {
             body_state: PS::ToStart,
             body_buf: None,
-            body_buf_size: BODY_BUFFER_SIZE,
+            body_buf_size: INITIAL_BODY_BUFFER_SIZE,
             rewind_buf_len: 0,
             upstream,
             body_buf_overread: None,
+        }
+    }
+
+    /// molt patch 5: a read of `n` bytes that filled the `read_size` it was allowed doubles the
+    /// next reads' size, up to [`BODY_BUFFER_SIZE`]: the peer has more ready than fits.
+    fn grow_after_read(&mut self, n: usize, read_size: usize) {
+        if n == read_size && self.body_buf_size < BODY_BUFFER_SIZE {
+            self.body_buf_size = (self.body_buf_size * 2).min(BODY_BUFFER_SIZE);
         }
     }
 
@@ -357,6 +370,25 @@ impl BodyReader {
         }
     }
 
+    /// molt patch 9: whether the next [`Self::read_body`] returns without reading from the
+    /// stream: body bytes read with the header and not yet returned, more chunks (or the
+    /// terminating chunk and trailers) left in the buffer of the last read, or the end of a body
+    /// already complete. A caller can so forward everything one read of the peer delivered in
+    /// one write, without waiting for or asking the socket for more.
+    pub fn has_buffered_body(&self) -> bool {
+        if self.rewind_buf_len > 0 {
+            return true;
+        }
+        match self.body_state {
+            PS::Complete(_) | PS::Done(_) => true,
+            PS::Chunked(_, existing_buf_start, existing_buf_end, _) => {
+                existing_buf_start != 0 && existing_buf_start < existing_buf_end
+            }
+            PS::ChunkedFinal(_, _, existing_buf_end, _) => existing_buf_end != 0,
+            PS::Partial(..) | PS::UntilClose(_) | PS::ToStart => false,
+        }
+    }
+
     pub fn body_done(&self) -> bool {
         matches!(self.body_state, PS::Complete(_) | PS::Done(_))
     }
@@ -415,6 +447,7 @@ impl BodyReader {
                 .read_buf(body_buf)
                 .await
                 .or_err(ReadError, "when reading body")?;
+            self.grow_after_read(n, read_size);
         }
         match self.body_state {
             PS::Partial(read, to_read) => {
@@ -469,6 +502,7 @@ impl BodyReader {
                 .read_buf(body_buf)
                 .await
                 .or_err(ReadError, "when reading body")?;
+            self.grow_after_read(n, read_size);
         }
         match self.body_state {
             PS::UntilClose(read) => {
@@ -507,6 +541,7 @@ impl BodyReader {
                                 .read_buf(body_buf)
                                 .await
                                 .or_err(ReadError, "when reading body")?;
+                            self.grow_after_read(existing_buf_end, read_size);
                         }
                     } else {
                         /* existing_buf_end != 0 this is partial chunk head */
@@ -520,6 +555,11 @@ impl BodyReader {
                          * bounded and cheap, while split_off() would leave only
                          * capacity - partial_head_start of room behind it and force the reserve
                          * below to move the same bytes anyway (or reallocate) to fit the read. */
+                        // molt patch 5: the buffer may be smaller than a partial head can be
+                        // (`PARTIAL_CHUNK_HEAD_LIMIT`); leave room for as much again after it.
+                        if self.body_buf_size < expecting_from_io * 2 {
+                            self.body_buf_size = (expecting_from_io * 2).min(BODY_BUFFER_SIZE);
+                        }
                         self.reserve_buf_for_io();
                         let body_buf = self
                             .body_buf
@@ -830,11 +870,13 @@ impl BodyReader {
                     // (it only exits once `start` reaches `n`), so the buffer can be reset.
                     let read_size = self.body_buf_size;
                     let body_buf = self.prepare_buf_for_io(read_size);
-                    stream
+                    let n = stream
                         .take(read_size as u64)
                         .read_buf(body_buf)
                         .await
-                        .or_err(ReadError, "when reading trailers end")?
+                        .or_err(ReadError, "when reading trailers end")?;
+                    self.grow_after_read(n, read_size);
+                    n
                 };
                 if n == 0 {
                     self.body_state = PS::Done(read);
@@ -1329,6 +1371,19 @@ impl BodyWriter {
             BM::ChunkedEncoding(_) => self.do_write_chunked_body(stream, buf).await,
             BM::UntilClose(_) => self.do_write_until_close_body(stream, buf).await,
             BM::ToSelect => Ok(None), // Error here?
+        }
+    }
+
+    /// molt patch 6: whether the body is `Content-Length` framed, nothing of it written yet, and
+    /// exactly `len` bytes long (so the caller may write it whole and [`Self::mark_written`]).
+    pub fn expects_exactly(&self, len: usize) -> bool {
+        matches!(self.body_mode, BM::ContentLength(total, 0) if total == len)
+    }
+
+    /// molt patch 6: `len` bytes of a `Content-Length` body were written by the caller itself.
+    pub fn mark_written(&mut self, len: usize) {
+        if let BM::ContentLength(total, written) = self.body_mode {
+            self.body_mode = BM::ContentLength(total, written + len);
         }
     }
 

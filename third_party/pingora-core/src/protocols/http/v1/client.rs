@@ -155,6 +155,61 @@ impl HttpSession {
         Ok(to_wire.len())
     }
 
+    /// molt patch 6: write the request header and a body the caller already holds whole in one
+    /// vectored write (`writev`), where [`Self::write_request_header`] and
+    /// [`Self::write_body`] take one write each (two system calls and, on loopback, two TCP
+    /// segments for a small request). Only a `Content-Length` body exactly as long as `body` is
+    /// written this way; any other framing falls back to the header, the chunks and
+    /// [`Self::finish_body`] in turn. Returns the bytes written, header included.
+    pub async fn write_request_with_body(
+        &mut self,
+        req: Box<RequestHeader>,
+        body: &[Bytes],
+    ) -> Result<usize> {
+        self.init_req_body_writer(&req);
+        let body_len: usize = body.iter().map(Bytes::len).sum();
+        if !self.body_writer.expects_exactly(body_len) {
+            let mut written = self.write_request_header(req).await?;
+            for chunk in body {
+                written += self.write_body(chunk).await?.unwrap_or(0);
+            }
+            self.finish_body().await?;
+            return Ok(written);
+        }
+        let to_wire = http_req_header_to_wire(&req).ok_or_else(|| {
+            Error::explain(
+                InvalidHTTPHeader,
+                "request-line contains forbidden delimiter bytes or unsupported HTTP version",
+            )
+        })?;
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(body.len() + 1);
+        parts.push(to_wire.as_ref());
+        parts.extend(body.iter().map(Bytes::as_ref).filter(|c| !c.is_empty()));
+        let write_fut = write_all_vectored(&mut self.underlying_stream, &mut parts);
+        match self.write_timeout {
+            Some(t) => match timeout(t, write_fut).await {
+                Ok(res) => res,
+                Err(_) => Err(std::io::Error::from(ErrorKind::TimedOut)),
+            },
+            None => write_fut.await,
+        }
+        .map_err(|e| match e.kind() {
+            ErrorKind::TimedOut => {
+                Error::because(WriteTimedout, "while writing request (timeout)", e)
+            }
+            _ => Error::because(WriteError, "while writing request", e),
+        })?;
+        self.underlying_stream
+            .flush()
+            .await
+            .or_err(WriteError, "flushing request")?;
+        self.body_writer.mark_written(body_len);
+        self.bytes_sent += body_len;
+        self.request_written = Some(req);
+        self.maybe_force_close_body_reader();
+        Ok(to_wire.len() + body_len)
+    }
+
     async fn do_write_body(&mut self, buf: &[u8]) -> Result<Option<usize>> {
         let written = self
             .body_writer
@@ -305,6 +360,8 @@ impl HttpSession {
                             return self.fail_response_header_read(e);
                         }
 
+                        // molt patch 10: see `right_size_header_buf`.
+                        right_size_header_buf(&mut self.response_header_read_buf);
                         let buf = std::mem::take(&mut self.response_header_read_buf).freeze();
 
                         for header in header_refs {
@@ -495,6 +552,12 @@ impl HttpSession {
     }
 
     /// Similar to [`Self::read_body_ref`] but return `Bytes` instead of a slice reference.
+    /// molt patch 9: whether [`Self::read_body_bytes`] would return without reading from the
+    /// socket (see [`BodyReader::has_buffered_body`]); false before the first body read.
+    pub fn response_body_buffered(&self) -> bool {
+        !self.body_reader.need_init() && self.body_reader.has_buffered_body()
+    }
+
     pub async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
         let read = self.read_body_ref().await?;
         Ok(read.map(Bytes::copy_from_slice))
@@ -951,6 +1014,28 @@ impl UniqueID for HttpSession {
     fn id(&self) -> UniqueIDType {
         self.underlying_stream.id()
     }
+}
+
+/// molt patch 6: write every byte of `parts` with as few `writev`s as the socket takes, dropping
+/// what each one wrote from the front of `parts`.
+async fn write_all_vectored(stream: &mut Stream, parts: &mut Vec<&[u8]>) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < parts.len() {
+        let slices: Vec<std::io::IoSlice<'_>> =
+            parts[done..].iter().map(|p| std::io::IoSlice::new(p)).collect();
+        let mut n = stream.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(ErrorKind::WriteZero.into());
+        }
+        while done < parts.len() && n >= parts[done].len() {
+            n -= parts[done].len();
+            done += 1;
+        }
+        if n > 0 {
+            parts[done] = &parts[done][n..];
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

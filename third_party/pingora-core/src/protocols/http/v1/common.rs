@@ -14,6 +14,7 @@
 
 //! Common functions and constants
 
+use bytes::BytesMut;
 use http::{header, HeaderValue};
 use log::{debug, warn};
 use pingora_error::{Error, ErrorType::*, Result};
@@ -27,6 +28,20 @@ use crate::utils::KVRef;
 pub(super) const MAX_HEADERS: usize = 256;
 
 pub(super) const INIT_HEADER_BUF_SIZE: usize = 4096;
+/// molt patch 10: a header buffer with more unused room than this after the header was parsed is
+/// copied into one of its own length (see `right_size_header_buf`).
+pub(super) const HEADER_BUF_SLACK: usize = 512;
+
+/// molt patch 10: the parsed header's values point into its read buffer, so the buffer lives as
+/// long as the header does: for the whole request or response, however long it streams. A
+/// buffer read into at `INIT_HEADER_BUF_SIZE` (or grown larger) and holding a few hundred
+/// bytes is copied into an allocation of its own length, so a held stream keeps what the
+/// header took, not the read buffer's capacity. Indices into the buffer stay valid.
+pub(super) fn right_size_header_buf(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() > HEADER_BUF_SLACK {
+        *buf = BytesMut::from(&buf[..]);
+    }
+}
 pub(super) const MAX_HEADER_SIZE: usize = 1048575;
 
 pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
