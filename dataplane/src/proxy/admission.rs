@@ -135,7 +135,7 @@ impl MoltProxy {
         match admitted {
             Ok(admission) => {
                 ctx.limits.headers = Some(admission.headers().clone());
-                ctx.limits.admission = Some(admission);
+                ctx.limits.admission = Some(Box::new(admission));
                 Ok(())
             }
             Err(rejection) if rejection.kind == LimitKind::UnpricedModel => {

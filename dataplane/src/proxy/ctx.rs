@@ -29,8 +29,11 @@ pub struct RequestCtx {
     pub(super) answer: Answer,
     /// The browser origin allowed to read the answers (CORS), if any.
     pub(super) cors_origin: Option<HeaderValue>,
-    /// What a WebSocket route reported, for the access line.
-    pub(super) ws: Option<WsOutcome>,
+    /// What a WebSocket route reported, for the access line. Boxed, like
+    /// the admission: this struct sits twice in the future Pingora keeps per
+    /// request for the request's whole life (see ARCHITECTURE.md on what a
+    /// held connection keeps), and most requests have neither.
+    pub(super) ws: Option<Box<WsOutcome>>,
     /// `finish_usage` ran: the admission is settled and the usage event
     /// handed to the ledger (before the response end, or in `logging`).
     pub(super) usage_finished: bool,
@@ -41,7 +44,7 @@ pub struct RequestCtx {
 pub(super) struct LimitState {
     /// The reservation, settled with the actual usage by `finish_usage`
     /// (dropping it releases a concurrent-stream slot).
-    pub(super) admission: Option<Admission>,
+    pub(super) admission: Option<Box<Admission>>,
     /// `x-ratelimit-*` values for every response after admission.
     pub(super) headers: Option<RateLimitHeaders>,
     /// Seconds for `retry-after` on a 429.
@@ -115,7 +118,7 @@ impl RequestCtx {
             (None, None) if out.status == 101 => Outcome::ClientDisconnected,
             (None, None) => Outcome::Ok,
         };
-        self.ws = Some(out);
+        self.ws = Some(Box::new(out));
     }
 
     /// The client went away; the status stays what was sent, if anything.
@@ -137,7 +140,7 @@ impl RequestCtx {
             return None;
         }
         if let Some(admission) = self.limits.admission.take() {
-            self.usage.anomaly |= admission.settle(&self.usage.tokens).anomalous;
+            self.usage.anomaly |= (*admission).settle(&self.usage.tokens).anomalous;
         }
         let principal = self.caller.as_ref()?;
         self.usage.model.as_ref()?;

@@ -1,5 +1,6 @@
-//! The relay: the upstream's response to the client, chunk by chunk as it
-//! arrives (one client write per upstream read, never coalesced), with the
+//! The relay: the upstream's response to the client as it arrives, one
+//! client write per upstream read (the HTTP chunks one read brought go out
+//! together; nothing ever waits for more), with the
 //! usage read on the way ([`SseUsageReader`], [`JsonUsageReader`]) or
 //! counted locally when the provider reports none.
 //!
@@ -22,6 +23,7 @@ use crate::tokens;
 use crate::usage_reader::{JsonUsageReader, SseUsageReader, TokenUsage};
 use bytes::Bytes;
 use http::header;
+use pingora_core::protocols::http::HttpTask;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_proxy::Session;
 use std::time::Instant;
@@ -33,9 +35,10 @@ const RETAIN_FOR_ESTIMATE: usize = 1 << 20;
 /// The same for an SSE stream: only its first bytes, and the estimate is
 /// scaled to the stream's full length ([`tokens::estimate_stream_output`]).
 /// A stream holds what it retains for its whole life, and almost every
-/// stream reports usage; keeping 1 MiB of a long generation per stream to
-/// cover the rare one that does not would cost more than the answer is worth.
-const RETAIN_SSE_FOR_ESTIMATE: usize = 16 << 10;
+/// stream reports usage; 4 KiB (some twenty events) gives the estimate its
+/// ratio of tokens to bytes while a held stream stays within the brief's
+/// 20 KiB (16 KiB here cost a long stream 12 KiB more at rest).
+const RETAIN_SSE_FOR_ESTIMATE: usize = 4 << 10;
 
 /// Reads usage out of the response as it passes.
 enum UsageReading {
@@ -119,24 +122,10 @@ impl MoltProxy {
             .observe(overhead.as_secs_f64());
 
         let _active = is_sse.then(|| ActiveStream::new(&self.metrics));
-        let mut reading = if is_sse {
-            UsageReading::Sse(SseUsageReader::new(
-                admitted.route.stream_kind(),
-                admitted.strip_usage_chunk,
-            ))
-        } else {
-            UsageReading::Json(JsonUsageReader::default())
-        };
-        let mut retained = Retained::new(if is_sse {
-            RETAIN_SSE_FOR_ESTIMATE
-        } else {
-            RETAIN_FOR_ESTIMATE
-        });
-        let mut out: Vec<Bytes> = Vec::with_capacity(2);
-        let mut last_chunk: Option<Bytes> = None;
+        let mut outbox = Outbox::new(is_sse, admitted);
         let mut scrub = BodyScrubber::default();
         let result = loop {
-            let chunk = tokio::select! {
+            let mut read = tokio::select! {
                 biased;
                 r = up.read_response_body() => r,
                 _ = client_gone(session) => {
@@ -144,37 +133,57 @@ impl MoltProxy {
                     break Err(Error::explain(ErrorType::ConnectionClosed, "client went away mid-response"));
                 }
             };
-            match chunk {
-                Ok(Some(c)) => {
-                    let Some(c) = scrub.feed(admitted.secrets, c) else {
-                        continue;
-                    };
-                    if take_chunk(c, &mut reading, &mut retained, &mut out, &mut last_chunk) {
-                        // From the terminal event on, the stream is held.
-                        continue;
+            // This read and every chunk the same socket read already brought
+            // (Pingora hands out one HTTP chunk per call) go out in one
+            // client write: what the upstream delivered at once, never
+            // waiting for more.
+            let ended = loop {
+                match read {
+                    Ok(Some(c)) => {
+                        if let Some(c) = scrub.feed(admitted.secrets, c) {
+                            outbox.take(c);
+                        }
                     }
-                    if let Err(e) = write_all(session, &mut out).await {
-                        self.client_left(ctx);
-                        break Err(e);
+                    Ok(None) => {
+                        if let Some(rest) = scrub.finish(admitted.secrets) {
+                            outbox.take(rest);
+                        }
+                        break Some(Ok(()));
+                    }
+                    Err(e) => {
+                        ctx.answer.outcome = super::ledger::Outcome::UpstreamAborted;
+                        self.count_upstream_error(name, "aborted");
+                        if let Some(left_out) =
+                            upstream_warnings().admit(&format!("{name}/aborted"))
+                        {
+                            tracing::warn!(request_id = %ctx.request_id, provider = name, error = %e, left_out, "upstream broke mid-response");
+                        }
+                        break Some(Err(e));
                     }
                 }
-                Ok(None) => {
-                    if let Some(rest) = scrub.finish(admitted.secrets) {
-                        take_chunk(rest, &mut reading, &mut retained, &mut out, &mut last_chunk);
-                    }
-                    break Ok(());
+                if !up.response_body_buffered() {
+                    break None;
                 }
-                Err(e) => {
-                    ctx.answer.outcome = super::ledger::Outcome::UpstreamAborted;
-                    self.count_upstream_error(name, "aborted");
-                    if let Some(left_out) = upstream_warnings().admit(&format!("{name}/aborted")) {
-                        tracing::warn!(request_id = %ctx.request_id, provider = name, error = %e, left_out, "upstream broke mid-response");
-                    }
+                read = up.read_response_body().await;
+            };
+            if !matches!(ended, Some(Err(_))) {
+                if let Err(e) = write_all(session, outbox.sendable()).await {
+                    self.client_left(ctx);
                     break Err(e);
                 }
             }
+            if let Some(end) = ended {
+                break end;
+            }
         };
         self.metrics.scrub.count("body", scrub.masked);
+        let Outbox {
+            reading,
+            retained,
+            mut out,
+            last_chunk,
+            ..
+        } = outbox;
         // Usage: what the provider reported, else a local count.
         let (reported, mut sse) = match reading {
             UsageReading::Sse(r) => (r.usage(), Some(r)),
@@ -212,7 +221,7 @@ impl MoltProxy {
             }
         }
         let end = async {
-            write_all(session, &mut out).await?;
+            write_all(session, out.drain(..)).await?;
             session.write_response_body(None, true).await
         };
         if let Err(e) = end.await {
@@ -232,27 +241,74 @@ impl MoltProxy {
     }
 }
 
-/// Take one (scrubbed) upstream chunk: keep it for an estimate, read its
-/// usage, and queue what goes to the client in `out`. Returns true once an
-/// SSE stream's terminal event was seen (from then on the end is held).
-fn take_chunk(
-    c: Bytes,
-    reading: &mut UsageReading,
-    retained: &mut Retained,
-    out: &mut Vec<Bytes>,
-    last_chunk: &mut Option<Bytes>,
-) -> bool {
-    retained.keep(&c);
-    match reading {
-        UsageReading::Sse(reader) => {
-            reader.feed(c, out);
-            reader.terminal_seen()
+/// What the relay took from the upstream and has not written yet: each
+/// (scrubbed) chunk is kept for an estimate, its usage read, and what goes
+/// to the client queued in `out`.
+struct Outbox {
+    reading: UsageReading,
+    retained: Retained,
+    out: Vec<Bytes>,
+    /// A JSON body's last chunk so far: its end is held until the usage is
+    /// recorded (a client with a content-length is done at its last byte).
+    last_chunk: Option<Bytes>,
+    /// An SSE stream's terminal event went past: from then on the rest of
+    /// the stream is held until its usage is recorded.
+    holding: bool,
+    /// How many pieces at the front of `out` may go to the client now.
+    sendable: usize,
+}
+
+impl Outbox {
+    fn new(is_sse: bool, admitted: &Admitted<'_>) -> Self {
+        let (reading, retain) = if is_sse {
+            let reader =
+                SseUsageReader::new(admitted.route.stream_kind(), admitted.strip_usage_chunk);
+            (UsageReading::Sse(reader), RETAIN_SSE_FOR_ESTIMATE)
+        } else {
+            let reader = JsonUsageReader::default();
+            (UsageReading::Json(reader), RETAIN_FOR_ESTIMATE)
+        };
+        Self {
+            reading,
+            retained: Retained::new(retain),
+            out: Vec::with_capacity(2),
+            last_chunk: None,
+            holding: false,
+            sendable: 0,
         }
-        UsageReading::Json(reader) => {
-            reader.feed(&c);
-            out.extend(last_chunk.replace(c));
-            false
+    }
+
+    /// Take chunk `c`.
+    fn take(&mut self, c: Bytes) {
+        self.retained.keep(&c);
+        let before = self.out.len();
+        let terminal = match &mut self.reading {
+            UsageReading::Sse(reader) => {
+                reader.feed(c, &mut self.out);
+                reader.terminal_seen()
+            }
+            UsageReading::Json(reader) => {
+                reader.feed(&c);
+                self.out.extend(self.last_chunk.replace(c));
+                false
+            }
+        };
+        if self.holding {
+            return;
         }
+        if terminal {
+            // What came before this chunk still goes; from it on, held.
+            self.holding = true;
+            self.sendable = before;
+        } else {
+            self.sendable = self.out.len();
+        }
+    }
+
+    /// The pieces that may go to the client now, taken out of the box.
+    fn sendable(&mut self) -> std::vec::Drain<'_, Bytes> {
+        let n = std::mem::take(&mut self.sendable);
+        self.out.drain(..n)
     }
 }
 
@@ -272,12 +328,24 @@ impl Drop for ActiveStream<'_> {
     }
 }
 
-/// Write each pending chunk to the client as its own write (no coalescing).
-async fn write_all(session: &mut Session, out: &mut Vec<Bytes>) -> Result<()> {
-    for b in out.drain(..) {
-        session.write_response_body(Some(b), false).await?;
+/// Write `pieces` to the client: one as it is, several (what one upstream
+/// read delivered) in one write.
+async fn write_all(
+    session: &mut Session,
+    mut pieces: impl ExactSizeIterator<Item = Bytes>,
+) -> Result<()> {
+    match pieces.len() {
+        0 => Ok(()),
+        1 => session.write_response_body(pieces.next(), false).await,
+        _ => {
+            let tasks = pieces.map(|b| HttpTask::Body(Some(b), false)).collect();
+            // Boxed (~1 KiB): inline, it would size every held stream's
+            // state for the stream's whole life.
+            Box::pin(session.write_response_tasks(tasks))
+                .await
+                .map(|_| ())
+        }
     }
-    Ok(())
 }
 
 /// Resolves when the client closes its connection (or stream); never
