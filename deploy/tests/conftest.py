@@ -29,10 +29,22 @@ MOLT_BIN = Path(os.environ.get("MOLT_BIN") or REPO / "target" / "debug" / "molt"
 T = TypeVar("T")
 
 
+# Every port free_port() has handed out in this run. Containers on the host
+# network cannot report the port they bound (podman has no ready file), so
+# the tests pick ports before anything binds them; the kernel may then hand
+# the same free port to two calls in a row (a CI run once gave a data plane's
+# admin port to the control plane as well). Never twice from here.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_until(probe: Callable[[], T | None], what: str, timeout: float = 30.0, interval: float = 0.1) -> T:
