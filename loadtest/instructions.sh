@@ -39,10 +39,7 @@ new_client_key
 # Short versions of the throughput scenarios: one round, a few workers (the
 # proxy under callgrind runs some 50x slower), no warm-up of their own.
 for name in chat-throughput chat-sse-throughput; do
-    sed -e "s/^duration = .*/duration = \"${RUN_SECONDS}s\"/" -e 's/^warmup = .*/warmup = "0s"/' \
-        -e 's/^rounds = .*/rounds = 1/' -e 's/^connections = .*/connections = 4/' \
-        -e "s#^body_file = \"#body_file = \"$SCENARIOS/#" \
-        "$SCENARIOS/$name.toml" >"$WORK/$name.toml"
+    short_scenario "$name" "$RUN_SECONDS" 4
 done
 
 # measure NAME URL PID: warm up, zero the counters, run both scenarios

@@ -133,6 +133,17 @@ start_floor() {
     FLOOR_PID=$SPAWNED_PID
 }
 
+# short_scenario NAME SECONDS CONNECTIONS: $WORK/NAME.toml, scenario NAME
+# cut to one SECONDS-long round with CONNECTIONS and no warm-up (the
+# counting scripts measure work per request, not rates).
+short_scenario() {
+    local name=$1 seconds=$2 connections=$3
+    sed -e "s/^duration = .*/duration = \"${seconds}s\"/" -e 's/^warmup = .*/warmup = "0s"/' \
+        -e 's/^rounds = .*/rounds = 1/' -e "s/^connections = .*/connections = $connections/" \
+        -e "s#^body_file = \"#body_file = \"$SCENARIOS/#" \
+        "$SCENARIOS/$name.toml" >"$WORK/$name.toml"
+}
+
 # wait_for WHAT COMMAND...: retry COMMAND for up to 20 s.
 wait_for() {
     local what=$1

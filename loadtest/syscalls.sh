@@ -34,10 +34,7 @@ wait_for "data plane route" chat_ok "http://127.0.0.1:$MOLT_PORT$CHAT"
 # prints "calls-per-request syscall" lines, the total first.
 count() {
     local scenario=$1 strace_pid requests
-    sed -e "s/^duration = .*/duration = \"${RUN_SECONDS}s\"/" -e 's/^warmup = .*/warmup = "0s"/' \
-        -e 's/^rounds = .*/rounds = 1/' -e 's/^connections = .*/connections = 8/' \
-        -e "s#^body_file = \"#body_file = \"$SCENARIOS/#" \
-        "$SCENARIOS/$scenario.toml" >"$WORK/$scenario.toml"
+    short_scenario "$scenario" "$RUN_SECONDS" 8
     strace -c -f -p "$DP_PID" -o "$WORK/$scenario.strace" 2>/dev/null &
     strace_pid=$!
     sleep 1

@@ -140,7 +140,7 @@ impl RequestCtx {
             return None;
         }
         if let Some(admission) = self.limits.admission.take() {
-            self.usage.anomaly |= (*admission).settle(&self.usage.tokens).anomalous;
+            self.usage.anomaly |= admission.settle(&self.usage.tokens).anomalous;
         }
         let principal = self.caller.as_ref()?;
         self.usage.model.as_ref()?;

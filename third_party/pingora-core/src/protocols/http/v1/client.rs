@@ -182,9 +182,9 @@ impl HttpSession {
                 "request-line contains forbidden delimiter bytes or unsupported HTTP version",
             )
         })?;
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(body.len() + 1);
-        parts.push(to_wire.as_ref());
-        parts.extend(body.iter().map(Bytes::as_ref).filter(|c| !c.is_empty()));
+        let mut parts = Vec::with_capacity(body.len() + 1);
+        parts.push(std::io::IoSlice::new(to_wire.as_ref()));
+        parts.extend(body.iter().map(|c| std::io::IoSlice::new(c)));
         let write_fut = write_all_vectored(&mut self.underlying_stream, &mut parts);
         match self.write_timeout {
             Some(t) => match timeout(t, write_fut).await {
@@ -1016,24 +1016,18 @@ impl UniqueID for HttpSession {
     }
 }
 
-/// molt patch 6: write every byte of `parts` with as few `writev`s as the socket takes, dropping
-/// what each one wrote from the front of `parts`.
-async fn write_all_vectored(stream: &mut Stream, parts: &mut Vec<&[u8]>) -> std::io::Result<()> {
-    let mut done = 0;
-    while done < parts.len() {
-        let slices: Vec<std::io::IoSlice<'_>> =
-            parts[done..].iter().map(|p| std::io::IoSlice::new(p)).collect();
-        let mut n = stream.write_vectored(&slices).await?;
+/// molt patch 6: write every byte of `parts` with as few `writev`s as the socket takes.
+async fn write_all_vectored(
+    stream: &mut Stream,
+    parts: &mut [std::io::IoSlice<'_>],
+) -> std::io::Result<()> {
+    let mut parts = parts;
+    while !parts.is_empty() {
+        let n = stream.write_vectored(parts).await?;
         if n == 0 {
             return Err(ErrorKind::WriteZero.into());
         }
-        while done < parts.len() && n >= parts[done].len() {
-            n -= parts[done].len();
-            done += 1;
-        }
-        if n > 0 {
-            parts[done] = &parts[done][n..];
-        }
+        std::io::IoSlice::advance_slices(&mut parts, n);
     }
     Ok(())
 }
