@@ -419,11 +419,11 @@ impl HttpSession {
                             _ => Version::HTTP_09,
                         });
 
+                        // molt patch 10: see `right_size_header_buf`.
+                        right_size_header_buf(&mut buf);
                         // Detach bytes beyond the header in O(1). Keeping them as owned BytesMut
                         // allows body parsing and subsequent pipelined sessions to continue
                         // splitting the same allocation instead of copying the shrinking suffix.
-                        // molt patch 10: see `right_size_header_buf`.
-                        right_size_header_buf(&mut buf);
                         let preread_body = if s == buf.len() {
                             // Keep the common no-body/no-overread path on BytesMut's Vec-backed
                             // representation. split_off() would promote it to shared storage.
