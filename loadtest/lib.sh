@@ -133,6 +133,74 @@ start_floor() {
     FLOOR_PID=$SPAWNED_PID
 }
 
+# start_agentgateway PORT MOCK_PORT MASTER_KEY: agentgateway (AGENTGATEWAY, a
+# prebuilt binary; never built here, see README) doing the floor's job: a
+# plain HTTP route for /v1/ with its apiKey policy (strict: a missing or
+# other key gets 401; it checks the key's SHA-256, as the data plane does,
+# and removes the client's header) and its backendAuth policy putting
+# "Bearer MASTER_KEY" in Authorization, to one plain HTTP/1.1 backend with
+# its default pooled keep-alive, bodies streamed through. Its "ai" backend
+# (provider openAI with a host override on the mock) would also do the key
+# injection, but it parses and rewrites request and response bodies (model,
+# token usage), which neither nginx nor the floor does; the plain route is
+# the same job as theirs. PROXY_WORKERS runtime threads (config.workerThreads;
+# it also keeps one admin thread, idle here). Sets AGW_PID.
+start_agentgateway() {
+    local port=$1 mock_port=$2 master_key=$3
+    cat >"$WORK/agentgateway.yaml" <<EOF
+config:
+  workerThreads: ${PROXY_WORKERS:-1}
+  # Its admin (localhost:15000), stats (*:15020) and readiness (*:15021)
+  # listeners: off, so nothing but the proxy port listens.
+  adminAddr: "off"
+  statsAddr: "off"
+  readinessAddr: "off"
+  enableIpv6: false
+  connectionTerminationDeadline: 1s
+  logging:
+    # Its access log is the "request" target at info; warn turns it off
+    # (access_log = false for molt, access_log off for nginx).
+    level: warn
+binds:
+- port: $port
+  listeners:
+  - protocol: HTTP
+    routes:
+    - name: v1
+      matches:
+      - path:
+          pathPrefix: /v1/
+      policies:
+        apiKey:
+          mode: strict
+          keys:
+          - keyHash: "sha256:$CLIENT_SHA"
+        backendAuth:
+          key:
+            value: "$master_key"
+      backends:
+      - host: 127.0.0.1:$mock_port
+EOF
+    # env -i: agentgateway reads settings such as XDS_ADDRESS, CA_ADDRESS,
+    # ADMIN_ADDR or WORKER_THREADS from the environment over its config; an
+    # empty environment makes the file above the whole of its configuration.
+    env -i "$AGENTGATEWAY" --validate-only -f "$WORK/agentgateway.yaml" >"$WORK/agentgateway-validate.log" 2>&1 ||
+        die "agentgateway config rejected; see $WORK/agentgateway-validate.log"
+    spawn TERM "$WORK/agentgateway.log" env -i "$AGENTGATEWAY" -f "$WORK/agentgateway.yaml"
+    AGW_PID=$SPAWNED_PID
+}
+
+# agentgateway_loopback_only PORT: fail unless what listens on PORT listens
+# on 127.0.0.1 only. Stock agentgateway binds its config's ports on the
+# wildcard address (its local config has no bind address); the build the
+# README describes binds them on loopback.
+agentgateway_loopback_only() {
+    local port=$1 addrs
+    addrs=$(ss -Hltn "sport = :$port" | awk '{ print $4 }' | sort -u)
+    [[ $addrs == "127.0.0.1:$port" ]] ||
+        die "agentgateway listens on '${addrs//$'\n'/ }', not 127.0.0.1:$port only (a stock build binds the wildcard; see loadtest/README.md)"
+}
+
 # short_scenario NAME SECONDS CONNECTIONS: $WORK/NAME.toml, scenario NAME
 # cut to one SECONDS-long round with CONNECTIONS and no warm-up (the
 # counting scripts measure work per request, not rates).
