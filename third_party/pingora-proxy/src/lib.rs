@@ -1143,15 +1143,22 @@ impl<SV, C> HttpProxy<SV, C>
 where
     C: custom::Connector,
 {
-    async fn process_request(
+    // molt patch 11: a plain fn returning an `async move` block that uses
+    // `session` and `ctx` as captured, not an `async fn`. An `async fn`
+    // keeps each by-value parameter twice in its future (the captured value
+    // and the local it is moved into, which stays stored because it is
+    // borrowed), and this future lives as long as the request: ~870 bytes
+    // more for every held stream.
+    fn process_request(
         self: &Arc<Self>,
         mut session: Session,
         mut ctx: <SV as ProxyHttp>::CTX,
-    ) -> Option<ReusedHttpStream>
+    ) -> impl std::future::Future<Output = Option<ReusedHttpStream>> + '_
     where
         SV: ProxyHttp + Send + Sync + 'static,
         <SV as ProxyHttp>::CTX: Send + Sync,
     {
+        async move {
         if let Err(e) = self
             .inner
             .early_request_filter(&mut session, &mut ctx)
@@ -1321,7 +1328,8 @@ where
         // allow unwrap until if let chains
         #[allow(clippy::unnecessary_unwrap)]
         let serve_stale_result = if proxy_error.is_some() && session.cache.can_serve_stale_error() {
-            self.handle_stale_if_error(&mut session, &mut ctx, proxy_error.as_ref().unwrap())
+            // molt patch 11: boxed (~1.8 KiB, only for caches serving stale).
+            Box::pin(self.handle_stale_if_error(&mut session, &mut ctx, proxy_error.as_ref().unwrap()))
                 .await
         } else {
             None
@@ -1363,6 +1371,7 @@ where
         // logging() will be called in finish()
         Box::pin(self.finish(session, &mut ctx, server_reuse, final_error))
             .await
+        }
     }
 
     async fn handle_error(
@@ -1563,42 +1572,59 @@ where
         self.inner.request_header_failed(e);
     }
 
-    async fn process_new_http(
-        self: &Arc<Self>,
+    // molt patch 11: written out instead of `async fn`, so that the
+    // downstream session is boxed before the future is made. As an
+    // `async fn` the future held the unboxed session (712 bytes) twice,
+    // captured and as a local, and its request's `Session` and `ctx` once
+    // more beside `process_request`'s own, for as long as the request lives.
+    fn process_new_http<'life0, 'life1, 'async_trait>(
+        self: &'life0 Arc<Self>,
         mut session: HttpSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
+        shutdown: &'life1 ShutdownWatch,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
         // Extract user context from the previous request before the session is moved into the Box
         let prev_user_ctx = session.take_connection_user_context();
 
         let session = Box::new(session);
 
-        // TODO: keepalive pool, use stack
-        let mut session = match self.handle_new_request(session).await {
-            Some(downstream_session) => Session::new(
-                downstream_session,
-                &self.downstream_modules,
-                #[cfg(feature = "upstream_modules")]
-                &self.upstream_modules,
-                self.shutdown_flag.clone(),
-            ),
-            None => return None, // bad request
-        };
+        Box::pin(async move {
+            // The request's state is built in this block, so that it is
+            // moved into `process_request`'s future and not also kept here.
+            let request = {
+                // TODO: keepalive pool, use stack
+                let mut session = match self.handle_new_request(session).await {
+                    Some(downstream_session) => Session::new(
+                        downstream_session,
+                        &self.downstream_modules,
+                        #[cfg(feature = "upstream_modules")]
+                        &self.upstream_modules,
+                        self.shutdown_flag.clone(),
+                    ),
+                    None => return None, // bad request
+                };
 
-        if *shutdown.borrow() {
-            // stop downstream from reusing if this service is shutting down soon
-            session.set_keepalive(None);
-        }
+                if *shutdown.borrow() {
+                    // stop downstream from reusing if this service is shutting down soon
+                    session.set_keepalive(None);
+                }
 
-        let mut ctx = self.inner.new_ctx();
+                let mut ctx = self.inner.new_ctx();
 
-        // Deliver user context from the previous request on this reused connection
-        if let Some(prev_ctx) = prev_user_ctx {
-            self.inner
-                .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
-        }
+                // Deliver user context from the previous request on this reused connection
+                if let Some(prev_ctx) = prev_user_ctx {
+                    self.inner
+                        .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
+                }
 
-        self.process_request(session, ctx).await
+                self.process_request(session, ctx)
+            };
+            request.await
+        })
     }
 
     async fn http_cleanup(&self) {

@@ -98,6 +98,20 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h1_header_timeout: Option<Duration>,
+
+    /// molt patch 12: HTTP/1 request headers are read without their names'
+    /// original case (no second header map per request). For applications
+    /// that never forward a request header as it came.
+    ///
+    /// Default: `false` (case kept, as upstream)
+    pub h1_drop_header_case: bool,
+
+    /// molt patch 13: an HTTP/1 session keeps only the status line of the response header it
+    /// wrote (`response_written()` has no fields). For applications that read back at most its
+    /// status.
+    ///
+    /// Default: `false` (kept whole, as upstream)
+    pub h1_status_only_written_header: bool,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -284,6 +298,10 @@ where
         // molt patch 1: a new connection's first header is due by this.
         let accepted = tokio::time::Instant::now();
         let header_timeout = self.server_options().and_then(|o| o.h1_header_timeout);
+        let keep_header_case = !self.server_options().is_some_and(|o| o.h1_drop_header_case);
+        let keep_written_header = !self
+            .server_options()
+            .is_some_and(|o| o.h1_status_only_written_header);
         let mut h2c = self.server_options().as_ref().map_or(false, |o| o.h2c);
         let custom = self
             .server_options()
@@ -379,29 +397,41 @@ where
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
-            let mut session = ServerSession::new_http1(stream);
-            session.set_header_timeout(header_timeout, Some(accepted));
-            if *shutdown.borrow() {
-                // stop downstream from reusing if this service is shutting down soon
-                session.set_keepalive(None);
-            } else {
-                // default 60s
-                session.set_keepalive(Some(60));
-            }
-            session.set_keepalive_reuses_remaining(
-                self.server_options()
-                    .and_then(|opts| opts.keepalive_request_limit),
-            );
-
-            let mut result = self.process_new_http(session, shutdown).await;
-            while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
+            // molt patch 11: each session (712 bytes) is built in a block that
+            // ends before the await, so that this future, which lives as long
+            // as the connection, does not keep it (twice) beside the request's
+            // own future.
+            let request = {
                 let mut session = ServerSession::new_http1(stream);
-                session.set_header_timeout(header_timeout, None);
-                if let Some(persistent_settings) = persistent_settings {
-                    persistent_settings.apply_to_session(&mut session);
+                session.set_header_timeout(header_timeout, Some(accepted));
+                session.set_keep_header_case(keep_header_case);
+                session.set_keep_written_header(keep_written_header);
+                if *shutdown.borrow() {
+                    // stop downstream from reusing if this service is shutting down soon
+                    session.set_keepalive(None);
+                } else {
+                    // default 60s
+                    session.set_keepalive(Some(60));
                 }
-
-                result = self.process_new_http(session, shutdown).await;
+                session.set_keepalive_reuses_remaining(
+                    self.server_options()
+                        .and_then(|opts| opts.keepalive_request_limit),
+                );
+                self.process_new_http(session, shutdown)
+            };
+            let mut result = request.await;
+            while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
+                let request = {
+                    let mut session = ServerSession::new_http1(stream);
+                    session.set_header_timeout(header_timeout, None);
+                    session.set_keep_header_case(keep_header_case);
+                    session.set_keep_written_header(keep_written_header);
+                    if let Some(persistent_settings) = persistent_settings {
+                        persistent_settings.apply_to_session(&mut session);
+                    }
+                    self.process_new_http(session, shutdown)
+                };
+                result = request.await;
             }
         }
         None

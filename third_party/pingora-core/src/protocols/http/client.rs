@@ -141,6 +141,14 @@ impl<S: Session> HttpSession<S> {
         }
     }
 
+    /// molt patch 12: whether an HTTP/1 response header keeps its names'
+    /// original case (see [`v1::client::HttpSession::keep_header_case`]).
+    pub fn set_keep_header_case(&mut self, keep: bool) {
+        if let HttpSession::H1(h1) = self {
+            h1.keep_header_case = keep;
+        }
+    }
+
     /// Set the write timeout for writing header and body.
     ///
     /// The timeout is per write operation, not on the overall time writing the entire request.

@@ -324,6 +324,21 @@ impl Session {
         }
     }
 
+    /// molt patch 12: see [`SessionV1::set_keep_header_case`]; HTTP/1 only
+    /// (HTTP/2 names are lowercase on the wire).
+    pub fn set_keep_header_case(&mut self, keep: bool) {
+        if let Self::H1(s) = self {
+            s.set_keep_header_case(keep);
+        }
+    }
+
+    /// molt patch 13: see [`SessionV1::set_keep_written_header`]; HTTP/1 only.
+    pub fn set_keep_written_header(&mut self, keep: bool) {
+        if let Self::H1(s) = self {
+            s.set_keep_written_header(keep);
+        }
+    }
+
     pub fn set_keepalive(&mut self, duration: Option<u64>) {
         match self {
             Self::H1(s) => s.set_server_keepalive(duration),

@@ -31,7 +31,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 #[cfg(target_os = "linux")]
 use tokio::io::Interest;
-use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadBuf};
+use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+
+// molt patch 14: the write buffer is allocated only while it holds data.
+use super::lazy_writer::LazyBufWriter as BufWriter;
 use tokio::net::TcpStream;
 #[cfg(unix)]
 use tokio::net::UnixStream;
@@ -423,7 +426,8 @@ impl L4BufferSettings {
 ///
 /// A zero read capacity leaves the read buffer out, because [`BufReader`] panics on
 /// a zero capacity. Reads then go straight to the raw stream, as they did through
-/// an empty `BufReader`. [`BufWriter`] accepts a zero capacity and writes straight
+/// an empty `BufReader`. The write buffer ([`BufWriter`], molt patch 14: a
+/// `LazyBufWriter`, allocated only while it holds data) accepts a zero capacity and writes straight
 /// through.
 #[derive(Debug)]
 enum BufferedStream {

@@ -46,6 +46,10 @@ pub struct HttpSession {
     /// The timeout is reset on every read. This is not a timeout on the overall duration of the
     /// response.
     pub read_timeout: Option<Duration>,
+    /// molt patch 12: keep the response header's original name case (a
+    /// second header map), for proxying it as it came. On by default, as
+    /// upstream.
+    pub keep_header_case: bool,
     /// The write timeout which will be applied to both writing request header and body.
     /// The timeout is reset on every write. This is not a timeout on the overall duration of the
     /// request.
@@ -70,6 +74,26 @@ pub struct HttpSession {
 }
 
 /// HTTP 1.x client session
+/// molt patch 13: what a session reads back of a request it wrote (its method: a `HEAD`'s
+/// response has no body; its version and `Upgrade`: an upgrade; its `Connection`: keep-alive),
+/// kept instead of the whole header map, which otherwise lives as long as the response (about
+/// 1.2 KiB for a dozen headers). Only for a header without a case map, whose map can be replaced
+/// whole.
+fn keep_what_is_read_back(req: Box<RequestHeader>) -> Box<RequestHeader> {
+    if req.has_case() {
+        return req;
+    }
+    let mut kept = http::HeaderMap::new();
+    for name in [header::CONNECTION, header::UPGRADE] {
+        for value in req.headers.get_all(&name) {
+            kept.append(name.clone(), value.clone());
+        }
+    }
+    let mut parts = http::request::Parts::from(*req);
+    parts.headers = kept;
+    Box::new(RequestHeader::from(parts))
+}
+
 impl HttpSession {
     /// Create a new http client session from an established (TCP or TLS) [`Stream`].
     pub fn new(stream: Stream) -> Self {
@@ -92,6 +116,7 @@ impl HttpSession {
             response_header: None,
             request_written: None,
             read_timeout: None,
+            keep_header_case: true,
             write_timeout: None,
             digest,
             bytes_sent: 0,
@@ -205,7 +230,7 @@ impl HttpSession {
             .or_err(WriteError, "flushing request")?;
         self.body_writer.mark_written(body_len);
         self.bytes_sent += body_len;
-        self.request_written = Some(req);
+        self.request_written = Some(keep_what_is_read_back(req));
         self.maybe_force_close_body_reader();
         Ok(to_wire.len() + body_len)
     }
@@ -339,7 +364,13 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
-                        let mut response_header = match ResponseHeader::build(
+                        // molt patch 12: the case map only if it is kept.
+                        let build = if self.keep_header_case {
+                            ResponseHeader::build
+                        } else {
+                            ResponseHeader::build_no_case
+                        };
+                        let mut response_header = match build(
                             resp.code.unwrap(),
                             Some(resp.headers.len()),
                         ) {

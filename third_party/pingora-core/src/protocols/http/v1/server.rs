@@ -115,6 +115,12 @@ pub struct HttpSession {
     /// molt patch 1: the whole request header must arrive within this, from
     /// the session's start, or from its first byte on a reused connection.
     header_timeout: Option<HeaderTimeout>,
+    /// molt patch 12: keep the request header's original name case (a second
+    /// header map), for proxying it as it came. On by default, as upstream.
+    keep_header_case: bool,
+    /// molt patch 13: keep the written response header whole (its fields
+    /// too) for [`Self::response_written`]. On by default, as upstream.
+    keep_written_header: bool,
     /// How long to wait to make downstream session reusable, if body needs to be drained.
     total_drain_timeout: Option<Duration>,
     /// A copy of the response that is already written to the client
@@ -201,6 +207,8 @@ impl HttpSession {
             read_timeout: Some(Duration::from_secs(60)),
             write_timeout: None,
             header_timeout: None,
+            keep_header_case: true,
+            keep_written_header: true,
             total_drain_timeout: None,
             body_bytes_sent: 0,
             body_bytes_read: 0,
@@ -318,6 +326,36 @@ impl HttpSession {
         self.header_timeout = timeout.map(|timeout| HeaderTimeout { timeout, since });
     }
 
+    /// molt patch 12: whether the request header keeps its names' original
+    /// case (see `keep_header_case`). An application that never forwards
+    /// the header as it came saves the second map, which lives as long as
+    /// the request.
+    pub fn set_keep_header_case(&mut self, keep: bool) {
+        self.keep_header_case = keep;
+    }
+
+    /// molt patch 13: whether [`Self::response_written`] keeps the written header's fields, or
+    /// only its status line (status, version, reason). The session itself reads back only the
+    /// status; an application that does the same saves the header map, which lives as long as
+    /// the response.
+    pub fn set_keep_written_header(&mut self, keep: bool) {
+        self.keep_written_header = keep;
+    }
+
+    /// molt patch 13: the header as [`Self::response_written`] keeps it.
+    fn written(&self, header: Box<ResponseHeader>) -> Box<ResponseHeader> {
+        if self.keep_written_header {
+            return header;
+        }
+        let reason = header.get_reason_phrase().map(str::to_owned);
+        let mut parts = http::response::Parts::from(*header);
+        parts.headers = http::HeaderMap::new();
+        let mut line = Box::new(ResponseHeader::from(parts));
+        // The phrase was valid when the header was written.
+        let _ = line.set_reason_phrase(reason.as_deref());
+        line
+    }
+
     /// Read the request header. Return `Ok(Some(n))` where the read and parsing are successful.
     /// Return `Ok(None)` when the client closed the connection without sending any data, which
     /// is common on a reused connection.
@@ -406,7 +444,13 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let mut request_header = Box::new(RequestHeader::build(
+                        // molt patch 12: the case map only if it is kept.
+                        let build = if self.keep_header_case {
+                            RequestHeader::build
+                        } else {
+                            RequestHeader::build_no_case
+                        };
+                        let mut request_header = Box::new(build(
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
@@ -729,7 +773,7 @@ impl HttpSession {
                         .await
                         .or_err(WriteError, "flushing response header")?;
                 }
-                self.response_written = Some(header);
+                self.response_written = Some(self.written(header));
                 Ok(())
             }
             Err(e) => Error::e_because(WriteError, "writing response header", e),
@@ -1716,7 +1760,7 @@ impl HttpSession {
                     .expect("writer state present")
                 {
                     ProxyTaskWriter::WritingHeader(header, end) => {
-                        self.response_written = Some(header);
+                        self.response_written = Some(self.written(header));
                         end_stream = end;
                     }
                     ProxyTaskWriter::WritingBody(end) => {
