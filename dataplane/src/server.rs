@@ -32,7 +32,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Socket buffers of every client connection: no read buffer, Pingora's
-/// default 1460-byte write buffer.
+/// default 1460-byte write buffer (which, with patch 14, takes memory only
+/// while data waits in it).
 ///
 /// Pingora's default read buffer is a 64 KiB zero-filled `BufReader` per
 /// accepted connection, resident for the connection's whole life: it was
@@ -45,6 +46,9 @@ use std::sync::Arc;
 /// reads up to 4 KiB per call, so a large upload costs more `read` calls
 /// (about 500 for a 2 MiB body instead of 32): a small price next to the
 /// body's own transfer, for 64 KiB less per connection.
+///
+/// The write buffer stays: it is what puts a small answer's head and body in
+/// one `sendto` (without it, `loadtest/syscalls.sh` counts two per request).
 const CLIENT_SOCKET_BUFFERS: L4BufferSettings = L4BufferSettings {
     read: Some(0),
     write: None,
@@ -249,6 +253,14 @@ impl DataPlane {
         let mut options = HttpServerOptions::default();
         options.h2c = true;
         options.h1_header_timeout = Some(server_cfg.header_timeout);
+        // Requests are never forwarded as they came (the upstream gets a
+        // header built in `proxy::headers`): no second header map per request
+        // for its names' original case (Pingora patch 12).
+        options.h1_drop_header_case = true;
+        // The proxy reads back only the status of the response it wrote
+        // (`logging`, `fail_to_proxy`): the written header keeps no fields,
+        // which would otherwise live as long as the response (patch 13).
+        options.h1_status_only_written_header = true;
         options.h2_idle_timeout = Some(server_cfg.keepalive_timeout);
         let mut proxy_app = pingora_proxy::http_proxy(&server.configuration, proxy);
         proxy_app.server_options = Some(options);

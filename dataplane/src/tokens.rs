@@ -67,10 +67,9 @@ pub fn count_request(chunks: &[Bytes]) -> u64 {
     }
 }
 
-/// Estimate the output tokens of a response: an SSE stream (every `data:`
-/// payload) or one JSON document.
-pub fn count_response(chunks: &[Bytes], is_sse: bool) -> u64 {
-    let body: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+/// Estimate the output tokens of a response body: an SSE stream (every
+/// `data:` payload) or one JSON document.
+pub fn count_response(body: &[u8], is_sse: bool) -> u64 {
     let mut text = String::new();
     if is_sse {
         for line in body.split(|&b| b == b'\n') {
@@ -81,23 +80,31 @@ pub fn count_response(chunks: &[Bytes], is_sse: bool) -> u64 {
                 collect_text(&v, false, &mut text);
             }
         }
-    } else if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+    } else if let Ok(v) = serde_json::from_slice::<Value>(body) {
         collect_text(&v, false, &mut text);
     }
     count(&text)
 }
 
 /// Estimate the output tokens of an SSE stream of `total_bytes` from its
-/// first chunks: their count, scaled by the bytes not kept. Exact when the
-/// prefix is the whole stream.
-pub fn estimate_stream_output(prefix: &[Bytes], total_bytes: usize) -> u64 {
-    let counted = count_response(prefix, true);
-    let kept: usize = prefix.iter().map(Bytes::len).sum();
-    if kept == 0 || total_bytes <= kept {
-        return counted;
+/// first bytes: their count, scaled by the bytes not kept. Exact when the
+/// prefix is the whole stream. A prefix cut inside a line counts up to its
+/// last complete line, and scales by that length.
+pub fn estimate_stream_output(prefix: &[u8], total_bytes: usize) -> u64 {
+    if total_bytes <= prefix.len() {
+        return count_response(prefix, true);
     }
+    let complete = prefix
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let prefix = &prefix[..complete];
+    if prefix.is_empty() {
+        return 0;
+    }
+    let counted = count_response(prefix, true);
     // u128: tokens times bytes cannot overflow.
-    let scaled = u128::from(counted) * total_bytes as u128 / kept as u128;
+    let scaled = u128::from(counted) * total_bytes as u128 / prefix.len() as u128;
     u64::try_from(scaled).unwrap_or(u64::MAX)
 }
 
@@ -135,27 +142,27 @@ mod tests {
 
     #[test]
     fn counts_stream_deltas() {
-        let sse = Bytes::from_static(
-            b"data: {\"choices\":[{\"delta\":{\"content\":\"Hello\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\" world\"}}]}\n\ndata: [DONE]\n\n",
-        );
-        assert_eq!(count_response(&[sse], true), count("Hello\n world\n"));
+        let sse = b"data: {\"choices\":[{\"delta\":{\"content\":\"Hello\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\" world\"}}]}\n\ndata: [DONE]\n\n";
+        assert_eq!(count_response(sse, true), count("Hello\n world\n"));
     }
 
     #[test]
     fn a_stream_estimate_from_its_prefix_scales_to_its_length() {
-        let event =
-            Bytes::from_static(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hello\"}}]}\n\n");
-        let whole: Vec<Bytes> = std::iter::repeat_n(event.clone(), 10).collect();
-        let per_event = count_response(std::slice::from_ref(&event), true);
+        let event: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"Hello\"}}]}\n\n";
+        let whole = event.repeat(10);
+        let per_event = count_response(event, true);
         assert!(per_event > 0);
         // The whole stream kept: the plain count.
-        assert_eq!(
-            estimate_stream_output(&whole, 10 * event.len()),
-            10 * per_event
-        );
+        assert_eq!(estimate_stream_output(&whole, whole.len()), 10 * per_event);
         // Only the first 2 of 10 events kept: scaled to all 10.
         assert_eq!(
-            estimate_stream_output(&whole[..2], 10 * event.len()),
+            estimate_stream_output(&whole[..2 * event.len()], whole.len()),
+            10 * per_event
+        );
+        // Cut inside the third event: it is left out, and the scale is
+        // taken from the two complete ones.
+        assert_eq!(
+            estimate_stream_output(&whole[..2 * event.len() + 20], whole.len()),
             10 * per_event
         );
         assert_eq!(estimate_stream_output(&[], 1000), 0);

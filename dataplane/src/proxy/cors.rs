@@ -62,7 +62,7 @@ pub(super) fn preflight(
     method: &Method,
     browser: &BrowserConfig,
 ) -> Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(204, Some(6))?;
+    let mut resp = ResponseHeader::build_no_case(204, Some(6))?;
     resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone())?;
     resp.insert_header(header::ACCESS_CONTROL_ALLOW_METHODS, method.as_str())?;
     let requested = req

@@ -139,6 +139,9 @@ impl MoltProxy {
             // session; driving the session ourselves, we do it here.
             up.set_read_timeout(provider.peer.options.read_timeout);
             up.set_write_timeout(provider.peer.options.write_timeout);
+            // The client gets a response header built here, never the
+            // upstream's as it came: no second map for its names' case.
+            up.set_keep_header_case(false);
             let req = match upstream_request(&UpstreamHead {
                 client: session.req_header(),
                 route: attempt.route,

@@ -170,7 +170,11 @@ pub(super) fn upstream_request(head: &UpstreamHead<'_>) -> Result<RequestHeader>
             path.push_str(&q);
         }
     }
-    let mut req = RequestHeader::build(
+    // No case map: every name here is a `HeaderName` or a lowercase literal,
+    // which Pingora writes the same way without one (well-known names
+    // title-cased), and the map would double the header's memory for the
+    // life of a stream.
+    let mut req = RequestHeader::build_no_case(
         Method::POST,
         path.as_bytes(),
         Some(client.headers.len() + 4),
@@ -238,7 +242,8 @@ pub(super) fn client_response(
     secrets: &Secrets,
     downstream_h2: bool,
 ) -> Result<(ResponseHeader, usize)> {
-    let mut resp = ResponseHeader::build(up.status, Some(up.headers.len() + 2))?;
+    // No case map, as in `upstream_request`.
+    let mut resp = ResponseHeader::build_no_case(up.status, Some(up.headers.len() + 2))?;
     let mut masked = 0;
     for (name, value) in &up.headers {
         if STRIPPED_RESPONSE_HEADERS.contains(&name.as_str()) {

@@ -153,7 +153,8 @@ impl ProxyHttp for MoltProxy {
         match self.serve(session, ctx, &rt).await {
             Ok(()) => Ok(true),
             Err(Failure::Refuse(err)) => {
-                self.reject(session, ctx, err).await?;
+                // Boxed, like each path in `serve`.
+                Box::pin(self.reject(session, ctx, err)).await?;
                 Ok(true)
             }
             Err(Failure::Broken(e)) => Err(e),
@@ -258,7 +259,12 @@ fn client_end_kind(e: &Error) -> &'static str {
 }
 
 impl MoltProxy {
-    /// The whole request, stage by stage.
+    /// The whole request: its route's path, each in a box of its own.
+    ///
+    /// Why boxes: this future lives as long as the request, and a future is
+    /// as large as the largest state of any path through it. Boxed, a held
+    /// stream keeps only the model path's state and an idle WebSocket only
+    /// the WebSocket's, for one allocation per request.
     async fn serve(
         &self,
         session: &mut Session,
@@ -266,36 +272,48 @@ impl MoltProxy {
         rt: &Arc<Runtime>,
     ) -> Result<(), Failure> {
         if cors::is_preflight(session.req_header()) && cors::is_browser_route(ctx.route) {
-            return self.preflight(session, ctx, rt).await;
+            return Box::pin(self.preflight(session, ctx, rt)).await;
         }
-        let route = match ctx.route {
-            RouteLabel::Http(route) => route,
+        match ctx.route {
+            RouteLabel::Http(route) => Box::pin(self.serve_model(session, ctx, rt, route)).await,
             RouteLabel::Ws(ws_route) => {
-                let out = self
-                    .ws
-                    .handle(session, &ctx.stamp(), ws_route, rt)
+                let out = Box::pin(self.ws.handle(session, &ctx.stamp(), ws_route, rt))
                     .await
                     .map_err(Failure::Broken)?;
                 ctx.ws_finished(out);
-                return Ok(());
+                Ok(())
             }
             RouteLabel::Unknown => {
                 let path = session.req_header().uri.path();
-                return Err(ClientError::NotFound(path.chars().take(200).collect()).into());
+                Err(ClientError::NotFound(path.chars().take(200).collect()).into())
             }
-        };
+        }
+    }
+
+    /// A model route, stage by stage.
+    async fn serve_model(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        rt: &Arc<Runtime>,
+        route: Route,
+    ) -> Result<(), Failure> {
         let admitted = match self.admit(session, ctx, rt, route).await? {
             Admit::Proxy(admitted) => admitted,
             Admit::ListModels(caller) => {
-                return self
-                    .list_models(session, ctx, rt, &caller)
+                // Boxed: a rare request, whose state would otherwise size
+                // every model request's.
+                return Box::pin(self.list_models(session, ctx, rt, &caller))
                     .await
-                    .map_err(Failure::Broken)
+                    .map_err(Failure::Broken);
             }
         };
         session.set_abort_on_close(true);
-        let exchanged = self.exchange(session, ctx, rt, &admitted).await?;
-        self.relay(session, ctx, &admitted, exchanged).await
+        let mut exchanged = self.exchange(session, ctx, rt, &admitted).await?;
+        let streamed = self.stream(session, ctx, &admitted, &mut exchanged).await?;
+        // Boxed (~3.3 KiB, for the moments the end takes): inline, it would
+        // size this future, and so every held stream's, by the end's work.
+        Box::pin(self.settle(session, ctx, &admitted, exchanged, streamed)).await
     }
 
     /// Answer with an error in the route's format: the one refusal path.

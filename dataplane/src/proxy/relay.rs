@@ -35,10 +35,11 @@ const RETAIN_FOR_ESTIMATE: usize = 1 << 20;
 /// The same for an SSE stream: only its first bytes, and the estimate is
 /// scaled to the stream's full length ([`tokens::estimate_stream_output`]).
 /// A stream holds what it retains for its whole life, and almost every
-/// stream reports usage; 4 KiB (some twenty events) gives the estimate its
-/// ratio of tokens to bytes while a held stream stays within the brief's
-/// 20 KiB (16 KiB here cost a long stream 12 KiB more at rest).
-const RETAIN_SSE_FOR_ESTIMATE: usize = 4 << 10;
+/// stream reports usage: 2 KiB (about ten events of the big providers, each
+/// mostly one token) gives the estimate its ratio of tokens to bytes while a
+/// held stream stays within the brief's 20 KiB (4 KiB cost a long stream
+/// 2 KiB more at rest, 16 KiB 14 KiB more).
+const RETAIN_SSE_FOR_ESTIMATE: usize = 2 << 10;
 
 /// Reads usage out of the response as it passes.
 enum UsageReading {
@@ -47,49 +48,79 @@ enum UsageReading {
 }
 
 /// The first bytes of the response, kept for a local estimate.
-struct Retained {
-    chunks: Vec<Bytes>,
-    len: usize,
-    cap: usize,
-    /// Bytes of the whole response body.
-    total: usize,
+enum Retained {
+    /// A JSON body's chunks as they came, while the body is at most
+    /// [`RETAIN_FOR_ESTIMATE`]: no copy, and a JSON response is not held for
+    /// long.
+    Json { chunks: Vec<Bytes>, len: usize },
+    /// A copy of an SSE stream's first [`RETAIN_SSE_FOR_ESTIMATE`] bytes in
+    /// one buffer. A copy, because keeping the chunks themselves would pin
+    /// each one's allocation (and a shared `Bytes` header) for the stream's
+    /// whole life: ~1.5 times the bytes kept.
+    Sse { sample: Vec<u8> },
 }
 
 impl Retained {
-    fn new(cap: usize) -> Self {
-        Self {
-            chunks: Vec::new(),
-            len: 0,
-            cap,
-            total: 0,
+    fn new(is_sse: bool) -> Self {
+        if is_sse {
+            Self::Sse { sample: Vec::new() }
+        } else {
+            Self::Json {
+                chunks: Vec::new(),
+                len: 0,
+            }
         }
     }
 
     fn keep(&mut self, chunk: &Bytes) {
-        self.total += chunk.len();
-        if self.len < self.cap {
-            self.len += chunk.len();
-            self.chunks.push(chunk.clone());
+        match self {
+            Self::Json { chunks, len } => {
+                if *len <= RETAIN_FOR_ESTIMATE {
+                    *len += chunk.len();
+                    chunks.push(chunk.clone());
+                }
+            }
+            Self::Sse { sample } => {
+                let room = RETAIN_SSE_FOR_ESTIMATE - sample.len();
+                if room > 0 {
+                    let take = room.min(chunk.len());
+                    // Grow by doubling, but never past the cap.
+                    let want = (sample.len() + take).max(2 * sample.len());
+                    sample.reserve_exact(want.min(RETAIN_SSE_FOR_ESTIMATE) - sample.len());
+                    sample.extend_from_slice(&chunk[..take]);
+                }
+            }
+        }
+    }
+
+    /// The output tokens of a response of `total` bytes, counted from what
+    /// was kept (an SSE stream's scaled from its first bytes; a JSON body
+    /// larger than was kept is not counted).
+    fn estimate(&self, total: usize) -> u64 {
+        match self {
+            Self::Sse { sample } => tokens::estimate_stream_output(sample, total),
+            Self::Json { len, .. } if *len < total => 0,
+            Self::Json { chunks, .. } => tokens::count_response(&chunks.concat(), false),
         }
     }
 }
 
 impl MoltProxy {
-    /// Send the upstream's answer to the client, and its usage to the
-    /// ledger before its end.
-    pub(super) async fn relay(
-        &self,
+    /// Send the upstream's response head to the client, then its body as it
+    /// arrives, up to the end that is held back ([`Self::settle`] sends it).
+    ///
+    /// A room of its own, apart from [`Self::settle`], because this future
+    /// is what a held stream keeps for its whole life: sharing one future
+    /// with the end's work would size it by that work's state too.
+    pub(super) async fn stream<'p>(
+        &'p self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         admitted: &Admitted<'_>,
-        exchanged: Exchanged<'_>,
-    ) -> Result<(), Failure> {
-        let Exchanged {
-            mut up,
-            provider,
-            sent_at,
-        } = exchanged;
-        let name = provider.config.name.as_str();
+        exchanged: &mut Exchanged<'_>,
+    ) -> Result<Streamed<'p>, Failure> {
+        let up = &mut exchanged.up;
+        let name = exchanged.provider.config.name.as_str();
         let Some(up_resp) = up.response_header() else {
             // The exchange returns only sessions with a response head.
             return Err(Failure::Refuse(crate::error::ClientError::UpstreamFailed));
@@ -115,7 +146,7 @@ impl MoltProxy {
             self.client_left(ctx);
             return Err(Failure::Broken(e));
         }
-        let overhead = (sent_at - admitted.body_read_at) + before_header.elapsed();
+        let overhead = (exchanged.sent_at - admitted.body_read_at) + before_header.elapsed();
         self.metrics
             .proxy_overhead
             .with_label_values(&[admitted.route.name()])
@@ -177,9 +208,38 @@ impl MoltProxy {
             }
         };
         self.metrics.scrub.count("body", scrub.masked);
+        Ok(Streamed {
+            outbox,
+            result,
+            status,
+            _active,
+        })
+    }
+
+    /// Settle a streamed response: its usage (what the provider reported,
+    /// else a local count) recorded, then the held end written and the
+    /// upstream connection released.
+    pub(super) async fn settle(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        admitted: &Admitted<'_>,
+        exchanged: Exchanged<'_>,
+        streamed: Streamed<'_>,
+    ) -> Result<(), Failure> {
+        let Exchanged {
+            mut up, provider, ..
+        } = exchanged;
+        let Streamed {
+            outbox,
+            result,
+            status,
+            _active,
+        } = streamed;
         let Outbox {
             reading,
             retained,
+            total,
             mut out,
             last_chunk,
             ..
@@ -196,11 +256,7 @@ impl MoltProxy {
                 tokens::ready().await;
                 ctx.usage.tokens = TokenUsage::totals(
                     tokens::count_request(&admitted.body.chunks),
-                    if is_sse {
-                        tokens::estimate_stream_output(&retained.chunks, retained.total)
-                    } else {
-                        tokens::count_response(&retained.chunks, false)
-                    },
+                    retained.estimate(total),
                 );
                 ctx.usage.estimated = true;
             }
@@ -241,12 +297,25 @@ impl MoltProxy {
     }
 }
 
+/// A response streamed up to its held end: what [`MoltProxy::settle`]
+/// finishes.
+pub(super) struct Streamed<'p> {
+    outbox: Outbox,
+    /// How the body's relay ended: `Ok` at the upstream's end of body.
+    result: Result<()>,
+    status: u16,
+    /// Counts the stream as active until it is settled.
+    _active: Option<ActiveStream<'p>>,
+}
+
 /// What the relay took from the upstream and has not written yet: each
 /// (scrubbed) chunk is kept for an estimate, its usage read, and what goes
 /// to the client queued in `out`.
 struct Outbox {
     reading: UsageReading,
     retained: Retained,
+    /// Bytes of the whole response body so far.
+    total: usize,
     out: Vec<Bytes>,
     /// A JSON body's last chunk so far: its end is held until the usage is
     /// recorded (a client with a content-length is done at its last byte).
@@ -260,17 +329,17 @@ struct Outbox {
 
 impl Outbox {
     fn new(is_sse: bool, admitted: &Admitted<'_>) -> Self {
-        let (reading, retain) = if is_sse {
+        let reading = if is_sse {
             let reader =
                 SseUsageReader::new(admitted.route.stream_kind(), admitted.strip_usage_chunk);
-            (UsageReading::Sse(reader), RETAIN_SSE_FOR_ESTIMATE)
+            UsageReading::Sse(reader)
         } else {
-            let reader = JsonUsageReader::default();
-            (UsageReading::Json(reader), RETAIN_FOR_ESTIMATE)
+            UsageReading::Json(JsonUsageReader::default())
         };
         Self {
             reading,
-            retained: Retained::new(retain),
+            retained: Retained::new(is_sse),
+            total: 0,
             out: Vec::with_capacity(2),
             last_chunk: None,
             holding: false,
@@ -280,6 +349,7 @@ impl Outbox {
 
     /// Take chunk `c`.
     fn take(&mut self, c: Bytes) {
+        self.total += c.len();
         self.retained.keep(&c);
         let before = self.out.len();
         let terminal = match &mut self.reading {

@@ -39,7 +39,7 @@ pub async fn write_json(
         // The unread rest of the body makes the connection unusable.
         session.set_keepalive(None);
     }
-    let mut resp = ResponseHeader::build(status, Some(8))?;
+    let mut resp = ResponseHeader::build_no_case(status, Some(8))?;
     resp.insert_header(header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(header::CONTENT_LENGTH, body.len())?;
     stamp.apply(&mut resp)?;

@@ -180,7 +180,7 @@ pub fn switching_protocols(
     request_id: &str,
     protocol: Option<&str>,
 ) -> pingora_error::Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(101, Some(5))?;
+    let mut resp = ResponseHeader::build_no_case(101, Some(5))?;
     resp.insert_header(header::UPGRADE, "websocket")?;
     resp.insert_header(header::CONNECTION, "Upgrade")?;
     resp.insert_header(header::SEC_WEBSOCKET_ACCEPT, accept_key(up.key))?;
