@@ -433,3 +433,35 @@ pub(super) async fn client_gone(session: &mut Session) {
     // waiting (the select loop re-polls us after every chunk anyway).
     std::future::pending::<()>().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_sse_sample_is_one_copy_never_past_its_cap() {
+        let mut kept = Retained::new(true);
+        let event = Bytes::from(vec![b'x'; 700]);
+        for _ in 0..5 {
+            kept.keep(&event);
+        }
+        let Retained::Sse { sample } = &kept else {
+            panic!("an SSE sample")
+        };
+        assert_eq!(sample.len(), RETAIN_SSE_FOR_ESTIMATE);
+        assert!(
+            sample.capacity() <= RETAIN_SSE_FOR_ESTIMATE,
+            "{}",
+            sample.capacity()
+        );
+    }
+
+    #[test]
+    fn a_json_body_larger_than_was_kept_is_not_estimated() {
+        let mut kept = Retained::new(false);
+        let chunk = Bytes::from_static(br#"{"choices":[{"message":{"content":"Hello there"}}]}"#);
+        kept.keep(&chunk);
+        assert!(kept.estimate(chunk.len()) > 0);
+        assert_eq!(kept.estimate(chunk.len() + RETAIN_FOR_ESTIMATE), 0);
+    }
+}
