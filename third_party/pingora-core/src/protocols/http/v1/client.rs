@@ -79,7 +79,7 @@ pub struct HttpSession {
 /// kept instead of the whole header map, which otherwise lives as long as the response (about
 /// 1.2 KiB for a dozen headers). Only for a header without a case map, whose map can be replaced
 /// whole.
-fn keep_what_is_read_back(req: Box<RequestHeader>) -> Box<RequestHeader> {
+fn keep_what_is_read_back(mut req: Box<RequestHeader>) -> Box<RequestHeader> {
     if req.has_case() {
         return req;
     }
@@ -89,9 +89,12 @@ fn keep_what_is_read_back(req: Box<RequestHeader>) -> Box<RequestHeader> {
             kept.append(name.clone(), value.clone());
         }
     }
-    let mut parts = http::request::Parts::from(*req);
+    // In place, so the box is reused: an empty request's parts allocate nothing.
+    let whole = std::mem::replace(&mut *req, http::Request::new(()).into_parts().0.into());
+    let mut parts = http::request::Parts::from(whole);
     parts.headers = kept;
-    Box::new(RequestHeader::from(parts))
+    *req = RequestHeader::from(parts);
+    req
 }
 
 impl HttpSession {
@@ -3041,5 +3044,33 @@ mod test_sync {
         assert!(!request_target_has_forbidden_byte(b"/normal/path?a=b"));
         assert!(request_target_has_forbidden_byte(b"/x HTTP/1.1")); // SP
         assert!(request_target_has_forbidden_byte(b"/a\r\nb")); // CR/LF
+    }
+}
+
+// molt patch 13
+#[cfg(test)]
+mod tests_read_back {
+    use super::*;
+
+    #[test]
+    fn a_written_request_keeps_what_is_read_back() {
+        let mut req = RequestHeader::build_no_case("HEAD", b"/v1/x?y=1", None).unwrap();
+        req.insert_header(header::CONNECTION, "upgrade").unwrap();
+        req.insert_header(header::UPGRADE, "websocket").unwrap();
+        req.insert_header(header::AUTHORIZATION, "Bearer k").unwrap();
+        let kept = keep_what_is_read_back(Box::new(req));
+        assert_eq!(kept.method, http::Method::HEAD);
+        assert_eq!(kept.version, Version::HTTP_11);
+        assert!(is_upgrade_req(&kept));
+        assert_eq!(kept.headers.len(), 2);
+        assert!(kept.headers.get(header::AUTHORIZATION).is_none());
+    }
+
+    #[test]
+    fn a_header_with_a_case_map_is_kept_whole() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("X-Foo", "1").unwrap();
+        let kept = keep_what_is_read_back(Box::new(req));
+        assert_eq!(kept.headers.len(), 1);
     }
 }

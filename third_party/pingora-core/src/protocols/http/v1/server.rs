@@ -343,17 +343,23 @@ impl HttpSession {
     }
 
     /// molt patch 13: the header as [`Self::response_written`] keeps it.
-    fn written(&self, header: Box<ResponseHeader>) -> Box<ResponseHeader> {
+    fn written(&self, mut header: Box<ResponseHeader>) -> Box<ResponseHeader> {
         if self.keep_written_header {
             return header;
         }
-        let reason = header.get_reason_phrase().map(str::to_owned);
-        let mut parts = http::response::Parts::from(*header);
+        // Only a phrase other than the status's own is stored (and copied).
+        let custom_reason = header
+            .get_reason_phrase()
+            .filter(|r| Some(*r) != header.status.canonical_reason())
+            .map(str::to_owned);
+        // In place, so the box is reused: an empty response's parts allocate nothing.
+        let whole = std::mem::replace(&mut *header, http::Response::new(()).into_parts().0.into());
+        let mut parts = http::response::Parts::from(whole);
         parts.headers = http::HeaderMap::new();
-        let mut line = Box::new(ResponseHeader::from(parts));
+        *header = ResponseHeader::from(parts);
         // The phrase was valid when the header was written.
-        let _ = line.set_reason_phrase(reason.as_deref());
-        line
+        let _ = header.set_reason_phrase(custom_reason.as_deref());
+        header
     }
 
     /// Read the request header. Return `Ok(Some(n))` where the read and parsing are successful.
@@ -2749,6 +2755,29 @@ mod tests_stream {
             .write_response_header_ref(&new_response)
             .await
             .unwrap();
+    }
+
+    // molt patch 13
+    #[tokio::test]
+    async fn a_status_only_written_header_keeps_its_status_line() {
+        let read_wire = b"GET / HTTP/1.1\r\n\r\n";
+        let write_expected = b"HTTP/1.1 200 Just Fine\r\nFoo: Bar\r\n\r\n";
+        let mock_io = Builder::new().read(read_wire).write(write_expected).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.set_keep_written_header(false);
+        http_stream.read_request().await.unwrap();
+        let mut new_response = ResponseHeader::build(StatusCode::OK, None).unwrap();
+        new_response.set_reason_phrase(Some("Just Fine")).unwrap();
+        new_response.append_header("Foo", "Bar").unwrap();
+        http_stream.update_resp_headers = false;
+        http_stream
+            .write_response_header_ref(&new_response)
+            .await
+            .unwrap();
+        let written = http_stream.response_written().unwrap();
+        assert_eq!(written.status, StatusCode::OK);
+        assert_eq!(written.get_reason_phrase(), Some("Just Fine"));
+        assert!(written.headers.is_empty());
     }
 
     #[tokio::test]
